@@ -1,0 +1,1 @@
+"""posesynth.augment (see the README's code layout)."""

@@ -1,0 +1,55 @@
+"""The one typed sample every part of posesynth passes around."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Sample"]
+
+
+@dataclass
+class Sample:
+    """An image with its people's keypoints and its masks.
+
+    Attributes:
+        image: ``(H, W, 3)`` uint8 RGB.
+        keypoints: ``(P, K, 3)`` float32, ``[x, y, v]`` per keypoint in input pixels
+            (pixel centres at integer coordinates, OpenCV's convention); ``v`` is COCO's
+            visibility: 0 unlabelled, 1 labelled but occluded, 2 visible.  ``P`` may be 0.
+        masks: ``(M, H, W)`` uint8 in {0, 1}, one per mask name of the layout (e.g. seatbelt).
+        image_id: the COCO image id.
+        file_name: the image's file name relative to the dataset's image folder.
+        meta: free-form provenance (source image id, perturbation, seed, ...).
+    """
+
+    image: np.ndarray
+    keypoints: np.ndarray
+    masks: np.ndarray
+    image_id: int = 0
+    file_name: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        kp = np.asarray(self.keypoints, dtype=np.float32)
+        self.keypoints = kp[None] if kp.ndim == 2 else kp
+        if self.masks is None:
+            self.masks = np.zeros((0,) + self.image.shape[:2], np.uint8)
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
+    @property
+    def num_people(self) -> int:
+        return int(self.keypoints.shape[0])
+
+    def copy(self) -> "Sample":
+        """A deep copy: no array is shared with the original."""
+        return Sample(self.image.copy(), self.keypoints.copy(), self.masks.copy(),
+                      self.image_id, self.file_name, dict(self.meta))

@@ -1,0 +1,1 @@
+"""posesynth.posenet (see the README's code layout)."""

@@ -1,0 +1,1 @@
+"""posesynth.spade (see the README's code layout)."""
