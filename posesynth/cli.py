@@ -61,8 +61,15 @@ def _cmd_check(a: argparse.Namespace) -> None:
         sys.exit(1)
 
 
+def _cmd_demo(a: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    run_demo(Path(a.out), quick=a.quick)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="posesynth", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="posesynth", description="Render correctly labelled training images from "
+                                "perturbed poses to reduce overfitting in pose estimation.")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -92,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--layout", default=None)
     c.add_argument("--read", action="store_true", help="also decode every image and mask")
     c.set_defaults(func=_cmd_check)
+    d = sub.add_parser("demo", help="the main job of `make demo`")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--quick", action="store_true", help="tiny sizes, for tests")
+    d.set_defaults(func=_cmd_demo)
     return p
 
 
