@@ -61,6 +61,32 @@ def _cmd_check(a: argparse.Namespace) -> None:
         sys.exit(1)
 
 
+def _cmd_train_gan(a: argparse.Namespace) -> None:
+    from .config import config_from_args, load_config
+    from .spade.trainer import GANConfig, GANTrainer
+
+    out = Path(a.out)
+    if a.resume:
+        saved = out / "config.yaml"
+        if not saved.exists():
+            raise PosesynthError(f"{out}: nothing to resume (no config.yaml)")
+        cli = config_from_args(GANConfig, argparse.Namespace(**{k: v for k, v in vars(a).items() if k != "config"}))
+        given = {k[4:] for k, v in vars(a).items() if k.startswith("cfg_") and v is not None}
+        overrides = {k: getattr(cli, k) for k in given}
+        cfg = load_config(GANConfig, saved, overrides)
+    else:
+        cfg = config_from_args(GANConfig, a)
+    if not cfg.data:
+        raise PosesynthError("--data is required (a dataset folder or annotation file)")
+    GANTrainer(cfg, out, resume=a.resume).fit()
+
+
+def _cmd_render(a: argparse.Namespace) -> None:
+    from .spade.render import render_dataset
+
+    render_dataset(a.gan, a.data, a.out, a.num, a.device)
+
+
 def _cmd_demo(a: argparse.Namespace) -> None:
     from .demo import run_demo
 
@@ -99,6 +125,24 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--layout", default=None)
     c.add_argument("--read", action="store_true", help="also decode every image and mask")
     c.set_defaults(func=_cmd_check)
+    from .config import add_config_args
+    from .spade.trainer import GANConfig
+
+    g = sub.add_parser("train-gan", help="train the SPADE generator on a keypoint dataset")
+    g.add_argument("--out", required=True, help="run directory (config, checkpoints, losses.csv, web/ gallery)")
+    g.add_argument("--config", help="YAML file of GANConfig options (command-line options win)")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    add_config_args(g, GANConfig)
+    g.set_defaults(func=_cmd_train_gan)
+
+    r = sub.add_parser("render", help="render a dataset's poses with a trained generator")
+    r.add_argument("--gan", required=True, help="GAN run directory")
+    r.add_argument("--data", required=True)
+    r.add_argument("--out", required=True)
+    r.add_argument("--num", type=int, default=16)
+    r.add_argument("--device", default="cpu")
+    r.set_defaults(func=_cmd_render)
+
     d = sub.add_parser("demo", help="the main job of `make demo`")
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--quick", action="store_true", help="tiny sizes, for tests")

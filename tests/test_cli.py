@@ -43,3 +43,51 @@ def test_demo_quick(tmp_path):
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "demo" / "train_grid.png").exists() and (tmp_path / "demo" / "data" / "val" / "annotations.json").exists()
     assert "demo done" in r.stdout
+
+
+def test_train_gan_resume_and_render(tmp_path):
+    data = tmp_path / "d"
+    assert run("make-data", "--out", str(data), "--num", "4", "--size", "64", "--workers", "1").returncode == 0
+    common = ["--data", str(data), "--out", str(tmp_path / "gan"), "--size", "64", "--ngf", "8", "--ndf", "8",
+              "--vgg", "off", "--gallery-every", "2"]
+    r = run("train-gan", *common, "--steps", "2")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "gan" / "web" / "index.html").exists()
+    assert "step_000002.png" in (tmp_path / "gan" / "web" / "index.html").read_text()
+    r = run("train-gan", *common, "--steps", "2")
+    assert r.returncode == 2 and "pass --resume" in r.stderr
+    r = run("train-gan", "--out", str(tmp_path / "gan"), "--resume", "--steps", "3")
+    assert r.returncode == 0, r.stderr
+    import json
+    assert json.loads((tmp_path / "gan" / "checkpoints" / "latest.json").read_text())["step"] == 3
+    r = run("render", "--gan", str(tmp_path / "gan"), "--data", str(data), "--out", str(tmp_path / "r"), "--num", "3")
+    assert r.returncode == 0, r.stderr
+    assert len(list((tmp_path / "r").glob("*.png"))) == 3
+
+
+def test_train_gan_bad_options(tmp_path):
+    r = run("train-gan", "--out", str(tmp_path / "g"), "--data", str(tmp_path), "--size", "100")
+    assert r.returncode == 2 and "multiples of 32" in r.stderr
+    r = run("train-gan", "--out", str(tmp_path / "g"), "--data", str(tmp_path), "--steps", "many")
+    assert r.returncode == 2 and "cannot use 'many' as int" in r.stderr
+    r = run("train-gan", "--out", str(tmp_path / "g"), "--data", str(tmp_path / "none"))
+    assert r.returncode == 2 and "no such file or folder" in r.stderr
+
+
+def test_render_rejects_other_layout(tmp_path):
+    import numpy as np
+
+    from posesynth.datasets.coco import write_coco
+    from posesynth.datasets.layouts import KeypointLayout
+    from posesynth.datasets.sample import Sample
+
+    data = tmp_path / "d"
+    run("make-data", "--out", str(data), "--num", "2", "--size", "64", "--workers", "1")
+    run("train-gan", "--data", str(data), "--out", str(tmp_path / "gan"), "--size", "64", "--ngf", "8", "--ndf", "8",
+        "--vgg", "off", "--steps", "1")
+    arm = KeypointLayout("arm3", ("shoulder", "elbow", "wrist"), ((0, 1), (1, 2)))
+    kp = np.array([[[10, 10, 2], [20, 20, 2], [30, 30, 2]]], np.float32)
+    write_coco(tmp_path / "arm", [Sample(np.zeros((64, 64, 3), np.uint8), kp, np.zeros((0, 64, 64), np.uint8))], arm)
+    r = run("render", "--gan", str(tmp_path / "gan"), "--data", str(tmp_path / "arm"), "--out", str(tmp_path / "r"))
+    assert r.returncode == 2, r.stderr
+    assert "no conversion from layout 'arm3' to 'driver9'" in r.stderr and "Traceback" not in r.stderr

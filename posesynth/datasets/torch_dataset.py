@@ -26,7 +26,7 @@ from .posemaps import PoseMapSpec, render_pafs, render_heatmaps, render_pose_map
 from .sample import Sample
 from .transforms import Resize, Transform
 
-__all__ = ["PoseMapDataset", "sample_to_tensors", "image_to_tensor", "tensor_to_image"]
+__all__ = ["PoseMapDataset", "EpochBatchSampler", "sample_to_tensors", "image_to_tensor", "tensor_to_image"]
 
 
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -90,12 +90,50 @@ class PoseMapDataset(torch.utils.data.Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: "int | tuple[int, int]") -> dict[str, Any]:
+        """``index``, or ``(index, epoch)`` from a sampler that tracks epochs itself."""
+        index, epoch = index if isinstance(index, tuple) else (index, self.epoch)
         sample = self.source[index]
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        rng = np.random.default_rng([self.seed, epoch, index])
         if self.transform is not None:
             sample = self.transform(sample, rng)
         sample = Resize(tuple(self.size))(sample)
         out = sample_to_tensors(sample, self.source.layout, self.stride, self.spec, self.max_people, self.with_maps)
         out["index"] = index
         return out
+
+
+class EpochBatchSampler(torch.utils.data.Sampler):
+    """Batches of ``(index, epoch)`` from a permutation seeded by ``(seed, epoch)``.
+
+    Batch ``s`` is a pure function of ``(seed, s)``, so a run resumed at step ``start``
+    sees exactly the batches an uninterrupted run would.  Incomplete final batches are
+    dropped (a dataset smaller than a batch is cycled).  Under data parallelism each rank
+    takes every ``world``-th item of a global batch of ``batch_size * world``.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int = 0, start: int = 0, steps: "int | None" = None,
+                 rank: int = 0, world: int = 1) -> None:
+        if n < 1:
+            raise ValueError("empty dataset")
+        self.n, self.bs, self.seed, self.start, self.steps = n, batch_size, seed, start, steps
+        self.rank, self.world = rank, world
+        self.global_bs = batch_size * world
+        self.per_epoch = max(n // self.global_bs, 1)
+
+    def batch(self, step: int) -> list[tuple[int, int]]:
+        epoch, j = divmod(step, self.per_epoch)
+        perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        if self.n < self.global_bs:
+            perm = np.resize(perm, self.global_bs)
+        items = perm[j * self.global_bs:(j + 1) * self.global_bs][self.rank::self.world]
+        return [(int(i), epoch) for i in items]
+
+    def __iter__(self):
+        step = self.start
+        while self.steps is None or step < self.steps:
+            yield self.batch(step)
+            step += 1
+
+    def __len__(self) -> int:
+        return (self.steps - self.start) if self.steps is not None else 2**31

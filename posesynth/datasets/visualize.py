@@ -11,7 +11,7 @@ from .layouts import KeypointLayout
 from .posemaps import PoseMapSpec, render_pafs
 from .sample import Sample
 
-__all__ = ["draw_sample", "make_grid", "limb_colours"]
+__all__ = ["draw_sample", "make_grid", "limb_colours", "maps_to_rgb"]
 
 _MASK_COLOURS = [(255, 200, 0), (0, 200, 255), (255, 0, 200), (120, 255, 120)]
 
@@ -80,3 +80,19 @@ def make_grid(samples: Sequence[Sample], layout: KeypointLayout, cols: int = 4, 
         x0 = c * cell + (cell - tile.shape[1]) // 2
         grid[y0:y0 + tile.shape[0], x0:x0 + tile.shape[1]] = tile
     return grid
+
+
+def maps_to_rgb(maps: np.ndarray, layout: KeypointLayout) -> np.ndarray:
+    """A ``(C, H, W)`` pose-map stack as an ``(H, W, 3)`` uint8 picture: heatmaps in one
+    colour per keypoint, PAF magnitudes in grey, masks tinted."""
+    k, n_l = layout.num_keypoints, layout.num_limbs
+    h, w = maps.shape[1:]
+    img = np.zeros((h, w, 3), np.float32)
+    paf = maps[k:k + 2 * n_l].reshape(n_l, 2, h, w) if n_l else np.zeros((0, 2, h, w), np.float32)
+    img += 90 * np.clip(np.hypot(paf[:, 0], paf[:, 1]).max(0, initial=0), 0, 1)[..., None]
+    for i, m in enumerate(maps[k + 2 * n_l:]):
+        img += 0.5 * m[..., None] * np.array(_MASK_COLOURS[i % len(_MASK_COLOURS)], np.float32)
+    cols = np.array(limb_colours(k), np.float32)
+    hm = np.clip(maps[:k], 0, 1)
+    img = np.maximum(img, (hm[..., None] * cols[:, None, None, :]).max(0))
+    return np.clip(img, 0, 255).astype(np.uint8)

@@ -1,0 +1,124 @@
+"""Typed dataclass configs: defaults < YAML file < command-line options.
+
+Every field of a config dataclass becomes a command-line option (``ngf`` -> ``--ngf``,
+``lr_g`` -> ``--lr-g``; booleans take ``true``/``false``).  ``--config FILE`` reads a YAML
+mapping of the same names.  Each run directory records the resolved config
+(``config.yaml``).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from .errors import ConfigError
+from .io import atomic_write_text
+
+__all__ = ["add_config_args", "config_from_args", "config_from_dict", "load_config", "save_config", "to_dict"]
+
+T = TypeVar("T")
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, tp: Any, name: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if value is None:
+        return None
+    if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+        non_none = [a for a in args if a is not type(None)]
+        return _coerce(value, non_none[0], name) if len(non_none) == 1 else value
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.replace("x", ",").split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            value = [value, value]  # a single number for a square size
+        inner = args[0] if args else Any
+        fixed = len(args) > 1 and args[-1] is not Ellipsis
+        if fixed and len(value) == 1:
+            value = list(value) * len(args)  # "128" means 128x128
+        if fixed and len(value) != len(args):
+            raise ConfigError(f"config '{name}': expected {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, inner, name) for v in value)
+    try:
+        if tp is bool:
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if tp in (int, float, str):
+            if tp is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return tp(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"config '{name}': cannot use {value!r} as {getattr(tp, '__name__', tp)}") from None
+    return value
+
+
+def config_from_dict(cls: type[T], data: "dict[str, Any]", source: str = "config") -> T:
+    """Build ``cls`` from a mapping, checking names and converting types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of option names to values")
+    hints = _hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{source}: unknown option(s) {', '.join(unknown)} (known: {', '.join(sorted(names))})")
+    kw = {k: _coerce(v, hints[k], k) for k, v in data.items()}
+    return cls(**kw)
+
+
+def load_config(cls: type[T], path: "str | Path | None" = None, overrides: "dict[str, Any] | None" = None) -> T:
+    data: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except OSError as e:
+            raise ConfigError(f"{p}: cannot read config ({e.strerror})") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: malformed YAML ({e})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: expected a mapping of option names to values")
+    data.update(overrides or {})
+    return config_from_dict(cls, data, str(path or "config"))
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    d = dataclasses.asdict(cfg)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def save_config(cfg: Any, path: "str | Path") -> None:
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: "set[str] | None" = None) -> None:
+    """One ``--option`` per dataclass field (default None: only given options override)."""
+    hints = _hints(cls)
+    grp = parser.add_argument_group(f"{cls.__name__} options (also settable in --config YAML)")
+    for f in dataclasses.fields(cls):
+        if skip and f.name in skip:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
+        tp = hints[f.name]
+        meta = "{true,false}" if tp is bool else f.name.upper()
+        help_text = (f.metadata.get("help", "") + f" (default: {default})").strip()
+        grp.add_argument("--" + f.name.replace("_", "-"), dest="cfg_" + f.name, default=None, metavar=meta,
+                         help=help_text)
+
+
+def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
+    overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
+    return load_config(cls, getattr(args, "config", None), overrides)

@@ -1,0 +1,175 @@
+"""GAN losses: adversarial (hinge, least squares, WGAN-GP), feature matching, VGG perceptual,
+and pose consistency judged by a frozen pose network."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from ..losses import dice_bce
+
+__all__ = ["gan_loss", "gradient_penalty", "feature_matching_loss", "VGGLoss", "load_vgg19",
+           "PoseConsistencyLoss", "GAN_MODES"]
+
+log = logging.getLogger(__name__)
+GAN_MODES = ("hinge", "ls", "wgan-gp")
+
+
+def gan_loss(preds: Sequence[Sequence[torch.Tensor]], target_real: bool, mode: str = "hinge",
+             for_discriminator: bool = True) -> torch.Tensor:
+    """Adversarial loss averaged over discriminator scales (each scale's last output).
+
+    hinge: D real ``mean(relu(1 - x))``, D fake ``mean(relu(1 + x))``, G ``-mean(x)``;
+    ls: ``mean((x - t)^2)`` with ``t`` 1 for real, 0 for fake; wgan-gp: ``-mean(x)`` for
+    real, ``mean(x)`` for fake (add :func:`gradient_penalty` for D).
+    """
+    total = 0.0
+    for scale in preds:
+        x = scale[-1]
+        if mode == "hinge":
+            if for_discriminator:
+                loss = F.relu(1 - x).mean() if target_real else F.relu(1 + x).mean()
+            else:
+                assert target_real, "the generator's hinge loss is computed on fakes as real"
+                loss = -x.mean()
+        elif mode == "ls":
+            loss = F.mse_loss(x, torch.full_like(x, 1.0 if target_real else 0.0))
+        elif mode == "wgan-gp":
+            loss = -x.mean() if target_real else x.mean()
+        else:
+            raise ConfigError(f"gan_mode must be one of {GAN_MODES}, not {mode!r}")
+        total = total + loss
+    return total / len(preds)
+
+
+def gradient_penalty(disc: Callable, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """WGAN-GP: ``mean((||grad D(x_hat)|| - 1)^2)`` at random interpolates, over all scales."""
+    a = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
+    x = (a * real.detach() + (1 - a) * fake.detach()).requires_grad_(True)
+    out = sum(s[-1].sum() for s in disc(x))
+    (g,) = torch.autograd.grad(out, x, create_graph=True)
+    return ((g.flatten(1).norm(dim=1) - 1) ** 2).mean()
+
+
+def feature_matching_loss(fake: Sequence[Sequence[torch.Tensor]], real: Sequence[Sequence[torch.Tensor]]) -> torch.Tensor:
+    """L1 between the discriminator's intermediate features for fake and (detached) real
+    inputs, all layers but the score map, averaged over scales (NVlabs' GAN_Feat_loss
+    without the lambda)."""
+    total = 0.0
+    for f_scale, r_scale in zip(fake, real):
+        for f, r in zip(f_scale[:-1], r_scale[:-1]):
+            total = total + F.l1_loss(f, r.detach())
+    return total / len(fake)
+
+
+VGG19_FILE = "vgg19-dcbb9e9d.pth"  # torchvision's ImageNet VGG19 weights
+_VGG_SLICES = (2, 7, 12, 21, 30)   # relu1_1, relu2_1, relu3_1, relu4_1, relu5_1 (exclusive ends)
+
+
+def _vgg_candidates(path: "str | Path | None") -> list[Path]:
+    if path:
+        return [Path(path)]
+    hub = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch"))
+    return [hub / "hub" / "checkpoints" / VGG19_FILE]
+
+
+def load_vgg19(path: "str | Path | None" = None) -> "nn.Module | None":
+    """torchvision's VGG19 features with ImageNet weights from ``path`` or the torch hub cache.
+
+    Returns ``None`` when no weights file is there (nothing is downloaded).
+    """
+    import torchvision
+
+    for cand in _vgg_candidates(path):
+        if cand.is_file():
+            vgg = torchvision.models.vgg19(weights=None)
+            if cand.suffix == ".safetensors":
+                from safetensors.torch import load_file
+
+                sd = load_file(str(cand))
+            else:
+                sd = torch.load(cand, map_location="cpu", weights_only=True)
+            vgg.load_state_dict(sd)
+            return vgg.features[: _VGG_SLICES[-1]]
+    if path:
+        raise ConfigError(f"{path}: VGG19 weights file not found")
+    return None
+
+
+class VGGLoss(nn.Module):
+    """Perceptual loss: weighted L1 between VGG19 relu1_1..relu5_1 features (weights 1/32,
+    1/16, 1/8, 1/4, 1) of generated and real images in [-1, 1], normalised with ImageNet
+    statistics as VGG expects.  The network is frozen and in eval mode."""
+
+    WEIGHTS = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0)
+
+    def __init__(self, features: nn.Module) -> None:
+        super().__init__()
+        self.slices = nn.ModuleList()
+        start = 0
+        for end in _VGG_SLICES:
+            self.slices.append(nn.Sequential(*[features[i] for i in range(start, end)]))
+            start = end
+        self.requires_grad_(False)
+        self.eval()
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+
+    def train(self, mode: bool = True) -> "VGGLoss":
+        return super().train(False)  # always eval
+
+    def forward(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([fake, real.detach()], 0)
+        x = ((x + 1) / 2 - self.mean) / self.std
+        n = fake.shape[0]
+        loss = 0.0
+        for w, s in zip(self.WEIGHTS, self.slices):
+            x = s(x)
+            loss = loss + w * F.l1_loss(x[:n], x[n:].detach())
+        return loss
+
+
+class PoseConsistencyLoss(nn.Module):
+    """A frozen pose network judges the generated image against the target pose.
+
+    ``judge(image)`` maps ``(B, 3, H, W)`` in [-1, 1] to ``(heatmaps (B, K, h, w), pafs
+    (B, 2L, h, w), mask (B, M, H, W) probabilities)``.  The judge is put in eval mode and its
+    parameters stop receiving gradients; only the image does.
+
+    Loss: ``w_hm * MSE(heatmaps) + w_paf * MSE(pafs) + w_mask * DiceBCE(mask)`` (100, 100, 1 as
+    in the original).  Targets are resized (bilinear) to the judge's output size if needed.
+    """
+
+    def __init__(self, judge: nn.Module, w_heatmap: float = 100.0, w_paf: float = 100.0, w_mask: float = 1.0) -> None:
+        super().__init__()
+        self.judge = judge
+        judge.requires_grad_(False)
+        judge.eval()
+        self.w = (w_heatmap, w_paf, w_mask)
+
+    def train(self, mode: bool = True) -> "PoseConsistencyLoss":
+        super().train(mode)
+        self.judge.eval()  # the judge never leaves eval mode
+        return self
+
+    def forward(self, image: torch.Tensor, heatmaps: torch.Tensor, pafs: torch.Tensor,
+                masks: "torch.Tensor | None") -> tuple[torch.Tensor, dict[str, float]]:
+        hm, paf, mask = self.judge(image)
+
+        def fit(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+            t = t.to(like.dtype)
+            return t if t.shape[-2:] == like.shape[-2:] else F.interpolate(t, like.shape[-2:], mode="bilinear",
+                                                                           align_corners=False)
+
+        l_hm = F.mse_loss(hm, fit(heatmaps, hm))
+        l_paf = F.mse_loss(paf, fit(pafs, paf))
+        l_mask = dice_bce(mask, fit(masks, mask)) if masks is not None and masks.shape[1] and mask is not None \
+            else hm.new_zeros(())
+        total = self.w[0] * l_hm + self.w[1] * l_paf + self.w[2] * l_mask
+        return total, {"pose_hm": float(l_hm), "pose_paf": float(l_paf), "pose_mask": float(l_mask)}

@@ -1,0 +1,176 @@
+import csv
+import logging
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from posesynth.datasets.synthetic import render_scene, scene_rng
+from posesynth.datasets.layouts import DRIVER9
+from posesynth.errors import ConfigError
+from posesynth.spade.trainer import GANConfig, GANTrainer, TrainingError, load_generator
+
+
+class ListSource:
+    """A few synthetic scenes in memory."""
+
+    layout = DRIVER9
+
+    def __init__(self, n=4, size=64):
+        self.samples = [render_scene(scene_rng(9, i), size, passenger_prob=0.0) for i in range(n)]
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        return self.samples[i]
+
+
+def small_cfg(**kw):
+    base = dict(size=(64, 64), ngf=8, ndf=16, batch_size=2, steps=4, vgg="off", log_every=1, gallery_every=1000,
+                checkpoint_every=1000, augment=False, seed=3)
+    base.update(kw)
+    return GANConfig(**base)
+
+
+def read_losses(run):
+    with open(run / "losses.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_overfitting_one_batch_lowers_feature_matching(tmp_path):
+    """G memorises one batch through the discriminator's features: with D frozen (lr 0) the
+    feature-matching loss and the image error both fall by a large factor."""
+    from posesynth.datasets.torch_dataset import sample_to_tensors
+
+    torch.manual_seed(0)
+    src = ListSource(2, 64)
+    items = [sample_to_tensors(s, DRIVER9) for s in src.samples]
+    batch = {k: torch.stack([it[k] for it in items]) for k in ("maps", "image")}
+    t = GANTrainer(small_cfg(lr_g=3e-3, lr_d=0.0, steps=200), tmp_path / "run", source=src, progress=False)
+
+    def image_error():
+        with torch.no_grad():
+            return float((t.G(batch["maps"]) - batch["image"]).abs().mean())
+
+    err0 = image_error()
+    fm = []
+    for _ in range(200):
+        fm.append(t.train_step(batch)["g_feat"])
+        t.step += 1
+    first, last = np.mean(fm[:10]), np.mean(fm[-10:])
+    assert last < first / 3, (first, last)
+    assert image_error() < err0 / 4
+
+
+def test_reloaded_checkpoint_reproduces_generator(tmp_path):
+    t = GANTrainer(small_cfg(steps=2), tmp_path / "run", source=ListSource(), progress=False)
+    t.fit()
+    g, layout, meta = load_generator(tmp_path / "run")
+    assert layout == DRIVER9 and meta["step"] == 2
+    x = torch.rand(2, 26, 64, 64)
+    t.G.eval()
+    with torch.no_grad():
+        assert torch.equal(g(x), t.G(x))
+
+
+def test_resume_continues_exactly(tmp_path):
+    src = ListSource()
+    GANTrainer(small_cfg(steps=6), tmp_path / "full", source=src, progress=False).fit()
+    GANTrainer(small_cfg(steps=3), tmp_path / "part", source=src, progress=False).fit()
+    resumed = GANTrainer(small_cfg(steps=6), tmp_path / "part", source=src, resume=True, progress=False)
+    assert resumed.step == 3
+    resumed.fit()
+    full, part = read_losses(tmp_path / "full"), read_losses(tmp_path / "part")
+    assert [r["step"] for r in part] == [str(i) for i in range(1, 7)]
+    assert full == part  # same losses, to the printed digit, at every step
+    a, _, _ = load_generator(tmp_path / "full")
+    b, _, _ = load_generator(tmp_path / "part")
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(va, vb), ka
+
+
+def test_existing_run_needs_resume(tmp_path):
+    GANTrainer(small_cfg(steps=1), tmp_path / "run", source=ListSource(), progress=False).fit()
+    with pytest.raises(ConfigError, match="pass --resume"):
+        GANTrainer(small_cfg(steps=1), tmp_path / "run", source=ListSource(), progress=False)
+
+
+def test_nan_guard_skips_and_stops(tmp_path):
+    t = GANTrainer(small_cfg(max_bad_steps=3), tmp_path / "run", source=ListSource(), progress=False)
+    before = {k: v.clone() for k, v in t.G.state_dict().items()}
+    batch = {"maps": torch.full((2, 26, 64, 64), float("nan")), "image": torch.zeros(2, 3, 64, 64)}
+    assert t.train_step(batch) is None
+    assert t.skipped_steps == 1
+    for k, v in t.G.state_dict().items():
+        assert torch.equal(v, before[k]) or k.endswith(("_u", "_v")), k  # no weight update
+    t.train_step(batch)
+    with pytest.raises(TrainingError, match="3 steps in a row had a non-finite generator loss"):
+        t.train_step(batch)
+
+
+class Judge(nn.Module):
+    """A stand-in pose network: image -> (heatmaps 1/4, PAFs 1/4, mask full size)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Conv2d(3, 8, 3, padding=1)
+        self.hm = nn.Conv2d(8, 9, 1)
+        self.paf = nn.Conv2d(8, 16, 1)
+        self.mask = nn.Conv2d(8, 1, 1)
+        self.bn = nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        f = torch.relu(self.bn(self.body(x)))
+        small = nn.functional.avg_pool2d(f, 4)
+        return self.hm(small), self.paf(small), torch.sigmoid(self.mask(f))
+
+
+def test_pose_judge_is_frozen_and_receives_no_gradient(tmp_path):
+    judge = Judge()
+    judge.train()
+    before = {k: v.clone() for k, v in judge.state_dict().items()}
+    t = GANTrainer(small_cfg(steps=2), tmp_path / "run", source=ListSource(), pose_judge=judge, progress=False)
+    g_before = t.G.conv_img.weight.detach().clone()
+    t.fit()
+    assert not judge.training and all(not m.training for m in judge.modules())
+    assert all(p.grad is None and not p.requires_grad for p in judge.parameters())
+    for k, v in judge.state_dict().items():  # BN running stats untouched too (eval mode)
+        assert torch.equal(v, before[k]), k
+    assert not torch.equal(t.G.conv_img.weight, g_before)
+    rows = read_losses(tmp_path / "run")
+    assert "g_pose" in rows[0] and float(rows[0]["pose_hm"]) > 0
+
+
+def test_vgg_missing_weights(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    with caplog.at_level(logging.WARNING):
+        t = GANTrainer(small_cfg(vgg="auto"), tmp_path / "a", source=ListSource(), progress=False)
+    assert t.vgg is None and "perceptual loss off" in caplog.text
+    with pytest.raises(ConfigError, match="no VGG19 weights were found"):
+        GANTrainer(small_cfg(vgg="on"), tmp_path / "b", source=ListSource(), progress=False)
+    with pytest.raises(ConfigError, match="VGG19 weights file not found"):
+        GANTrainer(small_cfg(vgg="on", vgg_weights=str(tmp_path / "x.pth")), tmp_path / "c", source=ListSource(),
+                   progress=False)
+
+
+def test_vgg_weights_from_file(tmp_path):
+    import torchvision
+    from safetensors.torch import save_file
+
+    sd = {k: v.contiguous() for k, v in torchvision.models.vgg19(weights=None).state_dict().items()}
+    save_file(sd, str(tmp_path / "vgg19.safetensors"))
+    t = GANTrainer(small_cfg(vgg="on", vgg_weights=str(tmp_path / "vgg19.safetensors"), steps=1), tmp_path / "r",
+                   source=ListSource(), progress=False)
+    assert t.vgg is not None
+    assert all(not p.requires_grad for p in t.vgg.parameters())
+    t.fit()
+    assert "g_vgg" in read_losses(tmp_path / "r")[0]
+
+
+@pytest.mark.parametrize("mode", ["ls", "wgan-gp"])
+def test_other_gan_modes_train(tmp_path, mode):
+    t = GANTrainer(small_cfg(gan_mode=mode, steps=2), tmp_path / "run", source=ListSource(), progress=False)
+    out = t.fit()
+    assert np.isfinite(out["d_real"]) and (mode != "wgan-gp" or "d_gp" in out)

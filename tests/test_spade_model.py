@@ -1,0 +1,81 @@
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from posesynth.spade.discriminator import MultiscaleDiscriminator
+from posesynth.spade.generator import GeneratorConfig, SPADEGenerator, convert_nvlabs_state_dict
+from posesynth.spade.losses import feature_matching_loss, gan_loss
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from nvlabs_reference import RefMultiscaleDiscriminator, RefSPADEGenerator  # noqa: E402
+
+
+@pytest.mark.parametrize("size,up", [((64, 64), "normal"), ((96, 160), "normal"), ((128, 128), "more"),
+                                     ((128, 256), "most")])
+def test_generator_shapes(size, up):
+    g = SPADEGenerator(GeneratorConfig(label_nc=26, size=size, ngf=8, num_upsampling=up, z_dim=2))
+    y = g(torch.rand(2, 26, *size))
+    assert y.shape == (2, 3, *size) and y.abs().max() <= 1
+
+
+def test_generator_rejects_bad_size():
+    with pytest.raises(ValueError, match="multiple of 32"):
+        SPADEGenerator(GeneratorConfig(size=(100, 128)))
+
+
+def test_spectral_norm_where_nvlabs_has_it():
+    g = SPADEGenerator(GeneratorConfig(size=(64, 64), ngf=8))
+    sn = {n for n, m in g.named_modules() if hasattr(m, "parametrizations")}
+    assert "up_0.conv_0" in sn and "up_0.conv_1" in sn and "up_0.conv_s" in sn and "head_0.conv_0" in sn
+    assert not any("norm_" in n or n in ("fc", "conv_img") for n in sn)  # SPADE convs, fc, conv_img plain
+    d = MultiscaleDiscriminator(29)
+    dsn = sorted(n for n, m in d.named_modules() if hasattr(m, "parametrizations"))
+    # first and last conv of each scale plain; the 3 middle ones spectral
+    assert dsn == [f"scales.{s}.layers.{i}.0" for s in range(2) for i in (1, 2, 3)]
+    inst = [m for m in d.modules() if isinstance(m, torch.nn.InstanceNorm2d)]
+    assert len(inst) == 6 and all(not m.affine for m in inst)
+
+
+def test_layer_for_layer_equal_to_nvlabs():
+    torch.manual_seed(0)
+    ref = RefSPADEGenerator(26, 64, ngf=8).eval()
+    ours = SPADEGenerator(GeneratorConfig(26, (64, 64), ngf=8)).eval()
+    for p in ref.parameters():  # non-trivial weights
+        torch.nn.init.normal_(p, std=0.05)
+    with torch.no_grad():
+        ref(torch.rand(1, 26, 64, 64))
+    converted = convert_nvlabs_state_dict(ref.state_dict())
+    missing = ours.load_state_dict(converted, strict=True)
+    assert not missing.missing_keys
+    assert sum(p.numel() for p in ref.parameters()) == sum(p.numel() for p in ours.parameters())
+    x = torch.rand(2, 26, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), rtol=1e-4, atol=1e-5)
+    d_ref, d_ours = RefMultiscaleDiscriminator(29), MultiscaleDiscriminator(29)
+    assert [p.shape for p in d_ref.parameters()] == [p.shape for p in d_ours.parameters()]
+
+
+def test_discriminator_features():
+    d = MultiscaleDiscriminator(29, ndf=16, n_layers=4, num_d=2)
+    out = d(torch.rand(2, 29, 128, 128))
+    assert len(out) == 2 and all(len(s) == 5 for s in out)
+    assert out[0][-1].shape == (2, 1, 19, 19) and out[1][-1].shape == (2, 1, 11, 11)
+
+
+def test_hinge_loss_known_values():
+    x = [[torch.tensor([[-2.0, 0.5, 3.0]])]]
+    # D real: mean(relu(1 - x)) = (3 + 0.5 + 0) / 3; D fake: mean(relu(1 + x)) = (0 + 1.5 + 4) / 3
+    assert gan_loss(x, True, "hinge").item() == pytest.approx(3.5 / 3)
+    assert gan_loss(x, False, "hinge").item() == pytest.approx(5.5 / 3)
+    assert gan_loss(x, True, "hinge", for_discriminator=False).item() == pytest.approx(-0.5)
+    two_scales = x + [[torch.tensor([[1.0]])]]
+    assert gan_loss(two_scales, True, "hinge").item() == pytest.approx((3.5 / 3 + 0) / 2)
+    assert gan_loss(x, True, "ls").item() == pytest.approx(((-3) ** 2 + 0.25 + 4) / 3)
+
+
+def test_feature_matching_skips_score_map():
+    f = [[torch.ones(1, 2, 2, 2), torch.zeros(1, 1, 2, 2)]]
+    r = [[torch.zeros(1, 2, 2, 2), torch.full((1, 1, 2, 2), 9.0)]]
+    assert feature_matching_loss(f, r).item() == pytest.approx(1.0)
