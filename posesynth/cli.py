@@ -87,6 +87,51 @@ def _cmd_render(a: argparse.Namespace) -> None:
     render_dataset(a.gan, a.data, a.out, a.num, a.device)
 
 
+def _cmd_train_posenet(a: argparse.Namespace) -> None:
+    from .config import config_from_args, load_config
+    from .posenet.trainer import PoseNetTrainer, PoseTrainConfig
+
+    out = Path(a.out)
+    if a.resume:
+        saved = out / "config.yaml"
+        if not saved.exists():
+            raise PosesynthError(f"{out}: nothing to resume (no config.yaml)")
+        given = {k[4:]: v for k, v in vars(a).items() if k.startswith("cfg_") and v is not None}
+        cfg = load_config(PoseTrainConfig, saved, given)
+    else:
+        cfg = config_from_args(PoseTrainConfig, a)
+    if not cfg.data:
+        raise PosesynthError("--data is required (a dataset folder or annotation file)")
+    PoseNetTrainer(cfg, out, resume=a.resume).fit()
+
+
+def _cmd_evaluate(a: argparse.Namespace) -> None:
+    from .posenet.evaluate import evaluate_run
+
+    evaluate_run(a.posenet, a.data, a.out, a.device, multi_person=a.multi_person)
+
+
+def _cmd_predict(a: argparse.Namespace) -> None:
+    from .posenet.evaluate import predict_images
+
+    predict_images(a.posenet, a.images, a.out, a.device)
+
+
+def _cmd_experiment(a: argparse.Namespace) -> None:
+    from .augment.experiment import ExperimentConfig, run_experiment
+    from .config import config_from_args
+
+    cfg = config_from_args(ExperimentConfig, a)
+    for name in ("data", "val", "gan"):
+        if not getattr(cfg, name):
+            raise PosesynthError(f"--{name} is required")
+    s = run_experiment(cfg)
+    print(f"report: {Path(cfg.out) / 'report.html'}")
+    for r in s["rows"]:
+        print(f"  {r['n']} training images: held-out PCK baseline {r['baseline_best_PCK_mean']:.3f}, "
+              f"with GAN {r['gan_best_PCK_mean']:.3f}; AP {r['baseline_best_AP_mean']:.3f} vs {r['gan_best_AP_mean']:.3f}")
+
+
 def _cmd_demo(a: argparse.Namespace) -> None:
     from .demo import run_demo
 
@@ -142,6 +187,38 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--num", type=int, default=16)
     r.add_argument("--device", default="cpu")
     r.set_defaults(func=_cmd_render)
+
+    from .posenet.trainer import PoseTrainConfig
+
+    t = sub.add_parser("train-posenet", help="train the pose network (torchrun for data parallel)")
+    t.add_argument("--out", required=True, help="run directory (config, checkpoints, history.csv, curves.png)")
+    t.add_argument("--config", help="YAML file of PoseTrainConfig options (command-line options win)")
+    t.add_argument("--resume", action="store_true")
+    add_config_args(t, PoseTrainConfig)
+    t.set_defaults(func=_cmd_train_posenet)
+
+    e = sub.add_parser("evaluate", help="metrics of a trained pose network on a dataset")
+    e.add_argument("--posenet", required=True, help="pose-network run directory")
+    e.add_argument("--data", required=True)
+    e.add_argument("--out", help="metrics JSON (default RUN/metrics.json)")
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--multi-person", action="store_true", default=None, help="decode several people with PAFs")
+    e.set_defaults(func=_cmd_evaluate)
+
+    pr = sub.add_parser("predict", help="draw a trained pose network's predictions on a folder of images")
+    pr.add_argument("--posenet", required=True)
+    pr.add_argument("--images", required=True)
+    pr.add_argument("--out", required=True)
+    pr.add_argument("--device", default="cpu")
+    pr.set_defaults(func=_cmd_predict)
+
+    from .augment.experiment import ExperimentConfig
+
+    x = sub.add_parser("experiment", help="measure whether GAN augmentation reduces overfitting")
+    x.add_argument("name", choices=["overfitting"], help="the experiment")
+    x.add_argument("--config", help="YAML file of ExperimentConfig options")
+    add_config_args(x, ExperimentConfig)
+    x.set_defaults(func=_cmd_experiment)
 
     d = sub.add_parser("demo", help="the main job of `make demo`")
     d.add_argument("--out", default="runs/demo")

@@ -41,8 +41,12 @@ def test_check_reports_problems(tmp_path):
 def test_demo_quick(tmp_path):
     r = run("demo", "--out", str(tmp_path / "demo"), "--quick")
     assert r.returncode == 0, r.stderr
-    assert (tmp_path / "demo" / "train_grid.png").exists() and (tmp_path / "demo" / "data" / "val" / "annotations.json").exists()
-    assert "demo done" in r.stdout
+    demo = tmp_path / "demo"
+    assert (demo / "train_grid.png").exists() and (demo / "data" / "val" / "annotations.json").exists()
+    page = (demo / "report.html").read_text()
+    assert "held-out PCK@0.2" in page and (demo / "comparison.png").exists() and (demo / "gan_gallery.png").exists()
+    last = r.stdout.strip().splitlines()[-1]
+    assert last.startswith("demo done") and "report.html" in last and "held-out PCK@0.2" in last
 
 
 def test_train_gan_resume_and_render(tmp_path):

@@ -174,3 +174,20 @@ def test_other_gan_modes_train(tmp_path, mode):
     t = GANTrainer(small_cfg(gan_mode=mode, steps=2), tmp_path / "run", source=ListSource(), progress=False)
     out = t.fit()
     assert np.isfinite(out["d_real"]) and (mode != "wgan-gp" or "d_gp" in out)
+
+
+def test_pose_judge_from_a_posenet_run(tmp_path):
+    """--pose-judge RUN loads a trained pose network, frozen, as the judge."""
+    from posesynth.posenet.model import PoseNet, PoseNetConfig
+    from posesynth.posenet.trainer import PoseNetTrainer, PoseTrainConfig
+
+    src = ListSource(4, 64)
+    pcfg = PoseTrainConfig(size=(64, 64), backbone="pvt_v2_b0", pretrained="none", heads="small", epochs=1,
+                           batch_size=2, augment=False)
+    PoseNetTrainer(pcfg, tmp_path / "pose", source=src, progress=False).fit()
+    t = GANTrainer(small_cfg(steps=1, pose_judge=str(tmp_path / "pose")), tmp_path / "gan", source=src, progress=False)
+    judge = t.pose_loss.judge
+    assert isinstance(judge, PoseNet) and not judge.training
+    assert all(not p.requires_grad for p in judge.parameters())
+    t.fit()
+    assert "g_pose" in read_losses(tmp_path / "gan")[0]

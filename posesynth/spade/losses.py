@@ -172,4 +172,5 @@ class PoseConsistencyLoss(nn.Module):
         l_mask = dice_bce(mask, fit(masks, mask)) if masks is not None and masks.shape[1] and mask is not None \
             else hm.new_zeros(())
         total = self.w[0] * l_hm + self.w[1] * l_paf + self.w[2] * l_mask
-        return total, {"pose_hm": float(l_hm), "pose_paf": float(l_paf), "pose_mask": float(l_mask)}
+        return total, {"pose_hm": float(l_hm.detach()), "pose_paf": float(l_paf.detach()),
+                       "pose_mask": float(l_mask.detach())}

@@ -70,6 +70,8 @@ class GANConfig:
     lambda_gp: float = 10.0
     vgg: str = field(default="auto", metadata={"help": "auto (use if weights are found)|on (required)|off"})
     vgg_weights: str = field(default="", metadata={"help": "VGG19 weights file (default: torch hub cache)"})
+    pose_judge: str = field(default="", metadata={
+        "help": "pose-network run whose frozen network judges pose consistency (train-posenet --out)"})
     lambda_pose_hm: float = 100.0
     lambda_pose_paf: float = 100.0
     lambda_pose_mask: float = 1.0
@@ -149,6 +151,13 @@ class GANTrainer:
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
         self.vgg = self._build_vgg()
         self.pose_loss = None
+        if pose_judge is None and cfg.pose_judge:
+            from ..posenet.trainer import load_posenet
+
+            pose_judge, judge_layout, _ = load_posenet(cfg.pose_judge, self.device)
+            if judge_layout.keypoints != self.layout.keypoints or judge_layout.num_masks != self.layout.num_masks:
+                raise ConfigError(f"pose judge {cfg.pose_judge} predicts layout '{judge_layout.name}', the GAN data "
+                                  f"is '{self.layout.name}'")
         if pose_judge is not None:
             self.pose_loss = PoseConsistencyLoss(pose_judge.to(self.device), cfg.lambda_pose_hm, cfg.lambda_pose_paf,
                                                  cfg.lambda_pose_mask)

@@ -1,0 +1,72 @@
+"""PVT v2 backbone from timm, returning the four pyramid levels (strides 4, 8, 16, 32).
+
+``pvt_v2_b1`` has the original NADS-Net's PVT-tiny widths 64/128/320/512; ``pvt_v2_b0``
+(32/64/160/256) is a small option.  ImageNet weights are used when the user has them:
+``pretrained="auto"`` looks in timm's Hugging Face cache without going online, a file path
+loads that file; otherwise the backbone starts from random weights and says so once.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+__all__ = ["PVTBackbone", "BACKBONES"]
+
+log = logging.getLogger(__name__)
+BACKBONES = ("pvt_v2_b0", "pvt_v2_b1", "pvt_v2_b2")
+
+
+def _create(name: str, pretrained: str) -> nn.Module:
+    import timm
+
+    kw = dict(features_only=True, out_indices=(0, 1, 2, 3))
+    if pretrained in ("", "none"):
+        return timm.create_model(name, pretrained=False, **kw)
+    if pretrained == "auto":
+        old = os.environ.get("HF_HUB_OFFLINE")
+        os.environ["HF_HUB_OFFLINE"] = "1"  # only the local cache: never download
+        try:
+            m = timm.create_model(name, pretrained=True, **kw)
+            log.info("backbone %s: ImageNet weights from the local timm/Hugging Face cache", name)
+            return m
+        except Exception:
+            log.warning("backbone %s: no ImageNet weights in the local cache; starting from random weights "
+                        "(give a weights file with --pretrained PATH to use them)", name)
+            return timm.create_model(name, pretrained=False, **kw)
+        finally:
+            if old is None:
+                os.environ.pop("HF_HUB_OFFLINE", None)
+            else:
+                os.environ["HF_HUB_OFFLINE"] = old
+    path = Path(pretrained)
+    if not path.is_file():
+        raise ConfigError(f"{path}: backbone weights file not found")
+    try:
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kw)
+    except Exception as e:  # a file for another architecture
+        raise ConfigError(f"{path}: cannot load as {name} weights ({e.__class__.__name__}: {str(e)[:200]})") from None
+
+
+class PVTBackbone(nn.Module):
+    """Images ``(B, 3, H, W)`` in [-1, 1] (H, W multiples of 32) -> four feature maps at
+    strides 4, 8, 16, 32 with :attr:`channels` channels.  ImageNet normalisation is applied
+    inside, so callers never normalise."""
+
+    def __init__(self, name: str = "pvt_v2_b1", pretrained: str = "auto") -> None:
+        super().__init__()
+        if name not in BACKBONES:
+            raise ConfigError(f"backbone must be one of {BACKBONES}, not {name!r}")
+        self.body = _create(name, pretrained)
+        self.channels: list[int] = list(self.body.feature_info.channels())
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = ((x + 1) * 0.5 - self.mean) / self.std
+        return list(self.body(x))

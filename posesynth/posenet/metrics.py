@@ -1,0 +1,176 @@
+"""Pose metrics: COCO OKS AP/AR (pycocotools COCOeval with the layout's sigmas), PCK relative
+to torso size, mean pixel error per keypoint, and mask IoU/Dice."""
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from ..datasets.layouts import KeypointLayout
+
+__all__ = ["coco_oks", "torso_size", "PoseMetrics", "oks_matrix"]
+
+
+def _area(kp: np.ndarray, bbox: "np.ndarray | None" = None) -> float:
+    if bbox is not None:
+        return float(bbox[2] * bbox[3])
+    vis = kp[:, 2] > 0
+    if vis.sum() < 2:
+        return 1.0
+    lo, hi = kp[vis, :2].min(0), kp[vis, :2].max(0)
+    return float(max((hi - lo).prod(), 1.0))
+
+
+def oks_matrix(gt: np.ndarray, pred: np.ndarray, sigmas, areas: np.ndarray) -> np.ndarray:
+    """``(G, D)`` object keypoint similarity between ground-truth and predicted people."""
+    if len(gt) == 0 or len(pred) == 0:
+        return np.zeros((len(gt), len(pred)))
+    var = (2 * np.asarray(sigmas)) ** 2
+    d2 = ((gt[:, None, :, :2] - pred[None, :, :, :2]) ** 2).sum(-1)       # (G, D, K)
+    e = d2 / var / (areas[:, None, None] + np.spacing(1)) / 2
+    vis = gt[:, None, :, 2] > 0
+    return np.where(vis.any(-1), (np.exp(-e) * vis).sum(-1) / np.maximum(vis.sum(-1), 1), 0.0)
+
+
+def coco_oks(gts: list[np.ndarray], preds: list[np.ndarray], scores: list[np.ndarray], layout: KeypointLayout,
+             sizes: list[tuple[int, int]], gt_boxes: "list[np.ndarray] | None" = None) -> dict[str, float]:
+    """COCO keypoint AP/AR through pycocotools' COCOeval with ``layout.sigmas``.
+
+    Args:
+        gts, preds: per image, ``(P, K, 3)`` in input pixels.
+        scores: per image, ``(P_pred,)`` confidence of each predicted person.
+        sizes: per image ``(H, W)``.
+    """
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    images, anns, dets = [], [], []
+    for i, (g, p, s, hw) in enumerate(zip(gts, preds, scores, sizes)):
+        images.append({"id": i + 1, "height": int(hw[0]), "width": int(hw[1]), "file_name": f"{i}"})
+        for j, kp in enumerate(g):
+            n = int((kp[:, 2] > 0).sum())
+            box = gt_boxes[i][j] if gt_boxes is not None else None
+            area = _area(kp, box)
+            vis = kp[:, 2] > 0
+            bb = list(box) if box is not None else ([*kp[vis, :2].min(0), *(kp[vis, :2].max(0) - kp[vis, :2].min(0))]
+                                                    if vis.any() else [0, 0, 0, 0])
+            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": 1, "keypoints": kp.reshape(-1).tolist(),
+                         "num_keypoints": n, "area": area, "bbox": [float(v) for v in bb], "iscrowd": 0})
+        for kp, sc in zip(p, s):
+            k = kp.copy()
+            k[:, 2] = 1
+            dets.append({"image_id": i + 1, "category_id": 1, "keypoints": k.reshape(-1).tolist(), "score": float(sc)})
+    if not any(a["num_keypoints"] for a in anns):
+        return {"AP": float("nan"), "AP50": float("nan"), "AP75": float("nan"), "AR": float("nan")}
+    if not dets:
+        return {"AP": 0.0, "AP50": 0.0, "AP75": 0.0, "AR": 0.0}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = {"images": images, "annotations": anns, "categories": [
+            {"id": 1, "name": "person", "keypoints": list(layout.keypoints),
+             "skeleton": [[a + 1, b + 1] for a, b in layout.limbs]}]}
+        gt.createIndex()
+        dt = gt.loadRes(dets)
+        ev = COCOeval(gt, dt, "keypoints")
+        ev.params.kpt_oks_sigmas = np.asarray(layout.sigmas, np.float64)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    s = ev.stats
+    return {"AP": float(s[0]), "AP50": float(s[1]), "AP75": float(s[2]), "AR": float(s[5])}
+
+
+def torso_size(kp: np.ndarray, layout: KeypointLayout) -> float:
+    """Distance from the neck (or the shoulders' midpoint) to the hips' midpoint, in pixels;
+    ``nan`` when those keypoints are not labelled."""
+    names = layout.keypoints
+
+    def pt(*ns):
+        idx = [names.index(n) for n in ns if n in names]
+        if len(idx) != len(ns) or (kp[idx, 2] <= 0).any():
+            return None
+        return kp[idx, :2].mean(0)
+
+    top = pt("neck") if "neck" in names else pt("left_shoulder", "right_shoulder")
+    if top is None:
+        top = pt("left_shoulder", "right_shoulder")
+    hips = pt("left_hip", "right_hip")
+    if top is None or hips is None:
+        return float("nan")
+    return float(np.linalg.norm(top - hips))
+
+
+@dataclass
+class PoseMetrics:
+    """Accumulates PCK, per-keypoint pixel error, OKS AP inputs and mask IoU/Dice over a dataset."""
+
+    layout: KeypointLayout
+    pck_alpha: float = 0.2
+    gts: list = field(default_factory=list)
+    preds: list = field(default_factory=list)
+    scores: list = field(default_factory=list)
+    sizes: list = field(default_factory=list)
+    correct: np.ndarray = None
+    counted: np.ndarray = None
+    err_sum: np.ndarray = None
+    found: np.ndarray = None
+    inter: float = 0.0
+    union: float = 0.0
+    mask_sum: float = 0.0
+
+    def __post_init__(self) -> None:
+        k = self.layout.num_keypoints
+        self.correct, self.counted, self.err_sum, self.found = np.zeros(k), np.zeros(k), np.zeros(k), np.zeros(k)
+
+    def add(self, gt: np.ndarray, pred: np.ndarray, scores: np.ndarray, size: tuple[int, int],
+            mask_prob: "np.ndarray | None" = None, mask_gt: "np.ndarray | None" = None) -> None:
+        """One image: ground truth ``(G, K, 3)``, prediction ``(D, K, 3)`` with person scores."""
+        gt = gt[(gt[:, :, 2] > 0).any(-1)] if len(gt) else gt
+        self.gts.append(gt)
+        self.preds.append(pred)
+        self.scores.append(scores)
+        self.sizes.append(size)
+        if len(gt) and len(pred):
+            areas = np.array([_area(g) for g in gt])
+            sim = oks_matrix(gt, pred, self.layout.sigmas, areas)
+            rows, cols = linear_sum_assignment(-sim)
+            matched = dict(zip(rows, cols))
+        else:
+            matched = {}
+        for gi, g in enumerate(gt):
+            vis = g[:, 2] > 0
+            ts = torso_size(g, self.layout)
+            if not np.isfinite(ts) or ts <= 0:
+                ts = np.sqrt(_area(g))  # fall back to the person's size
+            if gi in matched:
+                p = pred[matched[gi]]
+                found = p[:, 2] > 0
+                d = np.linalg.norm(g[:, :2] - p[:, :2], axis=-1)
+                ok = found & (d <= self.pck_alpha * ts)
+                self.err_sum += np.where(vis & found, d, 0.0)
+                self.found += vis & found
+            else:
+                ok = np.zeros_like(vis)
+            self.correct += ok & vis
+            self.counted += vis
+        if mask_prob is not None and mask_gt is not None:
+            pm, gm = mask_prob > 0.5, mask_gt > 0.5
+            self.inter += float((pm & gm).sum())
+            self.union += float((pm | gm).sum())
+            self.mask_sum += float(pm.sum() + gm.sum())
+
+    def result(self) -> dict[str, float]:
+        found = self.found
+        out = {f"PCK@{self.pck_alpha:g}": float(self.correct.sum() / max(self.counted.sum(), 1))}
+        out.update(coco_oks(self.gts, self.preds, self.scores, self.layout, self.sizes))
+        per_kp = np.where(found > 0, self.err_sum / np.maximum(found, 1), np.nan)
+        out["mean_px_error"] = float(np.nansum(self.err_sum) / max(found.sum(), 1))
+        for name, e in zip(self.layout.keypoints, per_kp):
+            out[f"px_error/{name}"] = float(e)
+        if self.mask_sum > 0 or self.union > 0:
+            out["mask_IoU"] = self.inter / max(self.union, 1e-9)
+            out["mask_Dice"] = 2 * self.inter / max(self.mask_sum, 1e-9)
+        return out

@@ -1,0 +1,181 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from posesynth.datasets.layouts import DRIVER9
+from posesynth.datasets.posemaps import render_heatmaps, render_pafs
+from posesynth.posenet.decode import decode_people, decode_single, find_peaks
+from posesynth.posenet.metrics import PoseMetrics, coco_oks
+from posesynth.posenet.model import FPN, PoseNet, PoseNetConfig
+
+
+def person(x0, y0, arm_dx=0.0):
+    """A driver9 person with its neck at (x0, y0); coordinates in 384 px input."""
+    kp = np.array([[x0 - 60 + arm_dx, y0 + 110], [x0 - 70, y0 + 50], [x0 - 45, y0 + 5], [x0, y0],
+                   [x0 + 45, y0 + 5], [x0 + 70, y0 + 50], [x0 + 60 - arm_dx, y0 + 110], [x0 - 30, y0 + 150],
+                   [x0 + 30, y0 + 150]], np.float32)
+    return np.concatenate([kp, np.full((9, 1), 2, np.float32)], 1)
+
+
+@pytest.mark.parametrize("size", [(64, 64), (96, 160), (128, 128)])
+def test_posenet_shapes(size):
+    m = PoseNet(PoseNetConfig(9, 8, 1, "pvt_v2_b0", "none", "small"))
+    hm, paf, mask = m(torch.rand(2, 3, *size) * 2 - 1)
+    assert hm.shape == (2, 9, size[0] // 4, size[1] // 4) and paf.shape == (2, 16, size[0] // 4, size[1] // 4)
+    assert mask.shape == (2, 1, *size) and 0 <= mask.min() and mask.max() <= 1
+
+
+def test_fpn_uses_every_level_once():
+    fpn = FPN([8, 16, 32, 64], 16).eval()
+    feats = [torch.rand(1, c, 32 // 2 ** i, 32 // 2 ** i) for i, c in enumerate([8, 16, 32, 64])]
+    base = fpn(feats)
+    for i in range(4):  # changing any one level changes the output
+        changed = [f.clone() for f in feats]
+        changed[i] += 1.0
+        assert not torch.allclose(fpn(changed), base), f"level {i} is ignored"
+    assert base.shape == (1, 16, 32, 32)
+
+
+def test_decode_single_within_one_pixel(rng):
+    kp = person(190.3, 100.7)[None]
+    hm = render_heatmaps(kp, (384, 384), (96, 96), sigma=7.0)
+    out, scores = decode_single(hm, (384, 384))
+    assert np.abs(out[0, :, :2] - kp[0, :, :2]).max() < 1.0
+    assert (out[0, :, 2] == 2).all() and scores.min() > 0.9
+
+
+def test_decode_two_people_with_close_limbs():
+    """Two people overlapping (a passenger just behind): every limb of one lies within 40 px
+    of the same limb of the other, in the same PAF channel."""
+    a = person(150.4, 90.2)
+    b = person(186.7, 102.9)
+    kp = np.stack([a, b])
+    gap = np.linalg.norm(a[:, :2] - b[:, :2], axis=1)
+    assert gap.max() < 40
+    hm = render_heatmaps(kp, (384, 384), (96, 96), 7.0)
+    paf = render_pafs(kp, DRIVER9.limbs, (384, 384), (96, 96), 8.0)
+    people, scores = decode_people(hm, paf, DRIVER9, (384, 384))
+    assert len(people) == 2
+    people = people[np.argsort(people[:, DRIVER9.index("neck"), 0])]
+    for got, want in zip(people, kp):
+        assert (got[:, 2] == 2).all()
+        assert np.abs(got[:, :2] - want[:, :2]).max() < 1.0
+
+
+def test_find_peaks_threshold():
+    hm = np.zeros((2, 20, 20), np.float32)
+    hm[0, 5, 5] = 0.5
+    hm[0, 10, 12] = 0.05
+    peaks = find_peaks(hm, 0.1)
+    assert len(peaks[0]) == 1 and len(peaks[1]) == 0 and peaks[0][0, :2].tolist() == [5, 5]
+
+
+def test_cocoeval_ap():
+    gts = [np.stack([person(120, 90), person(260, 95)]), person(200, 100)[None]]
+    sizes = [(384, 384), (384, 384)]
+    perfect = coco_oks(gts, gts, [np.ones(2), np.ones(1)], DRIVER9, sizes)
+    assert perfect["AP"] == pytest.approx(1.0) and perfect["AR"] == pytest.approx(1.0)
+    rng = np.random.default_rng(0)
+    noisy = [g.copy() for g in gts]
+    for g in noisy:
+        g[..., :2] += rng.normal(0, 8, g[..., :2].shape)
+    worse = coco_oks(gts, noisy, [np.ones(2), np.ones(1)], DRIVER9, sizes)
+    assert worse["AP"] < 0.9
+    m = PoseMetrics(DRIVER9)
+    for g, p, s in zip(gts, noisy, sizes):
+        m.add(g, p, np.ones(len(p)), s)
+    r = m.result()
+    assert 0 < r["PCK@0.2"] <= 1 and 5 < r["mean_px_error"] < 15
+
+
+def test_pck_and_mask_metrics():
+    g = person(200, 100)[None]
+    p = g.copy()
+    p[0, 0, :2] += [100, 0]   # one wrist far off
+    m = PoseMetrics(DRIVER9, 0.2)
+    mask = np.zeros((1, 8, 8))
+    mask[0, :4] = 1
+    pred = np.zeros((1, 8, 8))
+    pred[0, :2] = 0.9
+    m.add(g, p, np.ones(1), (384, 384), pred, mask)
+    r = m.result()
+    assert r["PCK@0.2"] == pytest.approx(8 / 9)
+    assert r["mask_IoU"] == pytest.approx(0.5) and r["mask_Dice"] == pytest.approx(2 * 16 / 48)
+
+
+def test_overfit_one_batch(tmp_path):
+    from posesynth.datasets.synthetic import render_scene, scene_rng
+    from posesynth.datasets.torch_dataset import sample_to_tensors
+    from posesynth.posenet.losses import PoseLossWeights, pose_loss
+
+    torch.manual_seed(0)
+    items = [sample_to_tensors(render_scene(scene_rng(5, i), 96, passenger_prob=0), DRIVER9, with_maps=False)
+             for i in range(2)]
+    batch = {k: torch.stack([it[k] for it in items]) for k in ("image", "heatmaps", "pafs", "masks")}
+    m = PoseNet(PoseNetConfig(9, 8, 1, "pvt_v2_b0", "none", "small"))
+    opt = torch.optim.AdamW(m.parameters(), 2e-3)
+    w = PoseLossWeights(100, 100, 1)
+    losses = []
+    for _ in range(40):
+        loss, _ = pose_loss(m(batch["image"]), batch, w)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert np.mean(losses[-5:]) < np.mean(losses[:3]) / 4, losses
+
+
+def make_data(tmp_path, n=8, size=64, name="d", pose="narrow"):
+    r = subprocess.run([sys.executable, "-m", "posesynth", "make-data", "--out", str(tmp_path / name), "--num", str(n),
+                        "--size", str(size), "--workers", "1", "--pose-range", pose], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return tmp_path / name
+
+
+TINY = ["--size", "64", "--backbone", "pvt_v2_b0", "--pretrained", "none", "--heads", "small", "--batch-size", "2"]
+
+
+def test_train_evaluate_predict_resume(tmp_path):
+    data = make_data(tmp_path)
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "posesynth", "train-posenet", "--data", str(data), "--val", str(data),
+           "--out", str(run), *TINY]
+    r = subprocess.run(cmd + ["--epochs", "1"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([sys.executable, "-m", "posesynth", "train-posenet", "--out", str(run), "--resume",
+                        "--epochs", "2"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    hist = (run / "history.csv").read_text().splitlines()
+    assert len(hist) == 3 and "val_PCK@0.2" in hist[0]
+    assert (run / "curves.png").exists() and (run / "checkpoints" / "best.safetensors").exists()
+    r = subprocess.run([sys.executable, "-m", "posesynth", "evaluate", "--posenet", str(run), "--data", str(data)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {"PCK@0.2", "AP", "AR", "mean_px_error", "mask_IoU", "mask_Dice"} <= set(metrics)
+    r = subprocess.run([sys.executable, "-m", "posesynth", "predict", "--posenet", str(run), "--images",
+                        str(data / "images"), "--out", str(tmp_path / "pred")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert len(list((tmp_path / "pred").glob("*.png"))) == 8
+
+
+def test_two_process_gloo_run(tmp_path):
+    data = make_data(tmp_path)
+    run = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "-m", "posesynth", "train-posenet", "--data", str(data), "--val", str(data), "--out", str(run),
+                        *TINY, "--epochs", "1"], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    from posesynth.posenet.trainer import load_posenet
+
+    model, layout, meta = load_posenet(run)
+    assert layout == DRIVER9 and meta["epoch"] == 1
+    hm, paf, mask = model(torch.zeros(1, 3, 64, 64))
+    assert hm.shape == (1, 9, 16, 16)
+    assert len((run / "history.csv").read_text().splitlines()) == 2  # rank 0 wrote one row per epoch
