@@ -132,6 +132,22 @@ def _cmd_experiment(a: argparse.Namespace) -> None:
               f"with GAN {r['gan_best_PCK_mean']:.3f}; AP {r['baseline_best_AP_mean']:.3f} vs {r['gan_best_AP_mean']:.3f}")
 
 
+def _cmd_generate(a: argparse.Namespace) -> None:
+    from .config import config_from_args
+    from .spade.generate import GenerateConfig, generate_dataset, merge_shards
+
+    cfg = config_from_args(GenerateConfig, a)
+    if not cfg.out:
+        raise PosesynthError("--out is required")
+    if a.merge:
+        merge_shards(cfg.out)
+        return
+    for name in ("gan", "data"):
+        if not getattr(cfg, name):
+            raise PosesynthError(f"--{name} is required")
+    generate_dataset(cfg)
+
+
 def _cmd_demo(a: argparse.Namespace) -> None:
     from .demo import run_demo
 
@@ -219,6 +235,14 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--config", help="YAML file of ExperimentConfig options")
     add_config_args(x, ExperimentConfig)
     x.set_defaults(func=_cmd_experiment)
+
+    from .spade.generate import GenerateConfig
+
+    gn = sub.add_parser("generate", help="write a synthetic COCO dataset rendered from perturbed poses")
+    gn.add_argument("--config", help="YAML file of GenerateConfig options")
+    gn.add_argument("--merge", action="store_true", help="merge the shard annotation files in --out and exit")
+    add_config_args(gn, GenerateConfig)
+    gn.set_defaults(func=_cmd_generate)
 
     d = sub.add_parser("demo", help="the main job of `make demo`")
     d.add_argument("--out", default="runs/demo")

@@ -326,8 +326,10 @@ class CocoWriter:
     """
 
     def __init__(self, root: "str | Path", layout: KeypointLayout, image_ext: str = ".jpg",
-                 jpeg_quality: int = 95, info: "dict[str, Any] | None" = None) -> None:
+                 jpeg_quality: int = 95, info: "dict[str, Any] | None" = None,
+                 ann_name: str = "annotations.json", resume: bool = False) -> None:
         self.root = Path(root)
+        self.ann_name = ann_name
         self.layout = layout
         self.image_ext = image_ext
         self.jpeg_quality = jpeg_quality
@@ -337,6 +339,16 @@ class CocoWriter:
         self.info = {"description": "written by posesynth", **(info or {})}
         self.images: list[dict[str, Any]] = []
         self.annotations: list[dict[str, Any]] = []
+        path = self.root / ann_name
+        if resume and path.exists():
+            try:
+                old = json.loads(path.read_text())
+            except json.JSONDecodeError as e:
+                raise DatasetError(f"{path}: cannot resume, malformed JSON ({e.msg})") from None
+            if old.get("categories", [{}])[0].get("keypoints") != list(layout.keypoints):
+                raise DatasetError(f"{path}: cannot resume, it holds another layout")
+            self.images, self.annotations = old["images"], old["annotations"]
+            self.info = old.get("info", self.info)
 
     def category(self) -> dict[str, Any]:
         lay = self.layout
@@ -345,16 +357,14 @@ class CocoWriter:
                 "flip_pairs": [list(p) for p in lay.flip_pairs], "sigmas": list(lay.sigmas),
                 "masks": list(lay.masks)}
 
-    def add(self, sample: Sample, image_id: "int | None" = None, encoded: "bytes | None" = None) -> int:
-        """Write one sample's files and record its entries; returns its image id."""
-        image_id = int(image_id if image_id is not None else len(self.images) + 1)
+    def write_files(self, sample: Sample, image_id: int, encoded: "bytes | None" = None) -> dict[str, Any]:
+        """Write a sample's image and mask files (thread-safe); returns its image entry."""
         stem = f"{image_id:06d}"
         fname = stem + self.image_ext
         if encoded is None:
             encoded = encode_image(sample.image, self.image_ext, self.jpeg_quality)
         (self.root / "images" / fname).write_bytes(encoded)
-        h, w = sample.height, sample.width
-        entry: dict[str, Any] = {"id": image_id, "file_name": fname, "width": w, "height": h}
+        entry: dict[str, Any] = {"id": image_id, "file_name": fname, "width": sample.width, "height": sample.height}
         if self.layout.num_masks:
             refs = {}
             for name, m in zip(self.layout.masks, sample.masks):
@@ -363,6 +373,16 @@ class CocoWriter:
                 (self.root / rel).write_bytes(buf.tobytes())
                 refs[name] = rel
             entry["masks"] = refs
+        return entry
+
+    def add(self, sample: Sample, image_id: "int | None" = None, encoded: "bytes | None" = None,
+            entry: "dict[str, Any] | None" = None) -> int:
+        """Write one sample's files (unless ``entry`` says they are written) and record its
+        entries; returns its image id."""
+        image_id = int(image_id if image_id is not None else len(self.images) + 1)
+        if entry is None:
+            entry = self.write_files(sample, image_id, encoded)
+        h, w = sample.height, sample.width
         if sample.meta.get("provenance"):
             entry["posesynth"] = {"provenance": sample.meta["provenance"]}
         self.images.append(entry)
@@ -383,7 +403,8 @@ class CocoWriter:
                 "images": self.images, "annotations": self.annotations}
 
     def close(self) -> Path:
-        path = self.root / "annotations.json"
+        """Write the annotation file atomically (may be called repeatedly to checkpoint)."""
+        path = self.root / self.ann_name
         atomic_write_json(path, self.to_dict())
         return path
 

@@ -1,0 +1,122 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from posesynth.augment.perturb import PerturbConfig, perturb_keypoints
+from posesynth.datasets.coco import CocoKeypointDataset, write_coco
+from posesynth.datasets.layouts import DRIVER9, KeypointLayout
+from posesynth.datasets.make_data import make_synthetic_dataset
+from posesynth.datasets.sample import Sample
+from posesynth.datasets.transforms import Resize
+from posesynth.errors import PosesynthError
+from posesynth.spade.generate import GenerateConfig, generate_dataset, merge_shards
+from posesynth.spade.inference import fold_spectral_norm, optimize_generator
+from posesynth.spade.trainer import GANConfig, GANTrainer, load_generator
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gen")
+    make_synthetic_dataset(root / "data", 5, seed=2, size=64, workers=1, progress=False)
+    cfg = GANConfig(data=str(root / "data"), size=(64, 64), ngf=8, ndf=8, steps=2, vgg="off", augment=False)
+    GANTrainer(cfg, root / "gan", progress=False).fit()
+    return root
+
+
+def gcfg(setup, out, **kw):
+    base = dict(gan=str(setup / "gan"), data=str(setup / "data"), out=str(out), per_image=2, seed=3, batch_size=3,
+                flush_every=2)
+    base.update(kw)
+    return GenerateConfig(**base)
+
+
+def read(path):
+    return json.loads((path / "annotations.json").read_text())
+
+
+def test_round_trip_and_provenance(setup, tmp_path):
+    generate_dataset(gcfg(setup, tmp_path / "g"), progress=False)
+    ds = CocoKeypointDataset(tmp_path / "g")
+    src = CocoKeypointDataset(setup / "data")
+    assert len(ds) == 10 and ds.layout == DRIVER9
+    data = read(tmp_path / "g")
+    for s in ds:
+        prov = s.meta["provenance"]
+        i = [e.image["id"] for e in src.entries].index(prov["source_image_id"])
+        assert prov["perturbation"] == "arms-high" and prov["seed"] == 3
+        want = perturb_keypoints(Resize((64, 64))(src[i]).keypoints, DRIVER9, (64, 64),
+                                 np.random.default_rng([3, i, prov["copy"]]), PerturbConfig("arms-high"))
+        np.testing.assert_allclose(s.keypoints, want, atol=1e-3)
+        assert s.image.shape == (64, 64, 3) and s.masks.shape == (1, 64, 64)
+    assert all("provenance" in a for a in data["annotations"])
+
+
+def test_resume_equals_uninterrupted(setup, tmp_path):
+    generate_dataset(gcfg(setup, tmp_path / "full"), progress=False)
+    generate_dataset(gcfg(setup, tmp_path / "part"), progress=False, stop_after=3)
+    partial = read(tmp_path / "part")
+    assert 3 <= len(partial["images"]) < 10     # valid JSON on disk after the interruption
+    generate_dataset(gcfg(setup, tmp_path / "part"), progress=False)
+    assert read(tmp_path / "part") == read(tmp_path / "full")
+    for f in (tmp_path / "full" / "images").iterdir():
+        assert (tmp_path / "part" / "images" / f.name).read_bytes() == f.read_bytes()
+
+
+def test_shards_merge_to_one_dataset(setup, tmp_path):
+    generate_dataset(gcfg(setup, tmp_path / "one", batch_size=1), progress=False)
+    for i in range(2):
+        generate_dataset(gcfg(setup, tmp_path / "sh", batch_size=1, shard=f"{i}/2"), progress=False)
+    merge_shards(tmp_path / "sh", progress=False)
+    one, sh = read(tmp_path / "one"), read(tmp_path / "sh")
+    assert one["images"] == sh["images"] and one["annotations"] == sh["annotations"]
+    for f in (tmp_path / "one" / "images").iterdir():
+        assert (tmp_path / "sh" / "images" / f.name).read_bytes() == f.read_bytes()
+
+
+def test_folded_weights_same_output(setup):
+    g, _, _ = load_generator(setup / "gan")
+    folded = fold_spectral_norm(g)
+    assert not any(hasattr(m, "parametrizations") for m in folded.modules())
+    x = torch.rand(2, 26, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), g(x), rtol=1e-4, atol=1e-5)
+        fast = optimize_generator(g, "cpu", "fp32")
+        torch.testing.assert_close(fast(x.contiguous(memory_format=torch.channels_last)), g(x), rtol=1e-4, atol=1e-5)
+
+
+def test_int8_close_to_fp32(setup):
+    g, _, _ = load_generator(setup / "gan")
+    x = torch.rand(4, 26, 64, 64)
+    q = optimize_generator(g, "cpu", "int8", calibration=[x])
+    with torch.no_grad():
+        ref, out = g(x), q(x)
+    mse = float(((ref - out) ** 2).mean())
+    psnr = 10 * np.log10(4.0 / max(mse, 1e-12))   # range [-1, 1]
+    assert psnr > 25, psnr
+
+
+def test_layout_mismatch_stops_before_work(setup, tmp_path):
+    arm = KeypointLayout("arm3", ("shoulder", "elbow", "wrist"), ((0, 1), (1, 2)))
+    kp = np.array([[[10, 10, 2], [20, 20, 2], [30, 30, 2]]], np.float32)
+    write_coco(tmp_path / "arm", [Sample(np.zeros((64, 64, 3), np.uint8), kp, np.zeros((0, 64, 64), np.uint8))], arm)
+    with pytest.raises(PosesynthError, match="no conversion from layout 'arm3' to 'driver9'"):
+        generate_dataset(gcfg(setup, tmp_path / "x", data=str(tmp_path / "arm")), progress=False)
+    assert not (tmp_path / "x").exists()
+
+
+def test_unwritable_output(setup, tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(PosesynthError, match="cannot write there"):
+        generate_dataset(gcfg(setup, tmp_path / "file" / "out"), progress=False)
+
+
+def test_pose_network_trains_on_generated_data(setup, tmp_path):
+    from posesynth.posenet.trainer import PoseNetTrainer, PoseTrainConfig
+
+    generate_dataset(gcfg(setup, tmp_path / "g"), progress=False)
+    cfg = PoseTrainConfig(data=str(tmp_path / "g"), size=(64, 64), backbone="pvt_v2_b0", pretrained="none",
+                          heads="small", epochs=1, batch_size=2)
+    row = PoseNetTrainer(cfg, tmp_path / "run", progress=False).fit()
+    assert np.isfinite(row["train_loss"])
