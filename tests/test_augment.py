@@ -92,7 +92,7 @@ def generator():
 def test_untouched_half_is_exact_and_not_aliased(generator):
     batch = make_batch()
     before = {k: v.clone() for k, v in batch.items()}
-    mixer = GANBatchMixer(generator, DRIVER9, 0.5, seed=1)
+    mixer = GANBatchMixer(generator, DRIVER9, 0.5, seed=1, post_scale=(1, 1), post_translate=0)
     out = mixer(batch, step=0)
     gen = out["generated"]
     assert int(gen.sum()) == 2
@@ -107,7 +107,7 @@ def test_untouched_half_is_exact_and_not_aliased(generator):
 
 def test_generated_labels_follow_perturbed_keypoints(generator):
     batch = make_batch()
-    out = GANBatchMixer(generator, DRIVER9, 0.5, seed=2)(batch, step=3)
+    out = GANBatchMixer(generator, DRIVER9, 0.5, seed=2, post_scale=(1, 1), post_translate=0)(batch, step=3)
     gen = torch.nonzero(out["generated"]).flatten()
     for i in gen.tolist():
         kp = out["keypoints"][i, 0].numpy()
@@ -165,3 +165,27 @@ def test_generator_unchanged_while_pose_network_trains(generator, tmp_path):
     for k, v in generator.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert all(p.grad is None for p in generator.parameters())
+
+
+def test_post_resize_and_translation_keep_labels_on_the_image(generator):
+    """The original's random resize + shift of the mixed batch: a bright dot painted at a
+    keypoint stays under that keypoint, and the heatmaps are rendered at the new positions."""
+    batch = make_batch()
+    kp = batch["keypoints"][:, 0, DRIVER9.index("neck")]
+    img = torch.full_like(batch["image"], -1.0)
+    for i, (x, y, v) in enumerate(kp.tolist()):
+        img[i, :, int(round(y)) - 1:int(round(y)) + 2, int(round(x)) - 1:int(round(x)) + 2] = 1.0
+    batch["image"] = img
+    out = GANBatchMixer(generator, DRIVER9, 0.0, seed=3, post_scale=(0.8, 1.2), post_translate=0.1)(batch, 5)
+    moved = 0
+    for i in range(4):
+        x, y, v = out["keypoints"][i, 0, DRIVER9.index("neck")].tolist()
+        if v == 0:
+            continue
+        red = out["image"][i, 0]
+        cy, cx = divmod(int(red.argmax()), red.shape[1])
+        assert abs(cx - x) <= 1.5 and abs(cy - y) <= 1.5
+        dec, _ = decode_single(out["heatmaps"][i].numpy(), (64, 64))
+        assert np.abs(dec[0, DRIVER9.index("neck"), :2] - [x, y]).max() < 1.0
+        moved += abs(x - kp[i, 0]) > 0.5
+    assert moved >= 2

@@ -179,3 +179,27 @@ def test_two_process_gloo_run(tmp_path):
     hm, paf, mask = model(torch.zeros(1, 3, 64, 64))
     assert hm.shape == (1, 9, 16, 16)
     assert len((run / "history.csv").read_text().splitlines()) == 2  # rank 0 wrote one row per epoch
+
+
+def test_backbone_weights_from_file_and_missing_cache(tmp_path, monkeypatch, caplog):
+    import logging
+
+    import timm
+    from safetensors.torch import save_file
+
+    from posesynth.errors import ConfigError
+    from posesynth.posenet.backbone import PVTBackbone
+
+    full = timm.create_model("pvt_v2_b0", pretrained=False)
+    save_file({k: v.contiguous() for k, v in full.state_dict().items()}, str(tmp_path / "b0.safetensors"))
+    b = PVTBackbone("pvt_v2_b0", str(tmp_path / "b0.safetensors"))
+    ours = dict(b.body.named_parameters())
+    ref = full.state_dict()
+    for key, value in ours.items():  # features_only names stage N "stages_N"
+        assert torch.equal(value, ref[key.replace("stages_", "stages.")]), key
+    with pytest.raises(ConfigError, match="backbone weights file not found"):
+        PVTBackbone("pvt_v2_b0", str(tmp_path / "nope.pth"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    with caplog.at_level(logging.WARNING):
+        PVTBackbone("pvt_v2_b0", "auto")
+    assert "starting from random weights" in caplog.text

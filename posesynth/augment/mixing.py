@@ -15,6 +15,11 @@ For the chosen ``fraction`` of a batch (default half), :class:`GANBatchMixer`:
 The rest of the batch is untouched: the returned batch holds copies, never aliases, of the
 input tensors (the original code's "real" half received the perturbed labels).
 
+Then, as in the original, a random resize and translation (``post_scale``, ``post_translate``;
+one draw per sample) apply to the whole mixed batch: images (bilinear, black border) and masks
+(nearest) are warped on the device, keypoints follow, and heatmaps and PAFs are rendered again
+from them.  Set ``post_scale=(1, 1)`` and ``post_translate=0`` to skip it.
+
 An optional judge (a frozen pose network) drops generated samples whose predicted heatmaps
 disagree with the perturbed pose (MSE above ``judge_threshold``); their slot keeps the real
 sample, and the drop is counted.
@@ -71,7 +76,8 @@ class GANBatchMixer:
                  perturb: PerturbConfig = PerturbConfig(), spec: PoseMapSpec = PoseMapSpec(),
                  gan_device: "str | torch.device" = "cpu", device: "str | torch.device" = "cpu",
                  gan_size: "tuple[int, int] | None" = None, judge: "torch.nn.Module | None" = None,
-                 judge_threshold: float = 0.01, seed: int = 0, stride: int = 4) -> None:
+                 judge_threshold: float = 0.01, seed: int = 0, stride: int = 4,
+                 post_scale: tuple[float, float] = (0.9, 1.1), post_translate: float = 0.05) -> None:
         if not 0.0 <= fraction <= 1.0:
             raise ValueError("fraction must be in [0, 1]")
         self.gan_device, self.device = torch.device(gan_device), torch.device(device)
@@ -81,6 +87,7 @@ class GANBatchMixer:
         self.judge = judge.to(self.gan_device).eval().requires_grad_(False) if judge is not None else None
         self.judge_threshold = judge_threshold
         self.seed, self.stride = seed, stride
+        self.post_scale, self.post_translate = tuple(post_scale), post_translate
         self.stats = MixStats()
         self.last_generated: "torch.Tensor | None" = None  # (n, 3, H, W) of the last batch, for reports
 
@@ -129,7 +136,7 @@ class GANBatchMixer:
         rng = np.random.default_rng([self.seed, step])
         idx = self.choose(b, rng)
         if len(idx) == 0:
-            return out
+            return self.post_affine(out, rng)
         size = tuple(batch["image"].shape[-2:])
         src_kp = batch["keypoints"][idx].cpu().numpy()
         new_kp = np.stack([perturb_keypoints(k, self.layout, size, rng, self.perturb) for k in src_kp])
@@ -152,7 +159,42 @@ class GANBatchMixer:
         out["generated"] = torch.zeros(b, dtype=torch.bool, device=self.device)
         out["generated"][sel] = True
         self.last_generated = fake[keep].detach()
+        out = self.post_affine(out, rng)
         self.stats.batches += 1
         self.stats.generated += int(keep.sum())
         self.stats.seconds += time.perf_counter() - t0
+        return out
+
+    def post_affine(self, out: dict, rng: np.random.Generator) -> dict:
+        """The original's random resize and translation of the mixed batch (in place on ``out``,
+        which holds copies).  Scale about the image centre, shift in pixels."""
+        lo, hi = self.post_scale
+        if lo == hi == 1.0 and self.post_translate == 0:
+            return out
+        img = out["image"]
+        b, _, h, w = img.shape
+        s = rng.uniform(lo, hi, b)
+        t = rng.uniform(-self.post_translate, self.post_translate, (b, 2)) * np.array([w, h])
+        # output -> input in normalised coordinates (align_corners=False): in = (out - 2t/size) / s
+        theta = np.zeros((b, 2, 3), np.float32)
+        theta[:, 0, 0] = theta[:, 1, 1] = 1 / s
+        theta[:, 0, 2] = -2 * t[:, 0] / w / s
+        theta[:, 1, 2] = -2 * t[:, 1] / h / s
+        grid = F.affine_grid(torch.from_numpy(theta).to(img.device, img.dtype), list(img.shape), align_corners=False)
+        out["image"] = F.grid_sample(img + 1, grid, mode="bilinear", padding_mode="zeros", align_corners=False) - 1
+        if out["masks"].shape[1]:
+            m = out["masks"]
+            g = grid if m.shape[-2:] == img.shape[-2:] else F.affine_grid(
+                torch.from_numpy(theta).to(m.device, m.dtype), list(m.shape), align_corners=False)
+            out["masks"] = F.grid_sample(m, g, mode="nearest", padding_mode="zeros", align_corners=False)
+        kp = out["keypoints"].cpu().numpy().copy()
+        c = np.array([(w - 1) / 2, (h - 1) / 2], np.float32)
+        kp[..., :2] = (kp[..., :2] - c) * s[:, None, None, None].astype(np.float32) + c + t[:, None, None, :].astype(
+            np.float32)
+        outside = (kp[..., 0] < 0) | (kp[..., 1] < 0) | (kp[..., 0] > w - 1) | (kp[..., 1] > h - 1)
+        kp[..., 2] = np.where(outside, 0.0, kp[..., 2])
+        hm, paf = _label_maps(kp, self.layout, (h, w), tuple(out["heatmaps"].shape[-2:]), self.spec)
+        out["keypoints"] = torch.from_numpy(kp).to(self.device)
+        out["heatmaps"] = torch.from_numpy(hm).to(self.device, out["heatmaps"].dtype)
+        out["pafs"] = torch.from_numpy(paf).to(self.device, out["pafs"].dtype)
         return out

@@ -8,7 +8,6 @@ loads that file; otherwise the backbone starts from random weights and says so o
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import torch
@@ -22,6 +21,21 @@ log = logging.getLogger(__name__)
 BACKBONES = ("pvt_v2_b0", "pvt_v2_b1", "pvt_v2_b2")
 
 
+def _cached_weights(name: str) -> "Path | None":
+    """timm's ImageNet weights for ``name`` if they are in the local Hugging Face cache (no network)."""
+    try:
+        import timm
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    repo = timm.models.get_pretrained_cfg(name).hf_hub_id if timm.models.get_pretrained_cfg(name) else None
+    for fname in ("model.safetensors", "pytorch_model.bin"):
+        hit = try_to_load_from_cache(repo, fname) if repo else None
+        if isinstance(hit, str) and Path(hit).is_file():
+            return Path(hit)
+    return None
+
+
 def _create(name: str, pretrained: str) -> nn.Module:
     import timm
 
@@ -29,21 +43,13 @@ def _create(name: str, pretrained: str) -> nn.Module:
     if pretrained in ("", "none"):
         return timm.create_model(name, pretrained=False, **kw)
     if pretrained == "auto":
-        old = os.environ.get("HF_HUB_OFFLINE")
-        os.environ["HF_HUB_OFFLINE"] = "1"  # only the local cache: never download
-        try:
-            m = timm.create_model(name, pretrained=True, **kw)
-            log.info("backbone %s: ImageNet weights from the local timm/Hugging Face cache", name)
-            return m
-        except Exception:
-            log.warning("backbone %s: no ImageNet weights in the local cache; starting from random weights "
-                        "(give a weights file with --pretrained PATH to use them)", name)
+        cached = _cached_weights(name)
+        if cached is None:
+            log.warning("backbone %s: no ImageNet weights in the local Hugging Face cache; starting from random "
+                        "weights (give a weights file with --pretrained PATH to use them)", name)
             return timm.create_model(name, pretrained=False, **kw)
-        finally:
-            if old is None:
-                os.environ.pop("HF_HUB_OFFLINE", None)
-            else:
-                os.environ["HF_HUB_OFFLINE"] = old
+        log.info("backbone %s: ImageNet weights from %s", name, cached)
+        pretrained = str(cached)
     path = Path(pretrained)
     if not path.is_file():
         raise ConfigError(f"{path}: backbone weights file not found")
