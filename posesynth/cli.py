@@ -62,23 +62,13 @@ def _cmd_check(a: argparse.Namespace) -> None:
 
 
 def _cmd_train_gan(a: argparse.Namespace) -> None:
-    from .config import config_from_args, load_config
+    from .config import run_config
     from .spade.trainer import GANConfig, GANTrainer
 
-    out = Path(a.out)
-    if a.resume:
-        saved = out / "config.yaml"
-        if not saved.exists():
-            raise PosesynthError(f"{out}: nothing to resume (no config.yaml)")
-        cli = config_from_args(GANConfig, argparse.Namespace(**{k: v for k, v in vars(a).items() if k != "config"}))
-        given = {k[4:] for k, v in vars(a).items() if k.startswith("cfg_") and v is not None}
-        overrides = {k: getattr(cli, k) for k in given}
-        cfg = load_config(GANConfig, saved, overrides)
-    else:
-        cfg = config_from_args(GANConfig, a)
+    cfg = run_config(GANConfig, a, a.out, a.resume)
     if not cfg.data:
         raise PosesynthError("--data is required (a dataset folder or annotation file)")
-    GANTrainer(cfg, out, resume=a.resume).fit()
+    GANTrainer(cfg, Path(a.out), resume=a.resume).fit()
 
 
 def _cmd_render(a: argparse.Namespace) -> None:
@@ -88,21 +78,13 @@ def _cmd_render(a: argparse.Namespace) -> None:
 
 
 def _cmd_train_posenet(a: argparse.Namespace) -> None:
-    from .config import config_from_args, load_config
+    from .config import run_config
     from .posenet.trainer import PoseNetTrainer, PoseTrainConfig
 
-    out = Path(a.out)
-    if a.resume:
-        saved = out / "config.yaml"
-        if not saved.exists():
-            raise PosesynthError(f"{out}: nothing to resume (no config.yaml)")
-        given = {k[4:]: v for k, v in vars(a).items() if k.startswith("cfg_") and v is not None}
-        cfg = load_config(PoseTrainConfig, saved, given)
-    else:
-        cfg = config_from_args(PoseTrainConfig, a)
+    cfg = run_config(PoseTrainConfig, a, a.out, a.resume)
     if not cfg.data:
         raise PosesynthError("--data is required (a dataset folder or annotation file)")
-    PoseNetTrainer(cfg, out, resume=a.resume).fit()
+    PoseNetTrainer(cfg, Path(a.out), resume=a.resume).fit()
 
 
 def _cmd_evaluate(a: argparse.Namespace) -> None:

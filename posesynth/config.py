@@ -18,7 +18,7 @@ import yaml
 from .errors import ConfigError
 from .io import atomic_write_text
 
-__all__ = ["add_config_args", "config_from_args", "config_from_dict", "load_config", "save_config", "to_dict"]
+__all__ = ["add_config_args", "config_from_args", "run_config", "config_from_dict", "load_config", "save_config", "to_dict"]
 
 T = TypeVar("T")
 
@@ -122,3 +122,15 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: "set[str] 
 def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
     overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
     return load_config(cls, getattr(args, "config", None), overrides)
+
+
+def run_config(cls: type[T], args: argparse.Namespace, run_dir: "str | Path", resume: bool) -> T:
+    """The config of a training run: from ``--config`` and options, or, with ``resume``, the
+    run's saved ``config.yaml`` with the options given now on top (e.g. more ``--steps``)."""
+    if not resume:
+        return config_from_args(cls, args)
+    saved = Path(run_dir) / "config.yaml"
+    if not saved.exists():
+        raise ConfigError(f"{run_dir}: nothing to resume (no config.yaml)")
+    given = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
+    return load_config(cls, saved, given)

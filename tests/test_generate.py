@@ -120,3 +120,18 @@ def test_pose_network_trains_on_generated_data(setup, tmp_path):
                           heads="small", epochs=1, batch_size=2)
     row = PoseNetTrainer(cfg, tmp_path / "run", progress=False).fit()
     assert np.isfinite(row["train_loss"])
+
+
+def test_torchrun_ranks_take_shards_and_merge(setup, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    generate_dataset(gcfg(setup, tmp_path / "one", batch_size=1), progress=False)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                        "posesynth", "generate", "--gan", str(setup / "gan"), "--data", str(setup / "data"), "--out",
+                        str(tmp_path / "tr"), "--per-image", "2", "--seed", "3", "--batch-size", "1"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert read(tmp_path / "tr")["annotations"] == read(tmp_path / "one")["annotations"]

@@ -203,3 +203,10 @@ def test_backbone_weights_from_file_and_missing_cache(tmp_path, monkeypatch, cap
     with caplog.at_level(logging.WARNING):
         PVTBackbone("pvt_v2_b0", "auto")
     assert "starting from random weights" in caplog.text
+
+
+def test_no_detections_give_nan_error_not_zero():
+    m = PoseMetrics(DRIVER9)
+    m.add(person(200, 100)[None], np.zeros((0, 9, 3), np.float32), np.zeros(0), (384, 384))
+    r = m.result()
+    assert r["PCK@0.2"] == 0 and np.isnan(r["mean_px_error"]) and r["AP"] == 0

@@ -211,18 +211,23 @@ class CocoKeypointDataset:
         refs = im.get("masks") or {}
         return [self.root / refs[name] if name in refs else None for name in self.layout.masks]
 
+    def _header_size(self, path: Path, what: str, where: str) -> "tuple[int, int] | None":
+        """(width, height) read from the file's header, or None after reporting the problem."""
+        try:
+            with Image.open(path) as pil:
+                return pil.size
+        except FileNotFoundError:
+            self._fail(f"{path}: {what} file not found ({where} of {self.ann_file})")
+        except (UnidentifiedImageError, OSError) as err:
+            self._fail(f"{path}: {what} is unreadable ({err.__class__.__name__}) ({where} of {self.ann_file})")
+        return None
+
     def _check_files(self, e: _Entry) -> bool:
         im = e.image
         where = f"image {im['id']} ('{im['file_name']}')"
         path = self.image_dir / im["file_name"]
-        try:
-            with Image.open(path) as pil:
-                size = pil.size
-        except FileNotFoundError:
-            self._fail(f"{path}: image file not found ({where} of {self.ann_file})")
-            return False
-        except (UnidentifiedImageError, OSError) as err:
-            self._fail(f"{path}: image is unreadable ({err.__class__.__name__}) ({where} of {self.ann_file})")
+        size = self._header_size(path, "image", where)
+        if size is None:
             return False
         if im.get("width") and im.get("height") and size != (im["width"], im["height"]):
             self._fail(f"{path}: image is {size[0]}x{size[1]} but {self.ann_file} says "
@@ -231,14 +236,8 @@ class CocoKeypointDataset:
         for name, mpath in zip(self.layout.masks, self._mask_paths(im)):
             if mpath is None:
                 continue
-            try:
-                with Image.open(mpath) as pil:
-                    msize = pil.size
-            except FileNotFoundError:
-                self._fail(f"{mpath}: '{name}' mask file not found ({where} of {self.ann_file})")
-                return False
-            except (UnidentifiedImageError, OSError) as err:
-                self._fail(f"{mpath}: '{name}' mask is unreadable ({err.__class__.__name__}) ({where})")
+            msize = self._header_size(mpath, f"'{name}' mask", where)
+            if msize is None:
                 return False
             if msize != size:
                 self._fail(f"{mpath}: '{name}' mask is {msize[0]}x{msize[1]}, its image is "

@@ -167,7 +167,8 @@ class PoseMetrics:
         out = {f"PCK@{self.pck_alpha:g}": float(self.correct.sum() / max(self.counted.sum(), 1))}
         out.update(coco_oks(self.gts, self.preds, self.scores, self.layout, self.sizes))
         per_kp = np.where(found > 0, self.err_sum / np.maximum(found, 1), np.nan)
-        out["mean_px_error"] = float(np.nansum(self.err_sum) / max(found.sum(), 1))
+        # nan, not 0, when nothing was found: an error of 0 px would read as perfect
+        out["mean_px_error"] = float(self.err_sum.sum() / found.sum()) if found.sum() else float("nan")
         for name, e in zip(self.layout.keypoints, per_kp):
             out[f"px_error/{name}"] = float(e)
         if self.mask_sum > 0 or self.union > 0:
