@@ -25,6 +25,10 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_posemaps.py
 	$(PY) benchmarks/bench_synthetic.py
+	$(PY) benchmarks/bench_gan.py
+	$(PY) benchmarks/bench_posenet.py
+	$(PY) benchmarks/bench_mixing.py
+	$(PY) benchmarks/bench_generate.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
