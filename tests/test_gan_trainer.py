@@ -178,7 +178,7 @@ def test_other_gan_modes_train(tmp_path, mode):
 
 def test_pose_judge_from_a_posenet_run(tmp_path):
     """--pose-judge RUN loads a trained pose network, frozen, as the judge."""
-    from posesynth.posenet.model import PoseNet, PoseNetConfig
+    from posesynth.posenet.model import PoseNet
     from posesynth.posenet.trainer import PoseNetTrainer, PoseTrainConfig
 
     src = ListSource(4, 64)

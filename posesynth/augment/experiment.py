@@ -9,15 +9,13 @@ generated half, and ``OUT/results.json``.
 from __future__ import annotations
 
 import html
-import json
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..datasets.formats import KeypointSource, open_dataset
 from ..io import atomic_write_json, atomic_write_text

@@ -1,7 +1,6 @@
 """``posesynth evaluate`` and ``posesynth predict``."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import cv2

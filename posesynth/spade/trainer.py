@@ -18,7 +18,6 @@ import csv
 import dataclasses
 import html
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..checkpoint import load_checkpoint, load_module, module_tensors, optimizer_from_flat, optimizer_to_flat, save_checkpoint
-from ..config import load_config, save_config, to_dict
+from ..config import save_config, to_dict
 from ..datasets.formats import KeypointSource, open_dataset
 from ..datasets.layouts import KeypointLayout
 from ..datasets.posemaps import PoseMapSpec
