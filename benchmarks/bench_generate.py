@@ -43,6 +43,7 @@ def main() -> None:
     ap.add_argument("--ngf", default="32,64")
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--iters", type=int, default=2)
+    ap.add_argument("--compile", action="store_true", help="add the torch.compile row (compiles for ~40 s per row)")
     a = ap.parse_args()
     b = a.batch
     print(f"batch {b}, 26 input channels, CPU fp32 unless int8, {torch.get_num_threads()} threads")
@@ -68,6 +69,12 @@ def main() -> None:
             cl = maps.contiguous(memory_format=torch.channels_last)
             with torch.inference_mode():
                 rows.append(("optimised fp32", timed(lambda: fast(cl), a.iters), nbytes(fast), None))
+            if a.compile:
+                comp = optimize_generator(g, "cpu", "fp32", compile=True)
+                with torch.no_grad():
+                    comp(cl)  # compiles
+                    rows.append(("optimised fp32 + compile", timed(lambda: comp(cl), a.iters), None, None))
+            with torch.inference_mode():
                 q = optimize_generator(g, "cpu", "int8", calibration=[maps])
                 out = q(maps)
                 mse = float(((out - ref_out) ** 2).mean())

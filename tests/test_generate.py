@@ -135,3 +135,15 @@ def test_torchrun_ranks_take_shards_and_merge(setup, tmp_path):
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert read(tmp_path / "tr")["annotations"] == read(tmp_path / "one")["annotations"]
+
+
+def test_compiled_path_same_output(setup):
+    g, _, _ = load_generator(setup / "gan")
+    x = torch.rand(2, 26, 64, 64).contiguous(memory_format=torch.channels_last)
+    comp = optimize_generator(g, "cpu", "fp32", compile=True)
+    with torch.no_grad():
+        torch.testing.assert_close(comp(x), g(x), rtol=1e-4, atol=1e-4)
+    import shutil
+
+    if shutil.which("c++") or shutil.which("gcc"):
+        assert not comp.failed  # really compiled, not the eager fallback

