@@ -30,7 +30,7 @@ def evaluate_run(run: "str | Path", data: "str | Path", out: "str | Path | None"
     model, layout, meta = load_posenet(run, device)
     cfg = meta["config"]
     size = tuple(cfg["size"])
-    src = open_dataset(data, layout=layout.name if layout.name in ("driver9", "coco17") else None, on_error="skip")
+    src = open_dataset(data, layout=layout, on_error="skip")
     if src.layout.keypoints != layout.keypoints:
         raise PosesynthError(f"{run} predicts layout '{layout.name}', {data} is '{src.layout.name}'")
     ds = PoseMapDataset(src, size, None, 4, PoseMapSpec(cfg["sigma"], cfg["paf_width"]), with_maps=False)

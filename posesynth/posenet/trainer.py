@@ -146,8 +146,7 @@ class PoseNetTrainer:
         self.layout = self.source.layout
         self.val_source = val_source
         if self.val_source is None and cfg.val:
-            self.val_source = open_dataset(cfg.val, layout=self.layout.name if cfg.layout or self.layout.name
-                                           in ("driver9", "coco17") else None, on_error="skip")
+            self.val_source = open_dataset(cfg.val, layout=self.layout, on_error="skip")
         if self.val_source is not None and self.val_source.layout.keypoints != self.layout.keypoints:
             raise ConfigError(f"validation data is in layout '{self.val_source.layout.name}', training data in "
                               f"'{self.layout.name}'")

@@ -90,7 +90,7 @@ def generate_dataset(c: GenerateConfig, progress: bool = True, stop_after: "int 
         raise ConfigError(f"--augment must be one of {MODES}")
     shard, nshards = parse_shard(c.shard)
     gen, layout, meta = load_generator(c.gan, c.device)
-    src = open_dataset(c.data, layout=layout.name if layout.name in ("driver9", "coco17") else None, on_error="skip")
+    src = open_dataset(c.data, layout=layout, on_error="skip")
     check_compatible(layout, src.layout, c.gan, c.data)  # before any work
     size = tuple(meta["generator"]["size"])
     spec = PoseMapSpec(meta["config"].get("sigma", 7.0), meta["config"].get("paf_width", 8.0))

@@ -35,7 +35,7 @@ def render_dataset(gan_run: "str | Path", data: "str | Path", out: "str | Path",
     """Render the poses of the first ``num`` samples of ``data``; writes ``out/NNNNNN.png``
     (maps | generated | real) and ``out/index.html``.  Returns the HTML path."""
     gen, layout, meta = load_generator(gan_run, device)
-    src = open_dataset(data, layout=layout.name if layout.name in ("driver9", "coco17") else None, on_error="skip")
+    src = open_dataset(data, layout=layout, on_error="skip")
     check_compatible(layout, src.layout, str(gan_run), str(data))
     size = tuple(meta["generator"]["size"])
     spec = PoseMapSpec(meta["config"].get("sigma", 7.0), meta["config"].get("paf_width", 8.0))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import html
+import io
 import logging
 import time
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from ..datasets.torch_dataset import EpochBatchSampler, PoseMapDataset, tensor_t
 from ..datasets.transforms import RandomAffine
 from ..datasets.visualize import maps_to_rgb
 from ..errors import ConfigError, PosesynthError
+from ..io import atomic_write_text
 from .discriminator import MultiscaleDiscriminator
 from .generator import GeneratorConfig, SPADEGenerator
 from .losses import GAN_MODES, PoseConsistencyLoss, VGGLoss, feature_matching_loss, gan_loss, gradient_penalty, load_vgg19
@@ -370,9 +372,6 @@ class GANTrainer:
             return [r for r in csv.DictReader(f) if int(r["step"]) <= self.step]
 
     def _write_csv(self, path: Path, rows: list[dict[str, Any]]) -> None:
-        from ..io import atomic_write_text
-        import io
-
         keys: list[str] = []
         for r in rows:
             keys += [k for k in r if k not in keys]
@@ -408,8 +407,6 @@ class GANTrainer:
             self._tb.add_image("gan/maps_generated_real", grid, self.step, dataformats="HWC")
         imgs = sorted((web / "images").glob("step_*.png"), reverse=True)
         body = "\n".join(f"<h3>step {int(p.stem[5:])}</h3><img src='images/{html.escape(p.name)}'>" for p in imgs)
-        from ..io import atomic_write_text
-
         atomic_write_text(web / "index.html",
                           f"<!doctype html><html><head><meta charset='utf-8'><meta http-equiv='refresh' content='60'>"
                           f"<title>{html.escape(self.run.name)}: GAN gallery</title></head><body>"
