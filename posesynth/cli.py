@@ -22,7 +22,8 @@ def _cmd_make_data(a: argparse.Namespace) -> None:
         raise PosesynthError("--num must be at least 1")
     if a.size % 32:
         raise PosesynthError(f"--size must be a multiple of 32 (the models' stride), not {a.size}")
-    make_synthetic_dataset(a.out, a.num, a.seed, a.size, a.pose_range, a.passenger_prob, a.workers)
+    make_synthetic_dataset(a.out, a.num, a.seed, a.size, a.pose_range, a.passenger_prob, a.workers,
+                           passenger_pose_range=a.passenger_pose_range)
 
 
 def _cmd_show(a: argparse.Namespace) -> None:
@@ -149,7 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--size", type=int, default=384, help="image width and height in pixels (default 384)")
     m.add_argument("--pose-range", choices=["narrow", "wide"], default="narrow",
                    help="arm-pose distribution: narrow (driving) or wide (any plausible pose)")
-    m.add_argument("--passenger-prob", type=float, default=0.3)
+    m.add_argument("--passenger-prob", type=float, default=0.3, help="share of scenes with a passenger (default 0.3)")
+    m.add_argument("--passenger-pose-range", choices=["narrow", "wide"], default=None,
+                   help="the passenger's arm poses (default: the driver's --pose-range)")
     m.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     m.set_defaults(func=_cmd_make_data)
 

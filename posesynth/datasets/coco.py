@@ -382,8 +382,9 @@ class CocoWriter:
         if entry is None:
             entry = self.write_files(sample, image_id, encoded)
         h, w = sample.height, sample.width
-        if sample.meta.get("provenance"):
-            entry["posesynth"] = {"provenance": sample.meta["provenance"]}
+        extra = {k: sample.meta[k] for k in ("provenance", "scene") if sample.meta.get(k)}
+        if extra:
+            entry["posesynth"] = extra
         self.images.append(entry)
         boxes = sample.meta.get("bboxes")
         for p, kp in enumerate(sample.keypoints):

@@ -10,29 +10,33 @@ from tqdm import tqdm
 
 from .coco import CocoWriter, encode_image
 from .layouts import DRIVER9
-from .synthetic import render_scene, scene_rng
+from .synthetic import SceneSpec
 
 __all__ = ["make_synthetic_dataset"]
 
 
-def _render(args: tuple) -> tuple:
-    seed, index, size, pose_range, passenger_prob = args
-    s = render_scene(scene_rng(seed, index), size, pose_range, passenger_prob)
+def _render(spec: SceneSpec) -> tuple:
+    s = spec.render()
+    s.meta["scene"] = spec.to_dict()  # recorded per image, so the scene can be redrawn
     return s, encode_image(s.image, ".jpg", 95)
 
 
 def make_synthetic_dataset(out: "str | Path", num: int, seed: int = 0, size: int = 384,
                            pose_range: str = "narrow", passenger_prob: float = 0.3,
-                           workers: "int | None" = None, progress: bool = True) -> Path:
+                           workers: "int | None" = None, progress: bool = True,
+                           passenger_pose_range: "str | None" = None) -> Path:
     """Render ``num`` scenes and write them as a COCO dataset in ``out``; returns the JSON path.
 
     Scene ``i`` depends only on ``(seed, i)``, so the output is the same for any ``workers``.
+    Each image entry records its :class:`~posesynth.datasets.synthetic.SceneSpec` under
+    ``posesynth.scene``.  ``passenger_pose_range`` defaults to ``pose_range``.
     """
     out = Path(out)
     writer = CocoWriter(out, DRIVER9, ".jpg", info={
         "description": "posesynth synthetic driver scenes", "seed": seed, "size": size,
-        "pose_range": pose_range, "num": num})
-    jobs = [(seed, i, size, pose_range, passenger_prob) for i in range(num)]
+        "pose_range": pose_range, "passenger_prob": passenger_prob,
+        "passenger_pose_range": passenger_pose_range or pose_range, "num": num})
+    jobs = [SceneSpec(seed, i, size, pose_range, passenger_prob, passenger_pose_range) for i in range(num)]
     workers = min(workers if workers is not None else (os.cpu_count() or 1), max(num // 16, 1))
     t0 = time.perf_counter()
     bar = tqdm(total=num, desc=f"make-data {out.name}", unit="img", disable=not progress)

@@ -17,13 +17,19 @@ Arm poses come from ``pose_range``:
   raised, elbow flexion 0-150 deg), so a held-out set can hold poses that are rare in a
   ``narrow`` training set.
 
+A passenger (``passenger_prob``) uses its own ``passenger_pose_range``, by default the
+driver's, so a ``narrow`` split holds no wide arms.
+
 Every scene is a pure function of ``(seed, index)``: :func:`render_scene` takes its own
-``numpy.random.Generator``.
+``numpy.random.Generator``.  The same scene can be redrawn with other keypoints
+(``keypoints=``): background, colours, body, lighting and noise stay, and the arms are drawn
+where the keypoints say.  That gives a true image for every perturbed pose
+(:func:`redraw_scene`, from the ``scene`` provenance :mod:`make_data` records per image).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -31,7 +37,7 @@ import numpy as np
 from .layouts import DRIVER9
 from .sample import Sample
 
-__all__ = ["render_scene", "scene_rng", "POSE_RANGES", "PoseRange"]
+__all__ = ["render_scene", "scene_rng", "POSE_RANGES", "PoseRange", "SceneSpec", "redraw_scene"]
 
 PoseRange = Literal["narrow", "wide"]
 # (upper-arm angle from hanging, outward positive; elbow flexion towards the body), degrees
@@ -45,6 +51,39 @@ _IDX = {n: i for i, n in enumerate(DRIVER9.keypoints)}
 def scene_rng(seed: int, index: int) -> np.random.Generator:
     """The generator for scene ``index`` of a dataset with ``seed`` (independent streams)."""
     return np.random.default_rng([int(seed), int(index)])
+
+
+@dataclass(frozen=True)
+class SceneSpec:
+    """Everything that determines one synthetic scene; recorded per image by ``make-data``
+    (image entry ``posesynth.scene``) so the scene can be redrawn."""
+
+    seed: int
+    index: int
+    size: int = 384
+    pose_range: str = "narrow"
+    passenger_prob: float = 0.3
+    passenger_pose_range: "str | None" = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SceneSpec":
+        return cls(**{k: d[k] for k in ("seed", "index", "size", "pose_range", "passenger_prob",
+                                         "passenger_pose_range") if k in d})
+
+    def render(self, keypoints: "np.ndarray | None" = None, with_arm_mask: bool = False) -> Sample:
+        return render_scene(scene_rng(self.seed, self.index), self.size, self.pose_range, self.passenger_prob,
+                            keypoints=keypoints, passenger_pose_range=self.passenger_pose_range,
+                            with_arm_mask=with_arm_mask)
+
+
+def redraw_scene(scene: "SceneSpec | dict[str, Any]", keypoints: np.ndarray, with_arm_mask: bool = False) -> Sample:
+    """The scene ``scene`` drawn with ``keypoints`` ``(P, 9, 3)`` (people in label order) instead
+    of its own: the true image of a perturbed pose, at the scene's own size."""
+    spec = scene if isinstance(scene, SceneSpec) else SceneSpec.from_dict(scene)
+    return spec.render(keypoints, with_arm_mask)
 
 
 @dataclass
@@ -177,10 +216,15 @@ def _draw_person(img: np.ndarray, belt_mask: np.ndarray, p: _Person) -> None:
                 cv2.LINE_AA, _SH)
 
 
-def _draw_arms(img: np.ndarray, belt_mask: np.ndarray, p: _Person) -> None:
+def _draw_arms(img: np.ndarray, belt_mask: np.ndarray, p: _Person, arm_mask: "np.ndarray | None" = None) -> None:
     k = p.kp
     for side in ("right", "left"):
         sh, el, wr = (k[_IDX[f"{side}_{j}"]] for j in ("shoulder", "elbow", "wrist"))
+        if arm_mask is not None:  # the arm's pixels, drawn as on the image
+            cv2.line(arm_mask, _pt(sh, _SH), _pt(el, _SH), 1, max(int(round(p.arm_t)), 1), cv2.LINE_8, _SH)
+            cv2.circle(arm_mask, _pt(el, _SH), int(p.arm_t * 0.45 * (1 << _SH)), 1, -1, cv2.LINE_8, _SH)
+            cv2.line(arm_mask, _pt(el, _SH), _pt(wr, _SH), 1, max(int(round(p.arm_t * 0.85)), 1), cv2.LINE_8, _SH)
+            cv2.circle(arm_mask, _pt(wr, _SH), int(p.arm_t * 0.6 * (1 << _SH)), 1, -1, cv2.LINE_8, _SH)
         _limb(img, sh, el, p.arm_t, p.sleeve)
         cv2.circle(img, _pt(el, _SH), int(p.arm_t * 0.45 * (1 << _SH)), _shade(p.sleeve, 0.95), -1, cv2.LINE_AA, _SH)
         _limb(img, el, wr, p.arm_t * 0.85, p.skin)
@@ -238,23 +282,34 @@ def _wheel(rng: np.random.Generator, size: int, cx: float) -> tuple[tuple, tuple
 
 
 def render_scene(rng: np.random.Generator, size: int = 384, pose_range: PoseRange = "narrow",
-                 passenger_prob: float = 0.3, draw_people: bool = True) -> Sample:
+                 passenger_prob: float = 0.3, draw_people: bool = True, keypoints: "np.ndarray | None" = None,
+                 passenger_pose_range: "PoseRange | None" = None, with_arm_mask: bool = False) -> Sample:
     """Draw one scene.
 
     Args:
         rng: the scene's generator (see :func:`scene_rng`); the scene is a pure function of it.
         size: output width and height in pixels.
-        pose_range: ``"narrow"`` or ``"wide"`` arm-pose distribution.
+        pose_range: ``"narrow"`` or ``"wide"`` arm-pose distribution of the driver.
         passenger_prob: probability of a second person at the image edge.
         draw_people: ``False`` draws the same scene without people (the labels stay), so
             tests can check that labelled keypoints lie on the drawn body.
+        keypoints: optional ``(P, 9, 3)`` keypoints in the order the scene labels its people
+            (passenger first when there is one): every labelled point (``v > 0``) that differs
+            from the sampled one by more than 1e-3 px replaces it before drawing.  Everything
+            else (and every random draw) stays, so the own keypoints redraw the scene
+            byte for byte and perturbed ones give its true image.
+        passenger_pose_range: the passenger's arm-pose distribution (default: ``pose_range``).
+        with_arm_mask: also return ``meta["arm_mask"]``, ``(size, size)`` uint8, 1 on every
+            pixel drawn by an arm or hand.
 
     Returns:
         A :class:`Sample` in the ``driver9`` layout: image ``(size, size, 3)`` uint8,
-        keypoints ``(P, 9, 3)`` (driver first), masks ``(1, size, size)`` (seatbelt).
+        keypoints ``(P, 9, 3)`` (driver last), masks ``(1, size, size)`` (seatbelt).
     """
-    if pose_range not in POSE_RANGES:
-        raise ValueError(f"pose_range must be one of {sorted(POSE_RANGES)}, not {pose_range!r}")
+    passenger_pose_range = passenger_pose_range or pose_range
+    for pr in (pose_range, passenger_pose_range):
+        if pr not in POSE_RANGES:
+            raise ValueError(f"pose_range must be one of {sorted(POSE_RANGES)}, not {pr!r}")
     img, bg = _background(rng, size)
     driver = _sample_person(rng, size, bg["seat_cx"] + rng.uniform(-0.04, 0.04) * size,
                             rng.uniform(0.9, 1.1), pose_range, True)
@@ -262,7 +317,14 @@ def render_scene(rng: np.random.Generator, size: int = 384, pose_range: PoseRang
     if rng.random() < passenger_prob:
         on_left = rng.random() < 0.5
         px = size * (rng.uniform(-0.02, 0.1) if on_left else rng.uniform(0.9, 1.02))
-        people.insert(0, _sample_person(rng, size, px, rng.uniform(0.7, 0.85), "wide", not on_left))
+        people.insert(0, _sample_person(rng, size, px, rng.uniform(0.7, 0.85), passenger_pose_range, not on_left))
+    if keypoints is not None:
+        kp_new = np.asarray(keypoints, np.float64).reshape(-1, 9, 3)
+        if len(kp_new) != len(people):
+            raise ValueError(f"the scene has {len(people)} people, {len(kp_new)} keypoint sets were given")
+        for p, k in zip(people, kp_new):
+            change = (k[:, 2] > 0) & (np.abs(k[:, :2] - p.kp).max(1) > 1e-3)
+            p.kp = np.where(change[:, None], k[:, :2], p.kp)
     wheel = _wheel(rng, size, driver.kp[_IDX["neck"], 0])
     light_dir = rng.uniform(0, 2 * np.pi)
     light_amp = rng.uniform(0.1, 0.35)
@@ -272,6 +334,7 @@ def render_scene(rng: np.random.Generator, size: int = 384, pose_range: PoseRang
     blur = rng.random() < 0.25
 
     belt = np.zeros((size, size), np.uint8)
+    arm_mask = np.zeros((size, size), np.uint8) if with_arm_mask else None
     wheel_mask = np.zeros((size, size), np.uint8)
     cv2.ellipse(wheel_mask, wheel[0], wheel[1], 0, 180, 360, 1, wheel[2])
     if draw_people:
@@ -281,7 +344,7 @@ def render_scene(rng: np.random.Generator, size: int = 384, pose_range: PoseRang
         cv2.ellipse(canvas, wheel[0], wheel[1], 0, 180, 360, wheel[3], wheel[2], cv2.LINE_AA)
         belt[wheel_mask > 0] = 0
         for p in people:
-            _draw_arms(canvas, belt, p)
+            _draw_arms(canvas, belt, p, arm_mask)
         img = canvas.astype(np.float32)
     else:
         canvas = np.clip(img, 0, 255).astype(np.uint8)
@@ -318,4 +381,7 @@ def render_scene(rng: np.random.Generator, size: int = 384, pose_range: PoseRang
         lo = np.clip(pts.min(0) - p.arm_t * 0.6, 0, size - 1)
         hi = np.clip(pts.max(0) + p.arm_t * 0.6, 0, size - 1)
         boxes.append([lo[0], lo[1], hi[0] - lo[0], hi[1] - lo[1]])
-    return Sample(image, kps, belt[None].copy(), meta={"bboxes": np.asarray(boxes, np.float32)})
+    meta: dict[str, Any] = {"bboxes": np.asarray(boxes, np.float32)}
+    if arm_mask is not None:
+        meta["arm_mask"] = arm_mask
+    return Sample(image, kps, belt[None].copy(), meta=meta)
