@@ -6,6 +6,7 @@ with status 2; pass ``--debug`` for the traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from pathlib import Path
@@ -17,11 +18,21 @@ __all__ = ["main", "build_parser"]
 
 def _cmd_make_data(a: argparse.Namespace) -> None:
     from .datasets.make_data import make_synthetic_dataset
+    from .io import ensure_writable_dir
 
     if a.num < 1:
         raise PosesynthError("--num must be at least 1")
     if a.size % 32:
         raise PosesynthError(f"--size must be a multiple of 32 (the models' stride), not {a.size}")
+    ensure_writable_dir(a.out)   # a read-only place or a file in the way: one clear line before any work
+    if a.sequences is not None:  # clips of smooth arm motion (train-motion data)
+        from .datasets.make_data import make_sequence_dataset
+
+        if a.sequences < 1 or a.length < 2:
+            raise PosesynthError("--sequences must be at least 1 and --length at least 2")
+        make_sequence_dataset(a.out, a.sequences, a.length, a.seed, a.size, a.pose_range, a.passenger_prob,
+                              a.workers, passenger_pose_range=a.passenger_pose_range)
+        return
     make_synthetic_dataset(a.out, a.num, a.seed, a.size, a.pose_range, a.passenger_prob, a.workers,
                            passenger_pose_range=a.passenger_pose_range)
 
@@ -32,34 +43,69 @@ def _cmd_show(a: argparse.Namespace) -> None:
 
     from .datasets.formats import open_dataset
     from .datasets.visualize import make_grid
+    from .io import ensure_writable_dir
 
-    ds = open_dataset(a.data, layout=a.layout, on_error="skip")
+    if a.num < 1:
+        raise PosesynthError("--num must be at least 1")
+    ds = open_dataset(a.data, layout=a.layout, on_error=a.on_error, image_dir=a.image_dir,
+                      out_of_frame=a.out_of_frame)
+    out = Path(a.out)
+    if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        raise PosesynthError(f"{out}: use a .png or .jpg name for the grid")
+    ensure_writable_dir(out.parent)
     n = min(a.num, len(ds))
-    if n == 0:
-        raise PosesynthError(f"{a.data}: no samples to show")
     idx = np.linspace(0, len(ds) - 1, n).round().astype(int) if a.spread else range(n)
     grid = make_grid([ds[int(i)] for i in idx], ds.layout, cols=a.cols, cell=a.cell)
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
-        raise PosesynthError(f"{out}: cannot write image (use a .png or .jpg name in a writable folder)")
+    if out.is_dir() or not cv2.imwrite(str(out), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
+        raise PosesynthError(f"{out}: cannot write the image there")
     print(f"wrote {out} ({n} samples of {len(ds)}, layout {ds.layout.name})")
 
 
-def _cmd_check(a: argparse.Namespace) -> None:
-    from .datasets.formats import open_dataset
+def _cmd_check(a: argparse.Namespace) -> int:
+    from tqdm import tqdm
 
-    ds = open_dataset(a.data, layout=a.layout, on_error="skip")
-    people = 0
-    for i in range(len(ds)):
-        people += ds[i].num_people if a.read else 0
-    errs = getattr(ds, "errors", [])
-    for e in errs:
+    from .datasets.formats import open_dataset
+    from .errors import DatasetError
+
+    # every problem is printed below, once: the readers' own warnings would repeat them
+    quiet = logging.getLogger("posesynth.datasets")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        ds = open_dataset(a.data, layout=a.layout, on_error="skip", image_dir=a.image_dir,
+                          out_of_frame=a.out_of_frame, allow_empty=True)
+        people = failed = 0
+        if a.read:
+            for i in tqdm(range(len(ds)), desc="check --read", unit="img", leave=False):
+                try:
+                    people += ds.load(i).num_people
+                except DatasetError as err:
+                    ds.problems.record(str(err), err.kind)
+                    failed += 1
+    finally:
+        quiet.setLevel(level)
+    for e in ds.errors:
         print("problem:", e)
-    print(f"{a.data}: {len(ds)} usable images" + (f", {people} people" if a.read else "")
-          + f", layout {ds.layout.name} ({ds.layout.num_channels} pose-map channels), {len(errs)} skipped")
-    if errs:
-        sys.exit(1)
+    for n in ds.notes:
+        print("note:", n)
+    usable = len(ds) - failed
+    print(f"{a.data}: {usable} usable images" + (f", {people} people" if a.read else "")
+          + f", layout {ds.layout.name} ({ds.layout.num_channels} pose-map channels), {len(ds.errors)} skipped")
+    if ds.errors:
+        print("problems by kind: " + ", ".join(f"{n} {k}" for k, n in ds.problem_counts().items()))
+    if usable == 0:
+        raise PosesynthError(f"{a.data}: no usable images" + (f" ({ds.problems.summary()})" if ds.errors else ""))
+    return 1 if ds.errors else 0
+
+
+def _cmd_convert(a: argparse.Namespace) -> None:
+    from .datasets.export import convert_dataset
+
+    r = convert_dataset(a.src, a.out, layout=a.layout, every=a.every, on_error=a.on_error, image_dir=a.image_dir,
+                        out_of_frame=a.out_of_frame)
+    print(f"wrote {r['annotations']}: {r['images']} images, {r['people']} people, layout {r['layout']}"
+          + (f"; {r['skipped']} skipped ({', '.join(f'{n} {k}' for k, n in r['problems'].items())})"
+             if r["skipped"] else ""))
 
 
 def _cmd_train_gan(a: argparse.Namespace) -> None:
@@ -73,9 +119,20 @@ def _cmd_train_gan(a: argparse.Namespace) -> None:
 
 
 def _cmd_render(a: argparse.Namespace) -> None:
-    from .spade.render import render_dataset
+    from .augment.render import render_dataset
 
-    render_dataset(a.gan, a.data, a.out, a.num, a.device)
+    render_dataset(a.data, a.out, a.renderer, a.gan, a.num, a.augment, a.seed, a.device, a.size,
+                   image_dir=a.image_dir or None, on_error=a.on_error, out_of_frame=a.out_of_frame)
+
+
+def _cmd_render_quality(a: argparse.Namespace) -> None:
+    from .augment.render import QualityConfig, render_quality
+    from .config import config_from_args
+
+    cfg = config_from_args(QualityConfig, a)
+    if not cfg.data:
+        raise PosesynthError("--data is required")
+    render_quality(cfg)
 
 
 def _cmd_train_posenet(a: argparse.Namespace) -> None:
@@ -91,13 +148,14 @@ def _cmd_train_posenet(a: argparse.Namespace) -> None:
 def _cmd_evaluate(a: argparse.Namespace) -> None:
     from .posenet.evaluate import evaluate_run
 
-    evaluate_run(a.posenet, a.data, a.out, a.device, multi_person=a.multi_person)
+    evaluate_run(a.posenet, a.data, a.out, a.device, multi_person=a.multi_person, image_dir=a.image_dir,
+                 on_error=a.on_error, out_of_frame=a.out_of_frame)
 
 
 def _cmd_predict(a: argparse.Namespace) -> None:
     from .posenet.evaluate import predict_images
 
-    predict_images(a.posenet, a.images, a.out, a.device)
+    predict_images(a.posenet, a.images, a.out, a.device, on_error=a.on_error)
 
 
 def _cmd_experiment(a: argparse.Namespace) -> None:
@@ -105,19 +163,21 @@ def _cmd_experiment(a: argparse.Namespace) -> None:
     from .config import config_from_args
 
     cfg = config_from_args(ExperimentConfig, a)
-    for name in ("data", "val", "gan"):
-        if not getattr(cfg, name):
-            raise PosesynthError(f"--{name} is required")
     s = run_experiment(cfg)
     print(f"report: {Path(cfg.out) / 'report.html'}")
     for r in s["rows"]:
-        print(f"  {r['n']} training images: held-out PCK baseline {r['baseline_best_PCK_mean']:.3f}, "
-              f"with GAN {r['gan_best_PCK_mean']:.3f}; AP {r['baseline_best_AP_mean']:.3f} vs {r['gan_best_AP_mean']:.3f}")
+        cs = r["conditions"]
+        line = ", ".join(f"{k} {v['test_PCK_best']['mean']:.3f} ± {v['test_PCK_best']['sd']:.3f}" for k, v in cs.items())
+        print(f"  {r['n']} training images, test PCK@0.2 (validation-selected epoch): {line}")
+        for k, v in r["compare"].items():
+            share = v.get("oracle_share", float("nan"))
+            print(f"    {k} vs baseline: {v['diff_mean']:+.3f} ± {v['diff_sd']:.3f}, ahead on {v['ahead']} of "
+                  f"{v['seeds']} seeds" + (f", closes {100 * share:.0f}% of the oracle gap" if share == share else ""))
 
 
 def _cmd_generate(a: argparse.Namespace) -> None:
     from .config import config_from_args
-    from .spade.generate import GenerateConfig, generate_dataset, merge_shards
+    from .augment.generate import GenerateConfig, generate_dataset, merge_shards
 
     cfg = config_from_args(GenerateConfig, a)
     if not cfg.out:
@@ -125,16 +185,57 @@ def _cmd_generate(a: argparse.Namespace) -> None:
     if a.merge:
         merge_shards(cfg.out)
         return
-    for name in ("gan", "data"):
-        if not getattr(cfg, name):
-            raise PosesynthError(f"--{name} is required")
+    if not cfg.data:
+        raise PosesynthError("--data is required")
     generate_dataset(cfg)
+
+
+def _cmd_extract(a: argparse.Namespace) -> None:
+    from .posenet.extract import extract_video
+
+    r = extract_video(a.video, a.out, every=a.every, detector=a.detector, device=a.device, weights=a.weights,
+                      max_people=a.max_people, min_score=a.min_score, image_ext=a.image_ext)
+    print(f"wrote {r['annotations']}: {r['frames']} frames, {r['people']} people ({r['layout']}), "
+          f"{r['frames_without_person']} frames without a person")
+
+
+def _cmd_train_motion(a: argparse.Namespace) -> None:
+    from .augment.motion.trainer import MotionConfig, MotionTrainer
+    from .config import run_config
+
+    cfg = run_config(MotionConfig, a, a.out, a.resume)
+    if not cfg.data:
+        raise PosesynthError("--data is required (pose sequences: a video dataset, COCO with video ids, "
+                             "make-data --sequences output, or a BlazePose JSON)")
+    MotionTrainer(cfg, Path(a.out), resume=a.resume).fit()
+
+
+def _cmd_motion_metrics(a: argparse.Namespace) -> None:
+    from .augment.motion.evaluate import evaluate_motion
+
+    evaluate_motion(a.motion, a.data, a.num, a.seed, a.device, a.horizon, a.out)
 
 
 def _cmd_demo(a: argparse.Namespace) -> None:
     from .demo import run_demo
 
     run_demo(Path(a.out), quick=a.quick)
+
+
+def _add_data_options(p: argparse.ArgumentParser, on_error: bool = True) -> None:
+    """--image-dir, --on-error and --out-of-frame: how a command reads a dataset (see README)."""
+    from .datasets.reading import OUT_OF_FRAME_CHOICES
+
+    p.add_argument("--image-dir", default=None,
+                   help="folder of the images (default: DIR/images, DIR, then their parent, DIR being the dataset "
+                        "or JSON folder)")
+    if on_error:
+        p.add_argument("--on-error", choices=["skip", "raise"], default="skip",
+                       help="a bad image or annotation: skip it (dropped, counted, named in a warning; default) or "
+                            "raise (stop with one line naming it, exit status 2)")
+    p.add_argument("--out-of-frame", choices=list(OUT_OF_FRAME_CHOICES), default="unlabel",
+                   help="labelled keypoints more than 1 px outside their image: unlabel (v=0, default), clip, "
+                        "skip-person or skip-image; counted and said once")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--passenger-pose-range", choices=["narrow", "wide"], default=None,
                    help="the passenger's arm poses (default: the driver's --pose-range)")
     m.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    m.add_argument("--sequences", type=int, default=None, metavar="N",
+                   help="write N clips of smooth arm motion instead of single scenes (--num is then unused)")
+    m.add_argument("--length", type=int, default=40, metavar="T", help="frames per clip with --sequences (default 40)")
     m.set_defaults(func=_cmd_make_data)
 
     s = sub.add_parser("show", help="draw a grid of samples with skeletons, PAF arrows and masks")
@@ -164,13 +268,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cell", type=int, default=256, help="tile size in pixels")
     s.add_argument("--layout", default=None, help="convert to this layout (e.g. driver9)")
     s.add_argument("--spread", action="store_true", help="pick samples spread over the dataset")
+    _add_data_options(s)
     s.set_defaults(func=_cmd_show)
 
     c = sub.add_parser("check", help="validate a dataset and report every problem")
-    c.add_argument("data")
-    c.add_argument("--layout", default=None)
+    c.add_argument("data", help="dataset folder or annotation JSON (COCO, MPII, BlazePose+video)")
+    c.add_argument("--layout", default=None, help="read the data in this layout (built-in name or YAML file)")
     c.add_argument("--read", action="store_true", help="also decode every image and mask")
+    _add_data_options(c, on_error=False)
     c.set_defaults(func=_cmd_check)
+
+    cv = sub.add_parser("convert", help="write any readable keypoint data (COCO, MPII, BlazePose+video) as a "
+                                        "COCO dataset with its images")
+    cv.add_argument("src", help="dataset folder or annotation JSON (COCO, MPII, BlazePose JSON beside its video)")
+    cv.add_argument("--out", required=True, help="new output folder (annotations.json, images/)")
+    cv.add_argument("--layout", default=None, help="convert the keypoints to this layout (built-in name or YAML file)")
+    cv.add_argument("--every", type=int, default=1, help="keep every N-th sample or video frame (default 1: all)")
+    _add_data_options(cv)
+    cv.set_defaults(func=_cmd_convert)
     from .config import add_config_args
     from .spade.trainer import GANConfig
 
@@ -181,13 +296,28 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(g, GANConfig)
     g.set_defaults(func=_cmd_train_gan)
 
-    r = sub.add_parser("render", help="render a dataset's poses with a trained generator")
-    r.add_argument("--gan", required=True, help="GAN run directory")
+    r = sub.add_parser("render", help="render perturbed poses of a dataset (look at them: OUT/index.html)")
     r.add_argument("--data", required=True)
     r.add_argument("--out", required=True)
+    r.add_argument("--renderer", default="", help="warp|gan (default: gan when --gan is given, else warp)")
+    r.add_argument("--gan", default="", help="train-gan run folder (its mode: full or inpaint)")
     r.add_argument("--num", type=int, default=16)
-    r.add_argument("--device", default="cpu")
+    r.add_argument("--augment", default="arms-angle",
+                   help="perturbation (arms-angle|arms-slight|arms-high|poses:FILE|learned:RUN), or none for the "
+                        "images' own poses")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--size", type=int, default=0, help="render at this square size (default: the GAN's, else the "
+                                                        "images' own)")
+    r.add_argument("--device", default="auto")
+    _add_data_options(r)
     r.set_defaults(func=_cmd_render)
+
+    from .augment.render import QualityConfig
+
+    rq = sub.add_parser("render-quality", help="measure renders: paired PSNR/SSIM on synthetic scenes, judge PCK")
+    rq.add_argument("--config", help="YAML file of QualityConfig options")
+    add_config_args(rq, QualityConfig)
+    rq.set_defaults(func=_cmd_render_quality)
 
     from .posenet.trainer import PoseTrainConfig
 
@@ -204,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="metrics JSON (default RUN/metrics.json)")
     e.add_argument("--device", default="cpu")
     e.add_argument("--multi-person", action="store_true", default=None, help="decode several people with PAFs")
+    _add_data_options(e)
     e.set_defaults(func=_cmd_evaluate)
 
     pr = sub.add_parser("predict", help="draw a trained pose network's predictions on a folder of images")
@@ -211,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--images", required=True)
     pr.add_argument("--out", required=True)
     pr.add_argument("--device", default="cpu")
+    pr.add_argument("--on-error", choices=["skip", "raise"], default="skip",
+                    help="an unreadable image: skip it with a warning (default) or stop (exit status 2)")
     pr.set_defaults(func=_cmd_predict)
 
     from .augment.experiment import ExperimentConfig
@@ -221,13 +354,47 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(x, ExperimentConfig)
     x.set_defaults(func=_cmd_experiment)
 
-    from .spade.generate import GenerateConfig
+    from .augment.generate import GenerateConfig
 
     gn = sub.add_parser("generate", help="write a synthetic COCO dataset rendered from perturbed poses")
     gn.add_argument("--config", help="YAML file of GenerateConfig options")
     gn.add_argument("--merge", action="store_true", help="merge the shard annotation files in --out and exit")
     add_config_args(gn, GenerateConfig)
     gn.set_defaults(func=_cmd_generate)
+
+    ex = sub.add_parser("extract", help="detect people in a video's frames and write a COCO dataset")
+    ex.add_argument("video", help="video file (read in order, never by seeking)")
+    ex.add_argument("--out", required=True, help="output dataset folder (images/, annotations.json)")
+    ex.add_argument("--every", type=int, default=1, help="keep every N-th frame (default 1: all)")
+    ex.add_argument("--detector", default="mediapipe",
+                    help="mediapipe (BlazePose, needs the optional mediapipe package) | keypointrcnn (torchvision, "
+                         "COCO weights from the torch hub cache or --weights) | posenet:RUN (a train-posenet run)")
+    ex.add_argument("--weights", default=None, help="Keypoint R-CNN weights file (default: the torch hub cache)")
+    ex.add_argument("--max-people", type=int, default=1, help="people kept per frame, best first (0: all; default 1)")
+    ex.add_argument("--min-score", type=float, default=None,
+                    help="detector confidence for a keypoint to be labelled (default: the detector's)")
+    ex.add_argument("--image-ext", choices=[".jpg", ".png"], default=".jpg")
+    ex.add_argument("--device", default="cpu")
+    ex.set_defaults(func=_cmd_extract)
+
+    from .augment.motion.trainer import MotionConfig
+
+    mo = sub.add_parser("train-motion", help="train the HP-GAN motion model on pose sequences")
+    mo.add_argument("--out", required=True, help="run directory (config, checkpoints, losses.csv, predictions.png)")
+    mo.add_argument("--config", help="YAML file of MotionConfig options (command-line options win)")
+    mo.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    add_config_args(mo, MotionConfig)
+    mo.set_defaults(func=_cmd_train_motion)
+
+    mm = sub.add_parser("motion-metrics", help="bone-length error, angle histograms and critic ratings of a motion run")
+    mm.add_argument("--motion", required=True, help="train-motion run directory")
+    mm.add_argument("--data", required=True, help="pose sequences to measure on (best held out)")
+    mm.add_argument("--num", type=int, default=500, help="windows and poses to use (default 500)")
+    mm.add_argument("--seed", type=int, default=0)
+    mm.add_argument("--horizon", type=int, default=None, help="learned sampler: future frames to draw from")
+    mm.add_argument("--out", default=None, help="results JSON (default RUN/motion_metrics.json)")
+    mm.add_argument("--device", default="cpu")
+    mm.set_defaults(func=_cmd_motion_metrics)
 
     d = sub.add_parser("demo", help="the main job of `make demo`")
     d.add_argument("--out", default="runs/demo")
@@ -236,21 +403,44 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR,
+                errno.EEXIST, errno.ENOENT}
+
+
+def _os_error_line(e: OSError) -> str:
+    """``PATH: Permission denied``-style text for an OSError, with a hint where one helps."""
+    why = e.strerror or e.__class__.__name__
+    if isinstance(e, (NotADirectoryError, FileExistsError)):
+        why += " (a file is where a folder should be)"
+    elif e.errno == errno.ENOSPC:
+        why += " (the disk is full)"
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        why += " (choose a writable place)"
+    return f"{e.filename}: {why}" if e.filename else why
+
+
 def main(argv: "list[str] | None" = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        args.func(args)
+        code = args.func(args)   # a command may return an exit status (check: 1 when it found problems)
     except PosesynthError as e:
         if args.debug:
             raise
         print(f"posesynth {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        # a path that cannot be written or read (read-only, a file where a folder should be, a full
+        # disk): one line naming it.  Other OS errors are not the user's and keep their traceback.
+        if args.debug or not (e.filename or e.errno in _USER_ERRNOS):
+            raise
+        print(f"posesynth {args.command}: error: {_os_error_line(e)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

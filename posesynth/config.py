@@ -37,7 +37,8 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
         return _coerce(value, non_none[0], name) if len(non_none) == 1 else value
     if origin is tuple:
         if isinstance(value, str):
-            value = [v for v in value.replace("x", ",").split(",") if v]
+            numeric = bool(args) and args[0] in (int, float)
+            value = [v.strip() for v in (value.replace("x", ",") if numeric else value).split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             value = [value, value]  # a single number for a square size
         inner = args[0] if args else Any

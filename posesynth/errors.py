@@ -10,8 +10,23 @@ class LayoutError(PosesynthError):
 
 
 class DatasetError(PosesynthError):
-    """A dataset file, image, annotation or mask is missing or malformed."""
+    """A dataset file, image, annotation or mask is missing or malformed.
+
+    ``kind`` names the sort of problem (e.g. ``"missing image"``, ``"truncated image"``,
+    ``"duplicate image id"``) so that readers and ``posesynth check`` can count problems by kind.
+    """
+
+    def __init__(self, message: str, kind: str = "dataset") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+    def __reduce__(self):  # keeps ``kind`` across processes (DataLoader workers)
+        return (type(self), (str(self), self.kind))
 
 
 class ConfigError(PosesynthError):
     """A configuration file or command-line override is invalid."""
+
+
+class OutputError(PosesynthError):
+    """An output file or folder cannot be written (read-only, a file where a folder should be, ...)."""

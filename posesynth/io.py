@@ -1,4 +1,4 @@
-"""Atomic file writes: a reader never sees a half-written file."""
+"""Atomic file writes (a reader never sees a half-written file) and output-folder checks."""
 from __future__ import annotations
 
 import json
@@ -7,25 +7,46 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json"]
+from .errors import OutputError
+
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "ensure_writable_dir",
+           "describe_os_error"]
+
+
+def describe_os_error(err: OSError, path: "str | Path | None" = None) -> str:
+    """One line naming the path and the cause, e.g. ``out/x.json: cannot write (Permission denied)``."""
+    where = path if path is not None else (err.filename or "")
+    why = err.strerror or err.__class__.__name__
+    if isinstance(err, (NotADirectoryError, FileExistsError)) and path is None:
+        why += "; a file is in the way of a folder"
+    return f"{where}: cannot write ({why})" if where else f"cannot write ({why})"
 
 
 def atomic_write_bytes(path: "str | Path", data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync it, then rename over ``path``."""
+    """Write ``data`` to a temporary file beside ``path``, fsync it, then rename over ``path``.
+
+    An error is re-raised as an ``OSError`` whose ``filename`` is ``path`` (not the temporary
+    file), so the message names the file the user asked for.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from e
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError):
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
 
 
@@ -35,3 +56,23 @@ def atomic_write_text(path: "str | Path", text: str) -> None:
 
 def atomic_write_json(path: "str | Path", obj: Any, indent: "int | None" = None) -> None:
     atomic_write_text(path, json.dumps(obj, indent=indent))
+
+
+def ensure_writable_dir(path: "str | Path", what: str = "output folder") -> Path:
+    """Create folder ``path`` if needed and check that a file can be written in it.
+
+    Raises :class:`~posesynth.errors.OutputError` naming the path when it cannot be (a file
+    is in the way, the folder or a parent is read-only, ...).  Call it before long work.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{path}: cannot use as {what}: it is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".posesynth-write-test.", dir=path)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        where = Path(e.filename) if e.filename and not str(e.filename).startswith(str(path / ".posesynth")) else path
+        raise OutputError(f"{where}: cannot use as {what} ({e.strerror or e.__class__.__name__})") from None
+    return path

@@ -2,8 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from posesynth.augment.mixing import GANBatchMixer
+from posesynth.augment.mixing import BatchMixer
 from posesynth.augment.perturb import PerturbConfig, arm_indices, perturb_keypoints
+from posesynth.augment.renderers import GANRenderer
+from posesynth.datasets.posemaps import PoseMapSpec
 from posesynth.datasets.layouts import COCO17, DRIVER9
 from posesynth.datasets.synthetic import render_scene, scene_rng
 from posesynth.datasets.torch_dataset import sample_to_tensors
@@ -89,12 +91,17 @@ def generator():
     return SPADEGenerator(GeneratorConfig(26, (64, 64), ngf=8))
 
 
+def gan_mixer(generator, fraction=0.5, seed=0, gan_device="cpu", **kw):
+    r = GANRenderer(generator, "full", DRIVER9, PoseMapSpec(), (64, 64), gan_device)
+    return BatchMixer(DRIVER9, PoseMapSpec(), fraction, "render", r, seed=seed, **kw)
+
+
 def test_untouched_half_is_exact_and_not_aliased(generator):
     batch = make_batch()
     before = {k: v.clone() for k, v in batch.items()}
-    mixer = GANBatchMixer(generator, DRIVER9, 0.5, seed=1, post_scale=(1, 1), post_translate=0)
+    mixer = gan_mixer(generator, 0.5, seed=1, post_scale=(1, 1), post_translate=0)
     out = mixer(batch, step=0)
-    gen = out["generated"]
+    gen = out["replaced"]
     assert int(gen.sum()) == 2
     for k in ("image", "heatmaps", "pafs", "masks", "keypoints"):
         assert torch.equal(out[k][~gen], before[k][~gen]), k     # untouched half: exact
@@ -107,8 +114,8 @@ def test_untouched_half_is_exact_and_not_aliased(generator):
 
 def test_generated_labels_follow_perturbed_keypoints(generator):
     batch = make_batch()
-    out = GANBatchMixer(generator, DRIVER9, 0.5, seed=2, post_scale=(1, 1), post_translate=0)(batch, step=3)
-    gen = torch.nonzero(out["generated"]).flatten()
+    out = gan_mixer(generator, 0.5, seed=2, post_scale=(1, 1), post_translate=0)(batch, step=3)
+    gen = torch.nonzero(out["replaced"]).flatten()
     for i in gen.tolist():
         kp = out["keypoints"][i, 0].numpy()
         assert not np.allclose(kp, batch["keypoints"][i, 0].numpy())
@@ -125,19 +132,19 @@ def test_generated_labels_follow_perturbed_keypoints(generator):
 
 def test_mixing_reproducible(generator):
     batch = make_batch()
-    a = GANBatchMixer(generator, DRIVER9, 0.5, seed=4)(batch, step=7)
-    b = GANBatchMixer(generator, DRIVER9, 0.5, seed=4)(batch, step=7)
-    for k in ("image", "keypoints", "heatmaps", "generated"):
+    a = gan_mixer(generator, 0.5, seed=4)(batch, step=7)
+    b = gan_mixer(generator, 0.5, seed=4)(batch, step=7)
+    for k in ("image", "keypoints", "heatmaps", "replaced"):
         assert torch.equal(a[k], b[k]), k
 
 
 def test_two_device_placement(generator):
     batch = make_batch()
-    mixer = GANBatchMixer(generator, DRIVER9, 0.5, gan_device="cpu:0", device="cpu", seed=1)
+    mixer = gan_mixer(generator, 0.5, gan_device="cpu:0", device="cpu", seed=1)
     out = mixer(batch, 0)
-    assert mixer.gan_device == torch.device("cpu", 0) and mixer.device == torch.device("cpu")
-    assert next(mixer.G.parameters()).device.type == "cpu"
-    assert out["image"].device == torch.device("cpu") and mixer.stats.generated == 2
+    assert mixer.renderer.device == torch.device("cpu", 0) and mixer.device == torch.device("cpu")
+    assert next(mixer.renderer.G.parameters()).device.type == "cpu"
+    assert out["image"].device == torch.device("cpu") and mixer.stats.replaced == 2
 
 
 def test_generator_unchanged_while_pose_network_trains(generator, tmp_path):
@@ -156,12 +163,13 @@ def test_generator_unchanged_while_pose_network_trains(generator, tmp_path):
             return self.s[i]
 
     before = {k: v.clone() for k, v in generator.state_dict().items()}
-    mixer = GANBatchMixer(generator, DRIVER9, 0.5, seed=0)
+    mixer = gan_mixer(generator, 0.5, seed=0)
     cfg = PoseTrainConfig(size=(64, 64), backbone="pvt_v2_b0", pretrained="none", heads="small", epochs=1,
-                          batch_size=2, augment=False)
+                          batch_size=2, data_augment=False, device="cpu")
     t = PoseNetTrainer(cfg, tmp_path / "run", source=Src(), progress=False, batch_hook=mixer)
     t.fit()
-    assert mixer.stats.generated == 2 and not mixer.G.training
+    assert mixer.stats.replaced == 2 and not mixer.renderer.G.training
+    assert "train_loss_replaced" in t.history[-1] and "train_loss" in t.history[-1]
     for k, v in generator.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert all(p.grad is None for p in generator.parameters())
@@ -176,7 +184,7 @@ def test_post_resize_and_translation_keep_labels_on_the_image(generator):
     for i, (x, y, v) in enumerate(kp.tolist()):
         img[i, :, int(round(y)) - 1:int(round(y)) + 2, int(round(x)) - 1:int(round(x)) + 2] = 1.0
     batch["image"] = img
-    out = GANBatchMixer(generator, DRIVER9, 0.0, seed=3, post_scale=(0.8, 1.2), post_translate=0.1)(batch, 5)
+    out = BatchMixer(DRIVER9, PoseMapSpec(), 0.0, "none", seed=3, post_scale=(0.8, 1.2), post_translate=0.1)(batch, 5)
     moved = 0
     for i in range(4):
         x, y, v = out["keypoints"][i, 0, DRIVER9.index("neck")].tolist()

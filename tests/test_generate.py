@@ -9,18 +9,20 @@ from posesynth.datasets.coco import CocoKeypointDataset, write_coco
 from posesynth.datasets.layouts import DRIVER9, KeypointLayout
 from posesynth.datasets.make_data import make_synthetic_dataset
 from posesynth.datasets.sample import Sample
-from posesynth.datasets.transforms import Resize
+from posesynth.datasets.transforms import Fit
 from posesynth.errors import PosesynthError
-from posesynth.spade.generate import GenerateConfig, generate_dataset, merge_shards
+from posesynth.augment.generate import GenerateConfig, generate_dataset, merge_shards
 from posesynth.spade.inference import fold_spectral_norm, optimize_generator
-from posesynth.spade.trainer import GANConfig, GANTrainer, load_generator
+from posesynth.spade.load import load_generator
+from posesynth.spade.trainer import GANConfig, GANTrainer
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("gen")
     make_synthetic_dataset(root / "data", 5, seed=2, size=64, workers=1, progress=False)
-    cfg = GANConfig(data=str(root / "data"), size=(64, 64), ngf=8, ndf=8, steps=2, vgg="off", augment=False)
+    cfg = GANConfig(data=str(root / "data"), size=(64, 64), ngf=8, ndf=8, steps=2, vgg="off", augment=False,
+                    device="cpu")
     GANTrainer(cfg, root / "gan", progress=False).fit()
     return root
 
@@ -45,9 +47,9 @@ def test_round_trip_and_provenance(setup, tmp_path):
     for s in ds:
         prov = s.meta["provenance"]
         i = [e.image["id"] for e in src.entries].index(prov["source_image_id"])
-        assert prov["perturbation"] == "arms-high" and prov["seed"] == 3
-        want = perturb_keypoints(Resize((64, 64))(src[i]).keypoints, DRIVER9, (64, 64),
-                                 np.random.default_rng([3, i, prov["copy"]]), PerturbConfig("arms-high"))
+        assert prov["perturbation"] == "arms-angle" and prov["seed"] == 3 and prov["renderer"] == "gan"
+        want = perturb_keypoints(Fit((64, 64))(src[i]).keypoints, DRIVER9, (64, 64),
+                                 np.random.default_rng([3, i, prov["copy"]]), PerturbConfig("arms-angle"))
         np.testing.assert_allclose(s.keypoints, want, atol=1e-3)
         assert s.image.shape == (64, 64, 3) and s.masks.shape == (1, 64, 64)
     assert all("provenance" in a for a in data["annotations"])
@@ -101,7 +103,7 @@ def test_layout_mismatch_stops_before_work(setup, tmp_path):
     arm = KeypointLayout("arm3", ("shoulder", "elbow", "wrist"), ((0, 1), (1, 2)))
     kp = np.array([[[10, 10, 2], [20, 20, 2], [30, 30, 2]]], np.float32)
     write_coco(tmp_path / "arm", [Sample(np.zeros((64, 64, 3), np.uint8), kp, np.zeros((0, 64, 64), np.uint8))], arm)
-    with pytest.raises(PosesynthError, match="no conversion from layout 'arm3' to 'driver9'"):
+    with pytest.raises(PosesynthError, match="trained on layout 'driver9'.*'arm3'"):
         generate_dataset(gcfg(setup, tmp_path / "x", data=str(tmp_path / "arm")), progress=False)
     assert not (tmp_path / "x").exists()
 
@@ -147,3 +149,29 @@ def test_compiled_path_same_output(setup):
 
     if shutil.which("c++") or shutil.which("gcc"):
         assert not comp.failed  # really compiled, not the eager fallback
+
+
+def test_warp_needs_no_gan_and_keeps_the_source_size(tmp_path):
+    from posesynth.datasets.synthetic import render_scene, scene_rng
+
+    samples = [render_scene(scene_rng(6, i), 96, "narrow", 0.0) for i in range(2)]
+    big = Sample(np.pad(samples[1].image, ((0, 0), (16, 16), (0, 0))), samples[1].keypoints + [16, 0, 0],
+                 np.pad(samples[1].masks, ((0, 0), (0, 0), (16, 16))))
+    write_coco(tmp_path / "src", [samples[0], big], DRIVER9)
+    cfg = GenerateConfig(data=str(tmp_path / "src"), out=str(tmp_path / "g"), per_image=2, seed=1, device="cpu")
+    generate_dataset(cfg, progress=False)
+    ds = CocoKeypointDataset(tmp_path / "g")
+    assert len(ds) == 4
+    sizes = sorted({ds[i].image.shape[:2] for i in range(4)})
+    assert sizes == [(96, 96), (96, 128)]   # each copy at its source's own size
+    assert all(ds[i].meta["provenance"]["renderer"] == "warp" for i in range(4))
+
+
+def test_other_settings_into_the_same_output_are_refused(setup, tmp_path):
+    generate_dataset(gcfg(setup, tmp_path / "g"), progress=False, stop_after=2)
+    with pytest.raises(PosesynthError, match="other settings.*seed: 3 there, 4 now"):
+        generate_dataset(gcfg(setup, tmp_path / "g", seed=4), progress=False)
+    with pytest.raises(PosesynthError, match="per_image: 2 there, 3 now"):
+        generate_dataset(gcfg(setup, tmp_path / "g", per_image=3), progress=False)
+    generate_dataset(gcfg(setup, tmp_path / "g"), progress=False)   # the same settings continue
+    assert len(read(tmp_path / "g")["images"]) == 10

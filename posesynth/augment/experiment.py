@@ -1,31 +1,60 @@
-"""The overfitting experiment (``posesynth experiment overfitting``): the pose network trained
-on small training sets with and without GAN-in-the-loop augmentation, under identical
-budgets (same epochs, steps, batch size, seeds), compared on held-out data.
+"""The overfitting experiment (``posesynth experiment overfitting``): does rendering new poses
+help a pose network trained on a small dataset, and how much of what new real poses would give?
 
-Writes ``OUT/report.html`` with PNG plots (train and validation loss curves, held-out PCK and
-OKS AP as mean and spread over seeds, the train-validation gap), sample images of the
-generated half, and ``OUT/results.json``.
+Conditions (``--conditions``), all with the same budget (epochs, steps, batch size), the same
+seeds, the same data transforms and the same post-mix resize and translation of every batch;
+they differ only in what fills the replaced slots (:class:`~posesynth.augment.mixing.BatchMixer`):
+
+- ``baseline``: nothing replaced;
+- ``real-dup`` (control): the slots get other real training samples, so a gain can be told
+  apart from a change of batch composition;
+- ``warp``, ``gan``: the slots get renders of arm-perturbed poses (``gan`` in the run's mode);
+- ``oracle``: nothing replaced, trained on as many real images drawn from the held-out pose
+  distribution (``--oracle``, disjoint from the test set): the upper bound of what rendering
+  new poses could give.
+
+Three splits: ``--val`` selects the checkpoint (best epoch), drives the plateau scheduler and
+early stopping; ``--test`` is only reported, at the validation-selected epoch and at the final
+epoch.  PCK counts every labelled person (multi-person decoding when the data holds several
+people), so perfect predictions score 1.0.  The generalisation gap is reported as training
+PCK minus test PCK and as test loss minus training loss, both measured the same way (eval
+mode, no augmentation) after training.
+
+Writes ``OUT/report.html`` (tables, a bar chart, every condition's curves, a strip of rendered
+slots, the share of the oracle gap each renderer closes, a paired comparison per seed) and
+``OUT/results.json``.
 """
 from __future__ import annotations
 
 import html
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from ..datasets.formats import KeypointSource, open_dataset
+from ..datasets.formats import KeypointSource, data_options, open_dataset
+from ..datasets.posemaps import PoseMapSpec
+from ..datasets.torch_dataset import PoseMapDataset, max_people_of, tensor_to_image
+from ..errors import ConfigError, PosesynthError
 from ..io import atomic_write_json, atomic_write_text
+from ..posenet.evaluate import evaluate_dataset
+from ..posenet.load import load_posenet
+from ..posenet.losses import PoseLossWeights
 from ..posenet.trainer import PoseNetTrainer, PoseTrainConfig
-from .mixing import GANBatchMixer
-from .perturb import MODES, PerturbConfig
+from ..runs import resolve_device, resolve_gan_device
+from .mixing import BatchMixer
+from .perturb import PerturbConfig, Perturber, check_mode
+from .renderers import make_renderer
 
-__all__ = ["ExperimentConfig", "run_experiment", "Subset"]
+__all__ = ["ExperimentConfig", "run_experiment", "Subset", "CONDITIONS", "summarise"]
 
 log = logging.getLogger(__name__)
+CONDITIONS = ("baseline", "real-dup", "warp", "gan", "oracle")
+RENDERED = ("warp", "gan")
 
 
 class Subset:
@@ -41,12 +70,35 @@ class Subset:
     def __getitem__(self, i: int):
         return self.source[int(self.idx[i])]
 
+    @property
+    def entries(self) -> list:
+        src = getattr(self.source, "entries", None)
+        if src is None:
+            return [_Entry(self[i].keypoints) for i in range(len(self))]
+        return [src[int(i)] for i in self.idx]
+
+
+@dataclass
+class _Entry:
+    keypoints: np.ndarray
+
 
 @dataclass
 class ExperimentConfig:
-    data: str = ""
-    val: str = ""
-    gan: str = field(default="", metadata={"help": "GAN run directory"})
+    data: str = field(default="", metadata={"help": "training data (the pose distribution the user has)"})
+    val: str = field(default="", metadata={"help": "validation data from the held-out distribution: selects "
+                                                   "epochs, never reported"})
+    test: str = field(default="", metadata={"help": "test data from the held-out distribution: only reported"})
+    oracle: str = field(default="", metadata={"help": "real training images from the held-out distribution "
+                                                      "(not the test set), for the oracle condition"})
+    gan: str = field(default="", metadata={"help": "train-gan run (for the gan condition)"})
+    image_dir: str = field(default="", metadata={"help": "folder the images' file_name values are relative to "
+                                                         "(default: see the README's resolution order)"})
+    on_error: str = field(default="skip", metadata={"help": "skip (drop bad images, counted and reported) | raise"})
+    out_of_frame: str = field(default="unlabel", metadata={"help": "labelled points outside the image: "
+                                                                   "unlabel|clip|skip-person|skip-image"})
+    conditions: tuple[str, ...] = field(default=("baseline", "real-dup", "warp", "oracle"), metadata={
+        "help": ",".join(CONDITIONS)})
     out: str = "runs/experiment"
     train_sizes: tuple[int, ...] = (32, 64, 128)
     seeds: int = 3
@@ -58,168 +110,316 @@ class ExperimentConfig:
     pretrained: str = "auto"
     heads: str = "small"
     lr: float = 1e-3
+    plateau_patience: int = field(default=4, metadata={"help": "epochs without a better validation PCK before "
+                                                               "the learning rate drops"})
+    early_stop: int = field(default=0, metadata={"help": "stop after this many epochs without a better "
+                                                         "validation PCK (0: off)"})
     fraction: float = 0.5
-    perturb: str = field(default="arms-high", metadata={"help": "|".join(MODES)})
-    device: str = "cpu"
-    gan_device: str = ""
-    judge: str = field(default="", metadata={"help": "optional pose-network run to filter generated samples"})
-    judge_threshold: float = 0.01
+    augment: str = field(default="arms-angle", metadata={"help": "perturbation: arms-angle|arms-slight|arms-high|"
+                                                                 "learned:RUN"})
+    rare: bool = field(default=False, metadata={"help": "draw new arm angles where the training data is thin"})
+    multi_person: str = field(default="auto", metadata={
+        "help": "auto (PAF grouping when an image holds several people)|true|false"})
+    post_scale: tuple[float, float] = (0.9, 1.1)
+    post_translate: float = 0.05
+    device: str = "auto"
+    gan_device: str = "auto"
+    judge: str = field(default="", metadata={"help": "optional pose-network run that filters renders"})
+    judge_pck: float = 0.5
 
 
-def _posecfg(c: ExperimentConfig, seed: int) -> PoseTrainConfig:
+def _check(c: ExperimentConfig) -> None:
+    bad = [x for x in c.conditions if x not in CONDITIONS]
+    if bad:
+        raise ConfigError(f"unknown condition(s) {', '.join(bad)} (known: {', '.join(CONDITIONS)})")
+    for name in ("data", "val", "test"):
+        if not getattr(c, name):
+            raise ConfigError(f"--{name} is required")
+    if "oracle" in c.conditions and not c.oracle:
+        raise ConfigError("the oracle condition needs --oracle (real training images from the held-out "
+                          "distribution, other than the test set)")
+    if "gan" in c.conditions and not c.gan:
+        raise ConfigError("the gan condition needs --gan RUN")
+    for a, b in (("val", "test"), ("oracle", "test"), ("data", "test"), ("val", "oracle")):
+        x, y = getattr(c, a), getattr(c, b)
+        if x and y and Path(x).resolve() == Path(y).resolve():
+            raise ConfigError(f"--{a} and --{b} are the same data; the splits must be disjoint")
+    check_mode(c.augment)
+
+
+def _posecfg(c: ExperimentConfig, seed: int, multi_person: bool) -> PoseTrainConfig:
     return PoseTrainConfig(size=tuple(c.size), backbone=c.backbone, pretrained=c.pretrained, heads=c.heads,
                            lr=c.lr, epochs=c.epochs, batch_size=c.batch_size, steps_per_epoch=c.steps_per_epoch,
-                           device=c.device, seed=seed, plateau_patience=10**6)
+                           device=c.device, seed=seed, plateau_patience=c.plateau_patience,
+                           early_stop=c.early_stop, multi_person=multi_person, precision="auto", fit="letterbox")
 
 
-def run_experiment(c: ExperimentConfig, train: "KeypointSource | None" = None, val: "KeypointSource | None" = None,
-                   progress: bool = True) -> dict[str, Any]:
-    from ..spade.render import check_compatible
-    from ..spade.trainer import load_generator
+def _eval_set(source: KeypointSource, c: ExperimentConfig, spec: PoseMapSpec, max_people: int) -> PoseMapDataset:
+    return PoseMapDataset(source, tuple(c.size), None, spec.stride, spec, max_people, with_maps=False,
+                          fit="letterbox", with_original=True)
 
+
+def run_experiment(c: ExperimentConfig, progress: bool = True) -> dict[str, Any]:
+    """Train every condition for every training size and seed; write the report.  Returns the
+    summary (see :func:`summarise`)."""
+    _check(c)
     out = Path(c.out)
+    opts = data_options(c)
+    train = open_dataset(c.data, **opts)
+    val = open_dataset(c.val, layout=train.layout, **opts)
+    test = open_dataset(c.test, layout=train.layout, **opts)
+    oracle = open_dataset(c.oracle, layout=train.layout, **opts) if "oracle" in c.conditions else None
+    for name, ds in (("data", train), ("val", val), ("test", test), ("oracle", oracle)):
+        if ds is not None and len(ds) == 0:
+            raise PosesynthError(f"--{name} {getattr(c, name)}: no usable images")
+    device = resolve_device(c.device)
+    gan_device = resolve_gan_device(c.gan_device, device)
+    renderers = {name: make_renderer(name, train.layout, c.gan, str(gan_device)) for name in c.conditions
+                 if name in RENDERED}
+    judge = load_posenet(c.judge, gan_device)[0] if c.judge else None
+    max_people = max(max_people_of(s) for s in (train, val, test, oracle) if s is not None)
+    multi = {"auto": max_people > 1, "true": True, "false": False}.get(str(c.multi_person).lower())
+    if multi is None:
+        raise ConfigError("multi_person must be auto, true or false")
     out.mkdir(parents=True, exist_ok=True)
-    train = train if train is not None else open_dataset(c.data, on_error="skip")
-    val = val if val is not None else open_dataset(c.val, on_error="skip")
-    gen, gan_layout, meta = load_generator(c.gan, c.gan_device or c.device)
-    check_compatible(gan_layout, train.layout, c.gan, c.data)
-    judge = None
-    if c.judge:
-        from ..posenet.trainer import load_posenet
-
-        judge, _, _ = load_posenet(c.judge, c.gan_device or c.device)
     results: list[dict[str, Any]] = []
-    samples_png = None
+    strips: dict[str, np.ndarray] = {}
     t_all = time.perf_counter()
+    total = len(c.train_sizes) * c.seeds * len(c.conditions)
+    done = 0
     for n in c.train_sizes:
         for seed in range(c.seeds):
-            sub = Subset(train, min(n, len(train)), seed)
-            for cond in ("baseline", "gan"):
+            for cond in c.conditions:
+                src = Subset(oracle if cond == "oracle" else train, min(n, len(oracle if cond == "oracle" else train)),
+                             seed)
+                pcfg = _posecfg(c, seed, multi)
+                spec = pcfg.posemaps
+                fill = "render" if cond in RENDERED else ("real-dup" if cond == "real-dup" else "none")
+                perturber = Perturber(PerturbConfig(c.augment, rare=c.rare), train.layout,
+                                      [e.keypoints for e in src.entries] if c.rare else None)
+                mixer = BatchMixer(train.layout, spec, c.fraction, fill, renderers.get(cond), perturber, device,
+                                   seed=seed, post_scale=tuple(c.post_scale), post_translate=c.post_translate,
+                                   judge=judge if fill == "render" else None, judge_pck=c.judge_pck,
+                                   judge_device=gan_device)
                 run = out / f"n{n}_seed{seed}_{cond}"
-                mixer = None
-                if cond == "gan":
-                    mixer = GANBatchMixer(gen, train.layout, c.fraction, PerturbConfig(c.perturb),
-                                          gan_device=c.gan_device or c.device, device=c.device,
-                                          gan_size=tuple(meta["generator"]["size"]), judge=judge,
-                                          judge_threshold=c.judge_threshold, seed=seed)
+                done += 1
                 if progress:
-                    print(f"[experiment] train size {n}, seed {seed}, {cond}", flush=True)
-                t = PoseNetTrainer(_posecfg(c, seed), run, source=sub, val_source=val, progress=progress,
-                                   batch_hook=mixer, resume=(run / "checkpoints" / "latest.json").exists())
-                t.fit()
-                best = max(t.history, key=lambda r: r.get("val_PCK@0.2", -1))
-                last = t.history[-1]
-                results.append({"n": n, "seed": seed, "cond": cond, "history": t.history,
-                                "best_PCK": best.get("val_PCK@0.2"), "best_AP": best.get("val_AP"),
-                                "final_PCK": last.get("val_PCK@0.2"), "final_AP": last.get("val_AP"),
-                                "final_gap": last.get("val_loss", np.nan) - last.get("train_loss", np.nan),
-                                "mix": vars(mixer.stats) if mixer else None})
-                if mixer is not None and mixer.last_generated is not None and samples_png is None:
-                    samples_png = _samples(mixer, out / "generated_samples.png")
-    summary = _summarise(results, c)
+                    print(f"[experiment {done}/{total}, {(time.perf_counter() - t_all) / 60:.1f} min] "
+                          f"{n} training images, seed {seed}, {cond}", flush=True)
+                resume = (run / "checkpoints" / "latest.json").exists()
+                t = PoseNetTrainer(pcfg, run, source=src, val_source=val, progress=progress, batch_hook=mixer,
+                                   resume=resume)
+                if t.epoch < pcfg.epochs:
+                    t.fit()
+                results.append(_score(t, src, test, c, spec, max_people, n, seed, cond, mixer))
+                if cond in RENDERED and cond not in strips and mixer.last is not None:
+                    strips[cond] = _strip(mixer.last)
+    summary = summarise(results, c)
     summary["seconds"] = time.perf_counter() - t_all
+    summary["multi_person"] = multi
+    for cond, img in strips.items():
+        import cv2
+
+        cv2.imwrite(str(out / f"rendered_{cond}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
     atomic_write_json(out / "results.json", {"config": {k: (list(v) if isinstance(v, tuple) else v)
                                                         for k, v in vars(c).items()},
                                              "summary": summary, "runs": results}, indent=1)
-    _plots(results, c, out)
-    _report(summary, c, out, samples_png is not None)
+    _plots(results, summary, c, out)
+    _report(summary, c, out, sorted(strips))
     return summary
 
 
-def _samples(mixer: GANBatchMixer, path: Path) -> Path:
-    import cv2
+@torch.no_grad()
+def _score(t: PoseNetTrainer, src: Subset, test: KeypointSource, c: ExperimentConfig, spec: PoseMapSpec,
+           max_people: int, n: int, seed: int, cond: str, mixer: BatchMixer) -> dict[str, Any]:
+    """Test figures at the validation-selected and the final epoch, and the train-test gap."""
+    from ..checkpoint import load_checkpoint, load_module
 
-    from ..datasets.torch_dataset import tensor_to_image
+    weights = PoseLossWeights(t.cfg.w_heatmap, t.cfg.w_paf, t.cfg.w_mask, t.cfg.loss_reduction)
+    test_ds = _eval_set(test, c, spec, max_people)
+    train_ds = _eval_set(src, c, spec, max_people)
+    final = {k: v.detach().clone() for k, v in t.model.state_dict().items()}
+    row: dict[str, Any] = {"n": n, "seed": seed, "cond": cond, "history": t.history, "best_epoch": t.best_epoch,
+                           "mix": vars(mixer.stats), "mixer": mixer.describe()}
+    args = dict(layout=t.layout, multi_person=t.cfg.multi_person, threshold=t.cfg.decode_threshold,
+                pck_alpha=t.cfg.pck_alpha, weights=weights, batch_size=c.batch_size, device=t.device)
+    key = f"PCK@{t.cfg.pck_alpha:g}"
+    for when in ("final", "best"):
+        if when == "best":
+            tensors, _ = load_checkpoint(t.run / "checkpoints" / "best")
+            load_module(t.model, tensors, "model", str(t.run))
+        te = evaluate_dataset(t.model, test_ds, **args)
+        row[f"test_PCK_{when}"], row[f"test_AP_{when}"] = te[key], te["AP"]
+        row[f"test_loss_{when}"] = te.get("loss")
+        if when == "best":
+            tr = evaluate_dataset(t.model, train_ds, **args)
+            row["train_PCK_best"], row["train_loss_best"] = tr[key], tr.get("loss")
+            row["gap_PCK"] = tr[key] - te[key]
+            row["gap_loss"] = te.get("loss", np.nan) - tr.get("loss", np.nan)
+    t.model.load_state_dict(final)
+    return row
 
-    imgs = [tensor_to_image(x) for x in mixer.last_generated[:8]]
-    cv2.imwrite(str(path), cv2.cvtColor(np.concatenate(imgs, 1), cv2.COLOR_RGB2BGR))
-    return path
+
+def _strip(last: dict[str, torch.Tensor], n: int = 6) -> np.ndarray:
+    """Rows of source | render for the last replaced slots."""
+    rows = [np.concatenate([tensor_to_image(s), tensor_to_image(r)], 1)
+            for s, r in zip(last["source"][:n], last["render"][:n])]
+    return np.concatenate(rows, 0) if rows else np.zeros((8, 8, 3), np.uint8)
 
 
-def _summarise(results: list[dict[str, Any]], c: ExperimentConfig) -> dict[str, Any]:
+# ---- summary ------------------------------------------------------------------------------
+def _ms(v) -> tuple[float, float]:
+    v = np.asarray([x for x in v if x is not None and np.isfinite(x)], float)
+    return (float(v.mean()), float(v.std())) if len(v) else (float("nan"), float("nan"))
+
+
+def summarise(results: list[dict[str, Any]], c: ExperimentConfig) -> dict[str, Any]:
+    """Per training size: each condition's mean and spread over seeds; for each renderer the
+    share of the oracle gap it closes and the paired comparison with the baseline per seed."""
     rows = []
     for n in c.train_sizes:
-        row: dict[str, Any] = {"n": n}
-        for cond in ("baseline", "gan"):
+        row: dict[str, Any] = {"n": n, "conditions": {}}
+        for cond in c.conditions:
             rs = [r for r in results if r["n"] == n and r["cond"] == cond]
-            for key in ("best_PCK", "best_AP", "final_gap"):
-                v = np.array([r[key] if r[key] is not None else np.nan for r in rs], float)
-                row[f"{cond}_{key}_mean"] = float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
-                row[f"{cond}_{key}_std"] = float(np.nanstd(v)) if np.isfinite(v).any() else float("nan")
+            row["conditions"][cond] = {
+                k: dict(zip(("mean", "sd"), _ms([r.get(k) for r in rs])))
+                for k in ("test_PCK_best", "test_PCK_final", "test_AP_best", "test_AP_final", "train_PCK_best",
+                          "gap_PCK", "gap_loss", "best_epoch")}
+        base = {r["seed"]: r["test_PCK_best"] for r in results if r["n"] == n and r["cond"] == "baseline"}
+        orac = {r["seed"]: r["test_PCK_best"] for r in results if r["n"] == n and r["cond"] == "oracle"}
+        comp = {}
+        for cond in c.conditions:
+            if cond in ("baseline", "oracle") or not base:
+                continue
+            mine = {r["seed"]: r["test_PCK_best"] for r in results if r["n"] == n and r["cond"] == cond}
+            seeds = sorted(set(base) & set(mine))
+            diffs = np.array([mine[s] - base[s] for s in seeds], float)
+            entry: dict[str, Any] = {"seeds": len(seeds), "ahead": int((diffs > 0).sum()),
+                                     "diff_mean": float(diffs.mean()) if len(diffs) else float("nan"),
+                                     "diff_sd": float(diffs.std()) if len(diffs) else float("nan")}
+            entry["exceeds_spread"] = bool(len(diffs) > 1 and abs(entry["diff_mean"]) > entry["diff_sd"])
+            if orac:
+                gap = np.mean([orac[s] for s in seeds if s in orac]) - np.mean([base[s] for s in seeds])
+                entry["oracle_gap"] = float(gap)
+                entry["oracle_share"] = float(entry["diff_mean"] / gap) if abs(gap) > 1e-9 else float("nan")
+            comp[cond] = entry
+        row["compare"] = comp
         rows.append(row)
-    return {"rows": rows}
+    return {"rows": rows, "metric": "test PCK@0.2 at the validation-selected epoch"}
 
 
-def _plots(results: list[dict[str, Any]], c: ExperimentConfig, out: Path) -> None:
+# ---- report -------------------------------------------------------------------------------
+_COLOURS = {"baseline": "tab:blue", "real-dup": "tab:gray", "warp": "tab:green", "gan": "tab:orange",
+            "oracle": "tab:purple"}
+
+
+def _plots(results: list[dict[str, Any]], summary: dict[str, Any], c: ExperimentConfig, out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = {"baseline": "tab:blue", "gan": "tab:orange"}
-    fig, axes = plt.subplots(1, len(c.train_sizes), figsize=(4.5 * len(c.train_sizes), 3.6), squeeze=False)
-    for ax, n in zip(axes[0], c.train_sizes):
-        for cond in ("baseline", "gan"):
-            for key, style in (("train_loss", "-"), ("val_loss", "--")):
-                curves = [[h.get(key, np.nan) for h in r["history"]] for r in results if r["n"] == n and r["cond"] == cond]
-                if not curves:
-                    continue
-                m = min(len(x) for x in curves)
-                arr = np.array([x[:m] for x in curves], float)
-                ep = np.arange(1, m + 1)
-                mu, sd = np.nanmean(arr, 0), np.nanstd(arr, 0)
-                ax.plot(ep, mu, style, color=colours[cond], label=f"{cond} {key.split('_')[0]}")
-                ax.fill_between(ep, mu - sd, mu + sd, color=colours[cond], alpha=0.15)
-        ax.set_title(f"{n} training images")
-        ax.set_xlabel("epoch")
-        ax.set_yscale("log")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "curves.png", dpi=90)
-    plt.close(fig)
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for ax, key, label in zip(axes, ("best_PCK", "best_AP", "final_gap"),
-                              ("held-out PCK@0.2", "held-out OKS AP", "val loss - train loss (final)")):
-        for j, cond in enumerate(("baseline", "gan")):
-            ns, mu, sd = [], [], []
-            for n in c.train_sizes:
-                v = np.array([r[key] for r in results if r["n"] == n and r["cond"] == cond and r[key] is not None], float)
-                if len(v):
-                    ns.append(n)
-                    mu.append(np.nanmean(v))
-                    sd.append(np.nanstd(v))
-            ax.errorbar(np.array(ns) * (1 + 0.03 * (j - 0.5)), mu, yerr=sd, marker="o", capsize=3,
-                        color=colours[cond], label=cond)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("training images")
-        ax.set_title(label)
-        ax.legend(fontsize=8)
+    conds = list(c.conditions)
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for ax, key, label in zip(axes, ("test_PCK_best", "test_AP_best", "gap_PCK"),
+                              ("test PCK@0.2 (validation-selected epoch)", "test OKS AP (validation-selected)",
+                               "train PCK - test PCK")):
+        if len(c.train_sizes) == 1:  # one training size: bars, not a line over one x value
+            row = summary["rows"][0]["conditions"]
+            mu = [row[k][key]["mean"] for k in conds]
+            sd = [row[k][key]["sd"] for k in conds]
+            ax.bar(range(len(conds)), mu, yerr=sd, capsize=4, color=[_COLOURS[k] for k in conds])
+            for j, k in enumerate(conds):  # every seed as a dot
+                v = [r[key] for r in results if r["cond"] == k]
+                ax.plot(np.full(len(v), j) + np.linspace(-0.15, 0.15, len(v)), v, "k.", ms=5)
+            ax.set_xticks(range(len(conds)), conds, rotation=20)
+            ax.set_title(f"{label}\n{c.train_sizes[0]} training images", fontsize=9)
+        else:
+            for j, k in enumerate(conds):
+                mu = [r["conditions"][k][key]["mean"] for r in summary["rows"]]
+                sd = [r["conditions"][k][key]["sd"] for r in summary["rows"]]
+                ax.errorbar(np.array(c.train_sizes) * (1 + 0.02 * (j - len(conds) / 2)), mu, yerr=sd, marker="o",
+                            capsize=3, color=_COLOURS[k], label=k)
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("training images")
+            ax.set_title(label, fontsize=9)
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "comparison.png", dpi=90)
     plt.close(fig)
 
+    fig, axes = plt.subplots(len(c.train_sizes), 3, figsize=(14, 3.4 * len(c.train_sizes)), squeeze=False)
+    for row_ax, n in zip(axes, c.train_sizes):
+        for k in conds:
+            rs = [r for r in results if r["n"] == n and r["cond"] == k]
+            if not rs:
+                continue
+            m = min(len(r["history"]) for r in rs)
+            ep = np.arange(1, m + 1)
+            for ax, key, style in ((row_ax[0], "train_loss", "-"), (row_ax[0], "val_loss", "--"),
+                                   (row_ax[1], "train_loss_replaced", ":"), (row_ax[2], "val_PCK@0.2", "-")):
+                arr = np.array([[h.get(key, np.nan) for h in r["history"][:m]] for r in rs], float)
+                if not np.isfinite(arr).any():
+                    continue
+                mu, sd = np.nanmean(arr, 0), np.nanstd(arr, 0)
+                ax.plot(ep, mu, style, color=_COLOURS[k], label=f"{k} {key.replace('_', ' ')}")
+                ax.fill_between(ep, mu - sd, mu + sd, color=_COLOURS[k], alpha=0.12)
+        row_ax[0].set_title(f"{n} images: loss on real training slots (-) and validation (--)", fontsize=9)
+        row_ax[0].set_yscale("log")
+        row_ax[1].set_title("loss on the replaced slots", fontsize=9)
+        row_ax[2].set_title("validation PCK@0.2 (selects the epoch)", fontsize=9)
+        for ax in row_ax:
+            ax.set_xlabel("epoch")
+            if ax.lines:
+                ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=80)
+    plt.close(fig)
 
-def _report(summary: dict[str, Any], c: ExperimentConfig, out: Path, has_samples: bool) -> None:
-    def f(v):
-        return "n/a" if v is None or not np.isfinite(v) else f"{v:.3f}"
 
-    rows = "".join(
-        f"<tr><td>{r['n']}</td>"
-        + "".join(f"<td>{f(r[f'{cond}_{k}_mean'])} ± {f(r[f'{cond}_{k}_std'])}</td>"
-                  for k in ("best_PCK", "best_AP", "final_gap") for cond in ("baseline", "gan"))
-        + "</tr>" for r in summary["rows"])
-    head = "".join(f"<th>{html.escape(k)} {cond}</th>" for k in ("PCK@0.2", "OKS AP", "gap") for cond in ("baseline", "GAN"))
+def _f(v, d: int = 3) -> str:
+    return "n/a" if v is None or not np.isfinite(v) else f"{v:.{d}f}"
+
+
+def _report(summary: dict[str, Any], c: ExperimentConfig, out: Path, strips: list[str]) -> None:
+    conds = list(c.conditions)
+    parts = []
+    for row in summary["rows"]:
+        cs = row["conditions"]
+        body = "".join(
+            f"<tr><td>{html.escape(k)}</td>"
+            + "".join(f"<td>{_f(cs[k][m]['mean'])} ± {_f(cs[k][m]['sd'])}</td>"
+                      for m in ("test_PCK_best", "test_PCK_final", "test_AP_best", "train_PCK_best", "gap_PCK",
+                                "gap_loss"))
+            + f"<td>{_f(cs[k]['best_epoch']['mean'], 1)}</td></tr>" for k in conds)
+        comp = "".join(
+            f"<tr><td>{html.escape(k)}</td><td>{_f(v['diff_mean'])} ± {_f(v['diff_sd'])}</td>"
+            f"<td>{v['ahead']} of {v['seeds']}</td><td>{'yes' if v['exceeds_spread'] else 'no'}</td>"
+            f"<td>{_f(100 * v.get('oracle_share', float('nan')), 0)}%</td></tr>"
+            for k, v in row["compare"].items())
+        parts.append(f"""<h2>{row['n']} training images</h2>
+<table><tr><th>condition</th><th>test PCK@0.2 (val-selected)</th><th>test PCK@0.2 (final)</th>
+<th>test AP (val-selected)</th><th>train PCK</th><th>gap: train - test PCK</th><th>gap: test - train loss</th>
+<th>selected epoch</th></tr>{body}</table>
+<p>Against the baseline, paired by seed (difference in test PCK@0.2 at the validation-selected epoch):</p>
+<table><tr><th>condition</th><th>mean difference ± sd over seeds</th><th>ahead on</th>
+<th>difference exceeds the spread?</th><th>share of the oracle gap closed</th></tr>{comp}</table>""")
+    strip_html = "".join(f"<h3>{html.escape(k)}: source | render (last replaced slots)</h3>"
+                         f"<img src='rendered_{html.escape(k)}.png'>" for k in strips)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>posesynth: overfitting experiment</title>
-<style>body{{font-family:sans-serif;max-width:1300px;margin:auto}}td,th{{padding:4px 8px;border-bottom:1px solid #ddd}}</style>
-</head><body><h1>Does GAN-in-the-loop augmentation reduce overfitting?</h1>
-<p>Pose network {html.escape(c.backbone)} ({html.escape(c.heads)} heads) at {c.size[0]}x{c.size[1]}, trained
-{c.epochs} epochs x {c.steps_per_epoch} steps x batch {c.batch_size} in both conditions, {c.seeds} seed(s) each.
-GAN condition: {c.fraction:.0%} of every batch rendered by the generator from <b>{html.escape(c.perturb)}</b>
-poses. Held-out data: {html.escape(c.val)}. Mean ± standard deviation over seeds; PCK and AP are the best
-validation epoch's; the gap is final validation loss minus final training loss.</p>
-<table><tr><th>training images</th>{head}</tr>{rows}</table>
-<h2>Held-out accuracy and train-validation gap</h2><img src="comparison.png">
-<h2>Loss curves (mean ± sd over seeds)</h2><img src="curves.png">
-{'<h2>Generated half of a batch</h2><img src="generated_samples.png">' if has_samples else ''}
+<style>body{{font-family:sans-serif;max-width:1400px;margin:auto}}td,th{{padding:4px 8px;border-bottom:1px solid #ddd}}
+img{{max-width:100%}}</style></head><body><h1>Does rendering new poses reduce overfitting?</h1>
+<p>Pose network {html.escape(c.backbone)} ({html.escape(c.heads)} heads) at {c.size[0]}x{c.size[1]}, {c.epochs} epochs x
+{c.steps_per_epoch} steps x batch {c.batch_size} in every condition, {c.seeds} seed(s) each, the same data transforms and
+the same post-mix resize and translation. Rendered conditions replace {c.fraction:.0%} of every batch with renders of
+<b>{html.escape(c.augment)}</b> poses; real-dup fills the same slots with other real training images; the oracle trains
+on as many real images from the held-out pose distribution. Checkpoints are selected on {html.escape(c.val)}; the test set
+{html.escape(c.test)} is only reported. PCK counts every labelled person
+({'multi-person decoding' if summary.get('multi_person') else 'single-person decoding'}).
+Mean ± standard deviation over seeds.</p>
+{''.join(parts)}
+<h2>Test accuracy and gap</h2><img src="comparison.png">
+<h2>Curves (mean ± sd over seeds)</h2><img src="curves.png">
+{strip_html}
 </body></html>"""
     atomic_write_text(out / "report.html", page)

@@ -10,9 +10,14 @@ On-disk layout written by posesynth (and read from any COCO keypoint file)::
                              the image entry: {"masks": {"seatbelt": "masks/000001_seatbelt.png"}}
                              (paths relative to DIR)
 
+Video datasets: an image entry may carry ``"video_id"`` (PoseTrack's ``"vid_id"`` is read as
+a synonym) and ``"frame_id"`` (the 0-based frame index), and an annotation ``"track_id"``.
+
 Bad input gets a :class:`~posesynth.errors.DatasetError` naming the file and the annotation.
-``on_error="raise"`` fails at the first problem; ``on_error="skip"`` drops the images with a
-problem, warns once per problem, and counts them (:attr:`CocoKeypointDataset.skipped`).
+``on_error="raise"`` fails at the first problem; ``on_error="skip"`` drops the images (or
+annotations) with a problem, counts them by kind and says so (see
+:mod:`posesynth.datasets.reading`).  Labelled keypoints outside their image follow
+``out_of_frame`` (default: unlabelled, counted and said once).
 """
 from __future__ import annotations
 
@@ -22,38 +27,147 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
-from ..errors import DatasetError
+from ..errors import DatasetError, LayoutError
 from ..io import atomic_write_json
-from .convert import conversion_matrix, convert_keypoints
-from .layouts import BUILTIN_LAYOUTS, KeypointLayout, get_layout
+from .convert import conversion_matrix, convert_keypoints, match_keypoints
+from .layouts import (BUILTIN_LAYOUTS, COCO17, DEFAULT_SIGMA, KeypointLayout, canonical_name, get_layout,
+                      infer_flip_pairs, infer_sigmas)
+from .reading import (COORD_TOLERANCE, ErrorPolicy, ImageResolver, InfoNote, OutOfFramePolicy, OutOfFrameStats,
+                      ProblemLog, ReaderBase, apply_out_of_frame, check_policies, image_size, out_of_frame_points,
+                      read_image, sizes_of)
 from .sample import Sample
 
-__all__ = ["CocoKeypointDataset", "CocoWriter", "write_coco", "layout_from_category", "ErrorPolicy"]
+__all__ = ["CocoKeypointDataset", "CocoWriter", "write_coco", "layout_from_category", "derive_layout",
+           "resolve_layouts", "ErrorPolicy", "COORD_TOLERANCE"]
 
 log = logging.getLogger(__name__)
-ErrorPolicy = Literal["raise", "skip"]
-COORD_TOLERANCE = 1.0  # labelled keypoints may lie this many pixels outside the image
+
+_COCO_SKELETON_1B = {frozenset((a + 1, b + 1)) for a, b in COCO17.limbs}
+
+
+def _skeleton_problem(skeleton: Any, k: int) -> "str | None":
+    """Why a category's 1-based ``skeleton`` does not fit ``k`` keypoints (None if it fits)."""
+    def is_pair(p: Any) -> bool:
+        return isinstance(p, (list, tuple)) and len(p) == 2 and all(
+            isinstance(i, int) and not isinstance(i, bool) for i in p)
+
+    if not isinstance(skeleton, list) or not all(is_pair(p) for p in skeleton):
+        return "it is not a list of [a, b] index pairs"
+    bad = [list(p) for p in skeleton if not (1 <= p[0] <= k and 1 <= p[1] <= k) or p[0] == p[1]]
+    if not bad:
+        return None
+    idx = [i for p in skeleton for i in p]
+    shown = ", ".join(str(p) for p in bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+    why = f"limb{'s' if len(bad) > 1 else ''} {shown} name{'' if len(bad) > 1 else 's'} keypoints outside 1..{k}"
+    if min(idx) == 0 and max(idx) <= k - 1:
+        why += "; it looks 0-based (COCO skeletons count keypoints from 1)"
+    elif {frozenset(p) for p in skeleton} == _COCO_SKELETON_1B and k != 17:
+        why += "; it is COCO's 17-keypoint skeleton"
+    return why
+
+
+def derive_layout(cat: dict[str, Any], source: str) -> tuple[KeypointLayout, list[str]]:
+    """The layout a COCO category describes, and notes on what could not be taken from it.
+
+    A built-in layout is returned when the keypoint names match it (normalised names, same
+    order).  Otherwise the layout is built from the category: its 1-based ``skeleton`` gives
+    the limbs (a skeleton that does not fit the keypoints is ignored, with a note), its
+    ``flip_pairs`` and ``sigmas`` are used when present (posesynth writes them), else flip
+    pairs are inferred from left/right names and OKS sigmas from COCO's per-joint values.
+    """
+    names = cat.get("keypoints")
+    cname = cat.get("name", "?")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise DatasetError(f"{source}: category '{cname}' has no list of 'keypoints' names", "malformed category")
+    canon = [canonical_name(n) for n in names]
+    masks = cat.get("masks") if isinstance(cat.get("masks"), list) else None
+    for lay in BUILTIN_LAYOUTS.values():
+        if [canonical_name(n) for n in lay.keypoints] == canon:
+            m = list(lay.masks) if masks is None else masks
+            return (lay if list(lay.masks) == m else lay.with_masks(m)), []
+    k = len(names)
+    notes: list[str] = []
+    if len(set(names)) != k:
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise DatasetError(f"{source}: category '{cname}' names keypoints {dup} more than once", "malformed category")
+    skeleton = cat.get("skeleton", [])
+    problem = _skeleton_problem(skeleton, k)
+    limbs: list[list[int]] = []
+    if problem:
+        notes.append(f"{source}: the skeleton of category '{cname}' does not fit its {k} keypoints ({problem}): "
+                     "skeleton ignored, so the layout has no limbs (PAFs); give the layout with --layout FILE.yaml")
+    else:
+        limbs = [[a - 1, b - 1] for a, b in skeleton]
+    flip = cat.get("flip_pairs")
+    if flip is not None:
+        try:
+            KeypointLayout("check", tuple(names), (), tuple(tuple(p) for p in flip))
+        except (LayoutError, TypeError, ValueError):
+            notes.append(f"{source}: category '{cname}' has unusable 'flip_pairs' {flip}: inferred from names instead")
+            flip = None
+    unpaired: list[str] = []
+    if flip is None:
+        flip, unpaired = infer_flip_pairs(names)
+    sigmas = cat.get("sigmas")
+    if not (isinstance(sigmas, list) and len(sigmas) == k
+            and all(isinstance(s, (int, float)) and s > 0 for s in sigmas)):
+        sigmas, missing = infer_sigmas(names)
+        if missing:
+            notes.append(InfoNote(f"{source}: no COCO OKS sigma for {', '.join(repr(n) for n in missing)}: "
+                                  f"using {DEFAULT_SIGMA}"))
+    d = {"name": cat.get("layout") or cname or "custom", "keypoints": names, "limbs": limbs,
+         "flip_pairs": flip, "sigmas": sigmas, "masks": masks or []}
+    try:
+        lay = KeypointLayout.from_dict(d, source=source)
+    except LayoutError as e:
+        raise DatasetError(f"{source}: category '{cname}': {e}", "malformed category") from None
+    if not lay.can_flip:
+        sided = unpaired or [n for i, n in enumerate(names) if i not in {j for p in lay.flip_pairs for j in p}
+                             and canonical_name(n).startswith(("left", "right"))]
+        notes.append(f"{source}: no flip pair for {', '.join(repr(n) for n in sided[:6])}"
+                     f"{' and more' if len(sided) > 6 else ''}: horizontal flip is off for this dataset")
+    return lay, notes
 
 
 def layout_from_category(cat: dict[str, Any], source: str) -> KeypointLayout:
-    """The layout a COCO category describes: a built-in one when the names match."""
-    names = cat.get("keypoints")
-    if not isinstance(names, list) or not names:
-        raise DatasetError(f"{source}: category '{cat.get('name')}' has no 'keypoints' names")
-    for lay in BUILTIN_LAYOUTS.values():
-        if list(lay.keypoints) == names:
-            masks = cat.get("masks", list(lay.masks))
-            return lay if list(lay.masks) == list(masks) else lay.with_masks(masks)
-    d = {"name": cat.get("layout", cat.get("name", "custom")), "keypoints": names,
-         "limbs": [[a - 1, b - 1] for a, b in cat.get("skeleton", [])],
-         "flip_pairs": cat.get("flip_pairs", []), "sigmas": cat.get("sigmas"), "masks": cat.get("masks", [])}
-    return KeypointLayout.from_dict(d, source=source)
+    """The layout a COCO category describes (see :func:`derive_layout`); notes are logged."""
+    lay, notes = derive_layout(cat, source)
+    for n in notes:
+        log.warning("%s", n)
+    return lay
+
+
+def resolve_layouts(file_layout: "KeypointLayout | None", target: KeypointLayout,
+                    source: str) -> tuple[KeypointLayout, bool, list[str]]:
+    """How data in ``file_layout`` is read as ``target`` (a layout given with ``--layout``).
+
+    Returns ``(source_layout, convert, notes)``: the same keypoint names (normalised) read as
+    ``target`` directly; otherwise keypoints are converted by name where at least half of
+    ``target``'s keypoints are found; otherwise, with as many keypoints, they are taken in
+    order.  ``file_layout=None`` (no names in the file) takes them in order.
+    """
+    if file_layout is None:
+        return target, False, []
+    if [canonical_name(n) for n in file_layout.keypoints] == [canonical_name(n) for n in target.keypoints]:
+        return target, False, []
+    try:
+        conversion_matrix(file_layout, target)
+    except LayoutError as e:
+        if file_layout.num_keypoints == target.num_keypoints:
+            return target, False, [f"{source}: its keypoint names do not match layout '{target.name}': its "
+                                   f"{target.num_keypoints} keypoints are taken in order as {target.name}'s"]
+        raise LayoutError(f"{source}: {e}") from None
+    _, missing = match_keypoints(file_layout, target)
+    notes = []
+    if missing:
+        notes.append(InfoNote(f"{source}: converting to '{target.name}' by keypoint name: the data has no "
+                              f"{', '.join(repr(n) for n in missing)}; they stay unlabelled"))
+    return file_layout, True, notes
 
 
 @dataclass
@@ -61,84 +175,117 @@ class _Entry:
     image: dict[str, Any]
     keypoints: np.ndarray          # (P, K_src, 3)
     ann_ids: list[int] = field(default_factory=list)
+    path: "Path | None" = None     # the image file, once found
+    size: "tuple[int, int] | None" = None   # (width, height), from the JSON or the file's header
 
 
-class CocoKeypointDataset:
+class CocoKeypointDataset(ReaderBase):
     """A COCO keypoint dataset as a sequence of :class:`Sample`.
 
     Args:
         path: a dataset folder holding ``annotations.json``, or a COCO JSON file.
-        image_dir: folder of the images; default ``DIR/images`` if it exists, else the JSON's folder.
-        layout: the layout samples are returned in (name, YAML path or object).  Default:
-            the dataset's own.  A different layout is converted to where a conversion is
-            defined (e.g. coco17 -> driver9).
+        image_dir: folder of the images.  Default: looked up as
+            :class:`~posesynth.datasets.reading.ImageResolver` says (``R/images``, ``R``, then
+            ``R``'s parent, where ``R`` is the dataset or JSON folder).
+        layout: the layout samples are returned in (name, YAML path or object).  Default: the
+            dataset's own, from its category.  When given, it replaces the category entirely:
+            the file's keypoints are read as this layout when their names match it (or, with
+            as many keypoints, in order), else converted by name.
         on_error: ``"raise"`` (fail fast) or ``"skip"`` (drop bad images and count them).
-        check_files: verify at load time that every image and mask exists, is readable and has
-            the size the JSON states (reads headers only).
+        check_files: verify at load time that every image and mask exists, is not truncated and
+            has the size the JSON states (reads headers and the file's last kilobyte only).
+        out_of_frame: what happens to labelled keypoints outside their image (``"unlabel"``,
+            ``"clip"``, ``"skip-person"``, ``"skip-image"``).
+        allow_empty: when False, a dataset with no usable image raises one
+            :class:`DatasetError` with the problem counts.
+
+    Attributes:
+        entries: the usable images (``.image`` the COCO image dict, ``.keypoints`` ``(P, K, 3)``
+            in the source layout, ``.ann_ids``, ``.path``, ``.size``).
+        coco: the pycocotools index of the file's image entries with a unique id and the
+            annotations that point to them.
+        layout, source_layout: the layout samples come in, and the file's own.
+        errors, skipped: the problems found (one message each) and their number.
+        notes: what was said once (inferred layout, out-of-frame counts, conversion).
     """
 
     def __init__(self, path: "str | Path", image_dir: "str | Path | None" = None,
                  layout: "str | Path | KeypointLayout | None" = None, on_error: ErrorPolicy = "raise",
-                 check_files: bool = True) -> None:
-        if on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+                 check_files: bool = True, out_of_frame: OutOfFramePolicy = "unlabel",
+                 allow_empty: bool = True) -> None:
+        check_policies(on_error, out_of_frame)
         path = Path(path)
         if path.is_dir():
             self.root, self.ann_file = path, path / "annotations.json"
         else:
             self.root, self.ann_file = path.parent, path
-        if image_dir is None:
-            image_dir = self.root / "images" if (self.root / "images").is_dir() else self.root
-        self.image_dir = Path(image_dir)
+        self._resolver = ImageResolver(self.root, image_dir)
         self.on_error = on_error
-        self.errors: list[str] = []
+        self.out_of_frame = out_of_frame
+        self.problems = ProblemLog(str(self.ann_file), on_error)
+        self._oof = OutOfFrameStats(out_of_frame)
         data = self._read_json()
-        self.coco = self._index(data)
         cat = self._person_category(data)
-        self.source_layout = layout_from_category(cat, str(self.ann_file))
-        self.layout = self.source_layout if layout is None else get_layout(layout)
-        self._convert = self.layout.keypoints != self.source_layout.keypoints
-        if self._convert:
-            conversion_matrix(self.source_layout, self.layout)  # fails early if undefined
-        self.entries = self._collect(data, cat["id"])
+        self._setup_layouts(cat, layout)
+        images, anns = self._clean(data, cat.get("id"))
+        self.coco = self._index({"images": images, "annotations": [a for a in anns if "id" in a],
+                                 "categories": [c for c in data["categories"] if isinstance(c, dict) and "id" in c]})
+        self.num_listed = len(data["images"])
+        self.entries = self._collect(images, anns, cat.get("id"))
         if check_files:
             self.entries = [e for e in self.entries if self._check_files(e)]
+        self.entries = self._apply_out_of_frame(self.entries)
         self._failed_at_runtime: set[int] = set()
+        msg = self._oof.message(str(self.ann_file))
+        if msg:
+            self.problems.note(msg)
+        self.problems.finish()
+        if not self.entries and not allow_empty:
+            raise DatasetError(self.empty_message(), "empty dataset")
 
     # ---- loading -----------------------------------------------------------------------
-    def _fail(self, msg: str) -> None:
-        if self.on_error == "raise":
-            raise DatasetError(msg)
-        self.errors.append(msg)
-        log.warning("skipping: %s", msg)
+    @property
+    def image_dir(self) -> Path:
+        """The folder images are read from (``--image-dir``, else the one found)."""
+        return self._resolver.default_dir
 
     @property
-    def skipped(self) -> int:
-        """Number of images dropped because of a problem (``on_error="skip"``)."""
-        return len(self.errors)
+    def dropped_out_of_frame(self) -> int:
+        """Images dropped by ``out_of_frame="skip-image"``."""
+        return self._oof.images if self.out_of_frame == "skip-image" else 0
+
+    def empty_message(self) -> str:
+        parts = []
+        if self.errors:
+            parts.append(f"{self.problems.summary()} skipped")
+        if self.dropped_out_of_frame:
+            parts.append(f"{self.dropped_out_of_frame} dropped for keypoints outside the image "
+                         "(--out-of-frame skip-image)")
+        why = "; ".join(parts) if parts else ("the file lists no images" if not self.num_listed
+                                               else "no image has a usable entry")
+        return f"{self.ann_file}: no usable images ({self.num_listed} listed; {why})"
+
+    def _fail(self, msg: str, kind: str = "dataset") -> None:
+        self.problems.fail(msg, kind)
 
     def _read_json(self) -> dict[str, Any]:
         f = self.ann_file
         if not f.exists():
-            raise DatasetError(f"{f}: annotation file not found")
+            raise DatasetError(f"{f}: annotation file not found", "missing file")
         try:
             with open(f, "rb") as fh:
                 data = json.load(fh)
         except json.JSONDecodeError as e:
-            raise DatasetError(f"{f}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+            raise DatasetError(f"{f}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}",
+                               "malformed JSON") from None
         except (OSError, UnicodeDecodeError) as e:
-            raise DatasetError(f"{f}: cannot read ({e})") from None
+            raise DatasetError(f"{f}: cannot read ({e})", "unreadable file") from None
         if not isinstance(data, dict):
-            raise DatasetError(f"{f}: not a COCO file (top level is a {type(data).__name__}, expected an object)")
+            raise DatasetError(f"{f}: not a COCO file (top level is a {type(data).__name__}, expected an object)",
+                               "malformed JSON")
         for key in ("images", "annotations", "categories"):
             if not isinstance(data.get(key), list):
-                raise DatasetError(f"{f}: not a COCO keypoint file: '{key}' must be a list")
-        for i, im in enumerate(data["images"]):
-            if not isinstance(im, dict) or not {"id", "file_name"} <= im.keys():
-                raise DatasetError(f"{f}: images[{i}] needs 'id' and 'file_name'")
-        for i, a in enumerate(data["annotations"]):
-            if not isinstance(a, dict) or not {"id", "image_id", "keypoints"} <= a.keys():
-                raise DatasetError(f"{f}: annotations[{i}] needs 'id', 'image_id' and 'keypoints'")
+                raise DatasetError(f"{f}: not a COCO keypoint file: '{key}' must be a list", "malformed JSON")
         return data
 
     def _index(self, data: dict[str, Any]):
@@ -153,95 +300,197 @@ class CocoKeypointDataset:
     def _person_category(self, data: dict[str, Any]) -> dict[str, Any]:
         cats = [c for c in data["categories"] if isinstance(c, dict) and c.get("keypoints")]
         if not cats:
-            raise DatasetError(f"{self.ann_file}: no category with keypoint names")
+            raise DatasetError(f"{self.ann_file}: no category with keypoint names", "malformed category")
         return cats[0]
 
-    def _collect(self, data: dict[str, Any], cat_id: int) -> list[_Entry]:
+    def _setup_layouts(self, cat: dict[str, Any], layout: "str | Path | KeypointLayout | None") -> None:
+        src = str(self.ann_file)
+        if layout is None:
+            self.source_layout, notes = derive_layout(cat, src)
+            self.layout, self._convert = self.source_layout, False
+        else:
+            self.layout = get_layout(layout)
+            try:
+                file_layout, _ = derive_layout(cat, src)   # the category's own notes do not matter now
+            except DatasetError:
+                file_layout = None
+            self.source_layout, self._convert, notes = resolve_layouts(file_layout, self.layout, src)
+        for n in notes:
+            self.problems.note(n)
+
+    def _clean(self, data: dict[str, Any], cat_id: Any) -> tuple[list[dict], list[dict]]:
+        """The image entries with a unique id, and the annotations of the keypoint category
+        that point to one of them; everything else is a problem under the error policy."""
+        f = self.ann_file
+        by_id: dict[Any, list[dict]] = {}
+        for i, im in enumerate(data["images"]):
+            if not isinstance(im, dict) or not {"id", "file_name"} <= im.keys() or \
+                    not isinstance(im["id"], (int, str)) or not isinstance(im["file_name"], str):
+                self._fail(f"{f}: images[{i}] needs an 'id' and a 'file_name': image dropped", "malformed image entry")
+                continue
+            by_id.setdefault(im["id"], []).append(im)
+        dups = {k for k, v in by_id.items() if len(v) > 1}
+        for k in sorted(dups, key=str):
+            names = ", ".join(repr(im["file_name"]) for im in by_id[k][:3])
+            self._fail(f"{f}: image id {k} is used by {len(by_id[k])} image entries ({names}): "
+                       "all dropped with their annotations", "duplicate image id")
+        images = [v[0] for k, v in by_id.items() if k not in dups]
+        known = {im["id"] for im in images}
+        anns = []
+        for i, a in enumerate(data["annotations"]):
+            if not isinstance(a, dict):
+                self._fail(f"{f}: annotations[{i}] is not an object: dropped", "malformed annotation")
+                continue
+            if cat_id is not None and "category_id" in a and a["category_id"] != cat_id:
+                if "id" in a and isinstance(a.get("image_id"), (int, str)) and a["image_id"] in known:
+                    anns.append(a)   # another category: kept in the index, not read as people
+                continue
+            iid = a.get("image_id")
+            aid = a.get("id", f"[{i}]")
+            if not isinstance(iid, (int, str)):
+                self._fail(f"{f}: annotation {aid} has no usable 'image_id': dropped", "malformed annotation")
+                continue
+            if iid in dups:
+                continue
+            if iid not in known:
+                self._fail(f"{f}: annotation {aid} refers to image id {iid}, which is not in 'images': "
+                           "annotation dropped", "unknown image id")
+                continue
+            if a.get("category_id") != cat_id:
+                a = dict(a, category_id=cat_id)
+            anns.append(a)
+        return images, anns
+
+    def _collect(self, images: list[dict], anns: list[dict], cat_id: Any) -> list[_Entry]:
         k = self.source_layout.num_keypoints
-        entries = []
-        for img_id in sorted(self.coco.imgs):
-            im = self.coco.imgs[img_id]
-            where = f"{self.ann_file}: image {img_id} ('{im['file_name']}')"
-            anns = [a for a in self.coco.imgToAnns.get(img_id, [])
-                    if a.get("category_id", cat_id) == cat_id and not a.get("iscrowd", 0)]
-            kps, ids, ok = [], [], True
-            for a in anns:
-                msg = self._check_annotation(a, k, im)
-                if msg:
-                    self._fail(f"{where}, annotation {a['id']}: {msg}")
-                    ok = False
-                    break
-                kps.append(np.asarray(a["keypoints"], np.float32).reshape(k, 3))
-                ids.append(a["id"])
-            if ok:
-                arr = np.stack(kps) if kps else np.zeros((0, k, 3), np.float32)
-                entries.append(_Entry(im, arr, ids))
+        people: dict[Any, list[dict]] = {}
+        for a in anns:
+            if a.get("category_id") == cat_id and not a.get("iscrowd", 0):
+                people.setdefault(a["image_id"], []).append(a)
+        # every annotation's keypoints in one array (checked at once); odd ones one by one
+        images = sorted(images, key=lambda im: (isinstance(im["id"], str), im["id"]))
+        flat = [a for im in images for a in people.get(im["id"], [])]
+        arr = np.full((len(flat), k, 3), np.nan)
+        bad: dict[int, str] = {}
+        shaped = [j for j, a in enumerate(flat)
+                  if isinstance(a.get("keypoints"), list) and len(a["keypoints"]) == 3 * k]
+        try:
+            if shaped:
+                arr[shaped] = np.asarray([flat[j]["keypoints"] for j in shaped], np.float64).reshape(-1, k, 3)
+        except (TypeError, ValueError):
+            for j in shaped:
+                try:
+                    arr[j] = np.asarray(flat[j]["keypoints"], np.float64).reshape(k, 3)
+                except (TypeError, ValueError):
+                    bad[j] = "keypoints must be numbers"
+        for j, a in enumerate(flat):
+            if j in bad:
+                continue
+            kp = a.get("keypoints")
+            if "id" not in a:
+                bad[j] = "has no 'id'"
+            elif kp is None:          # a person without keypoint labels (e.g. OCHuman): all unlabelled
+                arr[j] = 0.0
+            elif not isinstance(kp, list) or len(kp) != 3 * k:
+                n = len(kp) if isinstance(kp, list) else "no list of"
+                bad[j] = (f"has {n} keypoint values, layout '{self.source_layout.name}' expects {3 * k} "
+                          f"({k} keypoints x [x, y, v])")
+        ok_rows = np.array([j not in bad for j in range(len(flat))], bool)
+        finite = np.isfinite(arr).all(axis=2)                       # (N, K)
+        vis_ok = np.isin(arr[..., 2], (0, 1, 2))
+        for j in np.nonzero(ok_rows & ~(finite.all(1) & vis_ok.all(1)))[0]:
+            kp = flat[j]["keypoints"]
+            if not finite[j].all():
+                q = int(np.argmin(finite[j]))
+                bad[j] = f"keypoint {q} ('{self.source_layout.keypoints[q]}') is NaN or infinite: {kp[3 * q:3 * q + 3]}"
+            else:
+                q = int(np.argmin(vis_ok[j]))
+                bad[j] = (f"keypoint {q} ('{self.source_layout.keypoints[q]}') has visibility {arr[j, q, 2]:g}, "
+                          "expected 0, 1 or 2")
+        entries, j, unlabelled = [], 0, 0
+        for im in images:   # (sorted by id)
+            mine = people.get(im["id"], [])
+            rows = range(j, j + len(mine))
+            j += len(mine)
+            if im.get("is_labeled") is False:   # PoseTrack: a frame nobody labelled is not background
+                unlabelled += 1
+                continue
+            wrong = [r for r in rows if r in bad]
+            if wrong:
+                r = wrong[0]
+                more = f" (and {len(wrong) - 1} more annotations)" if len(wrong) > 1 else ""
+                self._fail(f"{self.ann_file}: image {im['id']} ('{im['file_name']}'), annotation "
+                           f"{flat[r].get('id', '?')}: {bad[r]}{more}: image dropped", "bad annotation")
+                continue
+            kps = arr[rows.start:rows.stop].astype(np.float32) if mine else np.zeros((0, k, 3), np.float32)
+            entries.append(_Entry(im, kps, [a["id"] for a in mine], None, sizes_of([im])[0]))
+        if unlabelled:
+            self.problems.note(InfoNote(f"{self.ann_file}: {unlabelled} image{'s' if unlabelled > 1 else ''} marked "
+                                        "'is_labeled': false left out (their people have no labels)"))
         return entries
 
-    def _check_annotation(self, a: dict[str, Any], k: int, im: dict[str, Any]) -> "str | None":
-        kp = a["keypoints"]
-        if not isinstance(kp, list) or len(kp) != 3 * k:
-            n = len(kp) if isinstance(kp, list) else "no list of"
-            return (f"has {n} keypoint values, layout '{self.source_layout.name}' expects {3 * k} "
-                    f"({k} keypoints x [x, y, v])")
-        try:
-            arr = np.asarray(kp, np.float64).reshape(k, 3)
-        except (TypeError, ValueError):
-            return "keypoints must be numbers"
-        bad = ~np.isfinite(arr).all(axis=1)
-        if bad.any():
-            j = int(np.argmax(bad))
-            return f"keypoint {j} ('{self.source_layout.keypoints[j]}') is NaN or infinite: {kp[3 * j:3 * j + 3]}"
-        vis = arr[:, 2]
-        if not np.isin(vis, (0, 1, 2)).all():
-            j = int(np.argmax(~np.isin(vis, (0, 1, 2))))
-            return f"keypoint {j} ('{self.source_layout.keypoints[j]}') has visibility {vis[j]:g}, expected 0, 1 or 2"
-        w, h = im.get("width"), im.get("height")
-        if w and h:
-            t = COORD_TOLERANCE
-            x, y = arr[:, 0], arr[:, 1]
-            out = (vis > 0) & ((x < -t) | (y < -t) | (x > w - 1 + t) | (y > h - 1 + t))
-            if out.any():
-                j = int(np.argmax(out))
-                return (f"keypoint {j} ('{self.source_layout.keypoints[j]}') at ({x[j]:g}, {y[j]:g}) "
-                        f"is outside the {w}x{h} image")
-        return None
+    def _apply_out_of_frame(self, entries: list[_Entry]) -> list[_Entry]:
+        # find the images with a point outside, all at once; only those are touched
+        sized = [e for e in entries if e.size is not None and len(e.keypoints)]
+        hit: set[int] = set()
+        if sized:
+            kp = np.concatenate([e.keypoints for e in sized])                          # (sum P, K, 3)
+            counts = [len(e.keypoints) for e in sized]
+            wh = np.repeat(np.asarray([e.size for e in sized], np.float64), counts, axis=0)
+            per_person = out_of_frame_points(kp, wh[:, :1], wh[:, 1:]).any(axis=1)
+            per_image = np.add.reduceat(per_person, np.cumsum([0] + counts[:-1])) > 0
+            hit = {id(e) for e, h in zip(sized, per_image) if h}
+        out = []
+        for e in entries:
+            if id(e) not in hit:
+                out.append(e)
+                continue
+            kp, keep, drop = self._oof.add(e.keypoints, *e.size)
+            if drop:
+                continue
+            if not keep.all():
+                e.ann_ids = [a for a, k in zip(e.ann_ids, keep) if k]
+            e.keypoints = kp
+            out.append(e)
+        return out
 
     def _mask_paths(self, im: dict[str, Any]) -> list["Path | None"]:
         refs = im.get("masks") or {}
-        return [self.root / refs[name] if name in refs else None for name in self.layout.masks]
+        if not isinstance(refs, dict):
+            refs = {}
+        return [self.root / refs[name] if isinstance(refs.get(name), str) else None for name in self.layout.masks]
 
-    def _header_size(self, path: Path, what: str, where: str) -> "tuple[int, int] | None":
-        """(width, height) read from the file's header, or None after reporting the problem."""
-        try:
-            with Image.open(path) as pil:
-                return pil.size
-        except FileNotFoundError:
-            self._fail(f"{path}: {what} file not found ({where} of {self.ann_file})")
-        except (UnidentifiedImageError, OSError) as err:
-            self._fail(f"{path}: {what} is unreadable ({err.__class__.__name__}) ({where} of {self.ann_file})")
-        return None
+    def _where(self, im: dict[str, Any]) -> str:
+        return f"image {im['id']} ('{im['file_name']}') of {self.ann_file}"
 
     def _check_files(self, e: _Entry) -> bool:
         im = e.image
-        where = f"image {im['id']} ('{im['file_name']}')"
-        path = self.image_dir / im["file_name"]
-        size = self._header_size(path, "image", where)
-        if size is None:
+        path = self._resolver.resolve(im["file_name"])
+        if path is None:
+            self._fail(f"{self._resolver.not_found(im['file_name'])} ({self._where(im)})", "missing image")
             return False
-        if im.get("width") and im.get("height") and size != (im["width"], im["height"]):
+        e.path = path
+        try:
+            size = image_size(path, "image")
+        except DatasetError as err:
+            self._fail(f"{err} ({self._where(im)})", err.kind)
+            return False
+        if e.size is not None and size != e.size:
             self._fail(f"{path}: image is {size[0]}x{size[1]} but {self.ann_file} says "
-                       f"{im['width']}x{im['height']} ({where})")
+                       f"{e.size[0]}x{e.size[1]} (image {im['id']})", "image size mismatch")
             return False
+        e.size = size
         for name, mpath in zip(self.layout.masks, self._mask_paths(im)):
             if mpath is None:
                 continue
-            msize = self._header_size(mpath, f"'{name}' mask", where)
-            if msize is None:
+            try:
+                msize = image_size(mpath, f"'{name}' mask")
+            except DatasetError as err:
+                self._fail(f"{err} ({self._where(im)})", err.kind.replace(f"'{name}' ", ""))
                 return False
             if msize != size:
                 self._fail(f"{mpath}: '{name}' mask is {msize[0]}x{msize[1]}, its image is "
-                           f"{size[0]}x{size[1]} ({where} of {self.ann_file})")
+                           f"{size[0]}x{size[1]} ({self._where(im)})", "mask size mismatch")
                 return False
         return True
 
@@ -250,57 +499,65 @@ class CocoKeypointDataset:
         return len(self.entries)
 
     def image_ids(self) -> list[int]:
-        return [int(e.image["id"]) for e in self.entries]
+        return [int(e.image["id"]) if isinstance(e.image["id"], int) else e.image["id"] for e in self.entries]
+
+    def image_path(self, index: int) -> Path:
+        """The image file of sample ``index`` (raises :class:`DatasetError` if it is nowhere)."""
+        e = self.entries[index]
+        if e.path is None:
+            e.path = self._resolver.resolve(e.image["file_name"])
+            if e.path is None:
+                raise DatasetError(f"{self._resolver.not_found(e.image['file_name'])} ({self._where(e.image)})",
+                                   "missing image")
+        return e.path
 
     def load(self, index: int) -> Sample:
-        """Read sample ``index``; raises :class:`DatasetError` for an unreadable file."""
+        """Read sample ``index``; raises :class:`DatasetError` for a missing, truncated or
+        unreadable file, or one whose decoded size is not the expected one."""
         e = self.entries[index]
         im = e.image
-        path = self.image_dir / im["file_name"]
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise DatasetError(f"{path}: cannot read image (image {im['id']} of {self.ann_file})")
-        h, w = bgr.shape[:2]
+        path = self.image_path(index)
+        try:
+            rgb = read_image(path)
+        except DatasetError as err:
+            raise DatasetError(f"{err} ({self._where(im)})", err.kind) from None
+        h, w = rgb.shape[:2]
+        if e.size is not None and (w, h) != e.size:
+            raise DatasetError(f"{path}: decoded image is {w}x{h}, expected {e.size[0]}x{e.size[1]} "
+                               f"({self._where(im)})", "image size mismatch")
         masks = np.zeros((self.layout.num_masks, h, w), np.uint8)
         for i, (name, mpath) in enumerate(zip(self.layout.masks, self._mask_paths(im))):
             if mpath is None:
                 continue
-            m = cv2.imread(str(mpath), cv2.IMREAD_GRAYSCALE)
-            if m is None:
-                raise DatasetError(f"{mpath}: cannot read '{name}' mask (image {im['id']})")
+            try:
+                m = read_image(mpath, cv2.IMREAD_GRAYSCALE)
+            except DatasetError as err:
+                raise DatasetError(f"{err} ('{name}' mask of {self._where(im)})",
+                                   err.kind.replace("image", "mask")) from None
             if m.shape != (h, w):
-                raise DatasetError(f"{mpath}: '{name}' mask is {m.shape[1]}x{m.shape[0]}, image is {w}x{h}")
+                raise DatasetError(f"{mpath}: '{name}' mask is {m.shape[1]}x{m.shape[0]}, image is {w}x{h}",
+                                   "mask size mismatch")
             masks[i] = m > 127
-        kp = e.keypoints
+        kp, ids = e.keypoints, list(e.ann_ids)
+        if e.size is None and len(kp):   # no size known before decoding: apply the policy quietly now
+            kp, keep, _, drop = apply_out_of_frame(kp, w, h, "skip-person" if self.out_of_frame == "skip-image"
+                                                   else self.out_of_frame)
+            ids = [a for a, k in zip(ids, keep) if k]
         if self._convert:
             kp = convert_keypoints(kp, self.source_layout, self.layout)
-        meta = {"ann_ids": list(e.ann_ids)}
-        if "posesynth" in im:
+        meta: dict[str, Any] = {"ann_ids": ids}
+        vid = im.get("video_id", im.get("vid_id"))
+        if vid is not None:
+            meta["video_id"] = vid
+        if im.get("frame_id") is not None:
+            meta["frame_id"] = im["frame_id"]
+        tracks = [self.coco.anns[a].get("track_id") for a in ids] if ids else []
+        if any(t is not None for t in tracks):
+            meta["track_ids"] = tracks
+        if isinstance(im.get("posesynth"), dict):
             meta.update(im["posesynth"])
-        return Sample(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), kp.copy(), masks, int(im["id"]),
+        return Sample(rgb, kp.copy(), masks, int(im["id"]) if isinstance(im["id"], int) else im["id"],
                       im["file_name"], meta)
-
-    def __getitem__(self, index: int) -> Sample:
-        """Like :meth:`load`; under ``on_error="skip"`` a sample that fails to read is
-        counted and replaced by the next readable one, so an epoch never dies on one file."""
-        if self.on_error == "raise":
-            return self.load(index)
-        n = len(self.entries)
-        for step in range(n):
-            i = (index + step) % n
-            if i in self._failed_at_runtime:
-                continue
-            try:
-                return self.load(i)
-            except DatasetError as err:
-                self._failed_at_runtime.add(i)
-                self.errors.append(str(err))
-                log.warning("skipping: %s", err)
-        raise DatasetError(f"{self.ann_file}: no readable sample left ({len(self.errors)} skipped)")
-
-    def __iter__(self):
-        for i in range(len(self)):
-            yield self[i]
 
 
 def _bbox(kp: np.ndarray, width: int, height: int, pad: float = 0.1) -> list[float]:

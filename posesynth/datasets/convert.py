@@ -1,73 +1,89 @@
-"""Conversion of keypoints between layouts.
+"""Conversion of keypoints between layouts, by keypoint name.
 
 A conversion is a weight matrix ``W`` of shape ``(K_dst, K_src)``: each destination
 keypoint is a weighted mean of source keypoints (one source for a plain renaming, two
 with weight 1/2 for a midpoint such as the neck).  A destination keypoint is labelled only
 if every source it uses is labelled, and takes the lowest visibility among them.
-Conversions chain: ``W_ac = W_bc @ W_ab``.
 
-Defined: ``coco17 -> driver9``, ``mpii16 -> coco17``, ``blazepose33 -> coco17`` and, by
-chaining, ``mpii16 -> driver9`` and ``blazepose33 -> driver9``.
+Keypoints are matched by their normalised names (:func:`~posesynth.datasets.layouts.canonical_name`:
+case, spaces, hyphens, underscores, camelCase and ``l_``/``_left`` spellings do not matter),
+so any layout converts to any other that shares enough joints, whatever the layouts are
+called.  A destination ``neck`` that the source lacks is the midpoint of the shoulders, and a
+``pelvis`` or ``mid_hip`` the midpoint of the hips.  A conversion is defined when at least
+half of the destination keypoints can be found; the others stay unlabelled (for example
+``mpii16 -> coco17`` has no face).  ``coco17``/``mpii16``/``blazepose33`` -> ``driver9`` and
+``mpii16``/``blazepose33`` -> ``coco17`` are such conversions.
 """
 from __future__ import annotations
+
+from functools import lru_cache
 
 import numpy as np
 
 from ..errors import LayoutError
-from .layouts import COCO17, DRIVER9, KeypointLayout
+from .layouts import BLAZEPOSE33_NAMES, MPII16_NAMES, KeypointLayout, canonical_name, get_layout
 
-__all__ = ["convert_keypoints", "conversion_matrix", "MPII16_NAMES", "BLAZEPOSE33_NAMES"]
+__all__ = ["convert_keypoints", "conversion_matrix", "match_keypoints", "MPII16_NAMES", "BLAZEPOSE33_NAMES",
+           "DERIVED_KEYPOINTS"]
 
-MPII16_NAMES = ["right_ankle", "right_knee", "right_hip", "left_hip", "left_knee", "left_ankle",
-                "pelvis", "thorax", "upper_neck", "head_top", "right_wrist", "right_elbow",
-                "right_shoulder", "left_shoulder", "left_elbow", "left_wrist"]
-BLAZEPOSE33_NAMES = [
-    "nose", "left_eye_inner", "left_eye", "left_eye_outer", "right_eye_inner", "right_eye",
-    "right_eye_outer", "left_ear", "right_ear", "mouth_left", "mouth_right", "left_shoulder",
-    "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_pinky",
-    "right_pinky", "left_index", "right_index", "left_thumb", "right_thumb", "left_hip",
-    "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle", "left_heel",
-    "right_heel", "left_foot_index", "right_foot_index"]
-
-# destination name -> source names averaged (same-name entries are added automatically)
-_TABLES: dict[tuple[str, str], tuple[list[str], list[str], dict[str, list[str]]]] = {
-    ("coco17", "driver9"): (list(COCO17.keypoints), list(DRIVER9.keypoints),
-                            {"neck": ["left_shoulder", "right_shoulder"]}),
-    ("mpii16", "coco17"): (MPII16_NAMES, list(COCO17.keypoints), {}),
-    ("blazepose33", "coco17"): (BLAZEPOSE33_NAMES, list(COCO17.keypoints), {}),
+# destination keypoint -> source keypoints averaged, used when the source lacks it (canonical names)
+DERIVED_KEYPOINTS: dict[str, tuple[str, ...]] = {
+    "neck": ("left_shoulder", "right_shoulder"),
+    "pelvis": ("left_hip", "right_hip"),
+    "mid_hip": ("left_hip", "right_hip"),
 }
-_SIZES = {"coco17": 17, "driver9": 9, "mpii16": 16, "blazepose33": 33}
-_CHAINS = {("mpii16", "driver9"): "coco17", ("blazepose33", "driver9"): "coco17"}
 
 
-def _matrix(src_names: list[str], dst_names: list[str], extra: dict[str, list[str]]) -> np.ndarray:
-    w = np.zeros((len(dst_names), len(src_names)), dtype=np.float64)
-    for j, name in enumerate(dst_names):
-        srcs = extra.get(name) or ([name] if name in src_names else [])
-        for s in srcs:
-            w[j, src_names.index(s)] = 1.0 / len(srcs)
-    return w
+def _layout(layout: "str | KeypointLayout") -> KeypointLayout:
+    return layout if isinstance(layout, KeypointLayout) else get_layout(layout)
 
 
-def _name(layout: "str | KeypointLayout") -> str:
-    return layout.name if isinstance(layout, KeypointLayout) else str(layout)
+@lru_cache(maxsize=64)
+def _match(src: tuple[str, ...], dst: tuple[str, ...]) -> tuple[np.ndarray, tuple[str, ...]]:
+    s = [canonical_name(n) for n in src]
+    d = [canonical_name(n) for n in dst]
+    if s == d:
+        return np.eye(len(src)), ()
+    index: dict[str, int] = {}
+    for i, c in enumerate(s):
+        index.setdefault(c, i)
+    w = np.zeros((len(dst), len(src)), dtype=np.float64)
+    missing = []
+    for j, c in enumerate(d):
+        if c in index:
+            w[j, index[c]] = 1.0
+        elif c in DERIVED_KEYPOINTS and all(x in index for x in DERIVED_KEYPOINTS[c]):
+            for x in DERIVED_KEYPOINTS[c]:
+                w[j, index[x]] = 1.0 / len(DERIVED_KEYPOINTS[c])
+        else:
+            missing.append(dst[j])
+    w.setflags(write=False)
+    return w, tuple(missing)
+
+
+def match_keypoints(src: "str | KeypointLayout", dst: "str | KeypointLayout") -> tuple[np.ndarray, list[str]]:
+    """``(W, missing)``: the ``(K_dst, K_src)`` weights by name, and the destination keypoint
+    names no source keypoint gives (their rows are zero).  Never raises for a poor match."""
+    s, d = _layout(src), _layout(dst)
+    w, missing = _match(tuple(s.keypoints), tuple(d.keypoints))
+    return w.copy(), list(missing)
 
 
 def conversion_matrix(src: "str | KeypointLayout", dst: "str | KeypointLayout") -> np.ndarray:
-    """(K_dst, K_src) weights; a row of zeros marks a keypoint the source lacks."""
-    s, d = _name(src), _name(dst)
-    if s == d:
-        size = src.num_keypoints if isinstance(src, KeypointLayout) else _SIZES.get(s)
-        if size is None:
-            raise LayoutError(f"unknown layout '{s}'")
-        return np.eye(size)
-    if (s, d) in _TABLES:
-        return _matrix(*_TABLES[(s, d)])
-    if (s, d) in _CHAINS:
-        mid = _CHAINS[(s, d)]
-        return conversion_matrix(mid, d) @ conversion_matrix(s, mid)
-    known = sorted({f"{a}->{b}" for a, b in list(_TABLES) + list(_CHAINS)})
-    raise LayoutError(f"no conversion from layout '{s}' to '{d}' (defined: {', '.join(known)})")
+    """(K_dst, K_src) weights; a row of zeros marks a keypoint the source lacks.
+
+    Raises :class:`~posesynth.errors.LayoutError` when fewer than half of the destination
+    keypoints can be matched by name.
+    """
+    s, d = _layout(src), _layout(dst)
+    w, missing = match_keypoints(s, d)
+    found = d.num_keypoints - len(missing)
+    if 2 * found < d.num_keypoints:
+        raise LayoutError(
+            f"no conversion from layout '{s.name}' to '{d.name}': only {found} of the {d.num_keypoints} keypoints "
+            f"of '{d.name}' match a keypoint of '{s.name}' by name (keypoints are matched by name, ignoring case, "
+            f"spaces and underscores; give the data's own layout with --layout FILE.yaml to take them in order)")
+    return w
 
 
 def convert_keypoints(keypoints: np.ndarray, src: "str | KeypointLayout",
@@ -79,9 +95,10 @@ def convert_keypoints(keypoints: np.ndarray, src: "str | KeypointLayout",
     destination keypoints get coordinates 0.
     """
     kp = np.asarray(keypoints, dtype=np.float32)
-    w = conversion_matrix(src, dst)
+    s, d = _layout(src), _layout(dst)
+    w = conversion_matrix(s, d)
     if kp.shape[-2] != w.shape[1]:
-        raise LayoutError(f"converting {_name(src)}->{_name(dst)}: expected {w.shape[1]} keypoints, got {kp.shape[-2]}")
+        raise LayoutError(f"converting {s.name}->{d.name}: expected {w.shape[1]} keypoints, got {kp.shape[-2]}")
     used = w > 0                                            # (Kd, Ks)
     v = kp[..., 2]                                          # (..., Ks)
     big = np.where(used, v[..., None, :], np.inf)           # (..., Kd, Ks)

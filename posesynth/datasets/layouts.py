@@ -4,7 +4,7 @@ A layout fixes the channel order of every pose map: ``K`` heatmaps, then ``2 * L
 channels (x then y for each limb), then ``M`` masks.  The driver layout has
 9 + 16 + 1 = 26 channels.
 
-Built-in layouts: ``driver9`` and ``coco17``.  Users define their own in YAML::
+Built-in layouts: ``driver9``, ``coco17``, ``mpii16`` and ``blazepose33``.  Users define their own in YAML::
 
     name: hand5
     keypoints: [wrist, thumb, index, middle, ring]
@@ -15,6 +15,7 @@ Built-in layouts: ``driver9`` and ``coco17``.  Users define their own in YAML::
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,7 +25,78 @@ import yaml
 
 from ..errors import LayoutError
 
-__all__ = ["KeypointLayout", "DRIVER9", "COCO17", "get_layout", "BUILTIN_LAYOUTS", "COCO_SIGMAS"]
+__all__ = ["KeypointLayout", "DRIVER9", "COCO17", "MPII16", "BLAZEPOSE33", "get_layout", "BUILTIN_LAYOUTS",
+           "COCO_SIGMAS", "DEFAULT_SIGMA", "canonical_name", "split_side", "infer_flip_pairs", "infer_sigmas",
+           "MPII16_NAMES", "BLAZEPOSE33_NAMES"]
+
+DEFAULT_SIGMA = 0.079  # OKS sigma for a joint COCO has no value for (COCO's shoulder; CrowdPose's head and neck)
+_SIDE_WORDS = {"left": "left", "l": "left", "right": "right", "r": "right"}
+
+
+def split_side(name: str) -> tuple["str | None", str]:
+    """``(side, rest)`` of a keypoint name, normalised: case, spaces, hyphens, underscores and
+    camelCase do not matter, and the side may be a prefix or suffix word (``left``/``l``).
+
+    ``"Left Shoulder"``, ``"left_shoulder"``, ``"l_shoulder"``, ``"LShoulder"`` and
+    ``"shoulder_left"`` all give ``("left", "shoulder")``; ``"nose"`` gives ``(None, "nose")``.
+    """
+    s = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", str(name))
+    s = re.sub(r"([A-Z])([A-Z][a-z])", r"\1 \2", s)
+    toks = [t for t in re.split(r"[^0-9a-zA-Z]+", s.lower()) if t]
+    side = None
+    if len(toks) > 1 and toks[0] in _SIDE_WORDS:
+        side = _SIDE_WORDS[toks.pop(0)]
+    elif len(toks) > 1 and toks[-1] in _SIDE_WORDS:
+        side = _SIDE_WORDS[toks.pop()]
+    else:
+        words = [t for t in toks if t in ("left", "right")]
+        if len(words) == 1:
+            side = words[0]
+            toks.remove(side)
+    return side, "_".join(toks)
+
+
+def canonical_name(name: str) -> str:
+    """The normalised form names are matched by: ``"Left Shoulder"`` -> ``"left_shoulder"``."""
+    return "_".join(p for p in split_side(name) if p)
+
+
+def infer_flip_pairs(names: Sequence[str]) -> tuple[list[tuple[int, int]], list[str]]:
+    """Left/right pairs found by name, and the sided names left without a partner.
+
+    Returns ``(pairs, unpaired)``: ``pairs`` holds index pairs ``(left, right)``.
+    """
+    parts = [split_side(n) for n in names]
+    where = {p: i for i, p in enumerate(parts)}
+    pairs, unpaired = [], []
+    for i, (side, rest) in enumerate(parts):
+        if side is None:
+            continue
+        j = where.get(("right" if side == "left" else "left", rest))
+        if j is None:
+            unpaired.append(str(names[i]))
+        elif side == "left":
+            pairs.append((i, j))
+    return pairs, unpaired
+
+
+def infer_sigmas(names: Sequence[str]) -> tuple[list[float], list[str]]:
+    """OKS sigmas from COCO's per-joint values where the normalised names match.
+
+    A ``neck`` gets the shoulders' value; any other joint gets :data:`DEFAULT_SIGMA`.
+    Returns ``(sigmas, names_without_a_coco_value)``.
+    """
+    sig, missing = [], []
+    for n in names:
+        c = canonical_name(n)
+        if c in COCO_SIGMAS:
+            sig.append(COCO_SIGMAS[c])
+        elif c == "neck":
+            sig.append((COCO_SIGMAS["left_shoulder"] + COCO_SIGMAS["right_shoulder"]) / 2)
+        else:
+            sig.append(DEFAULT_SIGMA)
+            missing.append(str(n))
+    return sig, missing
 
 # COCO's per-keypoint OKS sigmas (Ronchi & Perona), in the order of COCO17 below.
 COCO_SIGMAS = {
@@ -47,6 +119,10 @@ class KeypointLayout:
         flip_pairs: pairs of keypoint indices exchanged by a horizontal flip.
         sigmas: ``K`` OKS sigmas (fraction of the object scale), as COCO defines them.
         masks: names of per-image mask channels (e.g. ``("seatbelt",)``).
+
+    :attr:`can_flip` is False when a keypoint's name has a side (left/right) but the keypoint
+    is in no flip pair: a horizontal flip would then leave it on the wrong side, so flip
+    augmentation is off for such a layout.
     """
 
     name: str
@@ -56,6 +132,7 @@ class KeypointLayout:
     sigmas: tuple[float, ...] = ()
     masks: tuple[str, ...] = ()
     _flip_index: tuple[int, ...] = field(default=(), repr=False, compare=False)
+    _can_flip: bool = field(default=True, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         k = len(self.keypoints)
@@ -79,6 +156,8 @@ class KeypointLayout:
             seen |= {a, b}
             perm[a], perm[b] = b, a
         object.__setattr__(self, "_flip_index", tuple(perm))
+        sided = {i for i, n in enumerate(self.keypoints) if split_side(n)[0] is not None}
+        object.__setattr__(self, "_can_flip", sided <= seen)
 
     # ---- sizes -------------------------------------------------------------------------
     @property
@@ -102,6 +181,11 @@ class KeypointLayout:
     def flip_index(self) -> np.ndarray:
         """(K,) permutation: keypoint ``i`` of a flipped image is keypoint ``flip_index[i]``."""
         return np.asarray(self._flip_index, dtype=np.int64)
+
+    @property
+    def can_flip(self) -> bool:
+        """Whether a horizontal flip keeps every sided keypoint correct (see the class docstring)."""
+        return self._can_flip
 
     def index(self, name: str) -> int:
         try:
@@ -166,14 +250,8 @@ class KeypointLayout:
 
 
 def _build(name: str, keypoints: list[str], limbs: list[tuple[str, str]], masks=()) -> KeypointLayout:
-    flip = []
-    for i, n in enumerate(keypoints):
-        if n.startswith("left_"):
-            j = keypoints.index("right_" + n[5:])
-            flip.append((i, j))
-    sig = [COCO_SIGMAS.get(n, 0.079) for n in keypoints]
-    if "neck" in keypoints:  # the shoulders' mean
-        sig[keypoints.index("neck")] = (COCO_SIGMAS["left_shoulder"] + COCO_SIGMAS["right_shoulder"]) / 2
+    flip, _ = infer_flip_pairs(keypoints)
+    sig, _ = infer_sigmas(keypoints)  # COCO's values; the neck takes the shoulders' mean
     return KeypointLayout.from_dict(
         {"name": name, "keypoints": keypoints, "limbs": limbs, "flip_pairs": flip, "sigmas": sig,
          "masks": list(masks)}, source=name)
@@ -195,7 +273,33 @@ _COCO_SKELETON = [[16, 14], [14, 12], [17, 15], [15, 13], [12, 13], [6, 12], [7,
                   [7, 9], [8, 10], [9, 11], [2, 3], [1, 2], [1, 3], [2, 4], [3, 5], [4, 6], [5, 7]]
 COCO17 = _build("coco17", _COCO_NAMES, [(_COCO_NAMES[a - 1], _COCO_NAMES[b - 1]) for a, b in _COCO_SKELETON])
 
-BUILTIN_LAYOUTS: dict[str, KeypointLayout] = {"driver9": DRIVER9, "coco17": COCO17}
+MPII16_NAMES = ["right_ankle", "right_knee", "right_hip", "left_hip", "left_knee", "left_ankle",
+                "pelvis", "thorax", "upper_neck", "head_top", "right_wrist", "right_elbow",
+                "right_shoulder", "left_shoulder", "left_elbow", "left_wrist"]
+MPII16 = _build("mpii16", MPII16_NAMES, [
+    ("right_ankle", "right_knee"), ("right_knee", "right_hip"), ("right_hip", "pelvis"), ("pelvis", "left_hip"),
+    ("left_hip", "left_knee"), ("left_knee", "left_ankle"), ("pelvis", "thorax"), ("thorax", "upper_neck"),
+    ("upper_neck", "head_top"), ("right_wrist", "right_elbow"), ("right_elbow", "right_shoulder"),
+    ("right_shoulder", "thorax"), ("thorax", "left_shoulder"), ("left_shoulder", "left_elbow"),
+    ("left_elbow", "left_wrist")])
+
+BLAZEPOSE33_NAMES = [
+    "nose", "left_eye_inner", "left_eye", "left_eye_outer", "right_eye_inner", "right_eye",
+    "right_eye_outer", "left_ear", "right_ear", "mouth_left", "mouth_right", "left_shoulder",
+    "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_pinky",
+    "right_pinky", "left_index", "right_index", "left_thumb", "right_thumb", "left_hip",
+    "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle", "left_heel",
+    "right_heel", "left_foot_index", "right_foot_index"]
+# MediaPipe's POSE_CONNECTIONS
+_BP_EDGES = [(0, 1), (1, 2), (2, 3), (3, 7), (0, 4), (4, 5), (5, 6), (6, 8), (9, 10), (11, 12), (11, 13), (13, 15),
+             (15, 17), (15, 19), (15, 21), (17, 19), (12, 14), (14, 16), (16, 18), (16, 20), (16, 22), (18, 20),
+             (11, 23), (12, 24), (23, 24), (23, 25), (24, 26), (25, 27), (26, 28), (27, 29), (28, 30), (29, 31),
+             (30, 32), (27, 31), (28, 32)]
+BLAZEPOSE33 = _build("blazepose33", BLAZEPOSE33_NAMES,
+                     [(BLAZEPOSE33_NAMES[a], BLAZEPOSE33_NAMES[b]) for a, b in _BP_EDGES])
+
+BUILTIN_LAYOUTS: dict[str, KeypointLayout] = {"driver9": DRIVER9, "coco17": COCO17, "mpii16": MPII16,
+                                              "blazepose33": BLAZEPOSE33}
 
 
 def get_layout(spec: "str | Path | KeypointLayout") -> KeypointLayout:

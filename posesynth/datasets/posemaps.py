@@ -23,21 +23,56 @@ import numpy as np
 from .layouts import KeypointLayout
 
 __all__ = ["PoseMapSpec", "render_heatmaps", "render_pafs", "resize_masks", "render_pose_maps",
+           "render_heatmaps_torch", "render_pafs_torch", "render_pose_maps_torch",
            "to_grid", "from_grid"]
 
 
 @dataclass(frozen=True)
 class PoseMapSpec:
-    """How pose maps are drawn.
+    """How pose maps are drawn: one object per run, saved in its checkpoints (``posemaps``) and
+    read back by every consumer (mixer, generate, render, evaluate, the GAN's judge), never
+    rebuilt from defaults.
 
     Attributes:
         sigma: Gaussian standard deviation in input pixels.
         paf_width: half-width of a limb's PAF band in input pixels (distance from the
             limb's axis within which vectors are written).
+        stride: the pose targets' output stride (heatmaps and PAFs at ``size / stride``).
+        size: the network input ``(H, W)`` the maps are drawn for (``None``: not fixed).
     """
 
     sigma: float = 7.0
     paf_width: float = 8.0
+    stride: int = 4
+    size: "tuple[int, int] | None" = None
+
+    @property
+    def target_size(self) -> "tuple[int, int] | None":
+        """``(H / stride, W / stride)``, the heatmap/PAF resolution."""
+        return None if self.size is None else (self.size[0] // self.stride, self.size[1] // self.stride)
+
+    def to_dict(self) -> dict:
+        return {"sigma": float(self.sigma), "paf_width": float(self.paf_width), "stride": int(self.stride),
+                "size": list(self.size) if self.size else None}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PoseMapSpec":
+        return cls(float(d.get("sigma", 7.0)), float(d.get("paf_width", 8.0)), int(d.get("stride", 4)),
+                   tuple(d["size"]) if d.get("size") else None)
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> "PoseMapSpec":
+        """The spec a checkpoint records (older checkpoints: from their config)."""
+        if "posemaps" in meta:
+            return cls.from_dict(meta["posemaps"])
+        c = meta.get("config", {})
+        return cls(float(meta.get("sigma", c.get("sigma", 7.0))), float(meta.get("paf_width", c.get("paf_width", 8.0))),
+                   4, tuple(c["size"]) if c.get("size") else None)
+
+    def same_maps(self, other: "PoseMapSpec") -> bool:
+        """Whether two runs draw the same maps (sigma, PAF width, stride)."""
+        return (abs(self.sigma - other.sigma) < 1e-9 and abs(self.paf_width - other.paf_width) < 1e-9
+                and self.stride == other.stride)
 
 
 def to_grid(xy: np.ndarray, in_size: tuple[int, int], out_size: tuple[int, int]) -> np.ndarray:
@@ -178,3 +213,103 @@ def render_pose_maps(keypoints: np.ndarray, layout: KeypointLayout, in_size: tup
         else:
             parts.append(resize_masks(masks, out_size))
     return np.concatenate(parts, axis=0)
+
+
+# ---- the same maps, batched in torch on any device -------------------------------------------
+def render_heatmaps_torch(keypoints: "torch.Tensor", in_size: tuple[int, int], out_size: tuple[int, int],
+                          sigma: float = 7.0) -> "torch.Tensor":
+    """Batched :func:`render_heatmaps` (same values, same 3-sigma window).
+
+    Args:
+        keypoints: ``(B, P, K, 3)`` in input pixels, on the device the maps are wanted on.
+    Returns:
+        ``(B, K, h, w)`` float32, the maximum over people.
+    """
+    import torch
+
+    kp = keypoints.float()
+    b, p, k, _ = kp.shape
+    h, w = out_size
+    dev = kp.device
+    sx, sy = sigma * w / in_size[1], sigma * h / in_size[0]
+    rx, ry = int(np.ceil(3 * sx)), int(np.ceil(3 * sy))
+    cx = (kp[..., 0] + 0.5) * (w / in_size[1]) - 0.5                      # (B, P, K)
+    cy = (kp[..., 1] + 0.5) * (h / in_size[0]) - 0.5
+    xs = torch.arange(w, device=dev, dtype=torch.float32)
+    ys = torch.arange(h, device=dev, dtype=torch.float32)
+
+    def axis(c: "torch.Tensor", grid: "torch.Tensor", s: float, r: int) -> "torch.Tensor":
+        g = torch.exp(-0.5 * ((grid - c[..., None]) / s) ** 2)
+        lo, hi = torch.floor(c)[..., None] - r, torch.ceil(c)[..., None] + r + 1
+        return g * ((grid >= lo) & (grid < hi))
+
+    gx = axis(cx, xs, sx, rx) * (kp[..., 2] > 0)[..., None]               # (B, P, K, w)
+    gy = axis(cy, ys, sy, ry)                                              # (B, P, K, h)
+    if p == 0:
+        return torch.zeros(b, k, h, w, device=dev)
+    return (gy[..., :, None] * gx[..., None, :]).amax(1)
+
+
+def render_pafs_torch(keypoints: "torch.Tensor", limbs, in_size: tuple[int, int], out_size: tuple[int, int],
+                      width: float = 8.0) -> "torch.Tensor":
+    """Batched :func:`render_pafs` (same band, same averaging over people).
+
+    Args:
+        keypoints: ``(B, P, K, 3)`` in input pixels.
+    Returns:
+        ``(B, 2L, h, w)`` float32.
+    """
+    import torch
+
+    kp = keypoints.float()
+    b = kp.shape[0]
+    h, w = out_size
+    n_l = len(limbs)
+    dev = kp.device
+    if n_l == 0 or kp.shape[1] == 0:
+        return torch.zeros(b, 2 * n_l, h, w, device=dev)
+    li = torch.as_tensor(np.asarray(limbs, np.int64), device=dev)
+    a, c = kp[:, :, li[:, 0]], kp[:, :, li[:, 1]]                          # (B, P, L, 3)
+    valid = (a[..., 2] > 0) & (c[..., 2] > 0)
+    d = c[..., :2] - a[..., :2]
+    length = torch.linalg.vector_norm(d, dim=-1)
+    valid &= length >= 1e-6
+    u_in = d / length.clamp_min(1e-12)[..., None]
+    scale = torch.tensor([w / in_size[1], h / in_size[0]], device=dev)
+    g = d * scale
+    u = g / torch.linalg.vector_norm(g, dim=-1).clamp_min(1e-12)[..., None]
+    xs = (torch.arange(w, device=dev, dtype=torch.float32) + 0.5) / scale[0] - 0.5
+    ys = (torch.arange(h, device=dev, dtype=torch.float32) + 0.5) / scale[1] - 0.5
+    px = xs.view(1, 1, 1, 1, w) - a[..., 0, None, None]
+    py = ys.view(1, 1, 1, h, 1) - a[..., 1, None, None]
+    along = py * u_in[..., 1, None, None] + px * u_in[..., 0, None, None]
+    across = (py * u_in[..., 0, None, None] - px * u_in[..., 1, None, None]).abs()
+    inside = ((along >= 0) & (along <= length[..., None, None]) & (across <= width) & valid[..., None, None]).float()
+    count = inside.sum(1)                                                  # (B, L, h, w)
+    vx = (inside * u[..., 0, None, None]).sum(1) / count.clamp_min(1)
+    vy = (inside * u[..., 1, None, None]).sum(1) / count.clamp_min(1)
+    return torch.stack([vx, vy], 2).reshape(b, 2 * n_l, h, w)
+
+
+def render_pose_maps_torch(keypoints: "torch.Tensor", layout: KeypointLayout, in_size: tuple[int, int],
+                           out_size: tuple[int, int], masks: "torch.Tensor | None" = None,
+                           spec: PoseMapSpec = PoseMapSpec()) -> "torch.Tensor":
+    """Batched :func:`render_pose_maps`: ``(B, C, h, w)`` from ``(B, P, K, 3)`` keypoints and
+    ``(B, M, H, W)`` masks in [0, 1] (resized by area averaging, as the NumPy path)."""
+    import torch
+    import torch.nn.functional as F
+
+    parts = [render_heatmaps_torch(keypoints, in_size, out_size, spec.sigma),
+             render_pafs_torch(keypoints, layout.limbs, in_size, out_size, spec.paf_width)]
+    if layout.num_masks:
+        b = keypoints.shape[0]
+        if masks is None or masks.shape[1] == 0:
+            parts.append(torch.zeros(b, layout.num_masks, *out_size, device=keypoints.device))
+        else:
+            m = masks.float().to(keypoints.device)
+            if tuple(m.shape[-2:]) != tuple(out_size):
+                down = out_size[0] <= m.shape[-2] and out_size[1] <= m.shape[-1]
+                m = F.interpolate(m, size=out_size, mode="area" if down else "bilinear",
+                                  align_corners=None if down else False).clamp(0, 1)
+            parts.append(m)
+    return torch.cat(parts, 1)

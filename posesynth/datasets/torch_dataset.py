@@ -9,6 +9,10 @@ Each item is a dict:
 - ``masks``: ``(M, H, W)`` float32 in [0, 1] at full resolution.
 - ``keypoints``: ``(max_people, K, 3)`` in input pixels, padded with ``v = 0``.
 - ``index``: the sample's index.
+- with ``with_original=True`` (evaluation): ``orig_keypoints`` ``(max_people, K, 3)`` in the
+  source image's pixels, ``to_input`` ``(2, 3)`` the matrix from the source image to the
+  network input, and ``orig_size`` ``(2,)`` its ``(H, W)``, so predictions can be scored in
+  the image's own frame.
 
 Augmentation runs in the worker with a generator seeded from ``(seed, epoch, index)``, so
 an epoch is reproducible whatever the number of workers.
@@ -24,9 +28,10 @@ import torch
 from .formats import KeypointSource
 from .posemaps import PoseMapSpec, render_pafs, render_heatmaps, render_pose_maps, resize_masks
 from .sample import Sample
-from .transforms import Resize, Transform
+from .transforms import Fit, Transform
 
-__all__ = ["PoseMapDataset", "EpochBatchSampler", "sample_to_tensors", "image_to_tensor", "tensor_to_image"]
+__all__ = ["PoseMapDataset", "EpochBatchSampler", "sample_to_tensors", "image_to_tensor", "tensor_to_image",
+           "max_people_of"]
 
 
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -40,14 +45,38 @@ def tensor_to_image(t: torch.Tensor) -> np.ndarray:
     return x.permute(1, 2, 0).numpy()
 
 
+def max_people_of(source, cap: int = 16) -> int:
+    """The most people any image of ``source`` holds (read from the annotations when the source
+    keeps them, else from the samples), at least 1 and at most ``cap`` (with a warning)."""
+    import logging
+
+    entries = getattr(source, "entries", None)
+    if entries is not None:
+        counts = [len(e.keypoints) for e in entries]
+    else:
+        counts = [source[i].num_people for i in range(len(source))]
+    n = max(counts, default=1)
+    if n > cap:
+        logging.getLogger(__name__).warning("an image holds %d people; only the first %d of each image are used "
+                                            "(raise --max-people to keep more)", n, cap)
+        n = cap
+    return max(n, 1)
+
+
+def _pad(kp: np.ndarray, max_people: int, k: int) -> np.ndarray:
+    out = np.zeros((max_people, k, 3), np.float32)
+    kp = kp[:max_people]
+    out[: len(kp)] = kp
+    return out
+
+
 def sample_to_tensors(sample: Sample, layout, stride: int = 4, spec: PoseMapSpec = PoseMapSpec(),
                       max_people: int = 4, with_maps: bool = True) -> dict[str, Any]:
     """Tensors for one (already resized) sample; see the module docstring for the keys."""
     h, w = sample.image.shape[:2]
     small = (h // stride, w // stride)
     kp = sample.keypoints[:max_people]
-    padded = np.zeros((max_people, layout.num_keypoints, 3), np.float32)
-    padded[: len(kp)] = kp
+    padded = _pad(kp, max_people, layout.num_keypoints)
     out = {
         "image": image_to_tensor(sample.image),
         "heatmaps": torch.from_numpy(render_heatmaps(kp, (h, w), small, spec.sigma)),
@@ -62,16 +91,19 @@ def sample_to_tensors(sample: Sample, layout, stride: int = 4, spec: PoseMapSpec
 
 @dataclass
 class PoseMapDataset(torch.utils.data.Dataset):
-    """Samples of ``source`` augmented by ``transform`` and resized to ``size``.
+    """Samples of ``source`` augmented by ``transform`` and brought to ``size``.
 
     Attributes:
         source: any :class:`~posesynth.datasets.formats.KeypointSource`.
         size: ``(H, W)`` network input size (multiples of 32 for the models).
         transform: optional augmentation (a :class:`~posesynth.datasets.transforms.Compose`),
-            applied before the final resize.
+            applied before the final fit.
         stride: output stride of the pose targets (4: 1/4 resolution).
         spec: heatmap sigma and PAF width in input pixels of the network input.
+        max_people: people kept per image (the rest are dropped from the labels).
         with_maps: also render full-resolution pose maps (the GAN's conditioning).
+        fit: ``letterbox`` (keep the aspect ratio) or ``stretch``.
+        with_original: also return the source-frame keypoints and the fitting matrix.
     """
 
     source: KeypointSource
@@ -83,6 +115,8 @@ class PoseMapDataset(torch.utils.data.Dataset):
     with_maps: bool = True
     seed: int = 0
     epoch: int = 0
+    fit: str = "letterbox"
+    with_original: bool = False
 
     def __len__(self) -> int:
         return len(self.source)
@@ -93,13 +127,19 @@ class PoseMapDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: "int | tuple[int, int]") -> dict[str, Any]:
         """``index``, or ``(index, epoch)`` from a sampler that tracks epochs itself."""
         index, epoch = index if isinstance(index, tuple) else (index, self.epoch)
-        sample = self.source[index]
+        original = self.source[index]
         rng = np.random.default_rng([self.seed, epoch, index])
-        if self.transform is not None:
-            sample = self.transform(sample, rng)
-        sample = Resize(tuple(self.size))(sample)
+        sample = self.transform(original, rng) if self.transform is not None else original
+        sample = Fit(tuple(self.size), self.fit)(sample)
         out = sample_to_tensors(sample, self.source.layout, self.stride, self.spec, self.max_people, self.with_maps)
         out["index"] = index
+        if self.with_original:
+            if self.transform is not None:
+                raise ValueError("with_original is for evaluation datasets (no random transform)")
+            out["orig_keypoints"] = torch.from_numpy(_pad(original.keypoints, self.max_people,
+                                                          self.source.layout.num_keypoints))
+            out["to_input"] = torch.from_numpy(np.asarray(sample.meta["to_input"], np.float64))
+            out["orig_size"] = torch.tensor(original.image.shape[:2])
         return out
 
 

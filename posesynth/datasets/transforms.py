@@ -20,7 +20,7 @@ from .layouts import KeypointLayout
 from .sample import Sample
 
 __all__ = ["Transform", "Compose", "RandomAffine", "Resize", "HorizontalFlip", "Photometric",
-           "warp_sample", "affine_matrix"]
+           "warp_sample", "affine_matrix", "Fit", "fit_matrix", "invert_affine", "apply_affine", "FIT_MODES"]
 
 Transform = Callable[[Sample, np.random.Generator], Sample]
 
@@ -100,13 +100,17 @@ class Resize:
 
 @dataclass
 class HorizontalFlip:
-    """Mirror left-right with probability ``p``, exchanging the layout's flip pairs."""
+    """Mirror left-right with probability ``p``, exchanging the layout's flip pairs.
+
+    A layout whose sided keypoints have no flip pairs (``layout.can_flip`` is False) is never
+    flipped: its left labels would end up on the right.
+    """
 
     layout: KeypointLayout
     p: float = 1.0
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
-        if self.p < 1.0 and rng.random() >= self.p:
+        if (self.p < 1.0 and rng.random() >= self.p) or not self.layout.can_flip:
             return sample.copy()
         size = sample.image.shape[:2]
         return warp_sample(sample, affine_matrix(size, size, flip=True), size, self.layout.flip_index)
@@ -122,7 +126,8 @@ class RandomAffine:
         aspect: range of the x/y scale ratio (``sx = s * sqrt(a)``, ``sy = s / sqrt(a)``).
         rotate: maximum absolute rotation in degrees.
         translate: maximum shift as a fraction of the output size.
-        flip_prob: probability of a horizontal flip (needs ``layout``).
+        flip_prob: probability of a horizontal flip (needs ``layout``; off where
+            ``layout.can_flip`` is False).
         border_value: RGB fill for uncovered pixels.
     """
 
@@ -142,7 +147,8 @@ class RandomAffine:
         a = np.sqrt(rng.uniform(*self.aspect))
         angle = rng.uniform(-self.rotate, self.rotate)
         shift = rng.uniform(-self.translate, self.translate, size=2) * np.array([out[1], out[0]])
-        flip = self.layout is not None and rng.random() < self.flip_prob
+        # (a layout with sided keypoints but no flip pairs is never flipped: see KeypointLayout.can_flip)
+        flip = self.layout is not None and rng.random() < self.flip_prob and self.layout.can_flip
         m = affine_matrix(in_size, out, s * a, s / a, angle, tuple(shift), flip)
         return warp_sample(sample, m, out, self.layout.flip_index if self.layout else None, self.border_value)
 
@@ -174,3 +180,59 @@ class Photometric:
         image = self.pipeline(image=sample.image)["image"]
         return Sample(image, sample.keypoints.copy(), sample.masks.copy(), sample.image_id,
                       sample.file_name, dict(sample.meta))
+
+
+FIT_MODES = ("letterbox", "stretch")
+
+
+def fit_matrix(in_size: tuple[int, int], out_size: tuple[int, int], mode: str = "letterbox") -> np.ndarray:
+    """2x3 matrix from an image of ``in_size`` to the network input ``out_size`` (``(H, W)``).
+
+    ``stretch`` scales each axis to fit (the aspect ratio changes); ``letterbox`` scales both
+    axes by the same factor and centres the image, leaving borders.  Pixel centres are at
+    integer coordinates: ``x_out = s * (x + 0.5) - 0.5 + pad``.
+    """
+    (h, w), (oh, ow) = in_size, out_size
+    if mode == "stretch":
+        sx, sy = ow / w, oh / h
+        px = py = 0.0
+    elif mode == "letterbox":
+        sx = sy = min(ow / w, oh / h)
+        px, py = (ow - sx * w) / 2, (oh - sy * h) / 2
+    else:
+        raise ValueError(f"fit mode must be one of {FIT_MODES}, not {mode!r}")
+    return np.array([[sx, 0.0, 0.5 * sx - 0.5 + px], [0.0, sy, 0.5 * sy - 0.5 + py]], np.float64)
+
+
+def invert_affine(matrix: np.ndarray) -> np.ndarray:
+    """The inverse of a 2x3 affine matrix."""
+    a = np.asarray(matrix, np.float64)
+    inv = np.linalg.inv(a[:, :2])
+    return np.concatenate([inv, (-inv @ a[:, 2])[:, None]], 1)
+
+
+def apply_affine(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """``(..., 3)`` keypoints ``[x, y, v]`` mapped by a 2x3 matrix (``v`` kept)."""
+    out = np.array(points, np.float32, copy=True)
+    out[..., :2] = out[..., :2] @ np.asarray(matrix, np.float32)[:, :2].T + np.asarray(matrix, np.float32)[:, 2]
+    return out
+
+
+@dataclass
+class Fit:
+    """Bring a sample to the network input ``out_size`` (``(H, W)``), keeping the aspect ratio
+    (``letterbox``, the default, black borders) or not (``stretch``).  The matrix used is
+    recorded in ``meta["to_input"]`` so predictions can be mapped back to the image."""
+
+    out_size: tuple[int, int]
+    mode: str = "letterbox"
+    border_value: tuple[int, int, int] = (0, 0, 0)
+
+    def __call__(self, sample: Sample, rng: "np.random.Generator | None" = None) -> Sample:
+        m = fit_matrix(sample.image.shape[:2], tuple(self.out_size), self.mode)
+        if sample.image.shape[:2] == tuple(self.out_size):
+            out = sample.copy()
+        else:
+            out = warp_sample(sample, m, tuple(self.out_size), border_value=self.border_value)
+        out.meta["to_input"] = m
+        return out

@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from ..datasets.geometry import torso_size
 from ..datasets.layouts import KeypointLayout
 
-__all__ = ["coco_oks", "torso_size", "PoseMetrics", "oks_matrix"]
+__all__ = ["coco_oks", "torso_size", "PoseMetrics", "oks_matrix", "image_pck", "match_people"]
 
 
 def _area(kp: np.ndarray, bbox: "np.ndarray | None" = None) -> float:
@@ -83,24 +84,47 @@ def coco_oks(gts: list[np.ndarray], preds: list[np.ndarray], scores: list[np.nda
     return {"AP": float(s[0]), "AP50": float(s[1]), "AP75": float(s[2]), "AR": float(s[5])}
 
 
-def torso_size(kp: np.ndarray, layout: KeypointLayout) -> float:
-    """Distance from the neck (or the shoulders' midpoint) to the hips' midpoint, in pixels;
-    ``nan`` when those keypoints are not labelled."""
-    names = layout.keypoints
+def match_people(gt: np.ndarray, pred: np.ndarray, sigmas) -> dict[int, int]:
+    """Ground-truth person -> predicted person, by OKS with linear assignment (each used once)."""
+    if not len(gt) or not len(pred):
+        return {}
+    areas = np.array([_area(g) for g in gt])
+    sim = oks_matrix(gt, pred, sigmas, areas)
+    rows, cols = linear_sum_assignment(-sim)
+    return dict(zip(rows, cols))
 
-    def pt(*ns):
-        idx = [names.index(n) for n in ns if n in names]
-        if len(idx) != len(ns) or (kp[idx, 2] <= 0).any():
-            return None
-        return kp[idx, :2].mean(0)
 
-    top = pt("neck") if "neck" in names else pt("left_shoulder", "right_shoulder")
-    if top is None:
-        top = pt("left_shoulder", "right_shoulder")
-    hips = pt("left_hip", "right_hip")
-    if top is None or hips is None:
-        return float("nan")
-    return float(np.linalg.norm(top - hips))
+def _pck_counts(gt: np.ndarray, pred: np.ndarray, layout: KeypointLayout, alpha: float):
+    """Per keypoint: correct, counted, pixel-error sum, found (over every labelled person)."""
+    k = layout.num_keypoints
+    correct, counted, err, found = np.zeros(k), np.zeros(k), np.zeros(k), np.zeros(k)
+    matched = match_people(gt, pred, layout.sigmas)
+    for gi, g in enumerate(gt):
+        vis = g[:, 2] > 0
+        ts = torso_size(g, layout)
+        if not np.isfinite(ts) or ts <= 0:
+            ts = np.sqrt(_area(g))  # fall back to the person's size
+        if gi in matched:
+            p = pred[matched[gi]]
+            f = p[:, 2] > 0
+            d = np.linalg.norm(g[:, :2] - p[:, :2], axis=-1)
+            ok = f & (d <= alpha * ts)
+            err += np.where(vis & f, d, 0.0)
+            found += vis & f
+        else:
+            ok = np.zeros_like(vis)
+        correct += ok & vis
+        counted += vis
+    return correct, counted, err, found
+
+
+def image_pck(gt: np.ndarray, pred: np.ndarray, layout: KeypointLayout, alpha: float = 0.2) -> float:
+    """PCK@alpha of one image: every labelled keypoint of every labelled person ``gt (G, K, 3)``
+    against the matched predicted person of ``pred (D, K, 3)`` (``nan`` without labels)."""
+    gt = np.asarray(gt, np.float32)
+    gt = gt[(gt[:, :, 2] > 0).any(-1)] if len(gt) else gt
+    c, n, _, _ = _pck_counts(gt, np.asarray(pred, np.float32), layout, alpha)
+    return float(c.sum() / n.sum()) if n.sum() else float("nan")
 
 
 @dataclass
@@ -133,34 +157,28 @@ class PoseMetrics:
         self.preds.append(pred)
         self.scores.append(scores)
         self.sizes.append(size)
-        if len(gt) and len(pred):
-            areas = np.array([_area(g) for g in gt])
-            sim = oks_matrix(gt, pred, self.layout.sigmas, areas)
-            rows, cols = linear_sum_assignment(-sim)
-            matched = dict(zip(rows, cols))
-        else:
-            matched = {}
-        for gi, g in enumerate(gt):
-            vis = g[:, 2] > 0
-            ts = torso_size(g, self.layout)
-            if not np.isfinite(ts) or ts <= 0:
-                ts = np.sqrt(_area(g))  # fall back to the person's size
-            if gi in matched:
-                p = pred[matched[gi]]
-                found = p[:, 2] > 0
-                d = np.linalg.norm(g[:, :2] - p[:, :2], axis=-1)
-                ok = found & (d <= self.pck_alpha * ts)
-                self.err_sum += np.where(vis & found, d, 0.0)
-                self.found += vis & found
-            else:
-                ok = np.zeros_like(vis)
-            self.correct += ok & vis
-            self.counted += vis
+        c, n, e, f = _pck_counts(gt, pred, self.layout, self.pck_alpha)
+        self.correct += c
+        self.counted += n
+        self.err_sum += e
+        self.found += f
         if mask_prob is not None and mask_gt is not None:
             pm, gm = mask_prob > 0.5, mask_gt > 0.5
             self.inter += float((pm & gm).sum())
             self.union += float((pm | gm).sum())
             self.mask_sum += float(pm.sum() + gm.sum())
+
+    def merge(self, other: "PoseMetrics") -> None:
+        """Add another accumulator's images (e.g. another rank's share)."""
+        self.gts += other.gts
+        self.preds += other.preds
+        self.scores += other.scores
+        self.sizes += other.sizes
+        for a in ("correct", "counted", "err_sum", "found"):
+            setattr(self, a, getattr(self, a) + getattr(other, a))
+        self.inter += other.inter
+        self.union += other.union
+        self.mask_sum += other.mask_sum
 
     def result(self) -> dict[str, float]:
         found = self.found

@@ -1,18 +1,27 @@
 """Training the pose network (``posesynth train-posenet``), on one process or data-parallel
-under ``torchrun`` (gloo on CPU, nccl on GPU).
+under ``torchrun`` (NCCL on CUDA, gloo on CPU, chosen from the device actually used).
 
 Run directory::
 
     RUN/config.yaml
-    RUN/checkpoints/latest.*   model, optimizer, scheduler, epoch, history (resume)
+    RUN/checkpoints/latest.*, previous.*   model, optimizer, scheduler, epoch, history (resume)
     RUN/checkpoints/best.*     the model with the best validation metric
     RUN/history.csv            per-epoch train/validation losses and metrics
     RUN/curves.png             the curves
     RUN/tb/                    TensorBoard (when installed)
+
+A ``batch_hook(batch, step) -> batch`` (the :class:`~posesynth.augment.mixing.BatchMixer`
+of ``--renderer``/``--gan``, or of the experiment) may replace part of each batch.  Replaced
+slots are marked by ``batch["replaced"]``; the training loss is logged over the other (real)
+slots as ``train_loss`` and over the replaced ones as ``train_loss_replaced``, so runs with and
+without replacement compare like with like.
+
+Data parallel: each rank sees its own share of every global batch; all ranks decide together
+to skip a step with a non-finite loss; rank 0 decides the time limit and early stop and
+broadcasts it; validation metrics are gathered over ranks.
 """
 from __future__ import annotations
 
-import csv
 import io
 import logging
 import math
@@ -27,21 +36,20 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from ..checkpoint import load_checkpoint, load_module, module_tensors, optimizer_from_flat, optimizer_to_flat, save_checkpoint
-from ..config import save_config, to_dict
-from ..datasets.formats import KeypointSource, open_dataset
-from ..datasets.layouts import KeypointLayout
+from ..checkpoint import load_module, module_tensors, optimizer_from_flat, optimizer_to_flat
+from ..config import to_dict
+from ..datasets.formats import KeypointSource, data_options, open_dataset
 from ..datasets.posemaps import PoseMapSpec
-from ..datasets.torch_dataset import EpochBatchSampler, PoseMapDataset
-from ..datasets.transforms import Compose, Photometric, RandomAffine
+from ..datasets.torch_dataset import EpochBatchSampler, PoseMapDataset, max_people_of
+from ..datasets.transforms import FIT_MODES, Compose, Photometric, RandomAffine
 from ..errors import ConfigError, PosesynthError
-from ..io import atomic_write_text
-from .decode import decode_people, decode_single
+from ..runs import Precision, RunDir, resolve_device
+from .evaluate import evaluate_dataset
+from .load import load_posenet, predict_batch
 from .losses import PoseLossWeights, pose_loss
-from .metrics import PoseMetrics
 from .model import NAMED_HEADS, PoseNet, PoseNetConfig
 
-__all__ = ["PoseTrainConfig", "PoseNetTrainer", "load_posenet", "predict_batch"]
+__all__ = ["PoseTrainConfig", "PoseNetTrainer", "load_posenet", "predict_batch", "plot_curves", "init_distributed"]
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +59,18 @@ class PoseTrainConfig:
     """Settings of a pose-network run (all overridable on the command line)."""
 
     data: str = field(default="", metadata={"help": "training dataset"})
-    val: str = field(default="", metadata={"help": "validation dataset (default: none)"})
+    val: str = field(default="", metadata={"help": "validation dataset: selects the best epoch, drives the LR "
+                                                   "plateau and early stop (default: none)"})
     layout: str = field(default="", metadata={"help": "convert the data to this layout (default: its own)"})
+    image_dir: str = field(default="", metadata={"help": "folder the images' file_name values are relative to "
+                                                         "(default: see the README's resolution order)"})
+    on_error: str = field(default="skip", metadata={"help": "skip (drop bad images, counted and reported) | raise"})
+    out_of_frame: str = field(default="unlabel", metadata={"help": "labelled points outside the image: "
+                                                                   "unlabel|clip|skip-person|skip-image"})
     size: tuple[int, int] = field(default=(384, 384), metadata={"help": "network input H,W (multiples of 32)"})
+    fit: str = field(default="letterbox", metadata={"help": "letterbox (keep the aspect ratio)|stretch"})
+    max_people: int = field(default=0, metadata={"help": "people kept per image (0: the dataset's maximum, "
+                                                         "capped at 16)"})
     backbone: str = field(default="pvt_v2_b1", metadata={"help": "pvt_v2_b0|pvt_v2_b1|pvt_v2_b2"})
     pretrained: str = field(default="auto", metadata={"help": "auto (local cache only)|none|PATH to weights"})
     heads: str = field(default="medium", metadata={"help": "|".join(NAMED_HEADS)})
@@ -68,7 +85,7 @@ class PoseTrainConfig:
     loss_reduction: str = field(default="mean", metadata={"help": "mean|sum (sum: the original's per-sample SSE)"})
     sigma: float = 7.0
     paf_width: float = 8.0
-    augment: bool = True
+    data_augment: bool = field(default=True, metadata={"help": "random scale/rotation/shift/flip and colour changes"})
     plateau_factor: float = 0.8
     plateau_patience: int = 4
     early_stop: int = field(default=0, metadata={"help": "stop after this many epochs without improvement (0: off)"})
@@ -76,11 +93,29 @@ class PoseTrainConfig:
     pck_alpha: float = 0.2
     multi_person: bool = field(default=False, metadata={"help": "decode several people with PAFs (else fast single-person)"})
     decode_threshold: float = 0.1
-    device: str = "cpu"
+    device: str = field(default="auto", metadata={"help": "auto (cuda:LOCAL_RANK when CUDA is there, else cpu)|cpu|cuda:N"})
+    precision: str = field(default="auto", metadata={"help": "auto (bf16 on CUDA, fp32 on CPU)|fp32|bf16|fp16"})
     seed: int = 0
     workers: int = 0
     time_limit_min: float = field(default=0.0, metadata={"help": "stop after the epoch that passes this budget (0: none)"})
     steps_per_epoch: int = field(default=0, metadata={"help": "0: one pass over the training data"})
+    # in-loop augmentation with rendered images
+    renderer: str = field(default="", metadata={"help": "replace part of each batch with renders: warp|gan "
+                                                        "(default: none; gan when --gan is given)"})
+    gan: str = field(default="", metadata={"help": "train-gan run that renders (its mode: full or inpaint)"})
+    gan_device: str = field(default="auto", metadata={"help": "where the generator runs (auto: a GPU of its own "
+                                                              "when there is one, else --device)"})
+    fraction: float = field(default=0.5, metadata={"help": "share of each batch replaced by renders"})
+    augment: str = field(default="arms-angle", metadata={"help": "perturbation of the rendered poses: arms-angle|"
+                                                                 "arms-slight|arms-high|learned:RUN"})
+    rare: bool = field(default=False, metadata={"help": "draw new arm angles where the training data is thin"})
+    plausibility: str = field(default="", metadata={"help": "train-motion run whose critic filters perturbations"})
+    judge: str = field(default="", metadata={"help": "pose-network run that must recognise each render's pose"})
+    judge_pck: float = field(default=0.5, metadata={"help": "a render is kept when the judge's PCK@0.2 on it "
+                                                            "reaches this"})
+    post_scale: tuple[float, float] = field(default=(0.9, 1.1), metadata={
+        "help": "with renders: random resize of every mixed batch"})
+    post_translate: float = field(default=0.05, metadata={"help": "with renders: random shift (fraction of the size)"})
 
     def validate(self) -> None:
         if any(s % 32 or s < 64 for s in self.size):
@@ -91,43 +126,40 @@ class PoseTrainConfig:
             raise ConfigError(f"heads must be one of {list(NAMED_HEADS)}")
         if self.loss_reduction not in ("mean", "sum"):
             raise ConfigError("loss_reduction must be mean or sum")
+        if self.fit not in FIT_MODES:
+            raise ConfigError(f"fit must be one of {FIT_MODES}, not {self.fit!r}")
+        if self.renderer not in ("", "warp", "gan"):
+            raise ConfigError(f"renderer must be warp or gan, not {self.renderer!r}")
+        if not 0 <= self.fraction <= 1:
+            raise ConfigError("fraction must be in [0, 1]")
+
+    @property
+    def posemaps(self) -> PoseMapSpec:
+        return PoseMapSpec(self.sigma, self.paf_width, 4, tuple(self.size))
 
 
-def _dist() -> tuple[int, int, int]:
-    """(rank, world, local_rank), initialising torch.distributed when torchrun started us."""
+def init_distributed(device_spec: str = "auto") -> tuple[int, int, int, torch.device]:
+    """``(rank, world, local_rank, device)``: the device for this process (``auto``:
+    ``cuda:LOCAL_RANK`` with CUDA, else cpu; made current on CUDA), and torch.distributed
+    initialised when torchrun started us, with NCCL for CUDA devices and gloo otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_spec, local)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
-    return 0, 1, 0
-
-
-def predict_batch(model: torch.nn.Module, images: torch.Tensor, layout: KeypointLayout, multi_person: bool,
-                  threshold: float = 0.1) -> tuple[list[np.ndarray], list[np.ndarray], "np.ndarray | None", tuple]:
-    """Run the network and decode: per image ``(P, K, 3)`` keypoints in input pixels, person scores,
-    mask probabilities ``(B, M, H, W)`` and the raw outputs."""
-    hm, paf, mask = model(images)
-    size = tuple(images.shape[-2:])
-    hm_np, paf_np = hm.float().cpu().numpy(), paf.float().cpu().numpy()
-    kps, scores = [], []
-    for i in range(hm_np.shape[0]):
-        if multi_person:
-            kp, sc = decode_people(hm_np[i], paf_np[i], layout, size, threshold)
-        else:
-            kp, s = decode_single(hm_np[i], size, threshold)
-            sc = np.array([float(s[s > threshold].mean()) if (s > threshold).any() else 0.0], np.float32)
-        kps.append(kp)
-        scores.append(sc)
-    return kps, scores, (mask.float().cpu().numpy() if mask is not None else None), (hm, paf, mask)
+        return dist.get_rank(), dist.get_world_size(), local, device
+    return 0, 1, local, device
 
 
 class PoseNetTrainer:
     """Builds the pose network for ``cfg`` and trains it; see the module docstring.
 
-    ``batch_hook(batch, step) -> batch`` (optional) may replace part of each training batch,
-    e.g. with generated images (the GAN-in-the-loop augmentation).
+    ``batch_hook(batch, step) -> batch`` (optional) may replace part of each training batch;
+    without one, ``cfg.renderer``/``cfg.gan`` build the :class:`~posesynth.augment.mixing.BatchMixer`.
+    A hook with an ``attach(dataset)`` method gets the training dataset.
     """
 
     def __init__(self, cfg: PoseTrainConfig, run_dir: "str | Path", source: "KeypointSource | None" = None,
@@ -135,31 +167,39 @@ class PoseNetTrainer:
                  batch_hook: "Callable[[dict, int], dict] | None" = None) -> None:
         cfg.validate()
         self.cfg, self.run = cfg, Path(run_dir)
-        self.rank, self.world, local = _dist()
+        self.rank, self.world, self.local_rank, self.device = init_distributed(cfg.device)
         self.main = self.rank == 0
+        self.dir = RunDir(self.run, self.main)
         self.progress = progress and self.main
-        dev = cfg.device
-        if dev.startswith("cuda") and self.world > 1:
-            dev = f"cuda:{local}"
-        self.device = torch.device(dev)
-        self.source = source if source is not None else open_dataset(cfg.data, layout=cfg.layout or None, on_error="skip")
+        self.precision = Precision(cfg.precision, self.device)
+        self.source = source if source is not None else open_dataset(cfg.data, layout=cfg.layout or None,
+                                                                                       **data_options(cfg))
+        if len(self.source) == 0:
+            raise PosesynthError(f"{cfg.data or 'the training data'}: no usable training images")
         self.layout = self.source.layout
         self.val_source = val_source
         if self.val_source is None and cfg.val:
-            self.val_source = open_dataset(cfg.val, layout=self.layout, on_error="skip")
+            self.val_source = open_dataset(cfg.val, layout=self.layout, **data_options(cfg))
         if self.val_source is not None and self.val_source.layout.keypoints != self.layout.keypoints:
             raise ConfigError(f"validation data is in layout '{self.val_source.layout.name}', training data in "
                               f"'{self.layout.name}'")
-        spec = PoseMapSpec(cfg.sigma, cfg.paf_width)
+        self.spec = cfg.posemaps
+        self.max_people = cfg.max_people or max(max_people_of(self.source),
+                                                max_people_of(self.val_source) if self.val_source is not None else 1)
         tf = Compose([RandomAffine(None, scale=(0.75, 1.25), aspect=(0.9, 1.1), rotate=20, translate=0.1,
-                                   flip_prob=0.5, layout=self.layout), Photometric()]) if cfg.augment else None
-        self.dataset = PoseMapDataset(self.source, tuple(cfg.size), tf, 4, spec, with_maps=False, seed=cfg.seed)
-        self.val_dataset = (PoseMapDataset(self.val_source, tuple(cfg.size), None, 4, spec, with_maps=False)
+                                   flip_prob=0.5, layout=self.layout), Photometric()]) if cfg.data_augment else None
+        self.dataset = PoseMapDataset(self.source, tuple(cfg.size), tf, self.spec.stride, self.spec, self.max_people,
+                                      with_maps=False, seed=cfg.seed, fit=cfg.fit)
+        self.val_dataset = (PoseMapDataset(self.val_source, tuple(cfg.size), None, self.spec.stride, self.spec,
+                                           self.max_people, with_maps=False, fit=cfg.fit, with_original=True)
                             if self.val_source is not None else None)
         torch.manual_seed(cfg.seed)
         self.model_cfg = PoseNetConfig(self.layout.num_keypoints, self.layout.num_limbs, self.layout.num_masks,
                                        cfg.backbone, cfg.pretrained, cfg.heads)
         self.model = PoseNet(self.model_cfg).to(self.device)
+        if self.device.type == "cuda":
+            self.model.to(memory_format=torch.channels_last)
+            torch.backends.cudnn.benchmark = True
         self.ddp = (torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device] if
                     self.device.type == "cuda" else None) if self.world > 1 else self.model)
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -170,31 +210,56 @@ class PoseNetTrainer:
         self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(self.opt, mode="max", factor=cfg.plateau_factor,
                                                                 patience=cfg.plateau_patience)
         self.weights = PoseLossWeights(cfg.w_heatmap, cfg.w_paf, cfg.w_mask, cfg.loss_reduction)
-        self.batch_hook = batch_hook
+        self.batch_hook = batch_hook if batch_hook is not None else self._build_mixer()
+        if self.batch_hook is not None and hasattr(self.batch_hook, "attach"):
+            self.batch_hook.attach(self.dataset)
         self.epoch = 0
         self.best = -math.inf
+        self.best_epoch = 0
         self.stale = 0
+        self.skipped_steps = 0
         self.history: list[dict[str, Any]] = []
+        self.dir.prepare(cfg, resume)
         if resume:
-            self._load(self.run / "checkpoints" / "latest")
-        elif (self.run / "checkpoints" / "latest.json").exists():
-            raise ConfigError(f"{self.run} already holds a run: pass --resume to continue it, or choose another --out")
-        if self.main:
-            self.run.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.run / "config.yaml")
-        self._tb = None
-        if self.main:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+            self._load()
 
-                self._tb = SummaryWriter(str(self.run / "tb"))
-            except Exception:
-                pass
+    # ---- in-loop augmentation -------------------------------------------------------------
+    def _build_mixer(self):
+        c = self.cfg
+        name = c.renderer or ("gan" if c.gan else "")
+        if not name:
+            return None
+        from ..augment.mixing import BatchMixer
+        from ..augment.perturb import PerturbConfig, Perturber
+        from ..augment.renderers import make_renderer
+        from ..runs import resolve_gan_device
+
+        gan_device = resolve_gan_device(c.gan_device, self.device, self.local_rank, self.world)
+        renderer = make_renderer(name, self.layout, c.gan, str(gan_device))
+        if getattr(renderer, "spec", None) is not None:
+            from ..spade.load import check_same_maps
+
+            check_same_maps(renderer.spec, self.spec, f"GAN run {c.gan}", f"this pose run ({self.run})")
+        kps = [e.keypoints for e in getattr(self.source, "entries", [])] if c.rare else None
+        perturber = Perturber(PerturbConfig(c.augment, rare=c.rare), self.layout, kps, c.plausibility,
+                              str(gan_device))
+        judge = None
+        if c.judge:
+            judge, jl, _ = load_posenet(c.judge, gan_device)
+            if jl.keypoints != self.layout.keypoints:
+                raise ConfigError(f"judge {c.judge} predicts layout '{jl.name}', the data is '{self.layout.name}'")
+        # each rank perturbs and renders its own slots from its own seed stream
+        return BatchMixer(self.layout, self.spec, c.fraction, "render", renderer, perturber, self.device,
+                          seed=c.seed * 1000 + self.rank, post_scale=tuple(c.post_scale),
+                          post_translate=c.post_translate, judge=judge, judge_pck=c.judge_pck,
+                          judge_device=gan_device)
 
     # ---- checkpoints -------------------------------------------------------------------
     def _meta(self) -> dict[str, Any]:
-        return {"kind": "posesynth-posenet", "epoch": self.epoch, "best": self.best, "stale": self.stale,
+        return {"kind": "posesynth-posenet", "epoch": self.epoch, "step": self.epoch, "best": self.best,
+                "best_epoch": self.best_epoch, "stale": self.stale, "skipped_steps": self.skipped_steps,
                 "config": to_dict(self.cfg), "model": to_dict(self.model_cfg), "layout": self.layout.to_dict(),
+                "posemaps": self.spec.to_dict(), "max_people": self.max_people,
                 "sigma": self.cfg.sigma, "paf_width": self.cfg.paf_width}
 
     def save(self, name: str, with_optimizer: bool = True) -> None:
@@ -208,15 +273,31 @@ class PoseNetTrainer:
             meta["opt"] = s
             meta["sched"] = {k: v for k, v in self.sched.state_dict().items() if not callable(v)}
             meta["history"] = self.history
-        save_checkpoint(self.run / "checkpoints" / name, tensors, meta)
+        self.dir.save(name, tensors, meta)
 
-    def _load(self, path: Path) -> None:
-        tensors, meta = load_checkpoint(path)
+    def _load(self) -> None:
+        tensors, meta = self.dir.load("latest")
+        path = self.dir.ckpt / "latest"
         load_module(self.model, tensors, "model", str(path))
         optimizer_from_flat(self.opt, tensors, meta["opt"], "opt")
         self.sched.load_state_dict(meta["sched"])
         self.epoch, self.best, self.stale = int(meta["epoch"]), float(meta["best"]), int(meta["stale"])
+        self.best_epoch = int(meta.get("best_epoch", 0))
+        self.skipped_steps = int(meta.get("skipped_steps", 0))
         self.history = meta.get("history", [])
+        best = self.dir.ckpt / "best.json"
+        if self.main and best.exists():  # a best saved after the state we resume from is stale
+            import json
+
+            try:
+                if int(json.loads(best.read_text()).get("epoch", 0)) > self.epoch:
+                    for suffix in (".json", ".safetensors"):
+                        (self.dir.ckpt / f"best{suffix}").unlink(missing_ok=True)
+                    if self.best_epoch > 0:
+                        log.warning("resuming at epoch %d: the best checkpoint from a later epoch was removed",
+                                    self.epoch)
+            except (ValueError, OSError):
+                pass
 
     # ---- loops -------------------------------------------------------------------------
     def _to(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -224,6 +305,13 @@ class PoseNetTrainer:
 
     def steps_per_epoch(self) -> int:
         return self.cfg.steps_per_epoch or max(len(self.dataset) // (self.cfg.batch_size * self.world), 1)
+
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        """Whether the loss is finite on every rank (decided together, so no rank waits alone)."""
+        ok = torch.isfinite(loss.detach()).float().reshape(1)
+        if self.world > 1:
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        return bool(ok.item() > 0)
 
     def train_epoch(self) -> dict[str, float]:
         c = self.cfg
@@ -234,81 +322,89 @@ class PoseNetTrainer:
                                              pin_memory=self.device.type == "cuda")
         self.ddp.train()
         sums: dict[str, float] = {}
+        counts: dict[str, float] = {}
         bar = tqdm(loader, total=spe, desc=f"epoch {self.epoch + 1}/{c.epochs}", disable=not self.progress,
                    dynamic_ncols=True, leave=False)
         for i, batch in enumerate(bar):
             batch = self._to(batch)
             if self.batch_hook is not None:
                 batch = self.batch_hook(batch, start + i)
-            pred = self.ddp(batch["image"])
-            loss, parts = pose_loss(pred, batch, self.weights)
-            if not torch.isfinite(loss):
-                log.warning("epoch %d step %d: non-finite loss, step skipped", self.epoch + 1, i)
+            images = batch["image"]
+            if self.device.type == "cuda":
+                images = images.contiguous(memory_format=torch.channels_last)
+            with self.precision.autocast():
+                pred = self.ddp(images)
+                loss, parts = pose_loss(pred, batch, self.weights)
+            if not self._all_finite(loss):
+                self.skipped_steps += 1
+                log.warning("epoch %d step %d: non-finite loss on a rank, step skipped on every rank",
+                            self.epoch + 1, i)
+                self.opt.zero_grad(set_to_none=True)
                 continue
             self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v
+            self.precision.backward(loss)
+            self.precision.step(self.opt)
+            for k, v in self._split_losses(pred, batch, parts).items():
+                sums[k] = sums.get(k, 0.0) + v[0]
+                counts[k] = counts.get(k, 0.0) + v[1]
             bar.set_postfix(loss=f"{parts['loss']:.4g}")
-        return self._reduce({k: v / spe for k, v in sums.items()})
+        return self._reduce(sums, counts)
 
-    def _reduce(self, d: dict[str, float]) -> dict[str, float]:
-        if self.world == 1:
-            return d
-        keys = sorted(d)
-        t = torch.tensor([d[k] for k in keys], dtype=torch.float64)
-        dist.all_reduce(t)
-        return {k: float(v) / self.world for k, v in zip(keys, t)}
+    @torch.no_grad()
+    def _split_losses(self, pred: tuple, batch: dict, parts: dict[str, float]) -> dict[str, tuple[float, float]]:
+        """Loss terms over the real slots (``loss``, ``hm``, ...) and over the replaced ones
+        (``*_replaced``), as ``(sum, count)`` weighted by the number of samples."""
+        rep = batch.get("replaced")
+        n = batch["image"].shape[0]
+        if rep is None or not bool(rep.any()):
+            return {k: (v * n, n) for k, v in parts.items()}
+        out: dict[str, tuple[float, float]] = {}
+        for name, sel in (("", ~rep), ("_replaced", rep)):
+            m = int(sel.sum())
+            if m == 0:
+                continue
+            sub_pred = tuple(p[sel].float() if p is not None else None for p in pred)
+            sub_t = {k: batch[k][sel] for k in ("heatmaps", "pafs", "masks")}
+            _, sp = pose_loss(sub_pred, sub_t, self.weights)
+            out.update({k + name: (v * m, m) for k, v in sp.items()})
+        return out
+
+    def _reduce(self, sums: dict[str, float], counts: dict[str, float]) -> dict[str, float]:
+        keys = sorted(sums)
+        if self.world > 1:
+            t = torch.tensor([sums[k] for k in keys] + [counts[k] for k in keys], dtype=torch.float64,
+                             device=self.device)
+            dist.all_reduce(t)
+            vals = t.tolist()
+            sums = dict(zip(keys, vals[:len(keys)]))
+            counts = dict(zip(keys, vals[len(keys):]))
+        return {k: sums[k] / max(counts[k], 1e-12) for k in keys}
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Validation loss and metrics, computed on every rank's shard and combined."""
+        """Validation loss and metrics (in the images' own frame), computed on every rank's
+        shard and combined."""
         if self.val_dataset is None:
             return {}
-        self.model.eval()
-        metrics = PoseMetrics(self.layout, self.cfg.pck_alpha)
-        sums: dict[str, float] = {}
-        n = 0
-        idx = list(range(self.rank, len(self.val_dataset), self.world))
-        bs = self.cfg.batch_size
-        for s in range(0, len(idx), bs):
-            items = [self.val_dataset[i] for i in idx[s:s + bs]]
-            batch = self._to({k: torch.stack([it[k] for it in items]) for k in ("image", "heatmaps", "pafs", "masks",
-                                                                              "keypoints")})
-            kps, scores, mask, raw = predict_batch(self.model, batch["image"], self.layout, self.cfg.multi_person,
-                                                   self.cfg.decode_threshold)
-            _, parts = pose_loss(raw, batch, self.weights)
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v * len(items)
-            n += len(items)
-            gt = batch["keypoints"].cpu().numpy()
-            mgt = batch["masks"].cpu().numpy()
-            for i in range(len(items)):
-                metrics.add(gt[i], kps[i], scores[i], tuple(self.cfg.size),
-                            mask[i] if mask is not None else None, mgt[i] if mask is not None else None)
+        res = evaluate_dataset(self.model, self.val_dataset, self.layout, self.cfg.multi_person,
+                               self.cfg.decode_threshold, self.cfg.pck_alpha, self.weights, self.cfg.batch_size,
+                               self.device, self.rank, self.world)
+        return {f"val_{k}": v for k, v in res.items() if not k.startswith("px_error/")}
+
+    def _decide_stop(self, t0: float) -> "str | None":
+        """Rank 0 decides whether to stop (early stop or time limit) and tells every rank."""
+        c = self.cfg
+        why = 0.0
+        if self.main:
+            if c.early_stop and self.stale >= c.early_stop:
+                why = 1.0
+            elif c.time_limit_min and time.perf_counter() - t0 > c.time_limit_min * 60:
+                why = 2.0
         if self.world > 1:
-            gathered: list = [None] * self.world
-            dist.all_gather_object(gathered, (sums, n, metrics))
-            sums, n = {}, 0
-            merged = PoseMetrics(self.layout, self.cfg.pck_alpha)
-            for s_, n_, m_ in gathered:
-                for k, v in s_.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                n += n_
-                merged.gts += m_.gts
-                merged.preds += m_.preds
-                merged.scores += m_.scores
-                merged.sizes += m_.sizes
-                for a in ("correct", "counted", "err_sum", "found"):
-                    setattr(merged, a, getattr(merged, a) + getattr(m_, a))
-                merged.inter += m_.inter
-                merged.union += m_.union
-                merged.mask_sum += m_.mask_sum
-            metrics = merged
-        out = {f"val_{k}": v / max(n, 1) for k, v in sums.items()}
-        out.update({f"val_{k}": v for k, v in metrics.result().items() if not k.startswith("px_error/")})
-        return out
+            t = torch.tensor([why], device=self.device)
+            dist.broadcast(t, 0)
+            why = float(t.item())
+        return {0.0: None, 1.0: "early stop", 2.0: "time limit"}[why]
 
     def fit(self) -> dict[str, Any]:
         c = self.cfg
@@ -330,41 +426,30 @@ class PoseNetTrainer:
             self.sched.step(score)
             improved = score > self.best
             if improved:
-                self.best, self.stale = score, 0
+                self.best, self.stale, self.best_epoch = score, 0, self.epoch
                 self.save("best", with_optimizer=False)
             else:
                 self.stale += 1
             self.save("latest")
             if self.main:
                 self._write_history()
-                if self._tb is not None:
-                    for k, v in row.items():
-                        if isinstance(v, (int, float)) and k != "epoch":
-                            self._tb.add_scalar(k.replace("_", "/", 1), v, self.epoch)
+                self.dir.scalars("epoch", {k: v for k, v in row.items() if k != "epoch"}, self.epoch)
                 if self.progress:
-                    shown = {k: row[k] for k in ("train_loss", "val_loss", f"val_{c.best_metric}", "val_AP") if k in row}
+                    shown = {k: row[k] for k in ("train_loss", "train_loss_replaced", "val_loss", key, "val_AP")
+                             if k in row}
                     print(f"epoch {self.epoch}/{c.epochs}: " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items())
                           + (" (best)" if improved else ""), flush=True)
             last = row
-            if c.early_stop and self.stale >= c.early_stop:
+            stop = self._decide_stop(t0)
+            if stop:
                 if self.progress:
-                    print(f"early stop: {self.stale} epochs without a better {c.best_metric}")
-                break
-            if c.time_limit_min and time.perf_counter() - t0 > c.time_limit_min * 60:
-                if self.progress:
-                    print(f"time limit of {c.time_limit_min:g} min reached after epoch {self.epoch}")
+                    print(f"{stop} after epoch {self.epoch}" + (f": {self.stale} epochs without a better "
+                                                                 f"{c.best_metric}" if stop == "early stop" else ""))
                 break
         return last
 
     def _write_history(self) -> None:
-        keys: list[str] = []
-        for r in self.history:
-            keys += [k for k in r if k not in keys]
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=keys)
-        w.writeheader()
-        w.writerows(self.history)
-        atomic_write_text(self.run / "history.csv", buf.getvalue())
+        self.dir.write_csv("history.csv", self.history)
         plot_curves(self.history, self.run / "curves.png", self.cfg.best_metric)
 
 
@@ -377,7 +462,7 @@ def plot_curves(history: list[dict[str, Any]], path: Path, metric: str = "PCK@0.
 
     ep = [r["epoch"] for r in history]
     fig, ax = plt.subplots(1, 2, figsize=(10, 4))
-    for k, style in (("train_loss", "-"), ("val_loss", "--")):
+    for k, style in (("train_loss", "-"), ("train_loss_replaced", ":"), ("val_loss", "--")):
         ys = [r.get(k, np.nan) for r in history]
         if np.isfinite(ys).any():
             ax[0].plot(ep, ys, style, label=k.replace("_", " "))
@@ -403,21 +488,3 @@ def plot_curves(history: list[dict[str, Any]], path: Path, metric: str = "PCK@0.
     from ..io import atomic_write_bytes
 
     atomic_write_bytes(path, buf.getvalue())
-
-
-def load_posenet(run_dir: "str | Path", device: "str | torch.device" = "cpu", checkpoint: str = "best"
-                 ) -> tuple[PoseNet, KeypointLayout, dict[str, Any]]:
-    """A trained pose network (eval mode, frozen), its layout and metadata."""
-    run = Path(run_dir)
-    path = run / "checkpoints" / checkpoint
-    if not path.with_suffix(".json").exists() and checkpoint == "best":
-        path = run / "checkpoints" / "latest"
-    tensors, meta = load_checkpoint(path)
-    if meta.get("kind") != "posesynth-posenet":
-        raise PosesynthError(f"{path}: not a posesynth pose-network checkpoint")
-    mc = dict(meta["model"])
-    mc["pretrained"] = "none"  # the checkpoint holds all weights
-    model = PoseNet(PoseNetConfig(**mc))
-    load_module(model, tensors, "model", str(path))
-    model.to(device).eval().requires_grad_(False)
-    return model, KeypointLayout.from_dict(meta["layout"], source=str(path)), meta

@@ -1,23 +1,34 @@
 """Training the SPADE generator against the multi-scale PatchGAN (``posesynth train-gan``).
 
+Two modes (``--mode``):
+
+- ``full``: the generator draws the whole image from the pose maps (the original method).
+- ``inpaint`` (region-preserving): the generator also sees the image with a region removed and
+  that region's mask (``C + 3 + 1`` conditioning channels through the same SPADE modulation),
+  and its output is composited, ``out = M * G + (1 - M) * image``.  Training is
+  self-supervised on the user's own images: M covers the arms each image has (capsules
+  around upper arm, forearm and hand, sized by the person's torso), plus, for a random half of
+  the images, capsules along other plausible arm positions; the true pose maps are given and
+  the region is reconstructed.  Losses: hinge (or ls / wgan-gp) on the composite, which the
+  discriminator sees with the maps and M; feature matching; VGG where the weights exist; pose
+  consistency with ``--pose-judge``; and L1 inside M.
+
 Run directory::
 
     RUN/config.yaml                  the resolved GANConfig
-    RUN/checkpoints/latest.{safetensors,json}   G, D, both optimizers, step (atomic)
+    RUN/checkpoints/latest.*, previous.*   G, D, both optimizers, step, mode, pose-map settings
     RUN/losses.csv                   one row per step
-    RUN/web/index.html, web/images/  gallery: maps | generated | real, every gallery_every steps
+    RUN/web/index.html, web/images/  gallery: maps | (input) | generated | real, every gallery_every steps
     RUN/tb/                          TensorBoard scalars and images (when tensorboard is installed)
 
-Every random draw in step ``s`` comes from a generator seeded by ``(seed, s)``, and batches
+Every random draw in step ``s`` comes from generators seeded by ``(seed, s)``, and batches
 from :class:`~posesynth.datasets.torch_dataset.EpochBatchSampler`, so ``--resume``
 continues exactly: on CPU the losses match an uninterrupted run.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import html
-import io
 import logging
 import time
 from dataclasses import dataclass, field
@@ -29,9 +40,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..checkpoint import load_checkpoint, load_module, module_tensors, optimizer_from_flat, optimizer_to_flat, save_checkpoint
-from ..config import save_config, to_dict
-from ..datasets.formats import KeypointSource, open_dataset
+from ..checkpoint import load_module, module_tensors, optimizer_from_flat, optimizer_to_flat
+from ..config import to_dict
+from ..datasets.formats import KeypointSource, data_options, open_dataset
+from ..datasets.geometry import RegionSpec, arm_chains, arm_from_angles, body_frame, limb_region
 from ..datasets.layouts import KeypointLayout
 from ..datasets.posemaps import PoseMapSpec
 from ..datasets.torch_dataset import EpochBatchSampler, PoseMapDataset, tensor_to_image
@@ -39,13 +51,16 @@ from ..datasets.transforms import RandomAffine
 from ..datasets.visualize import maps_to_rgb
 from ..errors import ConfigError, PosesynthError
 from ..io import atomic_write_text
+from ..runs import Precision, RunDir, resolve_device
 from .discriminator import MultiscaleDiscriminator
 from .generator import GeneratorConfig, SPADEGenerator
+from .load import check_same_maps, load_generator
 from .losses import GAN_MODES, PoseConsistencyLoss, VGGLoss, feature_matching_loss, gan_loss, gradient_penalty, load_vgg19
 
-__all__ = ["GANConfig", "GANTrainer", "TrainingError", "load_generator"]
+__all__ = ["GANConfig", "GANTrainer", "TrainingError", "load_generator", "MODES", "inpaint_region"]
 
 log = logging.getLogger(__name__)
+MODES = ("full", "inpaint")
 
 
 class TrainingError(PosesynthError):
@@ -58,6 +73,13 @@ class GANConfig:
 
     data: str = field(default="", metadata={"help": "training dataset (folder or annotation file)"})
     layout: str = field(default="", metadata={"help": "convert the data to this layout (default: its own)"})
+    image_dir: str = field(default="", metadata={"help": "folder the images' file_name values are relative to "
+                                                         "(default: see the README's resolution order)"})
+    on_error: str = field(default="skip", metadata={"help": "skip (drop bad images, counted and reported) | raise"})
+    out_of_frame: str = field(default="unlabel", metadata={"help": "labelled points outside the image: "
+                                                                   "unlabel|clip|skip-person|skip-image"})
+    mode: str = field(default="full", metadata={"help": "full (whole image from pose maps) | inpaint (redraw the "
+                                                        "region around the arms, keep the rest of the image)"})
     size: tuple[int, int] = field(default=(128, 128), metadata={"help": "image size H,W (multiple of 32)"})
     ngf: int = 32
     ndf: int = 64
@@ -69,6 +91,9 @@ class GANConfig:
     lambda_feat: float = 10.0
     lambda_vgg: float = 10.0
     lambda_gp: float = 10.0
+    lambda_l1: float = field(default=20.0, metadata={"help": "inpaint mode: weight of the L1 loss inside the region"})
+    extra_regions: float = field(default=0.5, metadata={
+        "help": "inpaint mode: share of images whose region also covers other plausible arm positions"})
     vgg: str = field(default="auto", metadata={"help": "auto (use if weights are found)|on (required)|off"})
     vgg_weights: str = field(default="", metadata={"help": "VGG19 weights file (default: torch hub cache)"})
     pose_judge: str = field(default="", metadata={
@@ -85,7 +110,8 @@ class GANConfig:
     beta1: float = 0.0
     beta2: float = 0.9
     decay_from: int = field(default=-1, metadata={"help": "step where linear LR decay to 0 starts (-1: none)"})
-    device: str = "cpu"
+    device: str = field(default="auto", metadata={"help": "auto (CUDA when present, else cpu)|cpu|cuda:N"})
+    precision: str = field(default="auto", metadata={"help": "auto|fp32|bf16|fp16 (bf16/fp16 on CUDA only)"})
     seed: int = 0
     workers: int = 0
     augment: bool = field(default=True, metadata={"help": "random scale/rotation/shift/flip of the training data"})
@@ -100,6 +126,8 @@ class GANConfig:
         "help": "D step reuses the G step's (detached) fake instead of a fresh G forward as NVlabs does"})
 
     def validate(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be one of {MODES}, not {self.mode!r}")
         if self.gan_mode not in GAN_MODES:
             raise ConfigError(f"gan_mode must be one of {GAN_MODES}, not {self.gan_mode!r}")
         if self.vgg not in ("auto", "on", "off"):
@@ -109,10 +137,53 @@ class GANConfig:
                               "at size/32, and instance norm needs more than one pixel)")
         if self.batch_size < 1 or self.steps < 1:
             raise ConfigError("batch_size and steps must be at least 1")
+        if not 0 <= self.extra_regions <= 1:
+            raise ConfigError("extra_regions must be in [0, 1]")
+
+    @property
+    def posemaps(self) -> PoseMapSpec:
+        return PoseMapSpec(self.sigma, self.paf_width, 4, tuple(self.size))
 
 
 def _seed_step(seed: int, step: int) -> None:
     torch.manual_seed((seed * 1_000_003 + step) % (2**63))
+
+
+def _random_arms(kp: np.ndarray, layout: KeypointLayout, rng: np.random.Generator,
+                 abd_range=(-30.0, 175.0), max_flexion: float = 150.0) -> np.ndarray:
+    """A copy of ``(P, K, 3)`` keypoints with every labelled arm in a random pose within the
+    joint ranges (abduction, flexion; the person's bone lengths): where an inpainting region
+    may have to erase or draw an arm."""
+    out = kp.copy()
+    for p in range(kp.shape[0]):
+        fr = body_frame(kp[p].astype(np.float64), layout)
+        if fr is None:
+            continue
+        _, down, across = fr
+        for s, e, w in arm_chains(layout):
+            if (kp[p, [s, e, w], 2] <= 0).any():
+                continue
+            outv = -across if layout.keypoints[s].startswith("right") else across
+            sh = kp[p, s, :2].astype(np.float64)
+            up, fo = np.linalg.norm(kp[p, e, :2] - sh), np.linalg.norm(kp[p, w, :2] - kp[p, e, :2])
+            el, wr = arm_from_angles(sh, np.array(rng.uniform(*abd_range)), np.array(rng.uniform(0, max_flexion)),
+                                     up, fo, down, outv)
+            out[p, e, :2], out[p, w, :2] = el, wr
+    return out
+
+
+def inpaint_region(keypoints: np.ndarray, layout: KeypointLayout, size: tuple[int, int], rng: np.random.Generator,
+                   extra: float = 0.5, spec: RegionSpec = RegionSpec(), device: "str | torch.device" = "cpu"
+                   ) -> torch.Tensor:
+    """The self-supervised training region M ``(B, 1, H, W)``: every labelled arm of each image,
+    plus, for a share ``extra`` of the images, the arms at random plausible positions."""
+    kp = np.asarray(keypoints, np.float32)
+    own = limb_region(kp, None, layout, size, spec, device)
+    pick = rng.random(kp.shape[0]) < extra
+    if not pick.any():
+        return own
+    moved = np.stack([_random_arms(k, layout, rng) if pk else k for k, pk in zip(kp, pick)])
+    return torch.maximum(own, limb_region(kp, moved, layout, size, spec, device))
 
 
 class GANTrainer:
@@ -131,47 +202,56 @@ class GANTrainer:
                  pose_judge: "nn.Module | None" = None, resume: bool = False, progress: bool = True) -> None:
         cfg.validate()
         self.cfg, self.run = cfg, Path(run_dir)
+        self.dir = RunDir(self.run)
         self.progress = progress
-        self.device = torch.device(cfg.device)
+        self.device = resolve_device(cfg.device)
+        self.precision = Precision(cfg.precision, self.device)
+        self.precision_d = Precision(cfg.precision, self.device)
         self.source = source if source is not None else open_dataset(cfg.data, layout=cfg.layout or None,
-                                                                      on_error="skip")
+                                                                      **data_options(cfg))
         self.layout: KeypointLayout = self.source.layout
-        self.spec = PoseMapSpec(cfg.sigma, cfg.paf_width)
+        self.spec = cfg.posemaps
+        self.inpaint = cfg.mode == "inpaint"
         tf = RandomAffine(None, scale=(0.9, 1.1), aspect=(0.95, 1.05), rotate=5, translate=0.05, flip_prob=0.5,
                           layout=self.layout) if cfg.augment else None
-        self.dataset = PoseMapDataset(self.source, tuple(cfg.size), tf, stride=4, spec=self.spec, seed=cfg.seed)
+        self.dataset = PoseMapDataset(self.source, tuple(cfg.size), tf, stride=self.spec.stride, spec=self.spec,
+                                      seed=cfg.seed)
         torch.manual_seed(cfg.seed)
-        self.gcfg = GeneratorConfig(self.layout.num_channels, tuple(cfg.size), cfg.ngf, "normal", cfg.norm, True,
+        c = self.layout.num_channels
+        self.gcfg = GeneratorConfig(c + (4 if self.inpaint else 0), tuple(cfg.size), cfg.ngf, "normal", cfg.norm, True,
                                     cfg.z_dim)
         self.G = SPADEGenerator(self.gcfg).to(self.device)
-        self.D = MultiscaleDiscriminator(self.layout.num_channels + 3, cfg.ndf, cfg.n_layers_d, cfg.num_d).to(self.device)
+        self.D = MultiscaleDiscriminator(c + 3 + (1 if self.inpaint else 0), cfg.ndf, cfg.n_layers_d,
+                                         cfg.num_d).to(self.device)
         if cfg.channels_last:
             self.G.to(memory_format=torch.channels_last)
             self.D.to(memory_format=torch.channels_last)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
         self.vgg = self._build_vgg()
         self.pose_loss = None
         if pose_judge is None and cfg.pose_judge:
-            from ..posenet.trainer import load_posenet
+            from ..posenet.load import load_posenet
 
-            pose_judge, judge_layout, _ = load_posenet(cfg.pose_judge, self.device)
+            pose_judge, judge_layout, jmeta = load_posenet(cfg.pose_judge, self.device)
             if judge_layout.keypoints != self.layout.keypoints or judge_layout.num_masks != self.layout.num_masks:
                 raise ConfigError(f"pose judge {cfg.pose_judge} predicts layout '{judge_layout.name}', the GAN data "
                                   f"is '{self.layout.name}'")
+            check_same_maps(PoseMapSpec.from_dict(jmeta["posemaps"]), self.spec, f"pose judge {cfg.pose_judge}",
+                            f"this GAN run ({self.run})")
         if pose_judge is not None:
             self.pose_loss = PoseConsistencyLoss(pose_judge.to(self.device), cfg.lambda_pose_hm, cfg.lambda_pose_paf,
                                                  cfg.lambda_pose_mask)
         self.step = 0
         self.bad_steps = 0
         self.skipped_steps = 0
+        if len(self.source) == 0:
+            raise PosesynthError(f"{cfg.data}: no usable training images")
+        self.dir.prepare(cfg, resume)
         if resume:
-            self._load(self.run / "checkpoints" / "latest")
-        elif (self.run / "checkpoints" / "latest.json").exists():
-            raise ConfigError(f"{self.run} already holds a run: pass --resume to continue it, or choose another --out")
-        self.run.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.run / "config.yaml")
-        self._tb = self._tensorboard()
+            self._load()
 
     # ---- set-up ------------------------------------------------------------------------
     def _build_vgg(self) -> "VGGLoss | None":
@@ -188,13 +268,6 @@ class GANTrainer:
             return None
         return VGGLoss(feats).to(self.device)
 
-    def _tensorboard(self):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except Exception:  # tensorboard is optional
-            return None
-        return SummaryWriter(str(self.run / "tb"))
-
     def _loader(self, start: int) -> torch.utils.data.DataLoader:
         sampler = EpochBatchSampler(len(self.dataset), self.cfg.batch_size, self.cfg.seed, start, self.cfg.steps)
         return torch.utils.data.DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.cfg.workers,
@@ -207,20 +280,24 @@ class GANTrainer:
         td, sd = optimizer_to_flat(self.opt_d, "opt_d")
         tensors.update(tg)
         tensors.update(td)
-        meta = {"kind": "posesynth-gan", "step": self.step, "skipped_steps": self.skipped_steps,
-                "opt_g": sg, "opt_d": sd, "config": to_dict(self.cfg), "generator": dataclasses.asdict(self.gcfg),
-                "layout": self.layout.to_dict()}
+        meta = {"kind": "posesynth-gan", "arch": "spade", "mode": self.cfg.mode, "step": self.step,
+                "skipped_steps": self.skipped_steps, "opt_g": sg, "opt_d": sd, "config": to_dict(self.cfg),
+                "generator": dataclasses.asdict(self.gcfg), "layout": self.layout.to_dict(),
+                "posemaps": self.spec.to_dict(), "region": dataclasses.asdict(RegionSpec())}
         return tensors, meta
 
     def save(self, name: str = "latest") -> None:
         tensors, meta = self.state()
-        save_checkpoint(self.run / "checkpoints" / name, tensors, meta)
+        self.dir.save(name, tensors, meta)
 
-    def _load(self, path: Path) -> None:
-        tensors, meta = load_checkpoint(path)
+    def _load(self) -> None:
+        tensors, meta = self.dir.load("latest")
+        path = self.dir.ckpt / "latest"
         if meta.get("layout", {}).get("keypoints") != list(self.layout.keypoints):
             raise ConfigError(f"{path}: trained on layout '{meta.get('layout', {}).get('name')}', "
                               f"the data is '{self.layout.name}'")
+        if meta.get("mode", "full") != self.cfg.mode:
+            raise ConfigError(f"{path}: a {meta.get('mode', 'full')}-mode run cannot continue in {self.cfg.mode} mode")
         load_module(self.G, tensors, "G", str(path))
         load_module(self.D, tensors, "D", str(path))
         optimizer_from_flat(self.opt_g, tensors, meta["opt_g"], "opt_g")
@@ -245,8 +322,32 @@ class GANTrainer:
                 out[k] = v
         return out
 
-    def _discriminate(self, maps: torch.Tensor, fake: torch.Tensor, real: torch.Tensor):
-        both = torch.cat([torch.cat([maps, fake], 1), torch.cat([maps, real], 1)], 0)
+    def region(self, b: dict[str, torch.Tensor], step: int) -> torch.Tensor:
+        """Inpaint mode: the region M of this step's images, ``(B, 1, H, W)``."""
+        rng = np.random.default_rng([self.cfg.seed, step, 17])
+        return inpaint_region(b["keypoints"].cpu().numpy(), self.layout, tuple(self.cfg.size), rng,
+                              self.cfg.extra_regions, device=self.device)
+
+    def generate(self, b: dict[str, torch.Tensor], region: "torch.Tensor | None") -> tuple[torch.Tensor, torch.Tensor]:
+        """``(raw generator output, image shown to D and the losses)``: the same in full mode,
+        the composite ``M * G + (1 - M) * image`` in inpaint mode."""
+        maps, real = b["maps"], b["image"]
+        if region is None:
+            fake = self.G(maps)
+            return fake, fake
+        hole = (region > 0).to(real.dtype)
+        x = torch.cat([maps, real * (1 - hole), hole], 1)
+        if self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        fake = self.G(x)
+        return fake, region * fake + (1 - region) * real
+
+    def _d_input(self, b: dict[str, torch.Tensor], image: torch.Tensor, region: "torch.Tensor | None") -> torch.Tensor:
+        parts = [b["maps"]] + ([region.to(image.dtype)] if region is not None else []) + [image]
+        return torch.cat(parts, 1)
+
+    def _discriminate(self, b, fake: torch.Tensor, real: torch.Tensor, region):
+        both = torch.cat([self._d_input(b, fake, region), self._d_input(b, real, region)], 0)
         preds = self.D(both)
         n = fake.shape[0]
         return [[f[:n] for f in s] for s in preds], [[f[n:] for f in s] for s in preds]
@@ -257,46 +358,53 @@ class GANTrainer:
         c = self.cfg
         _seed_step(c.seed, self.step)
         b = self._to(batch)
-        maps, real = b["maps"], b["image"]
+        real = b["image"]
+        region = self.region(b, self.step) if self.inpaint else None
         for opt in (self.opt_g, self.opt_d):
             for grp in opt.param_groups:
                 grp["lr"] = (c.lr_g if opt is self.opt_g else c.lr_d) * self._lr_factor(self.step)
         # --- generator
         self.D.requires_grad_(False)
-        fake = self.G(maps)
-        pf, pr = self._discriminate(maps, fake, real)
-        losses: dict[str, torch.Tensor] = {"g_gan": gan_loss(pf, True, c.gan_mode, for_discriminator=False),
-                                           "g_feat": feature_matching_loss(pf, pr) * c.lambda_feat}
-        if self.vgg is not None:
-            losses["g_vgg"] = self.vgg(fake, real) * c.lambda_vgg
-        extra: dict[str, float] = {}
-        if self.pose_loss is not None:
-            losses["g_pose"], extra = self.pose_loss(fake, b["heatmaps"], b["pafs"], b["masks"])
-        g_total = sum(losses.values())
+        with self.precision.autocast():
+            raw, fake = self.generate(b, region)
+            pf, pr = self._discriminate(b, fake, real, region)
+            losses: dict[str, torch.Tensor] = {"g_gan": gan_loss(pf, True, c.gan_mode, for_discriminator=False),
+                                               "g_feat": feature_matching_loss(pf, pr) * c.lambda_feat}
+            if self.vgg is not None:
+                losses["g_vgg"] = self.vgg(fake, real) * c.lambda_vgg
+            extra: dict[str, float] = {}
+            if self.pose_loss is not None:
+                losses["g_pose"], extra = self.pose_loss(fake, b["heatmaps"], b["pafs"], b["masks"])
+            if region is not None:
+                w = region.float()
+                losses["g_l1"] = ((raw.float() - real.float()).abs() * w).sum() / (w.sum() * 3).clamp_min(1.0) * c.lambda_l1
+        g_total = sum(v.float() for v in losses.values())
         self.opt_g.zero_grad(set_to_none=True)
         if not torch.isfinite(g_total):
             return self._bad_step("generator", g_total)
-        g_total.backward()
-        self.opt_g.step()
+        self.precision.backward(g_total)
+        self.precision.step(self.opt_g)
         # --- discriminator
         self.D.requires_grad_(True)
         if c.reuse_fake:
             fake_d = fake.detach()
         else:
-            with torch.no_grad():
-                fake_d = self.G(maps)
-        pf, pr = self._discriminate(maps, fake_d, real)
-        losses["d_fake"] = gan_loss(pf, False, c.gan_mode)
-        losses["d_real"] = gan_loss(pr, True, c.gan_mode)
-        d_total = losses["d_fake"] + losses["d_real"]
+            with torch.no_grad(), self.precision.autocast():
+                fake_d = self.generate(b, region)[1]
+        with self.precision_d.autocast():
+            pf, pr = self._discriminate(b, fake_d, real, region)
+            losses["d_fake"] = gan_loss(pf, False, c.gan_mode)
+            losses["d_real"] = gan_loss(pr, True, c.gan_mode)
+            d_total = losses["d_fake"] + losses["d_real"]
         if c.gan_mode == "wgan-gp":
-            losses["d_gp"] = gradient_penalty(self.D, torch.cat([maps, real], 1), torch.cat([maps, fake_d], 1)) * c.lambda_gp
+            losses["d_gp"] = gradient_penalty(self.D, self._d_input(b, real, region),
+                                              self._d_input(b, fake_d, region)) * c.lambda_gp
             d_total = d_total + losses["d_gp"]
         self.opt_d.zero_grad(set_to_none=True)
         if not torch.isfinite(d_total):
             return self._bad_step("discriminator", d_total)
-        d_total.backward()
-        self.opt_d.step()
+        self.precision_d.backward(d_total.float())
+        self.precision_d.step(self.opt_d)
         self.bad_steps = 0
         out = {k: float(v.detach()) for k, v in losses.items()}
         out.update(extra)
@@ -315,12 +423,14 @@ class GANTrainer:
     # ---- loop --------------------------------------------------------------------------
     def fit(self) -> dict[str, float]:
         c = self.cfg
-        csv_path = self.run / "losses.csv"
-        rows = self._read_csv(csv_path)
+        rows = [r for r in self.dir.read_csv("losses.csv") if int(r["step"]) <= self.step]
         gallery_batch = None
         last: dict[str, float] = {}
-        bar = tqdm(total=c.steps, initial=self.step, desc="train-gan", unit="it", disable=not self.progress,
-                   dynamic_ncols=True)
+        timed = c.time_limit_min > 0
+        # a time-limited run shows time, not steps it will never reach
+        bar = tqdm(total=c.time_limit_min * 60 if timed else c.steps, initial=0 if timed else self.step,
+                   desc="train-gan", unit="s" if timed else "it", disable=not self.progress, dynamic_ncols=True,
+                   bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]" if timed else None)
         self.G.train()
         self.D.train()
         t0 = time.perf_counter()
@@ -334,20 +444,19 @@ class GANTrainer:
                 if losses is not None:
                     last = losses
                     rows.append({"step": self.step, **{k: f"{v:.6g}" for k, v in losses.items()}})
-                    if self._tb is not None:
-                        for k, v in losses.items():
-                            self._tb.add_scalar(f"gan/{k}", v, self.step)
+                    self.dir.scalars("gan", losses, self.step)
                 if self.step % c.log_every == 0 or self.step == c.steps:
-                    bar.set_postfix({k: f"{v:.3g}" for k, v in last.items() if k in ("g_gan", "g_feat", "g_vgg",
-                                                                                   "g_pose", "d_fake", "d_real")})
-                    self._write_csv(csv_path, rows)
+                    bar.set_postfix({"step": self.step, **{k: f"{v:.3g}" for k, v in last.items() if k in (
+                        "g_gan", "g_feat", "g_vgg", "g_pose", "g_l1", "d_fake", "d_real")}})
+                    self.dir.write_csv("losses.csv", rows)
                 if self.step % c.gallery_every == 0 or self.step == c.steps:
                     self.gallery(gallery_batch)
-                out_of_time = c.time_limit_min > 0 and time.perf_counter() - t0 > c.time_limit_min * 60
+                elapsed = time.perf_counter() - t0
+                out_of_time = timed and elapsed > c.time_limit_min * 60
                 if self.step % c.checkpoint_every == 0 or self.step == c.steps or out_of_time:
-                    self._write_csv(csv_path, rows)
+                    self.dir.write_csv("losses.csv", rows)
                     self.save()
-                bar.update()
+                bar.update(min(elapsed, c.time_limit_min * 60) - bar.n if timed else 1)
                 if out_of_time:
                     if self.step % c.gallery_every:
                         self.gallery(gallery_batch)
@@ -356,35 +465,19 @@ class GANTrainer:
                     break
         finally:
             bar.close()
-        self._write_csv(csv_path, rows)
+        self.dir.write_csv("losses.csv", rows)
         dt = time.perf_counter() - t0
         last = dict(last)
         last["seconds_per_step"] = dt / max(self.step - start, 1)
         if self.progress:
-            print(f"train-gan: {self.step} steps, {last['seconds_per_step']:.2f} s/step, "
+            print(f"train-gan ({c.mode}): {self.step} steps, {last['seconds_per_step']:.2f} s/step, "
                   f"{self.skipped_steps} skipped; gallery: {self.run / 'web' / 'index.html'}")
         return last
 
-    def _read_csv(self, path: Path) -> list[dict[str, Any]]:
-        if not path.exists():
-            return []
-        with open(path, newline="") as f:
-            return [r for r in csv.DictReader(f) if int(r["step"]) <= self.step]
-
-    def _write_csv(self, path: Path, rows: list[dict[str, Any]]) -> None:
-        keys: list[str] = []
-        for r in rows:
-            keys += [k for k in r if k not in keys]
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=keys or ["step"])
-        w.writeheader()
-        w.writerows(rows)
-        atomic_write_text(path, buf.getvalue())
-
     @torch.no_grad()
     def gallery(self, batch: "dict[str, torch.Tensor] | None") -> None:
-        """Write ``web/images/step_NNNNNN.png`` (rows of maps | generated | real) and refresh
-        ``web/index.html`` (newest first)."""
+        """Write ``web/images/step_NNNNNN.png`` (rows of maps | [masked input |] generated |
+        real) and refresh ``web/index.html`` (newest first)."""
         if batch is None:
             return
         import cv2
@@ -392,44 +485,32 @@ class GANTrainer:
         b = self._to(batch)
         was = self.G.training
         self.G.eval()
-        fake = self.G(b["maps"])
+        region = self.region(b, 10**9) if self.inpaint else None  # a fixed region for every gallery
+        with self.precision.autocast():
+            _, fake = self.generate(b, region)
         self.G.train(was)
         rows = []
         for i in range(fake.shape[0]):
             m = maps_to_rgb(b["maps"][i].float().cpu().numpy(), self.layout)
-            rows.append(np.concatenate([m, tensor_to_image(fake[i]), tensor_to_image(b["image"][i])], 1))
+            cols = [m]
+            if region is not None:
+                hole = (region[i] > 0).float()
+                cols.append(tensor_to_image(b["image"][i].float() * (1 - hole) + hole * 0.0))
+            cols += [tensor_to_image(fake[i].float()), tensor_to_image(b["image"][i])]
+            rows.append(np.concatenate(cols, 1))
         grid = np.concatenate(rows, 0)
         web = self.run / "web"
         (web / "images").mkdir(parents=True, exist_ok=True)
         name = f"step_{self.step:06d}.png"
         cv2.imwrite(str(web / "images" / name), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
-        if self._tb is not None:
-            self._tb.add_image("gan/maps_generated_real", grid, self.step, dataformats="HWC")
+        if self.dir.tb is not None:
+            self.dir.tb.add_image("gan/gallery", grid, self.step, dataformats="HWC")
         imgs = sorted((web / "images").glob("step_*.png"), reverse=True)
         body = "\n".join(f"<h3>step {int(p.stem[5:])}</h3><img src='images/{html.escape(p.name)}'>" for p in imgs)
+        cols = "pose maps | input with the region removed | generated (composite) | real" if self.inpaint else \
+            "pose maps | generated | real"
         atomic_write_text(web / "index.html",
                           f"<!doctype html><html><head><meta charset='utf-8'><meta http-equiv='refresh' content='60'>"
                           f"<title>{html.escape(self.run.name)}: GAN gallery</title></head><body>"
-                          f"<h1>{html.escape(str(self.run))}</h1><p>columns: pose maps | generated | real</p>"
+                          f"<h1>{html.escape(str(self.run))} ({self.cfg.mode} mode)</h1><p>columns: {cols}</p>"
                           f"{body}</body></html>")
-
-
-def load_generator(run_dir: "str | Path", device: "str | torch.device" = "cpu", checkpoint: str = "latest",
-                   channels_last: bool = True) -> tuple[SPADEGenerator, KeypointLayout, dict[str, Any]]:
-    """The trained generator of a GAN run (eval mode), its layout and the checkpoint's metadata.
-
-    ``channels_last`` (as in training) gives bit-identical outputs to the trained model."""
-    run = Path(run_dir)
-    path = run / "checkpoints" / checkpoint
-    tensors, meta = load_checkpoint(path)
-    if meta.get("kind") != "posesynth-gan":
-        raise PosesynthError(f"{path}: not a posesynth GAN checkpoint")
-    g = meta["generator"]
-    g["size"] = tuple(g["size"])
-    gen = SPADEGenerator(GeneratorConfig(**g))
-    load_module(gen, tensors, "G", str(path))
-    layout = KeypointLayout.from_dict(meta["layout"], source=str(path))
-    gen = gen.to(device).eval()
-    if channels_last:
-        gen.to(memory_format=torch.channels_last)
-    return gen, layout, meta

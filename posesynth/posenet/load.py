@@ -1,0 +1,59 @@
+"""Loading a trained pose network from a ``train-posenet`` run, and running it: decoding
+keypoints from its maps."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..checkpoint import load_checkpoint, load_module
+from ..datasets.layouts import KeypointLayout
+from ..datasets.posemaps import PoseMapSpec
+from ..errors import PosesynthError
+from .decode import decode_people, decode_single
+from .model import PoseNet, PoseNetConfig
+
+__all__ = ["load_posenet", "predict_batch"]
+
+
+def load_posenet(run_dir: "str | Path", device: "str | torch.device" = "cpu", checkpoint: str = "best"
+                 ) -> tuple[PoseNet, KeypointLayout, dict[str, Any]]:
+    """A trained pose network (eval mode, frozen), its layout and metadata (``meta["posemaps"]``
+    is the run's :class:`~posesynth.datasets.posemaps.PoseMapSpec`)."""
+    run = Path(run_dir)
+    if not run.exists():
+        raise PosesynthError(f"{run}: no such pose-network run folder")
+    path = run / "checkpoints" / checkpoint
+    if not path.with_suffix(".json").exists() and checkpoint == "best":
+        path = run / "checkpoints" / "latest"
+    tensors, meta = load_checkpoint(path)
+    if meta.get("kind") != "posesynth-posenet":
+        raise PosesynthError(f"{path}: not a posesynth pose-network checkpoint")
+    mc = dict(meta["model"])
+    mc["pretrained"] = "none"  # the checkpoint holds all weights
+    model = PoseNet(PoseNetConfig(**mc))
+    load_module(model, tensors, "model", str(path))
+    model.to(device).eval().requires_grad_(False)
+    meta["posemaps"] = PoseMapSpec.from_meta(meta).to_dict()
+    return model, KeypointLayout.from_dict(meta["layout"], source=str(path)), meta
+
+
+def predict_batch(model: torch.nn.Module, images: torch.Tensor, layout: KeypointLayout, multi_person: bool,
+                  threshold: float = 0.1) -> tuple[list[np.ndarray], list[np.ndarray], "np.ndarray | None", tuple]:
+    """Run the network and decode: per image ``(P, K, 3)`` keypoints in input pixels, person scores,
+    mask probabilities ``(B, M, H, W)`` and the raw outputs."""
+    hm, paf, mask = model(images)
+    size = tuple(images.shape[-2:])
+    hm_np, paf_np = hm.float().cpu().numpy(), paf.float().cpu().numpy()
+    kps, scores = [], []
+    for i in range(hm_np.shape[0]):
+        if multi_person:
+            kp, sc = decode_people(hm_np[i], paf_np[i], layout, size, threshold)
+        else:
+            kp, s = decode_single(hm_np[i], size, threshold)
+            sc = np.array([float(s[s > threshold].mean()) if (s > threshold).any() else 0.0], np.float32)
+        kps.append(kp)
+        scores.append(sc)
+    return kps, scores, (mask.float().cpu().numpy() if mask is not None else None), (hm, paf, mask)

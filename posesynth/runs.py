@@ -1,0 +1,183 @@
+"""What every training run shares: its folder, config record, CSV log, TensorBoard, checkpoint
+pair and resume; the device and precision it runs with.
+
+Used by ``train-gan`` and ``train-posenet`` (and the motion trainer)::
+
+    RUN/config.yaml          the resolved config (rewritten on resume with the new options)
+    RUN/<log>.csv            one row per step or epoch, rewritten atomically
+    RUN/checkpoints/         latest, previous (the last complete pair) and named ones (best)
+    RUN/tb/                  TensorBoard, when the package is installed
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
+from .config import save_config
+from .errors import ConfigError
+from .io import atomic_write_text
+
+__all__ = ["RunDir", "resolve_device", "resolve_gan_device", "Precision", "PRECISIONS", "remove_stale_temps"]
+
+log = logging.getLogger(__name__)
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def remove_stale_temps(folder: "str | Path") -> int:
+    """Delete temporary files an interrupted atomic write left in ``folder`` (``.NAME.*.tmp``)."""
+    n = 0
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    for p in folder.glob(".*.tmp"):
+        try:
+            p.unlink()
+            n += 1
+        except OSError:
+            pass
+    return n
+
+
+class RunDir:
+    """A run folder.  Only the main process (rank 0) writes; other ranks get no-ops."""
+
+    def __init__(self, path: "str | Path", main: bool = True) -> None:
+        self.path = Path(path)
+        self.main = main
+        self.ckpt = self.path / "checkpoints"
+        self._tb = None
+
+    def exists(self) -> bool:
+        return checkpoint_exists(self.ckpt / "latest")
+
+    def prepare(self, cfg: Any, resume: bool) -> None:
+        """Check that a new run does not overwrite one, clean up after a crash, record ``cfg``."""
+        if not resume and self.exists():
+            raise ConfigError(f"{self.path} already holds a run: pass --resume to continue it, or choose another --out")
+        if resume and not self.exists():
+            raise ConfigError(f"{self.path}: nothing to resume (no checkpoints/latest)")
+        if not self.main:
+            return
+        removed = remove_stale_temps(self.path) + remove_stale_temps(self.ckpt)
+        if removed:
+            log.info("removed %d temporary file(s) left by an interrupted write in %s", removed, self.path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.path / "config.yaml")
+
+    def save(self, name: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        if self.main:
+            save_checkpoint(self.ckpt / name, tensors, meta, keep_previous=(name == "latest"))
+
+    def load(self, name: str = "latest") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        return load_checkpoint(self.ckpt / name)
+
+    def read_csv(self, name: str) -> list[dict[str, Any]]:
+        path = self.path / name
+        if not path.exists():
+            return []
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+
+    def write_csv(self, name: str, rows: list[dict[str, Any]]) -> None:
+        if not self.main:
+            return
+        keys: list[str] = []
+        for r in rows:
+            keys += [k for k in r if k not in keys]
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=keys or ["step"])
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write_text(self.path / name, buf.getvalue())
+
+    @property
+    def tb(self):
+        """A TensorBoard SummaryWriter (``None`` when tensorboard is not installed or not rank 0)."""
+        if self._tb is None and self.main:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except Exception:  # tensorboard is optional
+                self._tb = False
+            else:
+                self._tb = SummaryWriter(str(self.path / "tb"))
+        return self._tb or None
+
+    def scalars(self, prefix: str, values: dict[str, Any], step: int) -> None:
+        tb = self.tb
+        if tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)):
+                    tb.add_scalar(f"{prefix}/{k}", v, step)
+
+
+def resolve_device(spec: str = "auto", local_rank: "int | None" = None) -> torch.device:
+    """``auto``: ``cuda:LOCAL_RANK`` when CUDA is there, otherwise ``cpu``; anything else as given
+    (a bare ``cuda`` under torchrun becomes ``cuda:LOCAL_RANK``).  Clear errors for a CUDA
+    device on a machine without one."""
+    lr = int(os.environ.get("LOCAL_RANK", "0")) if local_rank is None else local_rank
+    spec = (spec or "auto").strip()
+    if spec == "auto":
+        return torch.device(f"cuda:{lr}") if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        dev = torch.device(spec)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {spec!r} (use auto, cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {spec} asked for, but this machine has no CUDA GPU (use --device cpu or auto)")
+        if dev.index is None:
+            dev = torch.device(f"cuda:{lr}")
+        if dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {dev} asked for, but there are {torch.cuda.device_count()} GPUs")
+    return dev
+
+
+def resolve_gan_device(spec: str, device: torch.device, local_rank: int = 0, world: int = 1) -> torch.device:
+    """``auto``: a GPU of its own for each rank's generator when there are enough
+    (``cuda:world + local_rank``), otherwise the pose network's ``device``."""
+    if not spec or spec == "auto":
+        if device.type == "cuda" and torch.cuda.device_count() >= 2 * world:
+            return torch.device(f"cuda:{world + local_rank}")
+        return device
+    return resolve_device(spec, local_rank)
+
+
+class Precision:
+    """Mixed precision for a training step: ``autocast`` in bf16 or fp16 on CUDA (fp16 with a
+    GradScaler), plain fp32 elsewhere.  ``auto`` is bf16 on a CUDA GPU that supports it, else
+    fp32."""
+
+    def __init__(self, spec: str, device: torch.device) -> None:
+        if spec not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, not {spec!r}")
+        if spec == "auto":
+            spec = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+        if spec != "fp32" and device.type != "cuda":
+            raise ConfigError(f"--precision {spec} needs a CUDA GPU; on the CPU use fp32 (bf16 is hundreds of times "
+                              "slower there)")
+        self.name, self.device = spec, device
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(spec)
+        self.scaler = torch.amp.GradScaler("cuda") if spec == "fp16" else None
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def step(self, opt: torch.optim.Optimizer) -> None:
+        if self.scaler is not None:
+            self.scaler.step(opt)
+            self.scaler.update()
+        else:
+            opt.step()

@@ -1,0 +1,257 @@
+"""Renderers, arm geometry and plausible perturbations (issue 9)."""
+import numpy as np
+import pytest
+import torch
+
+from posesynth.augment.perturb import MODES, ArmAngleHistogram, PerturbConfig, Perturber, perturb_keypoints, plausible_arms
+from posesynth.augment.renderers import GANRenderer, WarpRenderer, change_region
+from posesynth.datasets.geometry import arm_angles, arm_chains, arm_from_angles, body_frame
+from posesynth.datasets.layouts import COCO17, DRIVER9
+from posesynth.datasets.posemaps import (PoseMapSpec, render_heatmaps, render_heatmaps_torch, render_pafs,
+                                         render_pafs_torch)
+from posesynth.datasets.synthetic import SceneSpec, render_scene, scene_rng
+from posesynth.datasets.torch_dataset import image_to_tensor
+
+
+def test_redraw_with_own_keypoints_is_byte_identical():
+    for i in range(12):
+        spec = SceneSpec(3, i, 96, "wide" if i % 2 else "narrow", 0.5)
+        a = spec.render()
+        b = spec.render(a.keypoints)
+        assert np.array_equal(a.image, b.image) and np.array_equal(a.masks, b.masks), i
+        assert np.array_equal(a.keypoints, b.keypoints)
+
+
+def test_redraw_moves_the_arm_and_nothing_else():
+    spec = SceneSpec(4, 1, 128, "narrow", 0.0)
+    a = spec.render(with_arm_mask=True)
+    kp = a.keypoints.copy()
+    e, w = DRIVER9.index("left_elbow"), DRIVER9.index("left_wrist")
+    kp[0, [e, w], 0] += 12
+    b = spec.render(kp, with_arm_mask=True)
+    import cv2
+
+    changed = np.abs(a.image.astype(int) - b.image).max(-1) > 0
+    arms = ((a.meta["arm_mask"] > 0) | (b.meta["arm_mask"] > 0)).astype(np.uint8)
+    near = cv2.dilate(arms, np.ones((5, 5), np.uint8)) > 0   # anti-aliased edges and the optional blur
+    assert changed.sum() > 50 and not (changed & ~near).any()   # only pixels at the old or new arm change
+
+
+def test_angles_round_trip_and_synthetic_ranges():
+    rng = np.random.default_rng(0)
+    down, out = np.array([0.0, 1.0]), np.array([-1.0, 0.0])   # a right arm, person facing the camera
+    abd, flex = rng.uniform(-30, 175, 50), rng.uniform(0, 150, 50)
+    e, w = arm_from_angles(np.array([50.0, 40.0]), abd, flex, 20.0, 18.0, down, out)
+    a2, f2 = arm_angles(np.array([50.0, 40.0]), e, w, down, out)
+    np.testing.assert_allclose(a2, abd, atol=1e-6)
+    np.testing.assert_allclose(f2, flex, atol=1e-6)
+    # the scene generator's own wide poses: abduction in [-20, 170], flexion in [0, 150]
+    for i in range(40):
+        kp = render_scene(scene_rng(7, i), 256, "wide", 0.0).keypoints[0].astype(np.float64)
+        top, dn, across = body_frame(kp, DRIVER9)
+        for (s, el, wr), side in zip(arm_chains(DRIVER9), (-1, 1)):
+            if (kp[[s, el, wr], 2] <= 0).any():   # a joint outside the image is unlabelled
+                continue
+            a, f = arm_angles(kp[s, :2], kp[el, :2], kp[wr, :2], dn, side * across)
+            assert -21 <= a <= 171 and -1 <= f <= 151
+
+
+def _arm_changes(old, new):
+    for p in range(len(old)):
+        for j, (s, e, w) in enumerate(arm_chains(DRIVER9)):
+            if np.abs(new[p, [e, w], :2] - old[p, [e, w], :2]).max() > 1e-4:
+                yield p, j
+
+
+def test_every_mode_draws_only_plausible_arms():
+    kps = [render_scene(scene_rng(0, i), 128, "narrow", 0.3).keypoints for i in range(40)]
+    cfg = PerturbConfig()
+    # the test can fail: arms drawn as the old arms-high did (both directions over 360 deg)
+    naive_bad = naive = 0
+    rng = np.random.default_rng(1)
+    for kp in kps:
+        new = kp.copy()
+        for s, e, w in arm_chains(DRIVER9):
+            up, fo = np.linalg.norm(kp[:, e, :2] - kp[:, s, :2], axis=-1), np.linalg.norm(kp[:, w, :2] - kp[:, e, :2], axis=-1)
+            t1, t2 = rng.uniform(0, 2 * np.pi, (2, len(kp)))
+            new[:, e, :2] = kp[:, s, :2] + up[:, None] * np.stack([np.cos(t1), np.sin(t1)], 1)
+            new[:, w, :2] = new[:, e, :2] + fo[:, None] * np.stack([np.cos(t2), np.sin(t2)], 1)
+        ok = plausible_arms(new, DRIVER9, cfg)
+        naive += ok.size
+        naive_bad += (~ok).sum()
+    assert naive_bad / naive > 0.3
+    hist = ArmAngleHistogram.from_keypoints(kps, DRIVER9, cfg)
+    for mode in MODES + ("rare",):
+        pc = PerturbConfig("arms-angle", rare=True, histogram=hist) if mode == "rare" else PerturbConfig(mode)
+        moved = bad = 0
+        for i, kp in enumerate(kps):
+            for r in range(5):
+                new = perturb_keypoints(kp, DRIVER9, (128, 128), np.random.default_rng([i, r]), pc)
+                ok = plausible_arms(new, DRIVER9, pc)
+                for p, j in _arm_changes(kp, new):
+                    moved += 1
+                    bad += not ok[p, j]
+        assert moved > 300, mode
+        assert bad == 0, (mode, bad)
+
+
+def test_rare_sampling_goes_where_data_is_thin():
+    kps = [render_scene(scene_rng(0, i), 128, "narrow", 0.0).keypoints for i in range(60)]
+    hist = ArmAngleHistogram.from_keypoints(kps, DRIVER9)
+    abd, flex = hist.sample(np.random.default_rng(0), 4000)
+    # narrow training poses: abduction 0-30, flexion 30-75; rare draws fall mostly elsewhere
+    inside = (abd > 0) & (abd < 30) & (flex > 30) & (flex < 75)
+    assert inside.mean() < 0.05
+
+
+def test_poses_from_file_replace_the_arms(tmp_path):
+    from posesynth.datasets.coco import write_coco
+
+    a = render_scene(scene_rng(2, 0), 128, "narrow", 0.0)
+    a.file_name = "000001.jpg"
+    target = render_scene(scene_rng(2, 0), 128, "narrow", 0.0)
+    kp = target.keypoints.copy()
+    e, w = DRIVER9.index("right_elbow"), DRIVER9.index("right_wrist")
+    s = DRIVER9.index("right_shoulder")
+    # raise the right arm: horizontal, outward, straight
+    kp[0, e, :2] = kp[0, s, :2] + [-20, 0]
+    kp[0, w, :2] = kp[0, s, :2] + [-32, 0]
+    target.keypoints = kp
+    write_coco(tmp_path / "poses", [target], DRIVER9)
+    per = Perturber(PerturbConfig(f"poses:{tmp_path / 'poses'}"), DRIVER9)
+    new = per(a.keypoints, (128, 128), np.random.default_rng(0), "000001.jpg")
+    np.testing.assert_allclose(new[0, [e, w], :2], kp[0, [e, w], :2], atol=1e-3)
+    arms = [DRIVER9.index(f"{side}_{j}") for side in ("left", "right") for j in ("elbow", "wrist")]
+    untouched = [i for i in range(9) if i not in arms]
+    np.testing.assert_array_equal(new[0, untouched], a.keypoints[0, untouched])
+    np.testing.assert_allclose(new[0, arms], kp[0, arms], atol=1e-3)   # the file's (rounded) arms
+    same = per(a.keypoints, (128, 128), np.random.default_rng(0), "unknown.jpg")
+    np.testing.assert_array_equal(same, a.keypoints)
+
+
+def test_torch_pose_maps_equal_numpy():
+    ss = [render_scene(scene_rng(3, i), 96, "wide", 0.6) for i in range(4)]
+    p = max(s.num_people for s in ss)
+    kp = np.zeros((4, p, 9, 3), np.float32)
+    for i, s in enumerate(ss):
+        kp[i, :s.num_people] = s.keypoints
+    for out in ((24, 24), (96, 96), (24, 40)):
+        hn = np.stack([render_heatmaps(k, (96, 96), out, 7.0) for k in kp])
+        pn = np.stack([render_pafs(k, DRIVER9.limbs, (96, 96), out, 8.0) for k in kp])
+        np.testing.assert_allclose(render_heatmaps_torch(torch.from_numpy(kp), (96, 96), out, 7.0).numpy(), hn, atol=1e-5)
+        np.testing.assert_allclose(render_pafs_torch(torch.from_numpy(kp), DRIVER9.limbs, (96, 96), out, 8.0).numpy(), pn,
+                                   atol=1e-5)
+
+
+def _scene_pair(i, size=128):
+    spec = SceneSpec(0, i, size, "narrow", 0.0)
+    s = spec.render(with_arm_mask=True)
+    new = perturb_keypoints(s.keypoints, DRIVER9, (size, size), np.random.default_rng(i), PerturbConfig())
+    return spec, s, new
+
+
+def test_region_covers_old_and_new_limbs():
+    spec, s, new = _scene_pair(1)
+    gt = spec.render(new, with_arm_mask=True)
+    region = change_region(s.keypoints[None], new[None], DRIVER9, (128, 128))[0, 0].numpy()
+    moved = set(j for _, j in _arm_changes(s.keypoints, new))
+    assert moved
+    # every pixel of the old and the new drawn arms lies in M (the arms that did not move need not)
+    old_arm, new_arm = s.meta["arm_mask"] > 0, gt.meta["arm_mask"] > 0
+    changed = np.abs(s.image.astype(int) - gt.image).max(-1) > 0
+    assert (region[changed & (old_arm | new_arm)] > 0).mean() > 0.99
+
+
+@pytest.fixture(scope="module")
+def inpaint_generator():
+    from posesynth.spade.generator import GeneratorConfig, SPADEGenerator
+
+    torch.manual_seed(0)
+    return SPADEGenerator(GeneratorConfig(DRIVER9.num_channels + 4, (64, 64), ngf=8))
+
+
+def test_composite_is_the_input_outside_the_region(inpaint_generator):
+    ss = [render_scene(scene_rng(5, i), 64, "narrow", 0.0) for i in range(3)]
+    old = np.stack([s.keypoints for s in ss])
+    new = np.stack([perturb_keypoints(k, DRIVER9, (64, 64), np.random.default_rng(i), PerturbConfig())
+                    for i, k in enumerate(old)])
+    imgs = torch.stack([image_to_tensor(s.image) for s in ss])
+    masks = torch.from_numpy(np.stack([s.masks for s in ss])).float()
+    for r in (GANRenderer(inpaint_generator, "inpaint", DRIVER9, PoseMapSpec(), (64, 64)), WarpRenderer(DRIVER9)):
+        out = r(imgs, masks, old, new)
+        outside = (out.region == 0).expand_as(imgs)
+        assert torch.equal(out.images[outside], imgs[outside]), r.name
+        assert not torch.equal(out.images, imgs)
+        expect = change_region(old, new, DRIVER9, (64, 64))
+        assert torch.all(out.region >= expect - 1e-6)  # M covers the old and the new limbs
+
+
+def test_warp_puts_the_arm_where_the_scene_draws_it():
+    ious = []
+    for i in range(8):
+        spec, s, new = _scene_pair(i)
+        gt = spec.render(new, with_arm_mask=True)
+        r = WarpRenderer(DRIVER9)
+        out = r(image_to_tensor(s.image)[None], torch.from_numpy(s.masks[None]).float(), s.keypoints[None], new[None])
+        pasted = r.last_limb[0] > 0.5
+        region = out.region[0, 0].numpy() > 0
+        truth = (gt.meta["arm_mask"] > 0) & region   # the new pixels of the moved arms
+        ious.append((pasted & truth).sum() / max((pasted | truth).sum(), 1))
+    assert np.mean(ious) >= 0.7, ious
+
+
+def test_warp_on_real_frames_stays_in_the_arm_region(fixtures):
+    from posesynth.datasets.formats import open_dataset
+
+    ds = open_dataset(fixtures / "squats" / "pose_squats.full.json")
+    s = ds[20]
+    new = perturb_keypoints(s.keypoints, ds.layout, s.image.shape[:2], np.random.default_rng(0), PerturbConfig())
+    r = WarpRenderer(ds.layout)
+    out = r(image_to_tensor(s.image)[None], torch.zeros(1, 0, *s.image.shape[:2]), s.keypoints[None], new[None])
+    region = out.region[0, 0]
+    changed = (out.images[0] != image_to_tensor(s.image)).any(0)
+    assert changed.any() and not (changed & (region == 0)).any()
+    assert 0.005 < float((region > 0).float().mean()) < 0.25   # arms, not the whole frame
+
+
+def test_reloaded_inpaint_run_reproduces_its_outputs(tmp_path):
+    from posesynth.augment.renderers import load_gan_renderer
+    from posesynth.spade.trainer import GANConfig, GANTrainer
+
+    class Src:
+        layout = DRIVER9
+
+        def __init__(self):
+            self.s = [render_scene(scene_rng(9, i), 64, "narrow", 0.0) for i in range(4)]
+
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return self.s[i]
+
+    cfg = GANConfig(mode="inpaint", size=(64, 64), ngf=8, ndf=8, steps=2, batch_size=2, vgg="off", device="cpu",
+                    gallery_every=100)
+    t = GANTrainer(cfg, tmp_path / "gan", source=Src(), progress=False)
+    t.fit()
+    src = Src()
+    old = np.stack([src[i].keypoints for i in range(2)])
+    new = np.stack([perturb_keypoints(k, DRIVER9, (64, 64), np.random.default_rng(i), PerturbConfig())
+                    for i, k in enumerate(old)])
+    imgs = torch.stack([image_to_tensor(src[i].image) for i in range(2)])
+    masks = torch.from_numpy(np.stack([src[i].masks for i in range(2)])).float()
+    t.G.eval()
+    live = GANRenderer(t.G, "inpaint", DRIVER9, t.spec, (64, 64))(imgs, masks, old, new).images
+    loaded = load_gan_renderer(str(tmp_path / "gan"), DRIVER9)
+    assert loaded.mode == "inpaint" and loaded.spec == t.spec
+    again = loaded(imgs, masks, old, new).images
+    assert torch.equal(live, again)
+
+
+def test_warp_needs_a_layout_with_arms():
+    from posesynth.datasets.layouts import KeypointLayout
+    from posesynth.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="names no arms"):
+        WarpRenderer(KeypointLayout("hand3", ("wrist", "thumb", "index"), ((0, 1), (0, 2))))
+    assert len(arm_chains(COCO17)) == 2
