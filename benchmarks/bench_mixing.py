@@ -1,7 +1,13 @@
-"""GAN-in-the-loop cost: the mixed training step (half the batch generated) against the plain
-step, on the same device.  Target: mixed <= 1.5x plain.
+"""Cost of in-loop augmentation: the mixed training step (half of every batch rendered from
+perturbed poses) against the plain step on one device, for each renderer.
 
-    python benchmarks/bench_mixing.py [--size 128] [--batch 8] [--iters 3]
+The plain step already includes the post-mix resize and translation that every condition
+gets (labels re-rendered in torch on the device), so the ratio is the renderer's own cost.
+Targets (issue 11): mixed at most 1.3x plain on a GPU with an ngf-64 generator at 256 px;
+the CPU figure is reported too.
+
+    python benchmarks/bench_mixing.py [--size 128] [--batch 8] [--iters 3] [--ngf 16,32,64]
+    python benchmarks/bench_mixing.py --device cuda --size 256 --ngf 64      # the GPU target
 """
 from __future__ import annotations
 
@@ -10,12 +16,15 @@ import time
 
 import torch
 
-from posesynth.augment.mixing import GANBatchMixer
+from posesynth.augment.mixing import BatchMixer
+from posesynth.augment.renderers import GANRenderer, WarpRenderer
 from posesynth.datasets.layouts import DRIVER9
+from posesynth.datasets.posemaps import PoseMapSpec
 from posesynth.datasets.synthetic import render_scene, scene_rng
 from posesynth.datasets.torch_dataset import sample_to_tensors
 from posesynth.posenet.losses import PoseLossWeights, pose_loss
 from posesynth.posenet.model import PoseNet, PoseNetConfig
+from posesynth.runs import Precision
 from posesynth.spade.generator import GeneratorConfig, SPADEGenerator
 
 
@@ -24,44 +33,66 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--ngf", default="16,32")
+    ap.add_argument("--backbones", default="pvt_v2_b0:small,pvt_v2_b1:medium")
+    ap.add_argument("--precision", default="auto")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = ap.parse_args()
-    dev = a.device
-    items = [sample_to_tensors(render_scene(scene_rng(0, i), a.size), DRIVER9, with_maps=False) for i in range(a.batch)]
+    dev = torch.device(a.device)
+    prec = Precision(a.precision, dev)
+    items = [sample_to_tensors(render_scene(scene_rng(0, i), a.size), DRIVER9, max_people=2, with_maps=False)
+             for i in range(a.batch)]
     batch = {k: torch.stack([it[k] for it in items]).to(dev) for k in ("image", "heatmaps", "pafs", "masks", "keypoints")}
     w = PoseLossWeights(100, 100, 1)
-    print(f"{a.size} px, batch {a.batch}, device {dev}; generator renders half of each batch")
-    print(f"{'pose network':<28}{'generator':<12}{'plain s/step':>13}{'mixed s/step':>13}{'ratio':>8}{'mix only':>10}")
-    for backbone, heads in (("pvt_v2_b0", "small"), ("pvt_v2_b1", "medium")):
-        for ngf in (16, 32):
-            torch.manual_seed(0)
-            net = PoseNet(PoseNetConfig(9, 8, 1, backbone, "none", heads)).to(dev)
-            opt = torch.optim.AdamW(net.parameters(), 1e-3)
-            g = SPADEGenerator(GeneratorConfig(26, (a.size, a.size), ngf)).to(dev)
-            mixer = GANBatchMixer(g, DRIVER9, 0.5, gan_device=dev, device=dev)
+    spec = PoseMapSpec(size=(a.size, a.size))
+    print(f"{a.size} px, batch {a.batch}, {dev}, {prec.name}; half of each batch rendered (arms-angle)")
+    print(f"{'pose network':<26}{'renderer':<20}{'plain s/step':>13}{'mixed s/step':>13}{'ratio':>8}{'mixer only':>12}")
 
-            def step(b):
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    for spec_bb in a.backbones.split(","):
+        backbone, heads = spec_bb.split(":")
+        torch.manual_seed(0)
+        net = PoseNet(PoseNetConfig(9, 8, 1, backbone, "none", heads)).to(dev)
+        if dev.type == "cuda":
+            net.to(memory_format=torch.channels_last)
+        opt = torch.optim.AdamW(net.parameters(), 1e-3)
+
+        def step(b):
+            with prec.autocast():
                 loss, _ = pose_loss(net(b["image"]), b, w)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+            opt.zero_grad()
+            prec.backward(loss)
+            prec.step(opt)
 
-            def timed(fn):
-                fn(0)
-                if dev.startswith("cuda"):
-                    torch.cuda.synchronize()
-                t = time.perf_counter()
-                for i in range(a.iters):
-                    fn(i + 1)
-                if dev.startswith("cuda"):
-                    torch.cuda.synchronize()
-                return (time.perf_counter() - t) / a.iters
+        def timed(fn):
+            fn(0)
+            sync()
+            t = time.perf_counter()
+            for i in range(a.iters):
+                fn(i + 1)
+            sync()
+            return (time.perf_counter() - t) / a.iters
 
-            plain = timed(lambda i: step(batch))
+        plain_mixer = BatchMixer(DRIVER9, spec, 0.5, "none", device=dev)
+        plain = timed(lambda i: step(plain_mixer(batch, i)))
+        renderers = [("warp", WarpRenderer(DRIVER9))]
+        for ngf in (int(v) for v in a.ngf.split(",")):
+            for mode in ("full", "inpaint"):
+                g = SPADEGenerator(GeneratorConfig(26 + (4 if mode == "inpaint" else 0), (a.size, a.size), ngf,
+                                                   area_channels=4 if mode == "inpaint" else 0)).to(dev)
+                g.to(memory_format=torch.channels_last)
+                dtype = prec.dtype or torch.float32
+                renderers.append((f"gan-{mode} ngf {ngf}", GANRenderer(g.to(dtype), mode, DRIVER9, spec,
+                                                                       (a.size, a.size), dev, dtype=dtype)))
+        for name, r in renderers:
+            mixer = BatchMixer(DRIVER9, spec, 0.5, "render", r, device=dev)
             mixed = timed(lambda i: step(mixer(batch, i)))
-            mix_only = timed(lambda i: mixer(batch, i))
-            print(f"{backbone + ' / ' + heads:<28}{'ngf ' + str(ngf):<12}{plain:>13.3f}{mixed:>13.3f}"
-                  f"{mixed / plain:>7.2f}x{mix_only:>10.3f}", flush=True)
+            render_only = timed(lambda i: mixer(batch, i))   # perturb, render, relabel, resize/translate
+            print(f"{backbone + ' / ' + heads:<26}{name:<20}{plain:>13.3f}{mixed:>13.3f}{mixed / plain:>7.2f}x"
+                  f"{render_only:>12.3f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -199,6 +199,39 @@ def _cmd_extract(a: argparse.Namespace) -> None:
           f"{r['frames_without_person']} frames without a person")
 
 
+def _cmd_transfer(a: argparse.Namespace) -> None:
+    from .augment.transfer import transfer_from_run
+    from .io import ensure_writable_dir
+
+    out = Path(a.out)
+    if out.suffix.lower() not in (".mp4", ".m4v", ".mov"):
+        raise PosesynthError(f"{out}: use an .mp4 name for the video")
+    if not a.speed > 0:
+        raise PosesynthError(f"--speed must be positive, not {a.speed}")
+    if a.motion_steps < 0:
+        raise PosesynthError("--motion-steps must be 0 (as many as the source has) or more")
+    ensure_writable_dir(out.parent)
+    sbs = None if a.no_side_by_side else (a.side_by_side or "auto")
+    r = transfer_from_run(a.gan, a.source, out, sbs, mirror=a.mirror, speed=a.speed, motion=a.motion,
+                          motion_steps=a.motion_steps, seed=a.seed, normalise=not a.no_normalise,
+                          detector=a.detector, every=a.every, fps=a.fps, batch_size=a.batch_size, device=a.device)
+    v = r["video"]
+    print(f"wrote {v.path}: {v.frames} frames of {v.size[0]}x{v.size[1]} (H x W), {v.codec}"
+          + (f" ({r['continued_frames']} continued by the motion model)" if r["continued_frames"] else "")
+          + f"; {1000 * r['seconds_per_frame']:.0f} ms/frame to render")
+    if r["side_by_side"] is not None:
+        print(f"wrote {r['side_by_side'].path}: source | skeleton | render")
+
+
+def _cmd_evaluate_generator(a: argparse.Namespace) -> None:
+    from .spade.evaluate import evaluate_generator, format_generator_metrics
+
+    res = evaluate_generator(a.gan, a.data, detector=a.detector, device=a.device, batch_size=a.batch_size,
+                             out=a.out, reference=not a.no_reference, grid=a.grid, weights=a.weights,
+                             image_dir=a.image_dir, on_error=a.on_error, out_of_frame=a.out_of_frame)
+    print(format_generator_metrics(res))
+
+
 def _cmd_train_motion(a: argparse.Namespace) -> None:
     from .augment.motion.trainer import MotionConfig, MotionTrainer
     from .config import run_config
@@ -289,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .config import add_config_args
     from .spade.trainer import GANConfig
 
-    g = sub.add_parser("train-gan", help="train the SPADE generator on a keypoint dataset")
+    g = sub.add_parser("train-gan", help="train a pose-to-image generator on a keypoint dataset (--arch spade, "
+                                         "pix2pix, vanilla or nearest)")
     g.add_argument("--out", required=True, help="run directory (config, checkpoints, losses.csv, web/ gallery)")
     g.add_argument("--config", help="YAML file of GANConfig options (command-line options win)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
@@ -376,6 +410,47 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--image-ext", choices=[".jpg", ".png"], default=".jpg")
     ex.add_argument("--device", default="cpu")
     ex.set_defaults(func=_cmd_extract)
+
+    tr = sub.add_parser("transfer", help="make a GAN run's person perform a video's moves (Everybody Dance Now)")
+    tr.add_argument("--gan", required=True, help="train-gan run folder (any arch, full mode)")
+    tr.add_argument("--source", required=True, help="video (people detected with --detector) or keypoint dataset "
+                                                     "(COCO with frame ids, BlazePose JSON beside its video)")
+    tr.add_argument("--out", required=True, help="the rendered video (.mp4)")
+    tr.add_argument("--side-by-side", default=None,
+                    help="the source | skeleton | render video (default: OUT_side_by_side.mp4)")
+    tr.add_argument("--no-side-by-side", action="store_true", help="write no side-by-side video")
+    tr.add_argument("--mirror", action="store_true", help="mirror the source's moves left-right")
+    tr.add_argument("--speed", type=float, default=1.0, help="play the moves at this speed (0.5: slow motion)")
+    tr.add_argument("--motion", default=None, help="train-motion run: continue the source's motion after its end")
+    tr.add_argument("--motion-steps", type=int, default=0,
+                    help="frames the motion model adds (default 0: as many as the source has)")
+    tr.add_argument("--seed", type=int, default=0, help="the motion model's noise")
+    tr.add_argument("--no-normalise", action="store_true",
+                    help="place the source's poses as they are in its frame (no global pose normalisation)")
+    tr.add_argument("--detector", default="mediapipe", help="for a video source: mediapipe | keypointrcnn | "
+                                                            "posenet:RUN")
+    tr.add_argument("--every", type=int, default=1, help="video source: use every N-th frame")
+    tr.add_argument("--fps", type=float, default=None, help="frame rate of the output (default: the source's, "
+                                                            "else 25)")
+    tr.add_argument("--batch-size", type=int, default=8)
+    tr.add_argument("--device", default="cpu")
+    tr.set_defaults(func=_cmd_transfer)
+
+    eg = sub.add_parser("evaluate-generator", help="PSNR, SSIM and pose consistency of a GAN run's renders of "
+                                                   "held-out frames")
+    eg.add_argument("--gan", required=True, help="train-gan run folder (any arch, full mode)")
+    eg.add_argument("--data", required=True, help="held-out frames of the target person (any readable dataset)")
+    eg.add_argument("--detector", default="mediapipe",
+                    help="finds the person in the renders: mediapipe | keypointrcnn | posenet:RUN | none (no pose "
+                         "consistency)")
+    eg.add_argument("--weights", default=None, help="Keypoint R-CNN weights file (default: the torch hub cache)")
+    eg.add_argument("--no-reference", action="store_true", help="do not also score the detector on the real frames")
+    eg.add_argument("--out", default=None, help="results JSON (default RUN/generator_metrics.json)")
+    eg.add_argument("--grid", default=None, help="also write a PNG of every frame: stick figure | render | real")
+    eg.add_argument("--batch-size", type=int, default=8)
+    eg.add_argument("--device", default="cpu")
+    _add_data_options(eg)
+    eg.set_defaults(func=_cmd_evaluate_generator)
 
     from .augment.motion.trainer import MotionConfig
 

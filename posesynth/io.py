@@ -22,6 +22,15 @@ def describe_os_error(err: OSError, path: "str | Path | None" = None) -> str:
     return f"{where}: cannot write ({why})" if where else f"cannot write ({why})"
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def atomic_write_bytes(path: "str | Path", data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path``, fsync it, then rename over ``path``.
 
@@ -35,6 +44,7 @@ def atomic_write_bytes(path: "str | Path", data: bytes) -> None:
     except OSError as e:
         raise OSError(e.errno, e.strerror, str(path)) from e
     try:
+        os.fchmod(fd, _FILE_MODE)   # mkstemp makes 0600; written files get the user's umask
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

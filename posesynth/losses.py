@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 __all__ = ["dice_bce"]
 
@@ -18,7 +17,9 @@ def dice_bce(prob: torch.Tensor, target: torch.Tensor, smooth: float = 1.0, eps:
     """
     p = prob.float().clamp(eps, 1 - eps)
     t = target.float()
-    bce = F.binary_cross_entropy(p, t)
+    # written out rather than F.binary_cross_entropy, which raises on NaN: a non-finite
+    # prediction must reach the trainer's all-rank finite check as a NaN loss, not an exception
+    bce = -(t * p.log() + (1 - t) * (1 - p).log()).mean()
     inter = (p * t).flatten(2).sum(-1)
     dice = (2 * inter + smooth) / (p.flatten(2).sum(-1) + t.flatten(2).sum(-1) + smooth)
     return bce + (1 - dice).mean()

@@ -191,3 +191,97 @@ def test_pose_judge_from_a_posenet_run(tmp_path):
     assert all(not p.requires_grad for p in judge.parameters())
     t.fit()
     assert "g_pose" in read_losses(tmp_path / "gan")[0]
+
+
+# ---- the classic generators through the same trainer (--arch) ---------------------------------
+@pytest.mark.parametrize("arch,netg,gan_mode", [("pix2pix", "unet", "hinge"), ("pix2pix", "resnet", "ls"),
+                                                ("vanilla", "unet", "wgan-gp")])
+def test_each_arch_trains_reloads_and_resumes(tmp_path, arch, netg, gan_mode):
+    from posesynth.spade.load import load_render
+
+    src = ListSource()
+    cfg = small_cfg(arch=arch, netg=netg, gan_mode=gan_mode, steps=2)
+    t = GANTrainer(cfg, tmp_path / "run", source=src, progress=False)
+    # pix2pix's settings where none are given: one 70x70 PatchGAN, L1 x 100, no feature matching
+    assert (cfg.num_d, cfg.lambda_l1, cfg.lambda_feat, cfg.lr_g, cfg.beta1) == (1, 100.0, 0.0, 2e-4, 0.5)
+    assert len(t.D.scales) == 1 and t.D.scales[0].layers[0][0].in_channels == 6   # stick figure + image
+    w0 = next(t.G.parameters()).detach().clone()
+    t.fit()
+    assert not torch.equal(next(t.G.parameters()), w0)
+    rows = read_losses(tmp_path / "run")
+    assert len(rows) == 2 and float(rows[0]["g_l1"]) > 0 and "g_feat" not in rows[0]
+    assert (gan_mode == "wgan-gp") == ("d_gp" in rows[0])
+    g, layout, meta = load_generator(tmp_path / "run")
+    assert meta["arch"] == arch and meta["mode"] == "full" and meta["step"] == 2 and layout == DRIVER9
+    assert meta["target"]["anchor"] == "hip"                      # driver9 has hips, no ankles
+    kp = torch.zeros(2, 1, 9, 3)
+    kp[..., 0], kp[..., 1], kp[..., 2] = torch.linspace(10, 50, 9), torch.linspace(8, 56, 9), 2
+    render, _, _ = load_render(tmp_path / "run")
+    t.G.eval()
+    with torch.no_grad():
+        x = t._condition({"keypoints": kp, "image": torch.zeros(2, 3, 64, 64)})["g_in"]
+        assert torch.equal(render(kp, (64, 64)), t.G(x))      # the reloaded run draws what the trainer's G does
+    resumed = GANTrainer(small_cfg(arch=arch, netg=netg, gan_mode=gan_mode, steps=3), tmp_path / "run", source=src,
+                         resume=True, progress=False)
+    assert resumed.step == 2
+    resumed.fit()
+    assert len(read_losses(tmp_path / "run")) == 3
+    with pytest.raises(ConfigError, match=f"a {arch} run cannot continue as --arch spade"):
+        GANTrainer(small_cfg(steps=4), tmp_path / "run", source=src, resume=True, progress=False)
+
+
+@pytest.mark.parametrize("arch", ["pix2pix", "vanilla"])
+def test_learned_baselines_overfit_one_batch_through_the_trainer(tmp_path, arch):
+    """With D frozen (lr 0) the trainer's G step alone (L1 x 100 + GAN) memorises one batch:
+    each image is drawn from its own pose."""
+    from posesynth.datasets.torch_dataset import sample_to_tensors
+
+    torch.manual_seed(0)
+    src = ListSource(2, 64)
+    items = [sample_to_tensors(s, DRIVER9, with_maps=False) for s in src.samples]
+    batch = {k: torch.stack([it[k] for it in items]) for k in ("image", "keypoints")}
+    t = GANTrainer(small_cfg(arch=arch, lr_g=2e-3, lr_d=0.0, steps=200), tmp_path / "run", source=src,
+                   progress=False)
+
+    def errors():
+        t.G.eval()
+        with torch.no_grad():
+            out = t.G(t._condition(dict(batch))["g_in"])
+        t.G.train()
+        return (out - batch["image"]).abs().flatten(1).mean(1)
+
+    first = errors()
+    for _ in range(60):
+        t.train_step(batch)
+        t.step += 1
+    last = errors()
+    assert torch.all(last < first / 4) and torch.all(last < 0.12), (first, last)
+
+
+def test_nearest_run_returns_the_exact_training_frame(tmp_path):
+    from posesynth.datasets.torch_dataset import PoseMapDataset
+    from posesynth.spade.load import load_render
+
+    src = ListSource(5, 64)
+    t = GANTrainer(small_cfg(arch="nearest", augment=True), tmp_path / "nn", source=src, progress=False)
+    assert t.fit()["frames"] == 5
+    assert (tmp_path / "nn" / "web" / "index.html").exists()
+    render, layout, meta = load_render(tmp_path / "nn")
+    assert meta["arch"] == "nearest" and meta["generator"]["frames"] == 5
+    plain = PoseMapDataset(src, (64, 64), None, with_maps=False)      # the frames as every arch sees them
+    for i in (3, 0, 4):
+        item = plain[i]
+        out = render(item["keypoints"][None], (64, 64))
+        assert torch.equal(out[0], item["image"])                 # exactly that frame, whatever the augmentation
+    with pytest.raises(ConfigError, match="nearest is not trained"):
+        GANTrainer(small_cfg(arch="nearest"), tmp_path / "x", source=src, pose_judge=Judge(), progress=False)
+
+
+def test_arch_options_are_checked(tmp_path):
+    with pytest.raises(ConfigError, match="arch must be one of spade, pix2pix, vanilla, nearest"):
+        GANTrainer(small_cfg(arch="cyclegan"), tmp_path / "a", source=ListSource(), progress=False)
+    with pytest.raises(ConfigError, match="inpaint mode is for --arch spade"):
+        GANTrainer(small_cfg(arch="pix2pix", mode="inpaint"), tmp_path / "b", source=ListSource(), progress=False)
+    cfg = small_cfg().resolve()                                   # spade keeps the values it always had
+    assert (cfg.num_d, cfg.lambda_feat, cfg.lambda_vgg, cfg.lambda_l1, cfg.lr_g, cfg.lr_d, cfg.beta1, cfg.beta2) == (
+        2, 10.0, 10.0, 20.0, 1e-4, 4e-4, 0.0, 0.9)

@@ -277,7 +277,8 @@ def test_continue_motion(trained):
     out17 = continue_motion(run, kp17, 5, np.random.default_rng(0), layout=COCO17)
     root = out17[:, [COCO17.index("left_hip"), COCO17.index("right_hip")], :2].mean(1)
     root0 = kp17[-1, [COCO17.index("left_hip"), COCO17.index("right_hip")], :2].mean(0)
-    np.testing.assert_allclose(out17[:, COCO17.index("nose"), :2] - root, kp17[-1, COCO17.index("nose"), :2] - root0,
+    np.testing.assert_allclose(out17[:, COCO17.index("nose"), :2] - root,
+                               np.broadcast_to(kp17[-1, COCO17.index("nose"), :2] - root0, (5, 2)),
                                atol=1e-3)
 
 

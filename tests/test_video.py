@@ -440,3 +440,120 @@ def test_transfer_of_fixture_clip(fixtures, tmp_path):
                           mirror=True, speed=0.5, progress=False)
     assert r["video"].frames == 33 == count_frames(tmp_path / "t.mp4") and r["video"].size == (64, 32)
     assert r["side_by_side"].frames == 33 and r["side_by_side"].size == (64, 36 + 32 + 32)
+
+
+# ---- the whole transfer and generator scoring, through trained runs ----------------------------
+@pytest.fixture(scope="module")
+def scene_runs(tmp_path_factory):
+    """Six synthetic 64x64 driver scenes, a nearest run on them at 64x96 (letterboxed, as every
+    arch fits its frames) and a one-step pix2pix run."""
+    from posesynth.cli import main
+    from posesynth.datasets.make_data import make_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("scenes")
+    make_synthetic_dataset(root / "data", 6, seed=4, size=64, passenger_prob=0.0, workers=1, progress=False)
+    assert main(["train-gan", "--data", str(root / "data"), "--arch", "nearest", "--size", "64,96",
+                 "--out", str(root / "nn")]) == 0
+    assert main(["train-gan", "--data", str(root / "data"), "--arch", "pix2pix", "--size", "64", "--ngf", "8",
+                 "--ndf", "8", "--steps", "1", "--vgg", "off", "--out", str(root / "p2p")]) == 0
+    return root
+
+
+def test_transfer_cli_writes_both_videos(scene_runs, tmp_path, capsys):
+    from posesynth.cli import main
+
+    out = tmp_path / "t.mp4"
+    assert main(["transfer", "--gan", str(scene_runs / "nn"), "--source", str(scene_runs / "data"), "--out", str(out),
+                 "--speed", "0.5", "--mirror", "--fps", "4"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    info = probe_video(out)
+    assert count_frames(out) == 11 and info.size == (64, 96) and info.fps == pytest.approx(4)   # 6 frames at half speed
+    sbs = tmp_path / "t_side_by_side.mp4"
+    assert count_frames(sbs) == 11 and probe_video(sbs).size == (64, 64 + 96 + 96)
+    # an inpainting or missing run, and a motion run that is not there: one line, status 2
+    assert main(["transfer", "--gan", str(tmp_path / "none"), "--source", str(scene_runs / "data"),
+                 "--out", str(tmp_path / "x.mp4")]) == 2
+    assert "no such GAN run folder" in capsys.readouterr().err
+    assert main(["transfer", "--gan", str(scene_runs / "nn"), "--source", str(scene_runs / "data"),
+                 "--out", str(tmp_path / "x.mp4"), "--motion", str(tmp_path / "no_motion")]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1 and not (tmp_path / "x.mp4").exists()
+
+
+def test_transfer_of_own_poses_gives_back_the_training_frames(scene_runs, tmp_path, monkeypatch):
+    """The run's own frames as the source: normalisation is the identity, the letterbox fit maps
+    each pose onto its training frame's, and the nearest run draws exactly that frame."""
+    import posesynth.spade.load as load_mod
+    from posesynth.augment.transfer import transfer_from_run
+    from posesynth.datasets.formats import open_dataset
+    from posesynth.datasets.torch_dataset import PoseMapDataset
+
+    seen = []
+    real_load = load_mod.load_render
+
+    def recording(*a, **kw):
+        render, layout, meta = real_load(*a, **kw)
+
+        def rec(kp, size):
+            seen.append(kp.clone())
+            return render(kp, size)
+        return rec, layout, meta
+
+    monkeypatch.setattr(load_mod, "load_render", recording)
+    r = transfer_from_run(scene_runs / "nn", scene_runs / "data", tmp_path / "own.mp4", None, fps=5, progress=False)
+    assert r["video"].frames == 6 and r["side_by_side"] is None
+    plain = PoseMapDataset(open_dataset(scene_runs / "data"), (64, 96), None, with_maps=False)
+    want = torch.stack([plain[i]["keypoints"][:1] for i in range(6)])                # one person each
+    got = torch.cat(seen)
+    vis = want[..., 2] > 0
+    assert torch.equal(got[..., 2] > 0, vis)
+    assert torch.allclose(got[..., :2][vis], want[..., :2][vis], atol=1e-3)     # letterboxed, 16 px borders
+    frames = np.stack([f for _, f in read_frames(tmp_path / "own.mp4")]).astype(np.float32)
+    truth = np.stack([(plain[i]["image"].permute(1, 2, 0).numpy() + 1) * 127.5 for i in range(6)])
+    assert np.abs(frames - truth).mean() < 6                                       # mp4v is lossy
+
+
+def test_transfer_continues_with_extra_poses(tmp_path):
+    kp = np.stack([_person(50 + 4 * i, 150, 100) for i in range(5)])[:, None]
+    more = np.stack([_person(70 + 4 * i, 150, 100) for i in range(3)])[:, None]
+    seq = SourceSequence(kp, (200, 100), 5.0, COCO17, lambda: (np.full((200, 100, 3), 200, np.uint8) for _ in range(5)))
+    target = pose_stats(kp, COCO17, (200, 100))
+    r = transfer_sequence(_stick_render, seq, target, (64, 32), tmp_path / "c.mp4", tmp_path / "c_sbs.mp4",
+                          progress=False, fit="letterbox", extra=more)
+    assert r["video"].frames == 8 and r["continued_frames"] == 3 and count_frames(tmp_path / "c_sbs.mp4") == 8
+    left = [f[:, :32].mean() for _, f in read_frames(tmp_path / "c_sbs.mp4")]
+    assert min(left[:5]) > 150 and max(left[5:]) < 20                  # source frames, then black beside the new poses
+
+
+def test_evaluate_generator_scores_renders(scene_runs, tmp_path, capsys):
+    from posesynth.cli import main
+    from posesynth.datasets.formats import open_dataset
+    from posesynth.datasets.torch_dataset import PoseMapDataset
+    from posesynth.spade.evaluate import evaluate_generator
+
+    plain = PoseMapDataset(open_dataset(scene_runs / "data"), (64, 96), None, with_maps=False)
+    truth = {plain[i]["image"].numpy().tobytes(): plain[i]["keypoints"][:1].numpy() for i in range(6)}
+
+    class Oracle:                        # knows each training frame's pose; finds nobody elsewhere
+        name, layout = "oracle", DRIVER9
+
+        def __call__(self, frames):
+            out = []
+            for f in frames:
+                key = (torch.from_numpy(f).permute(2, 0, 1).float() / 127.5 - 1).numpy().tobytes()
+                kp = truth.get(key, np.zeros((0, 9, 3), np.float32))
+                sc = np.ones(kp.shape[:2], np.float32)
+                out.append(_pack(kp[..., :2], sc, sc.mean(1) if len(kp) else np.zeros(0, np.float32), f.shape[:2],
+                                 0.5, 1))
+            return out
+
+    res = evaluate_generator(scene_runs / "nn", scene_runs / "data", detector=Oracle(), out=tmp_path / "m.json",
+                             grid=tmp_path / "g.png", progress=False)
+    assert res["frames"] == 6 and res["psnr"] == float("inf") and res["ssim"] == pytest.approx(1.0)
+    assert res["pose"]["PCK@0.2"] == 1.0 and res["pose"]["mean_px_error"] == pytest.approx(0, abs=1e-4)
+    assert res["pose_real"]["detected"] == 1.0 and json.loads((tmp_path / "m.json").read_text())["frames"] == 6
+    assert (tmp_path / "g.png").exists()
+    assert main(["evaluate-generator", "--gan", str(scene_runs / "p2p"), "--data", str(scene_runs / "data"),
+                 "--detector", "none", "--out", str(tmp_path / "p.json")]) == 0
+    p = json.loads((tmp_path / "p.json").read_text())
+    assert p["arch"] == "pix2pix" and p["frames"] == 6 and 3 < p["psnr"] < 40 and p["pose"] is None
+    assert "pix2pix on 6 frames" in capsys.readouterr().out

@@ -29,7 +29,7 @@ from __future__ import annotations
 import html
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +118,7 @@ class ExperimentConfig:
     augment: str = field(default="arms-angle", metadata={"help": "perturbation: arms-angle|arms-slight|arms-high|"
                                                                  "learned:RUN"})
     rare: bool = field(default=False, metadata={"help": "draw new arm angles where the training data is thin"})
+    plausibility: str = field(default="", metadata={"help": "train-motion run whose critic filters perturbations"})
     multi_person: str = field(default="auto", metadata={
         "help": "auto (PAF grouping when an image holds several people)|true|false"})
     post_scale: tuple[float, float] = (0.9, 1.1)
@@ -176,6 +177,11 @@ def run_experiment(c: ExperimentConfig, progress: bool = True) -> dict[str, Any]
     gan_device = resolve_gan_device(c.gan_device, device)
     renderers = {name: make_renderer(name, train.layout, c.gan, str(gan_device)) for name in c.conditions
                  if name in RENDERED}
+    for name, r in renderers.items():   # the GAN must draw the pose maps the pose runs are trained with
+        if getattr(r, "spec", None) is not None:
+            from ..spade.load import check_same_maps
+
+            check_same_maps(r.spec, _posecfg(c, 0, False).posemaps, f"GAN run {c.gan}", "the experiment's pose runs")
     judge = load_posenet(c.judge, gan_device)[0] if c.judge else None
     max_people = max(max_people_of(s) for s in (train, val, test, oracle) if s is not None)
     multi = {"auto": max_people > 1, "true": True, "false": False}.get(str(c.multi_person).lower())
@@ -196,7 +202,8 @@ def run_experiment(c: ExperimentConfig, progress: bool = True) -> dict[str, Any]
                 spec = pcfg.posemaps
                 fill = "render" if cond in RENDERED else ("real-dup" if cond == "real-dup" else "none")
                 perturber = Perturber(PerturbConfig(c.augment, rare=c.rare), train.layout,
-                                      [e.keypoints for e in src.entries] if c.rare else None)
+                                      [e.keypoints for e in src.entries] if c.rare else None, c.plausibility,
+                                      str(gan_device))
                 mixer = BatchMixer(train.layout, spec, c.fraction, fill, renderers.get(cond), perturber, device,
                                    seed=seed, post_scale=tuple(c.post_scale), post_translate=c.post_translate,
                                    judge=judge if fill == "render" else None, judge_pck=c.judge_pck,

@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from ..datasets.coco import CocoWriter, encode_image
 from ..datasets.formats import data_options, open_dataset
+from ..datasets.geometry import RegionSpec
 from ..datasets.posemaps import PoseMapSpec, render_pose_maps_torch
 from ..datasets.sample import Sample
 from ..datasets.torch_dataset import image_to_tensor
@@ -134,7 +135,8 @@ def _gan_renderer(c: GenerateConfig, layout, device: torch.device, calib_maps) -
                                compile=c.compile and c.precision != "int8")
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(c.precision, torch.float32)
     r = GANRenderer(model, meta.get("mode", "full"), gan_layout, PoseMapSpec.from_dict(meta["posemaps"]),
-                    tuple(meta["generator"]["size"]), device, run=str(c.gan), dtype=dtype)
+                    tuple(meta["generator"]["size"]), device, run=str(c.gan), dtype=dtype,
+                    region=RegionSpec(**meta["region"]) if meta.get("region") else RegionSpec())
     return r
 
 

@@ -139,27 +139,41 @@ class QualityConfig:
 
 
 def judge_pck(model: torch.nn.Module, images: list[np.ndarray], keypoints: list[np.ndarray], layout,
-              size: tuple[int, int], multi_person: bool, device: str, alpha: float = 0.2, batch: int = 16) -> float:
+              size: tuple[int, int], multi_person: bool, device: str, alpha: float = 0.2, batch: int = 16,
+              joints: "list[np.ndarray] | None" = None) -> tuple[float, float]:
     """A pose network's PCK@alpha over ``images`` (uint8 HWC, any size) against ``keypoints``
-    (per image ``(P, K, 3)`` in that image's pixels): every labelled keypoint of every labelled
-    person, people matched by OKS."""
+    (per image ``(P, K, 3)`` in that image's pixels), people matched by OKS: over every labelled
+    keypoint, and over the ``joints`` given per image (``(P, K)`` bool, e.g. the moved elbows and
+    wrists; ``nan`` without them)."""
     from ..posenet.load import predict_batch
-    from ..posenet.metrics import _pck_counts
+    from ..posenet.metrics import match_people
+    from ..datasets.geometry import torso_size
 
-    correct = counted = 0.0
+    hit = cnt = hit_j = cnt_j = 0.0
     for s in range(0, len(images), batch):
         ims = images[s:s + batch]
         mats = [fit_matrix(im.shape[:2], size, "letterbox") for im in ims]
         x = torch.stack([image_to_tensor(cv2.warpAffine(im, m, (size[1], size[0]), flags=cv2.INTER_LINEAR))
                          for im, m in zip(ims, mats)]).to(device)
         kps, _, _, _ = predict_batch(model, x, layout, multi_person)
-        for kp, gt, m in zip(kps, keypoints[s:s + batch], mats):
+        for j, (kp, gt, m) in enumerate(zip(kps, keypoints[s:s + batch], mats)):
             pred = apply_affine(kp, invert_affine(m)) if len(kp) else kp
-            gt = gt[(gt[:, :, 2] > 0).any(-1)]
-            c, n, _, _ = _pck_counts(gt, pred, layout, alpha)
-            correct += c.sum()
-            counted += n.sum()
-    return float(correct / counted) if counted else float("nan")
+            sel = joints[s + j] if joints is not None else np.zeros(gt.shape[:2], bool)
+            matched = match_people(gt, pred, layout.sigmas)
+            for gi, g in enumerate(gt):
+                vis = g[:, 2] > 0
+                if not vis.any():
+                    continue
+                ts = torso_size(g, layout)
+                ok = np.zeros(len(g), bool)
+                if gi in matched and np.isfinite(ts):
+                    p = pred[matched[gi]]
+                    ok = (p[:, 2] > 0) & (np.linalg.norm(g[:, :2] - p[:, :2], axis=-1) <= alpha * ts)
+                hit += (ok & vis).sum()
+                cnt += vis.sum()
+                hit_j += (ok & vis & sel[gi]).sum()
+                cnt_j += (vis & sel[gi]).sum()
+    return (float(hit / cnt) if cnt else float("nan")), (float(hit_j / cnt_j) if cnt_j else float("nan"))
 
 
 @torch.no_grad()
@@ -182,7 +196,7 @@ def render_quality(c: QualityConfig, progress: bool = True) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     per: dict[str, dict[str, list]] = {k: {"psnr_M": [], "ssim_M": [], "psnr": [], "ssim": [], "images": []}
                                        for k in rends}
-    sources, src_kps, new_kps, gts = [], [], [], []
+    sources, src_kps, new_kps, gts, moved = [], [], [], [], []
     picture = []
     for i in tqdm(range(n), desc="render-quality", disable=not progress):
         s = src[i]
@@ -218,6 +232,7 @@ def render_quality(c: QualityConfig, progress: bool = True) -> dict[str, Any]:
         sources.append(s.image)
         src_kps.append(s.keypoints)
         new_kps.append(new)
+        moved.append(np.abs(new[..., :2] - s.keypoints[..., :2]).max(-1) > 1e-3)
         gts.append(gt)
         rows.append({"index": i, "file": s.file_name, "region_px": float(region.sum()),
                      **{f"{k}_psnr_M": per[k]["psnr_M"][-1] for k in rends if gt is not None}})
@@ -237,12 +252,14 @@ def render_quality(c: QualityConfig, progress: bool = True) -> dict[str, Any]:
             raise PosesynthError(f"judge {c.judge} predicts layout '{jl.name}', {c.data} is '{layout.name}'")
         jsize = tuple(jmeta["config"]["size"])
         mp = {"auto": max(len(k) for k in src_kps) > 1, "true": True, "false": False}[str(c.multi_person).lower()]
-        res["judge"] = {"run": c.judge, "size": list(jsize), "multi_person": mp,
-                        "PCK_real": judge_pck(judge, sources, src_kps, layout, jsize, mp, dev)}
+        real_all, real_moved = judge_pck(judge, sources, src_kps, layout, jsize, mp, dev, joints=moved)
+        res["judge"] = {"run": c.judge, "size": list(jsize), "multi_person": mp, "PCK_real": real_all,
+                        "PCK_real_moved_joints": real_moved}
         if res["paired_ground_truth"]:
-            res["judge"]["PCK_true_new_pose"] = judge_pck(judge, [g for g in gts if g is not None],
-                                                          [k for k, g in zip(new_kps, gts) if g is not None],
-                                                          layout, jsize, mp, dev)
+            have = [i for i, g in enumerate(gts) if g is not None]
+            t_all, t_moved = judge_pck(judge, [gts[i] for i in have], [new_kps[i] for i in have], layout, jsize, mp,
+                                       dev, joints=[moved[i] for i in have])
+            res["judge"]["PCK_true_new_pose"], res["judge"]["PCK_true_new_pose_moved_joints"] = t_all, t_moved
     for name, d in per.items():
         entry: dict[str, Any] = {"describe": rends[name].describe()}
         for k in ("psnr_M", "ssim_M", "psnr", "ssim"):
@@ -252,8 +269,11 @@ def render_quality(c: QualityConfig, progress: bool = True) -> dict[str, Any]:
                 entry[k] = float(v.mean())
                 entry[k + "_sd"] = float(v.std())
         if judge is not None:
-            entry["judge_PCK"] = judge_pck(judge, d["images"], new_kps, layout, jsize, mp, dev)
+            entry["judge_PCK"], entry["judge_PCK_moved_joints"] = judge_pck(judge, d["images"], new_kps, layout, jsize,
+                                                                            mp, dev, joints=moved)
             entry["judge_PCK_ratio"] = entry["judge_PCK"] / max(res["judge"]["PCK_real"], 1e-9)
+            entry["judge_PCK_moved_joints_ratio"] = (entry["judge_PCK_moved_joints"]
+                                                     / max(res["judge"]["PCK_real_moved_joints"], 1e-9))
         res["renderers"][name] = entry
     res["seconds"] = time.perf_counter() - t0
     out = Path(c.out)
@@ -265,14 +285,16 @@ def render_quality(c: QualityConfig, progress: bool = True) -> dict[str, Any]:
         cv2.imwrite(str(out / "quality.png"), cv2.cvtColor(pic, cv2.COLOR_RGB2BGR))
     cols = "source | perturbed pose maps | " + " | ".join(rends) + (" | ground truth" if res["paired_ground_truth"] else "")
     table = "".join(f"<tr><td>{html.escape(k)}</td>" + "".join(
-        f"<td>{v.get(m, float('nan')):.3f}</td>" for m in ("psnr_M", "ssim_M", "psnr", "ssim", "judge_PCK",
+        f"<td>{v.get(m, float('nan')):.3f}</td>" for m in ("psnr_M", "ssim_M", "psnr", "ssim", "judge_PCK_moved_joints",
+                                                           "judge_PCK_moved_joints_ratio", "judge_PCK",
                                                            "judge_PCK_ratio")) + "</tr>"
         for k, v in res["renderers"].items())
     atomic_write_text(out / "index.html", f"""<!doctype html><meta charset="utf-8"><title>render quality</title>
 <style>body{{font-family:sans-serif}}td,th{{padding:3px 8px;border-bottom:1px solid #ddd}}</style>
 <h1>Render quality on {html.escape(str(c.data))} ({n} images, {html.escape(c.augment)})</h1>
 <table><tr><th>renderer</th><th>PSNR in M (dB)</th><th>SSIM in M</th><th>PSNR whole</th><th>SSIM whole</th>
-<th>judge PCK@0.2 on renders</th><th>renders / real</th></tr>{table}</table>
+<th>judge PCK@0.2, moved joints</th><th>renders / real</th><th>judge PCK@0.2, all joints</th>
+<th>renders / real</th></tr>{table}</table>
 <p>judge: {html.escape(str(res.get('judge')))}</p><p>{html.escape(cols)}</p><img src="quality.png">""")
     if progress:
         parts = []
@@ -281,8 +303,10 @@ def render_quality(c: QualityConfig, progress: bool = True) -> dict[str, Any]:
             if "psnr_M" in v:
                 bits.append(f"PSNR in M {v['psnr_M']:.2f} dB, SSIM in M {v['ssim_M']:.3f}")
             if "judge_PCK" in v:
-                bits.append(f"judge PCK {v['judge_PCK']:.3f} ({100 * v['judge_PCK_ratio']:.0f}% of real "
-                            f"{res['judge']['PCK_real']:.3f})")
+                bits.append(f"judge PCK on moved joints {v['judge_PCK_moved_joints']:.3f} "
+                            f"({100 * v['judge_PCK_moved_joints_ratio']:.0f}% of real "
+                            f"{res['judge']['PCK_real_moved_joints']:.3f}), all joints {v['judge_PCK']:.3f} "
+                            f"({100 * v['judge_PCK_ratio']:.0f}%)")
             parts.append(f"{k}: " + ", ".join(bits))
         print(f"render-quality on {n} images: " + "; ".join(parts) + f". Report: {out / 'index.html'}")
     return res

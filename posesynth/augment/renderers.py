@@ -442,8 +442,9 @@ def load_gan_renderer(run: str, layout: KeypointLayout, device: str = "cpu") -> 
 
     gen, gan_layout, meta = load_generator(run, device)
     check_compatible(gan_layout, layout, run, "the data")
+    region = RegionSpec(**meta["region"]) if meta.get("region") else RegionSpec()
     return GANRenderer(gen, meta.get("mode", "full"), gan_layout, PoseMapSpec.from_dict(meta["posemaps"]),
-                       tuple(meta["generator"]["size"]), device, run=str(run))
+                       tuple(meta["generator"]["size"]), device, region=region, run=str(run))
 
 
 class _GeneratorFill:

@@ -45,7 +45,8 @@ from ..errors import PosesynthError
 
 __all__ = ["PoseStats", "pose_stats", "anchor_points", "skeleton_heights", "GlobalPoseNormalizer", "SourceSequence",
            "load_sequence", "transfer_sequence", "source_pose_stats",
-           "mirror_sequence", "retime_sequence", "render_sequence", "RenderFn", "side_by_side"]
+           "mirror_sequence", "retime_sequence", "render_sequence", "RenderFn", "side_by_side", "side_by_side_path",
+           "transfer_from_run"]
 
 RenderFn = Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]
 _ANCHORS = {"ankle": ("left_ankle", "right_ankle"), "hip": ("left_hip", "right_hip")}
@@ -423,40 +424,65 @@ def load_sequence(path: "str | Path", layout: "KeypointLayout | None" = None, de
 def transfer_sequence(render: RenderFn, source: SourceSequence, target: PoseStats, size: tuple[int, int],
                       out: "str | Path", side_by_side_out: "str | Path | None" = None, mirror: bool = False,
                       speed: float = 1.0, normalise: bool = True, batch_size: int = 8,
-                      device: "str | torch.device" = "cpu", progress: bool = True) -> dict[str, Any]:
+                      device: "str | torch.device" = "cpu", progress: bool = True, fit: str = "stretch",
+                      extra: "np.ndarray | None" = None) -> dict[str, Any]:
     """Make the target person perform the source's moves.
 
-    The source sequence is retimed (``speed``), mirrored (in its own frame), placed in the
-    target's frame by :class:`GlobalPoseNormalizer` (unless ``normalise`` is off: then the
-    source's coordinates are only rescaled from its frame size to the target's), and
-    rendered by :func:`render_sequence` (frames written at ``source.fps``).
+    The source sequence (followed by ``extra`` poses, if any) is retimed (``speed``), mirrored
+    (in its own frame), placed in the target's frame by :class:`GlobalPoseNormalizer`
+    (unless ``normalise`` is off: then the source's own frame is used), brought to the
+    generator's ``size`` as the generator's training frames were (``fit``: ``stretch`` or
+    ``letterbox``, :func:`~posesynth.datasets.transforms.fit_matrix`), and rendered by
+    :func:`render_sequence` (frames written at ``source.fps``).
+
+    Args:
+        extra: ``(M, P, K, 3)`` poses in the source's frame that continue it (e.g. its motion
+            continued by a motion model); the source's statistics are taken from its own
+            poses only, and the side-by-side shows a black frame beside them.
 
     Returns :func:`render_sequence`'s result plus ``"source_stats"``, ``"target_stats"``.
     """
-    kp, near = retime_sequence(source.keypoints, speed)
+    from ..datasets.transforms import fit_matrix
+
+    n_src = len(source.keypoints)
+    seq = source.keypoints
+    if extra is not None and len(extra):
+        seq = _stack_people([*np.asarray(source.keypoints, np.float32), *np.asarray(extra, np.float32)],
+                            source.layout.num_keypoints)
+    kp, near = retime_sequence(seq, speed)
     if mirror:
         kp = mirror_sequence(kp, source.layout, source.frame_size[1])
     if normalise:
-        s_stats = pose_stats(kp, source.layout, source.frame_size, anchor=target.anchor, source=source.name)
+        s_stats = pose_stats(kp[near < n_src], source.layout, source.frame_size, anchor=target.anchor,
+                             source=source.name)
         kp = GlobalPoseNormalizer(s_stats, target, source.layout)(kp)
-        in_size = tuple(target.frame_size)
+        frame = tuple(target.frame_size)
     else:
         s_stats = None
-        in_size = tuple(source.frame_size)
+        frame = tuple(source.frame_size)
+    m = fit_matrix(frame, tuple(size), fit)
+    kp = kp.copy()
+    kp[..., :2] = kp[..., :2] @ m[:, :2].T.astype(np.float32) + m[:, 2].astype(np.float32)
     frames = None
     if side_by_side_out is not None and source.frames is not None:
-        frames = _retimed_frames(source.frames(), near, mirror)
-    res = render_sequence(render, kp, source.layout, in_size, size, out, source.fps, frames, side_by_side_out,
+        frames = _retimed_frames(source.frames(), near, mirror, n_src, source.frame_size)
+    res = render_sequence(render, kp, source.layout, tuple(size), size, out, source.fps, frames, side_by_side_out,
                           batch_size, device, progress)
     res["source_stats"] = s_stats.to_dict() if s_stats is not None else None
     res["target_stats"] = target.to_dict()
+    res["continued_frames"] = int((near >= n_src).sum())
     return res
 
 
-def _retimed_frames(frames: Iterator[np.ndarray], near: np.ndarray, mirror: bool) -> Iterator[np.ndarray]:
-    """The source frames at indices ``near`` (non-decreasing), read in one pass."""
+def _retimed_frames(frames: Iterator[np.ndarray], near: np.ndarray, mirror: bool, n_src: "int | None" = None,
+                    frame_size: "tuple[int, int] | None" = None) -> Iterator[np.ndarray]:
+    """The source frames at indices ``near`` (non-decreasing), read in one pass; a black
+    ``frame_size`` frame for indices from ``n_src`` on (poses that have no source frame)."""
     cur, idx = None, -1
     for j in near:
+        if n_src is not None and j >= n_src:
+            yield np.zeros((*frame_size, 3), np.uint8)
+            continue
         while idx < j:
             try:
                 cur = next(frames)
@@ -476,3 +502,59 @@ def source_pose_stats(source: Any, anchor: str = "auto", name: str = "target") -
         raise PosesynthError(f"{name}: frames of different sizes {sorted(sizes)}; pose statistics need one frame size")
     kp = _stack_people([s.keypoints for s in samples], source.layout.num_keypoints)
     return pose_stats(kp, source.layout, sizes.pop(), anchor=anchor, source=name)
+
+
+def side_by_side_path(out: "str | Path") -> Path:
+    """The side-by-side video's default name beside ``out``: ``NAME_side_by_side.mp4``."""
+    out = Path(out)
+    return out.with_name(out.stem + "_side_by_side" + (out.suffix or ".mp4"))
+
+
+def transfer_from_run(gan: "str | Path", source: "str | Path", out: "str | Path",
+                      side_by_side_out: "str | Path | None" = "auto", mirror: bool = False, speed: float = 1.0,
+                      motion: "str | Path | None" = None, motion_steps: int = 0, seed: int = 0,
+                      normalise: bool = True, detector: str = "mediapipe", every: int = 1,
+                      fps: "float | None" = None, batch_size: int = 8, device: str = "cpu",
+                      progress: bool = True) -> dict[str, Any]:
+    """``posesynth transfer``: the person of the GAN run ``gan`` (any arch, full mode) performs
+    the moves of ``source`` (a video, whose people ``detector`` finds, or a keypoint dataset).
+
+    The run's training frames give the target's :class:`PoseStats` (recorded in its
+    checkpoint, ``meta["target"]``) and the fit of a frame to the generator (``meta["fit"]``).
+    With ``motion`` (a ``train-motion`` run), the source's motion is continued for
+    ``motion_steps`` more frames (0: as many as the source has) by
+    :func:`posesynth.augment.motion.sampler.continue_motion` with noise seeded by ``seed``.
+    ``side_by_side_out``: ``"auto"`` (:func:`side_by_side_path`), a path, or ``None``.
+
+    Returns :func:`transfer_sequence`'s result.
+    """
+    from ..spade.load import load_render
+
+    render, layout, meta = load_render(gan, device)
+    size = tuple(int(v) for v in meta["generator"]["size"])
+    target = meta.get("target")
+    if normalise and not target:
+        raise PosesynthError(f"{gan}: the run records no pose statistics of its target person (trained before they "
+                             "were recorded, or on frames of different sizes); use --no-normalise to place the "
+                             "source's poses as they are")
+    seq = load_sequence(source, layout=layout, detector=detector, every=every, fps=fps, device=device,
+                        progress=progress)
+    if len(seq.keypoints) == 0:
+        raise PosesynthError(f"{source}: no frames")
+    extra = None
+    if motion:
+        try:
+            from .motion.sampler import continue_motion
+        except ImportError as e:  # the motion model is another part of posesynth
+            raise PosesynthError(f"--motion needs posesynth's motion model (posesynth.augment.motion), which "
+                                 f"this installation lacks ({e})") from None
+        steps = motion_steps or len(seq.keypoints)
+        cont = continue_motion(motion, seq.keypoints[:, 0], steps, np.random.default_rng(seed), layout=seq.layout,
+                               size=seq.frame_size, device=device)
+        extra = np.zeros((steps, seq.keypoints.shape[1], seq.layout.num_keypoints, 3), np.float32)
+        extra[:, 0] = cont
+    if side_by_side_out == "auto":
+        side_by_side_out = side_by_side_path(out)
+    stats = PoseStats.from_dict(target) if target else pose_stats(seq.keypoints, seq.layout, seq.frame_size)
+    return transfer_sequence(render, seq, stats, size, out, side_by_side_out, mirror, speed, normalise, batch_size,
+                             device, progress, fit=meta.get("fit", "letterbox"), extra=extra)

@@ -16,11 +16,15 @@ pixels it can affect, computed with whole-array NumPy operations.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from .layouts import KeypointLayout
+
+if TYPE_CHECKING:  # torch is imported where the batched (torch) maps are drawn
+    import torch
 
 __all__ = ["PoseMapSpec", "render_heatmaps", "render_pafs", "resize_masks", "render_pose_maps",
            "render_heatmaps_torch", "render_pafs_torch", "render_pose_maps_torch",

@@ -20,7 +20,8 @@ skipped (PoseTrack labels only some frames); a labelled frame that lacks a track
 track's sequence, and the track starts a new one when it reappears.
 
 Images are never decoded: only the annotation JSON (and, for a BlazePose JSON, the video's
-frame size) is read.
+frame size) is read.  A malformed annotation drops its frame with a warning (the readers'
+``on_error="skip"``), so the clip goes on without it.
 """
 from __future__ import annotations
 
@@ -76,8 +77,9 @@ def _int_or_none(v: Any) -> "int | None":
 def _coco_sequences(path: Path, layout: "str | Path | KeypointLayout | None") -> tuple[list[PoseSequence], KeypointLayout]:
     from .coco import CocoKeypointDataset
 
-    ds = CocoKeypointDataset(path, layout=layout, check_files=False)
+    ds = CocoKeypointDataset(path, layout=layout, check_files=False, on_error="skip")
     src = ds.source_layout
+    convert = getattr(ds, "_convert", ds.layout.keypoints != src.keypoints)
     # clip of each image: video_id, PoseTrack's vid_id, else the whole dataset is one clip
     clips: dict[str, list[Any]] = {}
     for e in ds.entries:
@@ -86,9 +88,13 @@ def _coco_sequences(path: Path, layout: "str | Path | KeypointLayout | None") ->
         clips.setdefault(str(vid) if vid is not None else str(ds.ann_file), []).append(e)
     seqs: list[PoseSequence] = []
     for vid, entries in clips.items():
+        pos = {id(e): i for i, e in enumerate(entries)}
+
         def order(e) -> tuple[int, int]:
+            iid = _int_or_none(e.image["id"])
+            iid = iid if iid is not None else pos[id(e)]          # string ids: file order
             fid = _int_or_none(e.image.get("frame_id"))
-            return (fid if fid is not None else int(e.image["id"]), int(e.image["id"]))
+            return (fid if fid is not None else iid, iid)
 
         entries = sorted(entries, key=order)
         entries = [e for e in entries if len(e.ann_ids)]            # unlabelled frames are skipped
@@ -96,7 +102,7 @@ def _coco_sequences(path: Path, layout: "str | Path | KeypointLayout | None") ->
         open_tracks: dict[str, dict[str, list]] = {}
         for e in entries:
             im = e.image
-            w, h = im.get("width"), im.get("height")
+            w, h = getattr(e, "size", None) or (im.get("width"), im.get("height"))
             if not (w and h):
                 raise DatasetError(f"{ds.ann_file}: image {im['id']} has no 'width'/'height' (needed for sequences)")
             fid = order(e)[0]
@@ -118,7 +124,7 @@ def _coco_sequences(path: Path, layout: "str | Path | KeypointLayout | None") ->
     out = []
     for s in seqs:
         kp = s.keypoints
-        if ds.layout.keypoints != src.keypoints:
+        if convert:
             kp = convert_keypoints(kp, src, ds.layout)
         out.append(PoseSequence(kp.astype(np.float32), s.size, s.video, s.track, s.frame_ids))
     return out, ds.layout

@@ -42,6 +42,14 @@ def find_peaks(heatmaps: np.ndarray, threshold: float = 0.1) -> list[np.ndarray]
     """Per keypoint channel, an ``(N, 3)`` array of ``[x, y, score]`` in grid pixels."""
     hm = np.asarray(heatmaps, np.float32)
     is_max = (maximum_filter(hm, size=(1, 3, 3), mode="constant") == hm) & (hm > threshold)
+    # a peak exactly between cells is a plateau of equal maxima: keep the first in raster order
+    pad_m = np.pad(is_max, ((0, 0), (1, 1), (1, 1)))
+    pad_h = np.pad(hm, ((0, 0), (1, 1), (1, 1)), constant_values=-1)
+    h, w = hm.shape[1:]
+    for dy, dx in ((0, -1), (-1, -1), (-1, 0), (-1, 1)):
+        nb_m = pad_m[:, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+        nb_h = pad_h[:, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+        is_max &= ~(nb_m & (nb_h == hm))
     out = []
     for k in range(hm.shape[0]):
         ys, xs = np.nonzero(is_max[k])
@@ -93,6 +101,44 @@ def _limb_scores(a: np.ndarray, b: np.ndarray, fx: np.ndarray, fy: np.ndarray, s
     return np.where(ok, score, -np.inf)
 
 
+def _attach_fragments(people: list[np.ndarray], peaks: list[np.ndarray], k: int, min_parts: int) -> list[np.ndarray]:
+    """Groups with fewer than ``min_parts`` parts, and peaks no limb joined to anyone (a wrist
+    whose elbow is out of the image, a hip without a neck), go to the nearest person that lacks
+    those keypoints, or stay people of their own; nothing a heatmap shows is thrown away."""
+    whole = [p for p in people if (p >= 0).sum() >= min_parts]
+    frags = [p for p in people if (p >= 0).sum() < min_parts]
+    used = {(j, int(p[j])) for p in people for j in np.nonzero(p >= 0)[0]}
+    for j in range(k):
+        for c in range(len(peaks[j])):
+            if (j, c) not in used:
+                f = np.full(k, -1, np.int64)
+                f[j] = c
+                frags.append(f)
+
+    def pts(p: np.ndarray) -> np.ndarray:
+        return np.array([peaks[j][p[j], :2] for j in np.nonzero(p >= 0)[0]])
+
+    def score(p: np.ndarray) -> float:
+        return float(np.mean([peaks[j][p[j], 2] for j in np.nonzero(p >= 0)[0]]))
+
+    for f in sorted(frags, key=lambda p: -score(p)):
+        fp = pts(f)
+        best, best_d = None, np.inf
+        for p in whole:
+            if ((p >= 0) & (f >= 0)).any():
+                continue
+            pp = pts(p)
+            d = float(np.min(np.linalg.norm(fp[:, None] - pp[None], axis=-1)))
+            extent = float(np.linalg.norm(pp.max(0) - pp.min(0))) if len(pp) > 1 else 0.0
+            if d <= 1.5 * extent + 1.0 and d < best_d:
+                best, best_d = p, d
+        if best is not None:
+            best[f >= 0] = f[f >= 0]
+        else:
+            whole.append(f.copy())
+    return whole
+
+
 def decode_people(heatmaps: np.ndarray, pafs: np.ndarray, layout: KeypointLayout, in_size: tuple[int, int],
                   threshold: float = 0.1, paf_samples: int = 10, paf_thr: float = 0.05, min_frac: float = 0.8,
                   min_parts: int = 3) -> tuple[np.ndarray, np.ndarray]:
@@ -134,10 +180,9 @@ def decode_people(heatmaps: np.ndarray, pafs: np.ndarray, layout: KeypointLayout
                 p = np.full(k, -1, np.int64)
                 p[ka], p[kb] = ia, ib
                 people.append(p)
+    people = _attach_fragments(people, peaks, k, min_parts)
     out, scores = [], []
     for p in people:
-        if (p >= 0).sum() < min_parts:
-            continue
         kp = np.zeros((k, 3), np.float32)
         sc = []
         for j in np.nonzero(p >= 0)[0]:
@@ -146,7 +191,8 @@ def decode_people(heatmaps: np.ndarray, pafs: np.ndarray, layout: KeypointLayout
             kp[j, 2] = 2
             sc.append(s)
         out.append(kp)
-        scores.append(float(np.mean(sc)))
+        # a fragment (fewer than min_parts parts) scores lower than a whole person
+        scores.append(float(np.mean(sc)) * min(1.0, len(sc) / max(min_parts, 1)))
     if not out:
         return np.zeros((0, k, 3), np.float32), np.zeros(0, np.float32)
     order = np.argsort(scores)[::-1]

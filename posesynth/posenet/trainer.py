@@ -386,6 +386,11 @@ class PoseNetTrainer:
         shard and combined."""
         if self.val_dataset is None:
             return {}
+        if self.world > 1:
+            # BatchNorm running statistics are updated by each rank's own last forward pass;
+            # score every shard with rank 0's (the ones checkpointed), as one process would
+            for b in self.model.buffers():
+                dist.broadcast(b.data, 0)
         res = evaluate_dataset(self.model, self.val_dataset, self.layout, self.cfg.multi_person,
                                self.cfg.decode_threshold, self.cfg.pck_alpha, self.weights, self.cfg.batch_size,
                                self.device, self.rank, self.world)

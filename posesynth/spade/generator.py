@@ -38,6 +38,10 @@ class GeneratorConfig:
         norm: param-free norm inside SPADE: ``"instance"`` or ``"batch"``.
         spectral: spectral norm in the residual blocks.
         z_dim: channels of optional noise concatenated to the downsampled maps (0: none).
+        area_channels: the last this many conditioning channels are images (inpainting: the
+            image with its region removed and the hole mask) and are downsampled by area
+            averaging, so coarse levels see the colours around the hole; pose maps keep
+            NVlabs' nearest-neighbour resizing (0: every channel nearest, as NVlabs).
     """
 
     label_nc: int = 26
@@ -47,6 +51,7 @@ class GeneratorConfig:
     norm: str = "instance"
     spectral: bool = True
     z_dim: int = 0
+    area_channels: int = 0
 
 
 def init_weights(module: nn.Module, gain: float = 0.02) -> None:
@@ -97,10 +102,10 @@ class SPADEGenerator(nn.Module):
         def at(x: torch.Tensor) -> torch.Tensor:  # the maps resized once per resolution
             key = tuple(x.shape[-2:])
             if key not in pyramid:
-                pyramid[key] = resize_maps(maps, key)
+                pyramid[key] = self.resize(maps, key)
             return pyramid[key]
 
-        x = resize_maps(maps, self.start)
+        x = self.resize(maps, self.start)
         if self.cfg.z_dim:
             if noise is None:
                 noise = torch.randn(maps.shape[0], self.cfg.z_dim, *self.start, device=maps.device, dtype=maps.dtype)
@@ -120,6 +125,13 @@ class SPADEGenerator(nn.Module):
             x = self.up_4(x, at(x))
         x = self.conv_img(F.leaky_relu(x, 0.2))
         return torch.tanh(x)
+
+    def resize(self, maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """The conditioning at ``size``: nearest for pose maps, area for image channels."""
+        a = self.cfg.area_channels
+        if not a or tuple(maps.shape[-2:]) == tuple(size):
+            return resize_maps(maps, size)
+        return torch.cat([resize_maps(maps[:, :-a], size), F.adaptive_avg_pool2d(maps[:, -a:], size)], 1)
 
     @staticmethod
     def up(x: torch.Tensor) -> torch.Tensor:

@@ -1,11 +1,17 @@
-"""Loading a trained generator from a ``train-gan`` run (its weights, layout, mode and pose-map
-settings), and checking that it can render a dataset's poses."""
+"""Loading a trained generator from a ``train-gan`` run (its weights, layout, arch, mode and
+pose-map settings), and checking that it can render a dataset's poses.
+
+:func:`load_generator` loads any arch (``meta["arch"]``: ``spade``, ``pix2pix``, ``vanilla``
+or ``nearest``); :func:`load_render` wraps it as ``render(keypoints, size)``, the one
+interface ``transfer`` and ``evaluate-generator`` use for every arch."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import numpy as np
 import torch
+from torch import nn
 
 from ..checkpoint import load_checkpoint, load_module
 from ..datasets.layouts import KeypointLayout
@@ -13,16 +19,23 @@ from ..datasets.posemaps import PoseMapSpec
 from ..errors import PosesynthError
 from .generator import GeneratorConfig, SPADEGenerator
 
-__all__ = ["load_generator", "check_compatible", "check_same_maps"]
+__all__ = ["load_generator", "load_render", "input_matrix", "check_compatible", "check_same_maps", "RenderFn"]
+
+#: ``render(keypoints (B, P, K, 3) in pixels of the generator's (H, W), size) -> (B, 3, H, W)`` in [-1, 1].
+RenderFn = Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]
 
 
 def load_generator(run_dir: "str | Path", device: "str | torch.device" = "cpu", checkpoint: str = "latest",
-                   channels_last: bool = True) -> tuple[SPADEGenerator, KeypointLayout, dict[str, Any]]:
+                   channels_last: bool = True) -> tuple[nn.Module, KeypointLayout, dict[str, Any]]:
     """The trained generator of a GAN run (eval mode), its layout and the checkpoint's metadata.
 
+    ``meta["arch"]`` is ``spade`` (a :class:`SPADEGenerator` on pose maps; runs from before
+    the arch was recorded are spade), ``pix2pix`` (on stick figures), ``vanilla`` (on the
+    skeleton vector) or ``nearest`` (a :class:`~posesynth.spade.nearest.NearestNeighbourGenerator`);
     ``meta["mode"]`` is ``full`` or ``inpaint``; ``meta["posemaps"]`` the run's
-    :class:`~posesynth.datasets.posemaps.PoseMapSpec`.  ``channels_last`` (as in training)
-    gives bit-identical outputs to the trained model."""
+    :class:`~posesynth.datasets.posemaps.PoseMapSpec`.  Code that feeds pose maps to the
+    generator needs ``meta["arch"] == "spade"``; :func:`load_render` takes keypoints for any
+    arch.  ``channels_last`` (as in training) gives bit-identical outputs to the trained model."""
     run = Path(run_dir)
     if not run.exists():
         raise PosesynthError(f"{run}: no such GAN run folder")
@@ -30,17 +43,68 @@ def load_generator(run_dir: "str | Path", device: "str | torch.device" = "cpu", 
     tensors, meta = load_checkpoint(path)
     if meta.get("kind") != "posesynth-gan":
         raise PosesynthError(f"{path}: not a posesynth GAN checkpoint")
-    g = dict(meta["generator"])
-    g["size"] = tuple(g["size"])
-    gen = SPADEGenerator(GeneratorConfig(**g))
-    load_module(gen, tensors, "G", str(path))
+    arch = meta.setdefault("arch", "spade")
+    if arch == "spade":
+        g = dict(meta["generator"])
+        g["size"] = tuple(g["size"])
+        gen: nn.Module = SPADEGenerator(GeneratorConfig(**g))
+        load_module(gen, tensors, "G", str(path))
+    elif arch in ("pix2pix", "vanilla"):
+        from .baselines import generator_from_config
+
+        try:
+            gen = generator_from_config(arch, meta["generator"])
+        except (TypeError, ValueError, KeyError) as e:
+            raise PosesynthError(f"{path}: cannot rebuild the {arch} generator ({e})") from None
+        load_module(gen, tensors, "G", str(path))
+    elif arch == "nearest":
+        from .nearest import NearestNeighbourGenerator
+
+        gen = NearestNeighbourGenerator.from_tensors(tensors, meta, str(path))
+    else:
+        raise PosesynthError(f"{path}: unknown generator arch {arch!r} (a newer posesynth's run?)")
     layout = KeypointLayout.from_dict(meta["layout"], source=str(path))
     meta.setdefault("mode", "full")
     meta["posemaps"] = PoseMapSpec.from_meta(meta).to_dict()
     gen = gen.to(device).eval()
-    if channels_last:
+    if channels_last and arch != "nearest":
         gen.to(memory_format=torch.channels_last)
     return gen, layout, meta
+
+
+def load_render(run_dir: "str | Path", device: "str | torch.device" = "cpu", checkpoint: str = "latest"
+                ) -> tuple[RenderFn, KeypointLayout, dict[str, Any]]:
+    """Any arch's trained generator as ``render(keypoints, size)`` (see :data:`RenderFn`), with
+    its layout and metadata (:func:`load_generator`'s).
+
+    ``size`` must be the generator's ``meta["generator"]["size"]``; the keypoints are in pixels
+    of that image (the run's training frames were fitted to it as ``meta["fit"]`` says,
+    ``letterbox`` by default).  An inpaint-mode spade run redraws a region of a given image
+    and cannot draw a whole frame from a skeleton: it is refused."""
+    from .baselines import make_render
+
+    gen, layout, meta = load_generator(run_dir, device)
+    if meta["mode"] != "full":
+        raise PosesynthError(f"{run_dir} is an {meta['mode']}-mode run: it redraws part of an image and cannot draw "
+                             "a whole frame from a skeleton; use a full-mode run")
+    size = tuple(int(v) for v in meta["generator"]["size"])
+    inner = make_render(meta["arch"], gen, layout, PoseMapSpec.from_dict(meta["posemaps"]),
+                        channels_last=meta["arch"] != "nearest")
+
+    def render(keypoints: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
+        if tuple(out_size) != size:
+            raise PosesynthError(f"{run_dir} draws {size[0]}x{size[1]} images, not {out_size[0]}x{out_size[1]}")
+        return inner(keypoints, size)
+
+    return render, layout, meta
+
+
+def input_matrix(meta: dict[str, Any], frame_size: tuple[int, int]) -> np.ndarray:
+    """The 2x3 matrix from a training frame of ``frame_size`` ``(H, W)`` to the generator's
+    pixels, as the run fitted its training frames (``meta["fit"]``, letterbox by default)."""
+    from ..datasets.transforms import fit_matrix
+
+    return fit_matrix(tuple(frame_size), tuple(int(v) for v in meta["generator"]["size"]), meta.get("fit", "letterbox"))
 
 
 def check_compatible(gan_layout: KeypointLayout, data_layout: KeypointLayout, gan_path: str, data_path: str) -> None:

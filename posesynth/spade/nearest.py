@@ -129,22 +129,35 @@ class NearestNeighbourGenerator(nn.Module):
 
     @classmethod
     def load(cls, path: "str | Path", device: "str | torch.device" = "cpu") -> "NearestNeighbourGenerator":
+        """A model :meth:`save` wrote."""
         tensors, meta = load_checkpoint(path)
         if meta.get("kind") != KIND:
             raise PosesynthError(f"{path}: not a posesynth nearest-neighbour model (kind {meta.get('kind')!r})")
-        layout = KeypointLayout.from_dict(meta["layout"], source=str(path))
+        return cls._build(tensors.get("frames"), tensors.get("features"), meta, meta, str(path)).to(device)
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any], source: str = "checkpoint",
+                     prefix: str = "G") -> "NearestNeighbourGenerator":
+        """The model inside a ``train-gan --arch nearest`` checkpoint: tensors ``G.frames`` and
+        ``G.features``, ``meta["generator"]`` (``size``, ``missing_weight``) and ``meta["layout"]``."""
+        return cls._build(tensors.get(f"{prefix}.frames"), tensors.get(f"{prefix}.features"), meta["generator"],
+                          meta, source)
+
+    @classmethod
+    def _build(cls, frames: "torch.Tensor | None", feats: "torch.Tensor | None", settings: dict[str, Any],
+               meta: dict[str, Any], source: str) -> "NearestNeighbourGenerator":
+        layout = KeypointLayout.from_dict(meta["layout"], source=source)
         obj = cls.__new__(cls)
         nn.Module.__init__(obj)
         obj.layout = layout
-        obj.size = tuple(meta["size"])
-        obj.missing_weight = float(meta["missing_weight"])
-        frames, feats = tensors.get("frames"), tensors.get("features")
-        if frames is None or feats is None or frames.shape[1:3] != obj.size or len(frames) != len(feats):
-            raise PosesynthError(f"{path}: damaged nearest-neighbour model (frames/features missing or inconsistent)")
+        obj.size = tuple(settings["size"])
+        obj.missing_weight = float(settings["missing_weight"])
+        if frames is None or feats is None or tuple(frames.shape[1:3]) != obj.size or len(frames) != len(feats):
+            raise PosesynthError(f"{source}: damaged nearest-neighbour model (frames/features missing or inconsistent)")
         obj.register_buffer("frames", frames)
         obj.register_buffer("features", feats)
         obj._tree = None
-        return obj.to(device)
+        return obj
 
 
 def load_nearest(path: "str | Path", device: "str | torch.device" = "cpu") -> NearestNeighbourGenerator:

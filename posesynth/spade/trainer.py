@@ -1,6 +1,24 @@
-"""Training the SPADE generator against the multi-scale PatchGAN (``posesynth train-gan``).
+"""Training a pose-to-image generator (``posesynth train-gan``): the SPADE generator against
+the multi-scale PatchGAN, or one of the classic baselines (``--arch``).
 
-Two modes (``--mode``):
+Architectures (``--arch``; each one's defaults in :data:`ARCH_DEFAULTS`, used for the options
+not given):
+
+- ``spade`` (default): SPADE generator on the pose maps, 2-scale PatchGAN on maps + image,
+  hinge + feature matching (+ VGG when its weights exist), TTUR Adam.  Modes below.
+- ``pix2pix``: U-Net (``--netg unet``) or ResNet-block (``--netg resnet``) generator on the
+  stick-figure image, the 70x70 PatchGAN on stick figure + image, L1 (``--lambda-l1``, 100)
+  + GAN loss, Adam 2e-4 with betas 0.5, 0.999, as in pix2pix.
+- ``vanilla``: the skeleton vector (normalised 2-D coordinates and visibility flags) to an
+  image through transposed convolutions; D, losses and optimiser as pix2pix.
+- ``nearest``: no training: ``fit`` stores the training frames (no augmentation, at
+  ``--size``) and their skeletons, and the render of a skeleton is the closest training frame
+  (KD-tree; :mod:`~posesynth.spade.nearest`).
+
+Every learned generator takes ``--gan-mode hinge|ls|wgan-gp``; feature matching, VGG and the
+pose judge (``--pose-judge``) apply to each when their weights are non-zero.
+
+Two modes for ``spade`` (``--mode``):
 
 - ``full``: the generator draws the whole image from the pose maps (the original method).
 - ``inpaint`` (region-preserving): the generator also sees the image with a region removed and
@@ -16,9 +34,11 @@ Two modes (``--mode``):
 Run directory::
 
     RUN/config.yaml                  the resolved GANConfig
-    RUN/checkpoints/latest.*, previous.*   G, D, both optimizers, step, mode, pose-map settings
+    RUN/checkpoints/latest.*, previous.*   G, D, both optimizers, step, arch, mode, pose-map settings,
+                                     the target's pose statistics for ``transfer``
     RUN/losses.csv                   one row per step
-    RUN/web/index.html, web/images/  gallery: maps | (input) | generated | real, every gallery_every steps
+    RUN/web/index.html, web/images/  gallery: maps or stick figure | (input) | generated | real, every
+                                     gallery_every steps
     RUN/tb/                          TensorBoard scalars and images (when tensorboard is installed)
 
 Every random draw in step ``s`` comes from generators seeded by ``(seed, s)``, and batches
@@ -37,6 +57,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -52,15 +73,31 @@ from ..datasets.visualize import maps_to_rgb
 from ..errors import ConfigError, PosesynthError
 from ..io import atomic_write_text
 from ..runs import Precision, RunDir, resolve_device
+from .baselines import ARCHS, LEARNED_ARCHS, build_generator, d_condition, generator_config, generator_input
 from .discriminator import MultiscaleDiscriminator
 from .generator import GeneratorConfig, SPADEGenerator
 from .load import check_same_maps, load_generator
 from .losses import GAN_MODES, PoseConsistencyLoss, VGGLoss, feature_matching_loss, gan_loss, gradient_penalty, load_vgg19
+from .nearest import NearestNeighbourGenerator
 
-__all__ = ["GANConfig", "GANTrainer", "TrainingError", "load_generator", "MODES", "inpaint_region"]
+__all__ = ["GANConfig", "GANTrainer", "TrainingError", "load_generator", "MODES", "ARCHS", "ARCH_DEFAULTS",
+           "inpaint_region", "target_pose_stats"]
 
 log = logging.getLogger(__name__)
 MODES = ("full", "inpaint")
+NETGS = ("unet", "resnet")
+_PIX2PIX_DEFAULTS = dict(ngf=64, num_d=1, lambda_feat=0.0, lambda_vgg=0.0, lambda_l1=100.0, lr_g=2e-4, lr_d=2e-4,
+                         beta1=0.5, beta2=0.999)
+#: The value each architecture gives the options left unset (``None``) in a :class:`GANConfig`.
+#: spade's are the values these options always had; pix2pix's and vanilla's are pix2pix's (one
+#: 70x70 PatchGAN: ``num_d`` 1 with ``n_layers_d`` 4; L1 x 100; no feature matching, no VGG).
+ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
+    "spade": dict(ngf=32, num_d=2, lambda_feat=10.0, lambda_vgg=10.0, lambda_l1=20.0, lr_g=1e-4, lr_d=4e-4,
+                  beta1=0.0, beta2=0.9),
+    "pix2pix": _PIX2PIX_DEFAULTS,
+    "vanilla": _PIX2PIX_DEFAULTS,
+    "nearest": _PIX2PIX_DEFAULTS,
+}
 
 
 class TrainingError(PosesynthError):
@@ -79,21 +116,35 @@ class GANConfig:
     out_of_frame: str = field(default="unlabel", metadata={"help": "labelled points outside the image: "
                                                                    "unlabel|clip|skip-person|skip-image"})
     mode: str = field(default="full", metadata={"help": "full (whole image from pose maps) | inpaint (redraw the "
-                                                        "region around the arms, keep the rest of the image)"})
+                                                        "region around the arms, keep the rest of the image; spade)"})
+    arch: str = field(default="spade", metadata={
+        "help": "spade (pose maps, SPADE) | pix2pix (stick figure, U-Net or ResNet, 70x70 PatchGAN, L1 x 100) | "
+                "vanilla (skeleton vector -> transposed convs) | nearest (closest training frame by KD-tree; "
+                "no training)"})
+    netg: str = field(default="unet", metadata={"help": "pix2pix generator: unet | resnet"})
     size: tuple[int, int] = field(default=(128, 128), metadata={"help": "image size H,W (multiple of 32)"})
-    ngf: int = 32
+    ngf: "int | None" = field(default=None, metadata={"help": "generator width (unset: spade 32, pix2pix and "
+                                                              "vanilla 64)"})
     ndf: int = 64
-    num_d: int = 2
+    num_d: "int | None" = field(default=None, metadata={"help": "discriminator scales (unset: spade 2, pix2pix and "
+                                                                "vanilla 1, the 70x70 PatchGAN with n_layers_d 4)"})
     n_layers_d: int = 4
     norm: str = field(default="instance", metadata={"help": "param-free norm in SPADE: instance|batch"})
     z_dim: int = field(default=0, metadata={"help": "noise channels fed with the downsampled maps"})
     gan_mode: str = field(default="hinge", metadata={"help": "hinge|ls|wgan-gp"})
-    lambda_feat: float = 10.0
-    lambda_vgg: float = 10.0
+    lambda_feat: "float | None" = field(default=None, metadata={
+        "help": "feature-matching weight (unset: spade 10, pix2pix and vanilla 0)"})
+    lambda_vgg: "float | None" = field(default=None, metadata={
+        "help": "VGG perceptual weight (unset: spade 10, pix2pix and vanilla 0)"})
     lambda_gp: float = 10.0
-    lambda_l1: float = field(default=20.0, metadata={"help": "inpaint mode: weight of the L1 loss inside the region"})
+    lambda_l1: "float | None" = field(default=None, metadata={
+        "help": "L1 weight: spade inpaint mode inside the region (unset: 20); pix2pix and vanilla on the whole "
+                "image (unset: 100); spade full mode has none"})
     extra_regions: float = field(default=0.5, metadata={
         "help": "inpaint mode: share of images whose region also covers other plausible arm positions"})
+    region_radius: float = field(default=0.16, metadata={
+        "help": "inpaint mode: radius of the capsules around the arm bones, as a fraction of the torso size "
+                "(plus 0.04 margin and a 0.05 feathered edge); recorded with the run and used when it renders"})
     vgg: str = field(default="auto", metadata={"help": "auto (use if weights are found)|on (required)|off"})
     vgg_weights: str = field(default="", metadata={"help": "VGG19 weights file (default: torch hub cache)"})
     pose_judge: str = field(default="", metadata={
@@ -105,10 +156,14 @@ class GANConfig:
     paf_width: float = field(default=8.0, metadata={"help": "PAF half-width in input pixels"})
     steps: int = 1000
     batch_size: int = 2
-    lr_g: float = 1e-4
-    lr_d: float = 4e-4
-    beta1: float = 0.0
-    beta2: float = 0.9
+    lr_g: "float | None" = field(default=None, metadata={"help": "generator learning rate (unset: spade 1e-4, "
+                                                                 "pix2pix and vanilla 2e-4)"})
+    lr_d: "float | None" = field(default=None, metadata={"help": "discriminator learning rate (unset: spade 4e-4, "
+                                                                 "pix2pix and vanilla 2e-4)"})
+    beta1: "float | None" = field(default=None, metadata={"help": "Adam beta1 (unset: spade 0, pix2pix and "
+                                                                  "vanilla 0.5)"})
+    beta2: "float | None" = field(default=None, metadata={"help": "Adam beta2 (unset: spade 0.9, pix2pix and "
+                                                                  "vanilla 0.999)"})
     decay_from: int = field(default=-1, metadata={"help": "step where linear LR decay to 0 starts (-1: none)"})
     device: str = field(default="auto", metadata={"help": "auto (CUDA when present, else cpu)|cpu|cuda:N"})
     precision: str = field(default="auto", metadata={"help": "auto|fp32|bf16|fp16 (bf16/fp16 on CUDA only)"})
@@ -125,9 +180,24 @@ class GANConfig:
     reuse_fake: bool = field(default=True, metadata={
         "help": "D step reuses the G step's (detached) fake instead of a fresh G forward as NVlabs does"})
 
+    def resolve(self) -> "GANConfig":
+        """Give every option left unset (``None``) its architecture's value (:data:`ARCH_DEFAULTS`),
+        in place; returns ``self``.  A run records the resolved config."""
+        if self.arch not in ARCHS:
+            raise ConfigError(f"arch must be one of {', '.join(ARCHS)}, not {self.arch!r}")
+        for k, v in ARCH_DEFAULTS[self.arch].items():
+            if getattr(self, k) is None:
+                setattr(self, k, v)
+        return self
+
     def validate(self) -> None:
+        self.resolve()
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {MODES}, not {self.mode!r}")
+        if self.netg not in NETGS:
+            raise ConfigError(f"netg must be one of {NETGS}, not {self.netg!r}")
+        if self.mode == "inpaint" and self.arch != "spade":
+            raise ConfigError(f"inpaint mode is for --arch spade; {self.arch} draws the whole image (--mode full)")
         if self.gan_mode not in GAN_MODES:
             raise ConfigError(f"gan_mode must be one of {GAN_MODES}, not {self.gan_mode!r}")
         if self.vgg not in ("auto", "on", "off"):
@@ -137,6 +207,8 @@ class GANConfig:
                               "at size/32, and instance norm needs more than one pixel)")
         if self.batch_size < 1 or self.steps < 1:
             raise ConfigError("batch_size and steps must be at least 1")
+        if self.ngf < 1 or self.ndf < 1 or self.num_d < 1 or self.n_layers_d < 1:
+            raise ConfigError("ngf, ndf, num_d and n_layers_d must be at least 1")
         if not 0 <= self.extra_regions <= 1:
             raise ConfigError("extra_regions must be in [0, 1]")
 
@@ -186,6 +258,34 @@ def inpaint_region(keypoints: np.ndarray, layout: KeypointLayout, size: tuple[in
     return torch.maximum(own, limb_region(kp, moved, layout, size, spec, device))
 
 
+def target_pose_stats(source: KeypointSource, max_samples: int = 2000) -> "dict[str, Any] | None":
+    """The training person's :class:`~posesynth.augment.transfer.PoseStats` (as a dict), which
+    ``transfer`` places a source's poses by; computed on the first person of every sample (an
+    evenly spaced ``max_samples`` of them in larger datasets), in the samples' own frame
+    pixels.  ``None``, with a note, where they cannot be had (frames of different sizes, or a
+    layout without hips or ankles)."""
+    from ..augment.transfer import pose_stats
+
+    n = len(source)
+    idx = np.unique(np.linspace(0, n - 1, min(n, max_samples)).round().astype(int)) if n else []
+    kps, sizes = [], set()
+    for i in idx:
+        s = source[int(i)]
+        sizes.add(s.image.shape[:2])
+        k = np.zeros((1, source.layout.num_keypoints, 3), np.float32)
+        if len(s.keypoints):
+            k[0] = s.keypoints[0]
+        kps.append(k)
+    if len(sizes) != 1:
+        log.info("no pose statistics for transfer: the training frames have %d sizes", len(sizes))
+        return None
+    try:
+        return pose_stats(np.stack(kps), source.layout, sizes.pop(), source="the training data").to_dict()
+    except PosesynthError as e:
+        log.info("no pose statistics for transfer: %s", e)
+        return None
+
+
 class GANTrainer:
     """Builds G, D and the losses for ``cfg`` in ``run_dir`` and trains them.
 
@@ -212,26 +312,42 @@ class GANTrainer:
         self.layout: KeypointLayout = self.source.layout
         self.spec = cfg.posemaps
         self.inpaint = cfg.mode == "inpaint"
+        self.region_spec = RegionSpec(radius=cfg.region_radius)
+        self.arch = cfg.arch
+        self.learned = cfg.arch in LEARNED_ARCHS
         tf = RandomAffine(None, scale=(0.9, 1.1), aspect=(0.95, 1.05), rotate=5, translate=0.05, flip_prob=0.5,
                           layout=self.layout) if cfg.augment else None
+        # pix2pix and vanilla draw their conditioning from the keypoints: no full-size maps needed
         self.dataset = PoseMapDataset(self.source, tuple(cfg.size), tf, stride=self.spec.stride, spec=self.spec,
-                                      seed=cfg.seed)
+                                      seed=cfg.seed, with_maps=cfg.arch == "spade")
         torch.manual_seed(cfg.seed)
         c = self.layout.num_channels
-        self.gcfg = GeneratorConfig(c + (4 if self.inpaint else 0), tuple(cfg.size), cfg.ngf, "normal", cfg.norm, True,
-                                    cfg.z_dim)
-        self.G = SPADEGenerator(self.gcfg).to(self.device)
-        self.D = MultiscaleDiscriminator(c + 3 + (1 if self.inpaint else 0), cfg.ndf, cfg.n_layers_d,
-                                         cfg.num_d).to(self.device)
-        if cfg.channels_last:
+        self.gcfg: "GeneratorConfig | None" = None
+        self.G: "nn.Module | None" = None
+        self.D: "nn.Module | None" = None
+        if cfg.arch == "spade":
+            self.gcfg = GeneratorConfig(c + (4 if self.inpaint else 0), tuple(cfg.size), cfg.ngf, "normal", cfg.norm,
+                                        True, cfg.z_dim, area_channels=4 if self.inpaint else 0)
+            self.G = SPADEGenerator(self.gcfg).to(self.device)
+            self.D = MultiscaleDiscriminator(c + 3 + (1 if self.inpaint else 0), cfg.ndf, cfg.n_layers_d,
+                                             cfg.num_d).to(self.device)
+        elif self.learned:   # pix2pix, vanilla: D sees the stick figure (3 channels) and the image
+            kw = {"z_dim": cfg.z_dim} if cfg.arch == "vanilla" else {}
+            self.G = build_generator(cfg.arch, self.layout, tuple(cfg.size), cfg.ngf, cfg.netg, cfg.norm,
+                                     **kw).to(self.device)
+            self.D = MultiscaleDiscriminator(3 + 3, cfg.ndf, cfg.n_layers_d, cfg.num_d).to(self.device)
+        if self.learned and cfg.channels_last:
             self.G.to(memory_format=torch.channels_last)
             self.D.to(memory_format=torch.channels_last)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
-        self.vgg = self._build_vgg()
+        if self.learned:
+            self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
+            self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
+        self.vgg = self._build_vgg() if self.learned else None
         self.pose_loss = None
+        if not self.learned and (pose_judge is not None or cfg.pose_judge):
+            raise ConfigError("--pose-judge trains a generator; nearest is not trained")
         if pose_judge is None and cfg.pose_judge:
             from ..posenet.load import load_posenet
 
@@ -250,8 +366,11 @@ class GANTrainer:
         if len(self.source) == 0:
             raise PosesynthError(f"{cfg.data}: no usable training images")
         self.dir.prepare(cfg, resume)
+        self.target: "dict[str, Any] | None" = None
         if resume:
             self._load()
+        else:
+            self.target = target_pose_stats(self.source)
 
     # ---- set-up ------------------------------------------------------------------------
     def _build_vgg(self) -> "VGGLoss | None":
@@ -274,16 +393,26 @@ class GANTrainer:
                                            persistent_workers=False, pin_memory=self.device.type == "cuda")
 
     # ---- checkpoints -------------------------------------------------------------------
+    def _generator_meta(self) -> dict[str, Any]:
+        if self.arch == "spade":
+            return dataclasses.asdict(self.gcfg)
+        if self.arch == "nearest":
+            return {"size": list(self.G.size), "missing_weight": self.G.missing_weight, "frames": len(self.G.frames)}
+        return generator_config(self.arch, self.G)
+
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        tensors = {**module_tensors(self.G, "G"), **module_tensors(self.D, "D")}
-        tg, sg = optimizer_to_flat(self.opt_g, "opt_g")
-        td, sd = optimizer_to_flat(self.opt_d, "opt_d")
-        tensors.update(tg)
-        tensors.update(td)
-        meta = {"kind": "posesynth-gan", "arch": "spade", "mode": self.cfg.mode, "step": self.step,
-                "skipped_steps": self.skipped_steps, "opt_g": sg, "opt_d": sd, "config": to_dict(self.cfg),
-                "generator": dataclasses.asdict(self.gcfg), "layout": self.layout.to_dict(),
-                "posemaps": self.spec.to_dict(), "region": dataclasses.asdict(RegionSpec())}
+        tensors = module_tensors(self.G, "G")
+        meta = {"kind": "posesynth-gan", "arch": self.arch, "mode": self.cfg.mode, "step": self.step,
+                "skipped_steps": self.skipped_steps, "config": to_dict(self.cfg),
+                "generator": self._generator_meta(), "layout": self.layout.to_dict(),
+                "posemaps": self.spec.to_dict(), "region": dataclasses.asdict(self.region_spec),
+                "target": self.target, "fit": self.dataset.fit}
+        if self.learned:
+            tensors.update(module_tensors(self.D, "D"))
+            tg, meta["opt_g"] = optimizer_to_flat(self.opt_g, "opt_g")
+            td, meta["opt_d"] = optimizer_to_flat(self.opt_d, "opt_d")
+            tensors.update(tg)
+            tensors.update(td)
         return tensors, meta
 
     def save(self, name: str = "latest") -> None:
@@ -298,11 +427,17 @@ class GANTrainer:
                               f"the data is '{self.layout.name}'")
         if meta.get("mode", "full") != self.cfg.mode:
             raise ConfigError(f"{path}: a {meta.get('mode', 'full')}-mode run cannot continue in {self.cfg.mode} mode")
+        if meta.get("arch", "spade") != self.arch:
+            raise ConfigError(f"{path}: a {meta.get('arch', 'spade')} run cannot continue as --arch {self.arch}")
+        self.target = meta.get("target")
+        self.step = int(meta["step"])
+        if not self.learned:
+            self.G = NearestNeighbourGenerator.from_tensors(tensors, meta, str(path)).to(self.device)
+            return
         load_module(self.G, tensors, "G", str(path))
         load_module(self.D, tensors, "D", str(path))
         optimizer_from_flat(self.opt_g, tensors, meta["opt_g"], "opt_g")
         optimizer_from_flat(self.opt_d, tensors, meta["opt_d"], "opt_d")
-        self.step = int(meta["step"])
         self.skipped_steps = int(meta.get("skipped_steps", 0))
 
     # ---- one step ----------------------------------------------------------------------
@@ -326,11 +461,26 @@ class GANTrainer:
         """Inpaint mode: the region M of this step's images, ``(B, 1, H, W)``."""
         rng = np.random.default_rng([self.cfg.seed, step, 17])
         return inpaint_region(b["keypoints"].cpu().numpy(), self.layout, tuple(self.cfg.size), rng,
-                              self.cfg.extra_regions, device=self.device)
+                              self.cfg.extra_regions, self.region_spec, device=self.device)
+
+    def _condition(self, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """pix2pix and vanilla: add the generator's input ``g_in`` (stick figure or skeleton
+        vector) and D's condition ``d_cond`` (the stick figure), drawn once per batch."""
+        if self.arch != "spade" and "g_in" not in b:
+            b["g_in"] = generator_input(self.arch, b, self.layout)
+            b["d_cond"] = d_condition(self.arch, b, self.layout, b["g_in"])
+            if self.cfg.channels_last:
+                b["d_cond"] = b["d_cond"].contiguous(memory_format=torch.channels_last)
+                if b["g_in"].dim() == 4:
+                    b["g_in"] = b["g_in"].contiguous(memory_format=torch.channels_last)
+        return b
 
     def generate(self, b: dict[str, torch.Tensor], region: "torch.Tensor | None") -> tuple[torch.Tensor, torch.Tensor]:
         """``(raw generator output, image shown to D and the losses)``: the same in full mode,
         the composite ``M * G + (1 - M) * image`` in inpaint mode."""
+        if self.arch != "spade":
+            fake = self.G(self._condition(b)["g_in"])
+            return fake, fake
         maps, real = b["maps"], b["image"]
         if region is None:
             fake = self.G(maps)
@@ -343,7 +493,8 @@ class GANTrainer:
         return fake, region * fake + (1 - region) * real
 
     def _d_input(self, b: dict[str, torch.Tensor], image: torch.Tensor, region: "torch.Tensor | None") -> torch.Tensor:
-        parts = [b["maps"]] + ([region.to(image.dtype)] if region is not None else []) + [image]
+        cond = b["maps"] if self.arch == "spade" else b["d_cond"]
+        parts = [cond] + ([region.to(image.dtype)] if region is not None else []) + [image]
         return torch.cat(parts, 1)
 
     def _discriminate(self, b, fake: torch.Tensor, real: torch.Tensor, region):
@@ -357,7 +508,7 @@ class GANTrainer:
         the step was skipped for a non-finite loss."""
         c = self.cfg
         _seed_step(c.seed, self.step)
-        b = self._to(batch)
+        b = self._condition(self._to(batch))
         real = b["image"]
         region = self.region(b, self.step) if self.inpaint else None
         for opt in (self.opt_g, self.opt_d):
@@ -367,9 +518,13 @@ class GANTrainer:
         self.D.requires_grad_(False)
         with self.precision.autocast():
             raw, fake = self.generate(b, region)
-            pf, pr = self._discriminate(b, fake, real, region)
-            losses: dict[str, torch.Tensor] = {"g_gan": gan_loss(pf, True, c.gan_mode, for_discriminator=False),
-                                               "g_feat": feature_matching_loss(pf, pr) * c.lambda_feat}
+            if self.arch != "spade" and not c.lambda_feat:   # pix2pix's G loss needs D on the fake alone
+                pf = self.D(self._d_input(b, fake, region))
+                losses: dict[str, torch.Tensor] = {"g_gan": gan_loss(pf, True, c.gan_mode, for_discriminator=False)}
+            else:
+                pf, pr = self._discriminate(b, fake, real, region)
+                losses = {"g_gan": gan_loss(pf, True, c.gan_mode, for_discriminator=False),
+                          "g_feat": feature_matching_loss(pf, pr) * c.lambda_feat}
             if self.vgg is not None:
                 losses["g_vgg"] = self.vgg(fake, real) * c.lambda_vgg
             extra: dict[str, float] = {}
@@ -378,6 +533,8 @@ class GANTrainer:
             if region is not None:
                 w = region.float()
                 losses["g_l1"] = ((raw.float() - real.float()).abs() * w).sum() / (w.sum() * 3).clamp_min(1.0) * c.lambda_l1
+            elif self.arch != "spade" and c.lambda_l1:
+                losses["g_l1"] = F.l1_loss(raw.float(), real.float()) * c.lambda_l1
         g_total = sum(v.float() for v in losses.values())
         self.opt_g.zero_grad(set_to_none=True)
         if not torch.isfinite(g_total):
@@ -423,6 +580,8 @@ class GANTrainer:
     # ---- loop --------------------------------------------------------------------------
     def fit(self) -> dict[str, float]:
         c = self.cfg
+        if not self.learned:
+            return self._fit_nearest()
         rows = [r for r in self.dir.read_csv("losses.csv") if int(r["step"]) <= self.step]
         gallery_batch = None
         last: dict[str, float] = {}
@@ -470,9 +629,33 @@ class GANTrainer:
         last = dict(last)
         last["seconds_per_step"] = dt / max(self.step - start, 1)
         if self.progress:
-            print(f"train-gan ({c.mode}): {self.step} steps, {last['seconds_per_step']:.2f} s/step, "
+            what = c.mode if self.arch == "spade" else self.arch
+            print(f"train-gan ({what}): {self.step} steps, {last['seconds_per_step']:.2f} s/step, "
                   f"{self.skipped_steps} skipped; gallery: {self.run / 'web' / 'index.html'}")
         return last
+
+    def _fit_nearest(self) -> dict[str, float]:
+        """``--arch nearest``: store every training frame, as the other archs see it without
+        augmentation (fitted to ``size``), with its skeleton; nothing is learned."""
+        t0 = time.perf_counter()
+        if self.G is None:
+            plain = PoseMapDataset(self.source, tuple(self.cfg.size), None, stride=self.spec.stride, spec=self.spec,
+                                   with_maps=False, max_people=self.dataset.max_people, fit=self.dataset.fit)
+            frames, kps = [], []
+            for i in tqdm(range(len(plain)), desc="nearest: index frames", unit="frame", disable=not self.progress,
+                          dynamic_ncols=True):
+                item = plain[i]
+                frames.append(tensor_to_image(item["image"]))
+                kps.append(item["keypoints"].numpy())
+            self.G = NearestNeighbourGenerator(np.stack(frames), np.stack(kps), self.layout).to(self.device)
+            self.save()
+            loader = torch.utils.data.DataLoader(plain, batch_size=min(4, len(plain)))
+            self.gallery({k: v for k, v in next(iter(loader)).items() if torch.is_tensor(v)})
+        dt = time.perf_counter() - t0
+        if self.progress:
+            print(f"train-gan (nearest): {len(self.G.frames)} frames indexed in {dt:.1f} s; "
+                  f"gallery: {self.run / 'web' / 'index.html'}")
+        return {"frames": float(len(self.G.frames)), "seconds": dt}
 
     @torch.no_grad()
     def gallery(self, batch: "dict[str, torch.Tensor] | None") -> None:
@@ -487,11 +670,18 @@ class GANTrainer:
         self.G.eval()
         region = self.region(b, 10**9) if self.inpaint else None  # a fixed region for every gallery
         with self.precision.autocast():
-            _, fake = self.generate(b, region)
+            if self.arch == "nearest":
+                fake = self.G(b["keypoints"])
+            else:
+                _, fake = self.generate(b, region)
         self.G.train(was)
+        if self.arch != "spade":
+            stick = self._condition(b)["d_cond"] if self.arch != "nearest" else \
+                d_condition("vanilla", b, self.layout)
         rows = []
         for i in range(fake.shape[0]):
-            m = maps_to_rgb(b["maps"][i].float().cpu().numpy(), self.layout)
+            m = maps_to_rgb(b["maps"][i].float().cpu().numpy(), self.layout) if self.arch == "spade" else \
+                tensor_to_image(stick[i].float())
             cols = [m]
             if region is not None:
                 hole = (region[i] > 0).float()
@@ -506,11 +696,15 @@ class GANTrainer:
         if self.dir.tb is not None:
             self.dir.tb.add_image("gan/gallery", grid, self.step, dataformats="HWC")
         imgs = sorted((web / "images").glob("step_*.png"), reverse=True)
+        what = f"{self.cfg.mode} mode" if self.arch == "spade" else self.arch + (
+            f", {self.cfg.netg}" if self.arch == "pix2pix" else "")
         body = "\n".join(f"<h3>step {int(p.stem[5:])}</h3><img src='images/{html.escape(p.name)}'>" for p in imgs)
         cols = "pose maps | input with the region removed | generated (composite) | real" if self.inpaint else \
-            "pose maps | generated | real"
+            "pose maps | generated | real" if self.arch == "spade" else \
+            "stick figure | closest training frame | real" if self.arch == "nearest" else \
+            f"stick figure{' (the skeleton vector, drawn)' if self.arch == 'vanilla' else ''} | generated | real"
         atomic_write_text(web / "index.html",
                           f"<!doctype html><html><head><meta charset='utf-8'><meta http-equiv='refresh' content='60'>"
                           f"<title>{html.escape(self.run.name)}: GAN gallery</title></head><body>"
-                          f"<h1>{html.escape(str(self.run))} ({self.cfg.mode} mode)</h1><p>columns: {cols}</p>"
+                          f"<h1>{html.escape(str(self.run))} ({what})</h1><p>columns: {cols}</p>"
                           f"{body}</body></html>")

@@ -11,10 +11,14 @@ On windows of ``past + future`` frames from a sequence dataset (best a held-out 
   10-degree histograms of each arm's shoulder angle and elbow flexion, averaged);
 - the **critic**'s AUC for real against time-shuffled sequences (frames permuted within the
   window) and against generated ones, and the quality discriminator's mean probability;
-- for single poses of the data, the **critic-rated plausibility** of each perturbation
-  mode (arms-slight, arms-high, arms-angle, learned): the share rated plausible, the angle
-  coverage (15-degree cells of shoulder angle x elbow flexion hit), the mean change of the
-  arm angles and the arm bone-length error.
+- for single poses of the data (``draws`` perturbations each), the **critic-rated
+  plausibility** of each perturbation mode (arms-slight, arms-high, arms-angle, learned; the
+  learned sampler under the same joint limits as the others when :mod:`..perturb` offers
+  ``plausible_arms``): the share rated plausible, the angle coverage (15-degree cells of
+  shoulder angle x elbow flexion hit by all arms, and per arm by its draws), the mean change
+  of the arm angles and the arm bone-length error;
+- the critic on clearly implausible poses (bones scaled, elbows bent backwards, arms
+  across the body, joint jitter): the AUC of real poses against them.
 """
 from __future__ import annotations
 
@@ -45,7 +49,7 @@ def _arm_bones(layout) -> np.ndarray:
 @torch.no_grad()
 def evaluate_motion(run_dir: "str | Path", data: "str | Path", num: int = 500, seed: int = 0,
                     device: str = "cpu", horizon: "int | None" = None, out: "str | Path | None" = None,
-                    progress: bool = True) -> dict[str, Any]:
+                    progress: bool = True, draws: int = 8) -> dict[str, Any]:
     """Measure a motion run on ``data`` (see the module docstring); writes the results as
     JSON to ``out`` (default ``RUN/motion_metrics.json``) and returns them."""
     run = _load(run_dir, device)
@@ -88,7 +92,8 @@ def evaluate_motion(run_dir: "str | Path", data: "str | Path", num: int = 500, s
                       "shuffled": float(torch.sigmoid(run.Q(shuffled)).mean())}
     # single poses of the data, perturbed by each mode and judged by the critic
     if arm_joints(lay) and arm_joints(layout):
-        res["perturbations"] = _perturbation_table(run_dir, device, seqs, layout, jmap, num, seed, horizon)
+        res["perturbations"] = _perturbation_table(run_dir, device, seqs, layout, jmap, min(num, 200), seed, horizon,
+                                                   draws)
     out = Path(out) if out else Path(run_dir) / "motion_metrics.json"
     atomic_write_json(out, res, indent=1)
     if progress:
@@ -154,7 +159,7 @@ def _joint_limits(layout):
     return accept
 
 
-def _perturbation_table(run_dir, device, seqs, layout, jmap, num, seed, horizon) -> dict[str, Any]:
+def _perturbation_table(run_dir, device, seqs, layout, jmap, num, seed, horizon, draws) -> dict[str, Any]:
     rng = np.random.default_rng([seed, 1])
     cands = [(i, t) for i, s in enumerate(seqs) for t in np.flatnonzero((jmap(s.keypoints)[..., 2] > 0).all(-1))]
     pick = rng.choice(len(cands), min(num, len(cands)), replace=False)
@@ -167,7 +172,7 @@ def _perturbation_table(run_dir, device, seqs, layout, jmap, num, seed, horizon)
     arm_b = _arm_bones(lay)
     src_m = jmap(src)[..., :2]
     ang_src = joint_angles(src_m, lay)
-    table: dict[str, Any] = {"poses": int(len(src)), "threshold": critic.threshold}
+    table: dict[str, Any] = {"poses": int(len(src)), "draws": draws, "threshold": critic.threshold}
     s_real = critic.score(jmap(src))
     table["implausible"] = {}
     for kind, in_nda in IMPLAUSIBLE.items():
@@ -178,21 +183,26 @@ def _perturbation_table(run_dir, device, seqs, layout, jmap, num, seed, horizon)
     for mi, mode in enumerate(("real",) + PERTURB_MODES):
         prng = np.random.default_rng([seed, 2, mi])
         if mode == "real":
-            pert = src.copy()
+            pert = np.repeat(src[:, None], draws, 1)
         elif mode == "learned":
-            pert = np.stack([sampler.perturb(k[None], layout, sz, prng, accept)[0] for k, sz in zip(src, sizes)])
-        else:
-            pert = np.stack([perturb_keypoints(k[None], layout, sz, prng, PerturbConfig(mode))[0]
+            pert = np.stack([[sampler.perturb(k[None], layout, sz, prng, accept)[0] for _ in range(draws)]
                              for k, sz in zip(src, sizes)])
-        pm = jmap(pert)[..., :2]
-        ang = joint_angles(pm, lay)
-        d = np.abs((ang - ang_src + 180.0) % 360.0 - 180.0)
-        table[mode] = {"plausible": float(critic.plausible(pert, layout).mean()),
-                       "score_mean": float(np.nanmean(critic.score(pert, layout))),
-                       "moved": float((np.abs(pert[..., :2] - src[..., :2]).max((1, 2)) > 1e-3).mean()),
+        else:
+            pert = np.stack([[perturb_keypoints(k[None], layout, sz, prng, PerturbConfig(mode))[0]
+                              for _ in range(draws)] for k, sz in zip(src, sizes)])
+        flat = pert.reshape(-1, *pert.shape[2:])                                   # (N * draws, K, 3)
+        pm = jmap(pert)[..., :2]                                                   # (N, draws, J, 2)
+        ang = joint_angles(pm, lay)                                                # (N, draws, A, 2)
+        d = np.abs((ang - ang_src[:, None] + 180.0) % 360.0 - 180.0)
+        per_pose = [angle_coverage(ang[i, :, a]) for i in range(len(src)) for a in range(ang.shape[2])]
+        table[mode] = {"plausible": float(critic.plausible(flat, layout).mean()),
+                       "score_mean": float(np.nanmean(critic.score(flat, layout))),
+                       "moved": float((np.abs(pert[..., :2] - src[:, None, ..., :2]).max((2, 3)) > 1e-3).mean()),
                        "angle_coverage_cells": angle_coverage(ang),
+                       "cells_per_arm": float(np.mean(per_pose)),
                        "mean_angle_change_deg": float(d.mean()),
-                       "arm_bone_error_pct": bone_length_error(pm, src_m, arm_b)}
+                       "arm_bone_error_pct": bone_length_error(pm.reshape(-1, *pm.shape[2:]),
+                                                               np.repeat(src_m, draws, 0), arm_b)}
     return table
 
 
@@ -213,11 +223,14 @@ def format_results(res: dict[str, Any]) -> str:
                  f"shuffled {q['shuffled']:.2f}")
     if "perturbations" in res:
         t = res["perturbations"]
-        lines.append(f"  perturbations of {t['poses']} poses (critic threshold {t['threshold']:.4g}):")
-        lines.append(f"    {'mode':<12} {'plausible':>9} {'coverage':>8} {'angle chg':>9} {'arm bone err':>12} {'moved':>6}")
+        lines.append(f"  perturbations: {t['draws']} draws for each of {t['poses']} poses (critic threshold "
+                     f"{t['threshold']:.4g}); coverage: 15-degree (shoulder, elbow) cells hit, all arms pooled and "
+                     "per arm")
+        lines.append(f"    {'mode':<12} {'plausible':>9} {'cells':>6} {'per arm':>7} {'angle chg':>9} {'arm bone err':>12} "
+                     f"{'moved':>6}")
         for mode in ("real",) + PERTURB_MODES:
             r = t[mode]
-            lines.append(f"    {mode:<12} {r['plausible']:>9.3f} {r['angle_coverage_cells']:>8d} "
+            lines.append(f"    {mode:<12} {r['plausible']:>9.3f} {r['angle_coverage_cells']:>6d} {r['cells_per_arm']:>7.2f} "
                          f"{r['mean_angle_change_deg']:>8.1f}° {r['arm_bone_error_pct']:>11.2f}% {r['moved']:>6.2f}")
         lines.append("  the critic on clearly implausible poses (AUC of real against them; share rated plausible):")
         for kind, r in t["implausible"].items():

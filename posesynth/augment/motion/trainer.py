@@ -49,7 +49,7 @@ from .losses import bone_loss, consistency_loss, gradient_penalty
 from .metrics import bone_length_error
 from .model import MotionGenerator, MotionModelConfig, SequenceCritic
 
-__all__ = ["MotionConfig", "MotionTrainer", "MotionRun", "load_motion", "score_poses"]
+__all__ = ["MotionConfig", "MotionTrainer", "MotionRun", "TrainingError", "load_motion", "score_poses", "held_sequences"]
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class MotionConfig:
     held_fraction: float = field(default=0.5, metadata={
         "help": "single poses held still, as many as this share of the batch, join the critic's real (data) and "
                 "fake (generated frames) batches: the view in which single poses are judged; 0: off"})
-    lambda_bone: float = field(default=10.0, metadata={"help": "weight of the bone-length loss (0: off)"})
+    lambda_bone: float = field(default=100.0, metadata={"help": "weight of the bone-length loss (0: off)"})
     lambda_consistency: float = field(default=1.0, metadata={"help": "weight of the consistency loss (0: off)"})
     lr_g: float = 2e-4
     lr_d: float = 2e-4
@@ -117,8 +117,8 @@ class MotionConfig:
         if not 0 < self.threshold_quantile < 1:
             raise ConfigError(f"threshold_quantile must be in (0, 1), not {self.threshold_quantile}")
 
-    def model_config(self, joints: int) -> MotionModelConfig:
-        return MotionModelConfig(joints, self.past + self.future, self.hidden, self.z_dim, self.layers,
+    def model_config(self, layout: KeypointLayout) -> MotionModelConfig:
+        return MotionModelConfig(layout.num_keypoints, self.past + self.future, self.hidden, self.z_dim, self.layers,
                                  self.critic_hidden, self.critic_layers)
 
 
@@ -178,7 +178,7 @@ class MotionTrainer:
         self.flip_index = torch.as_tensor(layout.flip_index, device=self.device)
         self.bones = torch.as_tensor(bones_of(layout), device=self.device)
         torch.manual_seed(cfg.seed)
-        self.mcfg = cfg.model_config(layout.num_keypoints)
+        self.mcfg = cfg.model_config(layout)
         self.G = MotionGenerator(self.mcfg).to(self.device)
         self.C = SequenceCritic(self.mcfg).to(self.device)
         self.Q = SequenceCritic(self.mcfg).to(self.device)

@@ -1,0 +1,162 @@
+"""Devices, data parallel, checkpoints (issue 11)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from posesynth.checkpoint import TornCheckpoint, load_checkpoint, save_checkpoint
+from posesynth.datasets.layouts import DRIVER9
+from posesynth.runs import Precision, resolve_device, resolve_gan_device
+
+HERE = Path(__file__).parent
+
+
+def test_device_auto_picks_cpu_without_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_gan_device("auto", torch.device("cpu")) == torch.device("cpu")
+    from posesynth.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        resolve_device("cuda:0")
+    with pytest.raises(ConfigError, match="needs a CUDA GPU"):
+        Precision("bf16", torch.device("cpu"))
+    assert Precision("auto", torch.device("cpu")).name == "fp32"
+
+
+def test_torn_checkpoint_pair_is_detected_and_the_previous_one_used(tmp_path, caplog):
+    p = tmp_path / "checkpoints" / "latest"
+    save_checkpoint(p, {"w": torch.full((3,), 1.0)}, {"step": 1})
+    save_checkpoint(p, {"w": torch.full((3,), 2.0)}, {"step": 2})
+    t, m = load_checkpoint(p)
+    assert m["step"] == 2 and float(t["w"][0]) == 2.0
+    # a crash between the two writes of step 3: new tensors beside the old JSON
+    from safetensors.torch import save
+
+    (p.parent / "latest.safetensors").write_bytes(save({"w": torch.full((3,), 3.0)}, metadata={"step": "3"}))
+    with pytest.raises(TornCheckpoint, match="does not belong to latest.json"):
+        load_checkpoint(p, fallback=False)
+    with caplog.at_level("WARNING"):
+        t, m = load_checkpoint(p)
+    assert m["step"] == 1 and float(t["w"][0]) == 1.0     # the previous complete pair
+    assert "previous complete checkpoint" in caplog.text
+
+
+def test_resume_after_a_torn_pair_and_stale_temps(tmp_path):
+    from posesynth.datasets.synthetic import render_scene, scene_rng
+    from posesynth.posenet.trainer import PoseNetTrainer, PoseTrainConfig
+
+    class Src:
+        layout = DRIVER9
+        s = [render_scene(scene_rng(40, i), 64, "narrow", 0.0) for i in range(4)]
+
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return self.s[i]
+
+    cfg = PoseTrainConfig(size=(64, 64), backbone="pvt_v2_b0", pretrained="none", heads="small", epochs=2,
+                          batch_size=2, device="cpu", data_augment=False)
+    run = tmp_path / "run"
+    PoseNetTrainer(cfg, run, source=Src(), progress=False).fit()
+    ck = run / "checkpoints"
+    assert json.loads((ck / "latest.json").read_text())["epoch"] == 2
+    assert json.loads((ck / "previous.json").read_text())["epoch"] == 1
+    (ck / "latest.safetensors").write_bytes((ck / "latest.safetensors").read_bytes()[:-7])   # cut short
+    (ck / ".latest.json.abc123.tmp").write_text("{")                                         # a crash's leftover
+    import dataclasses
+
+    t = PoseNetTrainer(dataclasses.replace(cfg, epochs=3), run, source=Src(), progress=False, resume=True)
+    assert t.epoch == 1 and len(t.history) == 1            # resumed from the complete pair
+    assert not (ck / ".latest.json.abc123.tmp").exists()
+    t.fit()
+    assert t.epoch == 3 and [h["epoch"] for h in t.history] == [1, 2, 3]
+    import stat
+
+    mode = stat.S_IMODE(os.stat(ck / "latest.json").st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask          # the user's umask, not mkstemp's 0600
+
+
+def test_five_people_stay_in_the_maps(tmp_path):
+    from posesynth.datasets.sample import Sample
+    from posesynth.datasets.torch_dataset import PoseMapDataset, max_people_of
+    from posesynth.posenet.decode import find_peaks
+
+    kp = np.zeros((5, 9, 3), np.float32)
+    for p in range(5):
+        kp[p, :, 0] = 12 + 25 * p
+        kp[p, :, 1] = np.linspace(10, 110, 9)
+        kp[p, :, 2] = 2
+
+    class Src:
+        layout = DRIVER9
+
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            return Sample(np.zeros((128, 128, 3), np.uint8), kp, np.zeros((1, 128, 128), np.uint8))
+
+    assert max_people_of(Src()) == 5
+    item = PoseMapDataset(Src(), (128, 128), max_people=max_people_of(Src()), with_maps=False)[0]
+    assert item["keypoints"].shape[0] == 5
+    peaks = find_peaks(item["heatmaps"].numpy(), 0.5)
+    assert all(len(p) == 5 for p in peaks)
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        str(HERE / "ddp_script.py"), str(out)], capture_output=True, text=True, env=env, timeout=240)
+    assert r.returncode == 0, r.stderr[-4000:]
+    return [json.loads((out / f"rank{i}.json").read_text()) for i in range(2)], out
+
+
+def test_gloo_ddp_with_the_mixer_ranks_render_their_own_slots(ddp_run):
+    (a, b), _ = ddp_run
+    assert a["backend"] == b["backend"] == "gloo" and a["device"] == b["device"] == "cpu"
+    assert a["mixer_seed"] != b["mixer_seed"]
+    for sa, sb in zip(a["seen"], b["seen"]):
+        assert sa["step"] == sb["step"]
+        assert sum(sa["replaced"]) == sum(sb["replaced"]) == 1          # half of each rank's batch of 2
+        assert sa["keypoints"] != sb["keypoints"]                       # different slots, different poses
+
+
+def test_a_nan_on_one_rank_does_not_hang_the_run(ddp_run):
+    (a, b), _ = ddp_run
+    assert a["skipped"] == b["skipped"] == 1        # both ranks skipped the step together
+    assert a["epochs"] == b["epochs"] == 1          # and the run finished
+
+
+def test_metrics_over_two_ranks_equal_one_process(ddp_run):
+    """The two ranks' combined validation figures equal one process scoring the same data."""
+    sys.path.insert(0, str(HERE))
+    import ddp_script
+
+    from posesynth.datasets.posemaps import PoseMapSpec
+    from posesynth.datasets.torch_dataset import PoseMapDataset
+    from posesynth.posenet.evaluate import evaluate_dataset
+    from posesynth.posenet.load import load_posenet
+    from posesynth.posenet.losses import PoseLossWeights
+
+    (a, b), out = ddp_run
+    assert a["val"] == b["val"]                     # every rank ends with the whole dataset's figures
+    model, layout, meta = load_posenet(out / "run", "cpu", checkpoint="latest")
+    ds = PoseMapDataset(ddp_script.Scenes(32, 6), (64, 64), None, 4, PoseMapSpec.from_dict(meta["posemaps"]),
+                        meta["max_people"], with_maps=False, fit="letterbox", with_original=True)
+    w = meta["config"]
+    one = evaluate_dataset(model, ds, layout, True, w["decode_threshold"], w["pck_alpha"],
+                           PoseLossWeights(w["w_heatmap"], w["w_paf"], w["w_mask"], w["loss_reduction"]), 2)
+    assert len(a["val"]) > 5
+    for k, v in a["val"].items():
+        assert one[k[4:]] == pytest.approx(v, rel=1e-5, abs=1e-6), k
