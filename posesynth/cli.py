@@ -172,7 +172,9 @@ def _cmd_experiment(a: argparse.Namespace) -> None:
         for k, v in r["compare"].items():
             share = v.get("oracle_share", float("nan"))
             print(f"    {k} vs baseline: {v['diff_mean']:+.3f} ± {v['diff_sd']:.3f}, ahead on {v['ahead']} of "
-                  f"{v['seeds']} seeds" + (f", closes {100 * share:.0f}% of the oracle gap" if share == share else ""))
+                  f"{v['seeds']} seeds" + (f", closes {100 * share:.0f}% of the oracle gap" if share == share else
+                                           ", no oracle gap to close (the oracle is not above the baseline)"
+                                           if "oracle_gap" in v else ""))
 
 
 def _cmd_generate(a: argparse.Namespace) -> None:

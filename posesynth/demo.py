@@ -111,6 +111,7 @@ def run_demo(out: Path, quick: bool = False) -> str:
     cs, cmp = row["conditions"], row["compare"][cond]
     b, r, o = (cs[k]["test_PCK_best"]["mean"] for k in ("baseline", cond, "oracle"))
     share = cmp.get("oracle_share", float("nan"))
+    no_gap = " (the oracle is not above the baseline)" if share != share else ""
 
     def f(v, d=3):
         return f"{v:.{d}f}" if v == v else "n/a"
@@ -123,7 +124,7 @@ def run_demo(out: Path, quick: bool = False) -> str:
                     f"<td>{f(v['gap_PCK']['mean'])}</td></tr>" for k, v in cs.items())
     minutes = (time.perf_counter() - t0) / 60
     line = (f"demo done in {minutes:.1f} min: test PCK@0.2 baseline {f(b)}, {best_name} {f(r)}, oracle {f(o)}; "
-            f"{best_name} closes {f(100 * share, 0)}% of the oracle gap; ahead on {cmp['ahead']} of {cmp['seeds']} "
+            f"{best_name} closes {f(100 * share, 0)}% of the oracle gap{no_gap}; ahead on {cmp['ahead']} of {cmp['seeds']} "
             f"seeds. Report: {out / 'report.html'}")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>posesynth demo</title>
 <style>body{{font-family:sans-serif;max-width:1300px;margin:auto}}td,th{{padding:4px 10px;border-bottom:1px solid #ddd}}
@@ -147,7 +148,7 @@ initialisation, the same transforms in every condition; {html.escape(best_name)}
 <th>train - test PCK</th></tr>{erows}</table>
 <p>{html.escape(best_name)} against the baseline, paired by seed: {f(cmp['diff_mean'])} ± {f(cmp['diff_sd'])};
 ahead on {cmp['ahead']} of {cmp['seeds']} seeds; the difference {'exceeds' if cmp['exceeds_spread'] else 'does not exceed'}
-the spread over seeds; it closes {f(100 * share, 0)}% of the gap between baseline and oracle.</p>
+the spread over seeds; it closes {f(100 * share, 0)}% of the gap between baseline and oracle{no_gap}.</p>
 <img src="comparison.png"><h2>Curves</h2><img src="curves.png">
 <h2>Rendered slots of a training batch (source | render)</h2><img src="rendered_{cond}.png">
 <h2>Data</h2><p>training split</p><img src="train_grid.png"><p>test split</p><img src="test_grid.png">

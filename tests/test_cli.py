@@ -49,7 +49,7 @@ def test_demo_quick(tmp_path):
     import re
 
     assert re.fullmatch(r"demo done in [\d.]+ min: test PCK@0\.2 baseline \S+, (warp|gan-inpaint) \S+, oracle \S+; "
-                        r"\S+ closes \S+% of the oracle gap; ahead on \d of 2 seeds\. Report: \S+report\.html", last), last
+                        r"\S+ closes \S+% of the oracle gap( \(the oracle is not above the baseline\))?; ahead on \d of 2 seeds\. Report: \S+report\.html", last), last
 
 
 def test_train_gan_resume_and_render(tmp_path):

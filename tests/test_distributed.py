@@ -75,8 +75,17 @@ def test_resume_after_a_torn_pair_and_stale_temps(tmp_path):
     t = PoseNetTrainer(dataclasses.replace(cfg, epochs=3), run, source=Src(), progress=False, resume=True)
     assert t.epoch == 1 and len(t.history) == 1            # resumed from the complete pair
     assert not (ck / ".latest.json.abc123.tmp").exists()
+    # a best newer than the resumed state (here: epoch 2's, written after the resumed epoch 1) is gone
+    import shutil
+
+    for suffix in (".json", ".safetensors"):
+        shutil.copy(ck / f"previous{suffix}", ck / f"best{suffix}")
+    (ck / "best.json").write_text(json.dumps({**json.loads((ck / "best.json").read_text()), "epoch": 2}))
+    t = PoseNetTrainer(dataclasses.replace(cfg, epochs=3), run, source=Src(), progress=False, resume=True)
+    assert not (ck / "best.json").exists() and t.best_epoch == 0
     t.fit()
     assert t.epoch == 3 and [h["epoch"] for h in t.history] == [1, 2, 3]
+    assert 2 <= t.best_epoch == json.loads((ck / "best.json").read_text())["epoch"]   # a best exists again
     import stat
 
     mode = stat.S_IMODE(os.stat(ck / "latest.json").st_mode)

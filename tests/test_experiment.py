@@ -137,9 +137,13 @@ def test_summary_shares_and_paired_comparison():
     s = summarise(rows, c)["rows"][0]["compare"]["warp"]
     diffs = np.array([0.10, 0.05, -0.01])
     assert s["ahead"] == 2 and s["seeds"] == 3
-    assert s["diff_mean"] == pytest.approx(diffs.mean()) and s["diff_sd"] == pytest.approx(diffs.std())
+    assert s["diff_mean"] == pytest.approx(diffs.mean()) and s["diff_sd"] == pytest.approx(diffs.std(ddof=1))
     assert s["oracle_share"] == pytest.approx(diffs.mean() / (np.mean([0.7, 0.6, 0.65]) - np.mean([0.5, 0.4, 0.45])))
-    assert s["exceeds_spread"] == bool(abs(diffs.mean()) > diffs.std())
+    assert s["exceeds_spread"] is False     # mean 0.047 < 2 x standard error 2 x 0.032
+    # an oracle below the baseline leaves no gap to close: no share, rather than a ratio of two negatives
+    low = [dict(r, test_PCK_best=0.3) if r["cond"] == "oracle" else r for r in rows]
+    s = summarise(low, c)["rows"][0]["compare"]["warp"]
+    assert s["oracle_gap"] < 0 and np.isnan(s["oracle_share"])
 
 
 def test_selection_never_reads_the_test_split(tmp_path, monkeypatch):

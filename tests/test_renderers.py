@@ -127,6 +127,12 @@ def test_poses_from_file_replace_the_arms(tmp_path):
     np.testing.assert_allclose(new[0, arms], kp[0, arms], atol=1e-3)   # the file's (rounded) arms
     same = per(a.keypoints, (128, 128), np.random.default_rng(0), "unknown.jpg")
     np.testing.assert_array_equal(same, a.keypoints)
+    # training batches carry no file names: the mixer refuses poses:FILE rather than render unmoved arms
+    from posesynth.augment.mixing import BatchMixer
+    from posesynth.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="file name"):
+        BatchMixer(DRIVER9, PoseMapSpec(size=(128, 128)), 0.5, "render", WarpRenderer(DRIVER9), per)
 
 
 def test_torch_pose_maps_equal_numpy():

@@ -277,7 +277,9 @@ def _strip(last: dict[str, torch.Tensor], n: int = 6) -> np.ndarray:
 # ---- summary ------------------------------------------------------------------------------
 def _ms(v) -> tuple[float, float]:
     v = np.asarray([x for x in v if x is not None and np.isfinite(x)], float)
-    return (float(v.mean()), float(v.std())) if len(v) else (float("nan"), float("nan"))
+    if not len(v):
+        return float("nan"), float("nan")
+    return float(v.mean()), (float(v.std(ddof=1)) if len(v) > 1 else 0.0)
 
 
 def summarise(results: list[dict[str, Any]], c: ExperimentConfig) -> dict[str, Any]:
@@ -301,14 +303,19 @@ def summarise(results: list[dict[str, Any]], c: ExperimentConfig) -> dict[str, A
             mine = {r["seed"]: r["test_PCK_best"] for r in results if r["n"] == n and r["cond"] == cond}
             seeds = sorted(set(base) & set(mine))
             diffs = np.array([mine[s] - base[s] for s in seeds], float)
-            entry: dict[str, Any] = {"seeds": len(seeds), "ahead": int((diffs > 0).sum()),
-                                     "diff_mean": float(diffs.mean()) if len(diffs) else float("nan"),
-                                     "diff_sd": float(diffs.std()) if len(diffs) else float("nan")}
-            entry["exceeds_spread"] = bool(len(diffs) > 1 and abs(entry["diff_mean"]) > entry["diff_sd"])
-            if orac:
-                gap = np.mean([orac[s] for s in seeds if s in orac]) - np.mean([base[s] for s in seeds])
-                entry["oracle_gap"] = float(gap)
-                entry["oracle_share"] = float(entry["diff_mean"] / gap) if abs(gap) > 1e-9 else float("nan")
+            mean, sd = _ms(diffs)
+            # the paired difference "exceeds the spread over seeds" when it is more than twice its
+            # standard error (the seeds' sample sd of the differences over sqrt(seeds))
+            entry: dict[str, Any] = {"seeds": len(seeds), "ahead": int((diffs > 0).sum()), "diff_mean": mean,
+                                     "diff_sd": sd, "diff_se": float(sd / np.sqrt(len(seeds))) if seeds else float("nan")}
+            entry["exceeds_spread"] = bool(len(diffs) > 1 and abs(mean) > 2 * entry["diff_se"])
+            paired = [s for s in seeds if s in orac]   # oracle gap over the same seeds, paired
+            if paired:
+                gap = float(np.mean([orac[s] - base[s] for s in paired]))
+                closed = float(np.mean([mine[s] - base[s] for s in paired]))
+                entry["oracle_gap"] = gap
+                # a share of the gap means something only when the oracle is above the baseline
+                entry["oracle_share"] = closed / gap if gap > 1e-9 else float("nan")
             comp[cond] = entry
         row["compare"] = comp
         rows.append(row)
@@ -402,7 +409,8 @@ def _report(summary: dict[str, Any], c: ExperimentConfig, out: Path, strips: lis
         comp = "".join(
             f"<tr><td>{html.escape(k)}</td><td>{_f(v['diff_mean'])} ± {_f(v['diff_sd'])}</td>"
             f"<td>{v['ahead']} of {v['seeds']}</td><td>{'yes' if v['exceeds_spread'] else 'no'}</td>"
-            f"<td>{_f(100 * v.get('oracle_share', float('nan')), 0)}%</td></tr>"
+            + (f"<td>{_f(100 * v['oracle_share'], 0)}%</td></tr>" if np.isfinite(v.get("oracle_share", np.nan)) else
+               "<td>n/a: the oracle is not above the baseline</td></tr>" if "oracle_gap" in v else "<td>n/a</td></tr>")
             for k, v in row["compare"].items())
         parts.append(f"""<h2>{row['n']} training images</h2>
 <table><tr><th>condition</th><th>test PCK@0.2 (val-selected)</th><th>test PCK@0.2 (final)</th>
@@ -410,7 +418,7 @@ def _report(summary: dict[str, Any], c: ExperimentConfig, out: Path, strips: lis
 <th>selected epoch</th></tr>{body}</table>
 <p>Against the baseline, paired by seed (difference in test PCK@0.2 at the validation-selected epoch):</p>
 <table><tr><th>condition</th><th>mean difference ± sd over seeds</th><th>ahead on</th>
-<th>difference exceeds the spread?</th><th>share of the oracle gap closed</th></tr>{comp}</table>""")
+<th>mean &gt; 2 standard errors (sd / &radic;seeds)?</th><th>share of the oracle gap closed</th></tr>{comp}</table>""")
     strip_html = "".join(f"<h3>{html.escape(k)}: source | render (last replaced slots)</h3>"
                          f"<img src='rendered_{html.escape(k)}.png'>" for k in strips)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>posesynth: overfitting experiment</title>

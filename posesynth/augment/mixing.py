@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from ..datasets.layouts import KeypointLayout
+from ..errors import ConfigError
 from ..datasets.posemaps import PoseMapSpec, render_heatmaps_torch, render_pafs_torch
 from .perturb import Perturber, PerturbConfig
 from .renderers import Renderer
@@ -88,6 +89,12 @@ class BatchMixer:
         self.layout, self.spec, self.fraction, self.fill = layout, spec, fraction if fill != "none" else 0.0, fill
         self.renderer = renderer
         self.perturber = perturber or Perturber(PerturbConfig(), layout)
+        if fill == "render" and self.perturber.needs_file_name:
+            # batches carry no file names, so every lookup would miss and the "renders" would be
+            # the real images' own poses
+            raise ConfigError("--augment poses:FILE matches poses by image file name, which training batches do "
+                              "not carry: use it with render or generate (then train on that dataset), or use "
+                              "arms-angle, arms-slight, arms-high or learned:RUN in the training loop")
         self.device = torch.device(device)
         self.seed = seed
         self.post_scale, self.post_translate = tuple(post_scale), post_translate

@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from ..checkpoint import load_module, module_tensors, optimizer_from_flat, optimizer_to_flat
+from ..checkpoint import load_checkpoint, load_module, module_tensors, optimizer_from_flat, optimizer_to_flat
 from ..config import to_dict
 from ..datasets.formats import KeypointSource, data_options, open_dataset
 from ..datasets.posemaps import PoseMapSpec
@@ -285,19 +285,26 @@ class PoseNetTrainer:
         self.best_epoch = int(meta.get("best_epoch", 0))
         self.skipped_steps = int(meta.get("skipped_steps", 0))
         self.history = meta.get("history", [])
-        best = self.dir.ckpt / "best.json"
-        if self.main and best.exists():  # a best saved after the state we resume from is stale
-            import json
-
+        best = self.dir.ckpt / "best"
+        if (self.dir.ckpt / "best.json").exists() or (self.dir.ckpt / "best.safetensors").exists():
+            # a best saved after the state we resume from (a crash between saving best and latest)
+            # or a torn best pair no longer describes self.best: remove it and let the next epoch
+            # save a best again.  Every rank decides the same from the same files.
+            why = ""
             try:
-                if int(json.loads(best.read_text()).get("epoch", 0)) > self.epoch:
+                if int(load_checkpoint(best, fallback=False)[1].get("epoch", 0)) > self.epoch:
+                    why = "it is from a later epoch than the resumed state"
+            except PosesynthError as e:
+                why = str(e)
+            if why:
+                if self.world > 1:
+                    dist.barrier()   # every rank has read the files before rank 0 removes them
+                if self.main:
                     for suffix in (".json", ".safetensors"):
                         (self.dir.ckpt / f"best{suffix}").unlink(missing_ok=True)
-                    if self.best_epoch > 0:
-                        log.warning("resuming at epoch %d: the best checkpoint from a later epoch was removed",
-                                    self.epoch)
-            except (ValueError, OSError):
-                pass
+                    log.warning("resuming at epoch %d: removed the best checkpoint (%s); the next epoch saves a "
+                                "new one", self.epoch, why)
+                self.best, self.best_epoch = -math.inf, 0
 
     # ---- loops -------------------------------------------------------------------------
     def _to(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -369,8 +376,15 @@ class PoseNetTrainer:
             out.update({k + name: (v * m, m) for k, v in sp.items()})
         return out
 
+    _LOSS_KEYS = ("loss", "hm", "paf", "mask")
+
     def _reduce(self, sums: dict[str, float], counts: dict[str, float]) -> dict[str, float]:
-        keys = sorted(sums)
+        """Sample-weighted means over every rank.  The key set is fixed (the loss terms over the
+        real and over the replaced slots), so every rank reduces a tensor of the same size even
+        when one of them had no real or no replaced slot; a term no rank saw is left out."""
+        keys = sorted(set(sums) | {k + s for k in self._LOSS_KEYS for s in ("", "_replaced")})
+        sums = {k: sums.get(k, 0.0) for k in keys}
+        counts = {k: counts.get(k, 0.0) for k in keys}
         if self.world > 1:
             t = torch.tensor([sums[k] for k in keys] + [counts[k] for k in keys], dtype=torch.float64,
                              device=self.device)
@@ -378,7 +392,7 @@ class PoseNetTrainer:
             vals = t.tolist()
             sums = dict(zip(keys, vals[:len(keys)]))
             counts = dict(zip(keys, vals[len(keys):]))
-        return {k: sums[k] / max(counts[k], 1e-12) for k in keys}
+        return {k: sums[k] / counts[k] for k in keys if counts[k] > 0}
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -415,6 +429,8 @@ class PoseNetTrainer:
         c = self.cfg
         t0 = time.perf_counter()
         last: dict[str, Any] = {}
+        if c.early_stop and self.stale >= c.early_stop:
+            return last   # resumed from a run that had already stopped early
         while self.epoch < c.epochs:
             te = time.perf_counter()
             train = self.train_epoch()
@@ -425,7 +441,10 @@ class PoseNetTrainer:
                    "images_per_s": self.steps_per_epoch() * c.batch_size * self.world / (time.perf_counter() - te)}
             self.history.append(row)
             key = f"val_{c.best_metric}"
-            score = val.get(key, -train.get("loss", 0.0))
+            if val and key not in val:
+                raise ConfigError(f"best_metric {c.best_metric!r} is not a validation figure; choose one of "
+                                  f"{sorted(k[4:] for k in val)}")
+            score = val[key] if val else -train.get("loss", math.inf)
             if not np.isfinite(score):
                 score = -math.inf
             self.sched.step(score)
