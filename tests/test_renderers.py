@@ -261,3 +261,22 @@ def test_warp_needs_a_layout_with_arms():
     with pytest.raises(ConfigError, match="names no arms"):
         WarpRenderer(KeypointLayout("hand3", ("wrist", "thumb", "index"), ((0, 1), (0, 2))))
     assert len(arm_chains(COCO17)) == 2
+
+
+def test_pck_over_selected_joints_counts_only_those():
+    """render-quality's 'moved joints' PCK: a wrist displaced by a whole torso is the only miss,
+    so PCK over all joints is (n - 1) / n and over the selected (that wrist) 0."""
+    from posesynth.datasets.geometry import torso_size
+    from posesynth.posenet.metrics import _pck_counts
+
+    gt = render_scene(scene_rng(3, 0), 128, "narrow", 0.0).keypoints[:1].copy()
+    w = DRIVER9.index("right_wrist")
+    pred = gt.copy()
+    pred[0, w, 0] += torso_size(gt[0], DRIVER9)
+    c, n, _, _ = _pck_counts(gt, pred, DRIVER9, 0.2)
+    vis = int((gt[0, :, 2] > 0).sum())
+    assert n.sum() == vis and c.sum() == vis - 1
+    sel = np.zeros(gt.shape[:2], bool)
+    sel[0, [w, DRIVER9.index("left_wrist")]] = True
+    c, n, _, _ = _pck_counts(gt, pred, DRIVER9, 0.2, select=sel)
+    assert n.sum() == 2 and c.sum() == 1

@@ -39,13 +39,13 @@ from ..datasets.formats import data_options, open_dataset
 from ..datasets.geometry import RegionSpec
 from ..datasets.posemaps import PoseMapSpec, render_pose_maps_torch
 from ..datasets.sample import Sample
-from ..datasets.torch_dataset import image_to_tensor
+from ..datasets.torch_dataset import image_to_tensor, tensor_to_image
 from ..datasets.transforms import Fit
 from ..errors import ConfigError, PosesynthError
 from ..io import atomic_write_json
 from ..runs import resolve_device
 from .perturb import MODES, PerturbConfig, Perturber, check_mode
-from .renderers import GANRenderer, Renderer, WarpRenderer, _to_uint8
+from .renderers import GANRenderer, Renderer, WarpRenderer
 
 __all__ = ["GenerateConfig", "generate_dataset", "merge_shards", "parse_shard"]
 
@@ -136,7 +136,7 @@ def _gan_renderer(c: GenerateConfig, layout, device: torch.device, calib_maps) -
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(c.precision, torch.float32)
     r = GANRenderer(model, meta.get("mode", "full"), gan_layout, PoseMapSpec.from_dict(meta["posemaps"]),
                     tuple(meta["generator"]["size"]), device, run=str(c.gan), dtype=dtype,
-                    region=RegionSpec(**meta["region"]) if meta.get("region") else RegionSpec())
+                    region=RegionSpec.from_meta(meta))
     return r
 
 
@@ -225,7 +225,7 @@ def generate_dataset(c: GenerateConfig, progress: bool = True, stop_after: "int 
             masks = torch.from_numpy(np.stack([s.masks for _, s, _ in ready])).float().to(device)
             with torch.inference_mode():
                 rd = renderer(imgs, masks, old, new)
-            pics = _to_uint8(rd.images)
+            pics = tensor_to_image(rd.images)
             new_masks = (rd.masks > 0.5).to(torch.uint8).cpu().numpy()
             samples = [Sample(pic, kp, m, meta=s.meta) for pic, m, (_, s, kp) in zip(pics, new_masks, ready)]
             entries = [pool.submit(write, s, item) for s, (item, _, _) in zip(samples, ready)]

@@ -36,7 +36,7 @@ from ..datasets.geometry import limb_region
 from ..datasets.posemaps import PoseMapSpec, render_pose_maps
 from ..datasets.sample import Sample
 from ..datasets.synthetic import SceneSpec, redraw_scene
-from ..datasets.torch_dataset import image_to_tensor
+from ..datasets.torch_dataset import image_to_tensor, tensor_to_image
 from ..datasets.transforms import Fit, apply_affine, fit_matrix, invert_affine
 from ..datasets.visualize import maps_to_rgb
 from ..errors import ConfigError, PosesynthError
@@ -44,7 +44,7 @@ from ..imagemetrics import psnr, ssim
 from ..io import atomic_write_json, atomic_write_text
 from ..runs import resolve_device
 from .perturb import PerturbConfig, Perturber, check_mode
-from .renderers import Renderer, _to_uint8, make_renderer
+from .renderers import Renderer, make_renderer
 
 __all__ = ["render_dataset", "QualityConfig", "render_quality", "judge_pck"]
 
@@ -102,7 +102,7 @@ def render_dataset(data: "str | Path", out: "str | Path", renderer: str = "", ga
         rd = r(image_to_tensor(s.image)[None].to(dev), torch.from_numpy(s.masks[None]).float().to(dev),
                _pad([s.keypoints], src.layout.num_keypoints), _pad([new], src.layout.num_keypoints))
         maps = maps_to_rgb(render_pose_maps(new, src.layout, hw, hw, s.masks, spec), src.layout)
-        row = np.concatenate([s.image, maps, _to_uint8(rd.images)[0]], 1)
+        row = np.concatenate([s.image, maps, tensor_to_image(rd.images)[0]], 1)
         fname = f"{i:06d}.png"
         cv2.imwrite(str(out / fname), cv2.cvtColor(row, cv2.COLOR_RGB2BGR))
         names.append(fname)
@@ -146,8 +146,7 @@ def judge_pck(model: torch.nn.Module, images: list[np.ndarray], keypoints: list[
     keypoint, and over the ``joints`` given per image (``(P, K)`` bool, e.g. the moved elbows and
     wrists; ``nan`` without them)."""
     from ..posenet.load import predict_batch
-    from ..posenet.metrics import match_people
-    from ..datasets.geometry import torso_size
+    from ..posenet.metrics import _pck_counts
 
     hit = cnt = hit_j = cnt_j = 0.0
     for s in range(0, len(images), batch):
@@ -159,20 +158,12 @@ def judge_pck(model: torch.nn.Module, images: list[np.ndarray], keypoints: list[
         for j, (kp, gt, m) in enumerate(zip(kps, keypoints[s:s + batch], mats)):
             pred = apply_affine(kp, invert_affine(m)) if len(kp) else kp
             sel = joints[s + j] if joints is not None else np.zeros(gt.shape[:2], bool)
-            matched = match_people(gt, pred, layout.sigmas)
-            for gi, g in enumerate(gt):
-                vis = g[:, 2] > 0
-                if not vis.any():
-                    continue
-                ts = torso_size(g, layout)
-                ok = np.zeros(len(g), bool)
-                if gi in matched and np.isfinite(ts):
-                    p = pred[matched[gi]]
-                    ok = (p[:, 2] > 0) & (np.linalg.norm(g[:, :2] - p[:, :2], axis=-1) <= alpha * ts)
-                hit += (ok & vis).sum()
-                cnt += vis.sum()
-                hit_j += (ok & vis & sel[gi]).sum()
-                cnt_j += (vis & sel[gi]).sum()
+            labelled = (gt[:, :, 2] > 0).any(-1)
+            gt, sel = gt[labelled], sel[labelled]
+            c, n, _, _ = _pck_counts(gt, pred, layout, alpha)
+            hit, cnt = hit + c.sum(), cnt + n.sum()
+            c, n, _, _ = _pck_counts(gt, pred, layout, alpha, select=sel)
+            hit_j, cnt_j = hit_j + c.sum(), cnt_j + n.sum()
     return (float(hit / cnt) if cnt else float("nan")), (float(hit_j / cnt_j) if cnt_j else float("nan"))
 
 
@@ -221,7 +212,7 @@ def render_quality(c: QualityConfig, progress: bool = True) -> dict[str, Any]:
         mask_t = torch.from_numpy(s.masks[None]).float().to(dev)
         rendered = {}
         for name, r in rends.items():
-            out = _to_uint8(r(img_t, mask_t, old_p, new_p).images)[0]
+            out = tensor_to_image(r(img_t, mask_t, old_p, new_p).images)[0]
             rendered[name] = out
             per[name]["images"].append(out)
             if gt is not None:

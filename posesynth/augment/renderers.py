@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from ..datasets.geometry import RegionSpec, arm_chains, limb_region, moved_arms, torso_size
 from ..datasets.layouts import KeypointLayout
 from ..datasets.posemaps import PoseMapSpec, render_pose_maps_torch
+from ..datasets.torch_dataset import tensor_to_image
 from ..errors import ConfigError
 
 __all__ = ["Rendered", "Renderer", "WarpRenderer", "GANRenderer", "change_region", "make_renderer", "RENDERERS"]
@@ -71,10 +72,6 @@ class Renderer:
 
 
 # ---- warp -----------------------------------------------------------------------------------
-def _to_uint8(images: torch.Tensor) -> np.ndarray:
-    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
 def _seg_dist(xs: np.ndarray, ys: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     d = b - a
     t = np.clip(((xs - a[0]) * d[0] + (ys - a[1]) * d[1]) / max(float(d @ d), 1e-9), 0, 1)
@@ -328,7 +325,7 @@ class WarpRenderer(Renderer):
 
     def __call__(self, images: torch.Tensor, masks: torch.Tensor, old_kp: np.ndarray, new_kp: np.ndarray) -> Rendered:
         dev = images.device
-        imgs = _to_uint8(images)
+        imgs = tensor_to_image(images)
         outs, alphas, holes = zip(*(self.render_one(im, o, n) for im, o, n in zip(imgs, old_kp, new_kp)))
         self.last_limb = np.stack(alphas)
         new = torch.from_numpy(np.stack(outs)).to(dev).permute(0, 3, 1, 2).float().div(127.5).sub(1)
@@ -442,9 +439,8 @@ def load_gan_renderer(run: str, layout: KeypointLayout, device: str = "cpu") -> 
 
     gen, gan_layout, meta = load_generator(run, device)
     check_compatible(gan_layout, layout, run, "the data")
-    region = RegionSpec(**meta["region"]) if meta.get("region") else RegionSpec()
     return GANRenderer(gen, meta.get("mode", "full"), gan_layout, PoseMapSpec.from_dict(meta["posemaps"]),
-                       tuple(meta["generator"]["size"]), device, region=region, run=str(run))
+                       tuple(meta["generator"]["size"]), device, region=RegionSpec.from_meta(meta), run=str(run))
 
 
 class _GeneratorFill:
@@ -468,4 +464,4 @@ class _GeneratorFill:
         fake = F.interpolate(inpaint_forward(gr.G, maps, xs, rs, gr.dtype), size=(h, w), mode="bilinear",
                              align_corners=False)
         out = torch.where(reg > 0, fake, x)
-        return _to_uint8(out)[0]
+        return tensor_to_image(out)[0]

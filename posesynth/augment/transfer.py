@@ -40,6 +40,7 @@ from tqdm import tqdm
 from ..datasets.layouts import KeypointLayout
 from ..datasets.posemaps import to_grid
 from ..datasets.stickfigure import stick_figure_images
+from ..datasets.torch_dataset import tensor_to_image
 from ..datasets.video import VideoWriter, probe_video, read_frames
 from ..errors import PosesynthError
 
@@ -247,10 +248,6 @@ def retime_sequence(keypoints: np.ndarray, speed: float) -> tuple[np.ndarray, np
     return out, np.where(f[:, 0, 0] < 0.5, i0, i1)
 
 
-def _to_uint8(images: torch.Tensor) -> np.ndarray:
-    return ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
 def side_by_side(panels: Sequence[np.ndarray], height: int) -> np.ndarray:
     """Panels ``(h_i, w_i, 3)`` uint8 resized to ``height`` (aspect kept) and joined left to right,
     padded with black to even width and height (what H.264 needs)."""
@@ -311,7 +308,7 @@ def render_sequence(render: RenderFn, keypoints: np.ndarray, layout: KeypointLay
             t_render += time.perf_counter() - t0
             if tuple(img.shape) != (len(batch), 3, *size):
                 raise PosesynthError(f"the generator returned {tuple(img.shape)}, expected {(len(batch), 3, *size)}")
-            frames = _to_uint8(img)
+            frames = tensor_to_image(img)
             writer.write_batch(frames)
             if sbs is not None:
                 skel = stick_figure_images(grid[s:s + batch_size], layout, tuple(size))

@@ -146,6 +146,12 @@ class RegionSpec:
     dilate: float = 0.04
     feather: float = 0.05
 
+    @classmethod
+    def from_meta(cls, meta: dict) -> "RegionSpec":
+        """The region a GAN run recorded (``meta["region"]``); the defaults for runs from before
+        it was recorded."""
+        return cls(**meta["region"]) if meta.get("region") else cls()
+
 
 def limb_segments(kp: np.ndarray, layout: KeypointLayout, arms: "list[tuple[int, int, int]] | None" = None,
                   hand: float = RegionSpec.hand) -> tuple[np.ndarray, np.ndarray]:

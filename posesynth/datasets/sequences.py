@@ -79,7 +79,7 @@ def _coco_sequences(path: Path, layout: "str | Path | KeypointLayout | None") ->
 
     ds = CocoKeypointDataset(path, layout=layout, check_files=False, on_error="skip")
     src = ds.source_layout
-    convert = getattr(ds, "_convert", ds.layout.keypoints != src.keypoints)
+    convert = ds._convert   # keypoints are read in the file's layout and converted here
     # clip of each image: video_id, PoseTrack's vid_id, else the whole dataset is one clip
     clips: dict[str, list[Any]] = {}
     for e in ds.entries:

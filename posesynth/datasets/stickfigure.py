@@ -112,4 +112,6 @@ def stick_figure_images(keypoints: "torch.Tensor | np.ndarray", layout: Keypoint
                         in_size: "tuple[int, int] | None" = None, **kw) -> np.ndarray:
     """Like :func:`render_stick_figures`, as ``(B, H, W, 3)`` uint8 RGB arrays (for videos)."""
     t = render_stick_figures(keypoints, layout, size, in_size, **kw)
-    return ((t.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    from .torch_dataset import tensor_to_image
+
+    return tensor_to_image(t)

@@ -40,9 +40,10 @@ def image_to_tensor(image: np.ndarray) -> torch.Tensor:
 
 
 def tensor_to_image(t: torch.Tensor) -> np.ndarray:
-    """``(3, H, W)`` in [-1, 1] -> ``(H, W, 3)`` uint8 RGB."""
-    x = ((t.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(1, 2, 0).numpy()
+    """``(3, H, W)`` or a batch ``(B, 3, H, W)`` in [-1, 1] -> ``(H, W, 3)`` / ``(B, H, W, 3)``
+    uint8 RGB (quantised on the tensor's device, then copied)."""
+    x = ((t.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.movedim(-3, -1).cpu().numpy()
 
 
 def max_people_of(source, cap: int = 16) -> int:

@@ -94,13 +94,15 @@ def match_people(gt: np.ndarray, pred: np.ndarray, sigmas) -> dict[int, int]:
     return dict(zip(rows, cols))
 
 
-def _pck_counts(gt: np.ndarray, pred: np.ndarray, layout: KeypointLayout, alpha: float):
-    """Per keypoint: correct, counted, pixel-error sum, found (over every labelled person)."""
+def _pck_counts(gt: np.ndarray, pred: np.ndarray, layout: KeypointLayout, alpha: float,
+                select: "np.ndarray | None" = None):
+    """Per keypoint: correct, counted, pixel-error sum, found (over every labelled person, and
+    only the keypoints ``select`` ``(G, K)`` bool marks, when given)."""
     k = layout.num_keypoints
     correct, counted, err, found = np.zeros(k), np.zeros(k), np.zeros(k), np.zeros(k)
     matched = match_people(gt, pred, layout.sigmas)
     for gi, g in enumerate(gt):
-        vis = g[:, 2] > 0
+        vis = (g[:, 2] > 0) & (select[gi] if select is not None else True)
         ts = torso_size(g, layout)
         if not np.isfinite(ts) or ts <= 0:
             ts = np.sqrt(_area(g))  # fall back to the person's size

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from ..datasets.formats import open_dataset
 from ..datasets.posemaps import PoseMapSpec
-from ..datasets.torch_dataset import PoseMapDataset
+from ..datasets.torch_dataset import PoseMapDataset, tensor_to_image
 from ..errors import PosesynthError
 from ..imagemetrics import psnr, ssim
 from ..io import atomic_write_text
@@ -37,11 +37,6 @@ from .load import check_compatible, load_render
 __all__ = ["evaluate_generator", "format_generator_metrics"]
 
 log = logging.getLogger(__name__)
-
-
-def _uint8(images: torch.Tensor) -> np.ndarray:
-    """``(B, 3, H, W)`` in [-1, 1] -> ``(B, H, W, 3)`` uint8."""
-    return ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 def _stats(v: np.ndarray) -> tuple[float, float]:
@@ -92,8 +87,8 @@ def evaluate_generator(run: "str | Path", data: "str | Path", detector: "str | A
                 fake = render(kp.to(device), size).float().cpu()
             p_all.append(psnr(fake, real))
             s_all.append(ssim(fake, real))
-            renders.append(_uint8(fake))
-            reals.append(_uint8(real))
+            renders.append(tensor_to_image(fake))
+            reals.append(tensor_to_image(real))
             kps.append(kp.numpy())
             bar.update(len(kp))
     renders_a, reals_a, kps_a = np.concatenate(renders), np.concatenate(reals), np.concatenate(kps)
