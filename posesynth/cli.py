@@ -98,11 +98,22 @@ def _cmd_check(a: argparse.Namespace) -> int:
     return 1 if ds.errors else 0
 
 
+def _frame_range(text: str) -> "tuple[int, int | None]":
+    """``"START:STOP"`` (STOP optional) -> ``(start, stop)``, for argparse."""
+    a, sep, b = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        return int(a or 0), (int(b) if b else None)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not START:STOP (e.g. 0:48, or 48: to the end)") from None
+
+
 def _cmd_convert(a: argparse.Namespace) -> None:
     from .datasets.export import convert_dataset
 
     r = convert_dataset(a.src, a.out, layout=a.layout, every=a.every, on_error=a.on_error, image_dir=a.image_dir,
-                        out_of_frame=a.out_of_frame)
+                        out_of_frame=a.out_of_frame, frames=a.frames)
     print(f"wrote {r['annotations']}: {r['images']} images, {r['people']} people, layout {r['layout']}"
           + (f"; {r['skipped']} skipped ({', '.join(f'{n} {k}' for k, n in r['problems'].items())})"
              if r["skipped"] else ""))
@@ -319,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--out", required=True, help="new output folder (annotations.json, images/)")
     cv.add_argument("--layout", default=None, help="convert the keypoints to this layout (built-in name or YAML file)")
     cv.add_argument("--every", type=int, default=1, help="keep every N-th sample or video frame (default 1: all)")
+    cv.add_argument("--frames", type=_frame_range, default=None, metavar="START:STOP",
+                    help="keep samples (video frames) START to STOP-1, 0-based in the source's order; "
+                         "STOP may be left out (to the end), e.g. 0:48 and 48: for a training and a held-out part")
     _add_data_options(cv)
     cv.set_defaults(func=_cmd_convert)
     from .config import add_config_args

@@ -48,7 +48,8 @@ def test_overfitting_one_batch_lowers_feature_matching(tmp_path):
     src = ListSource(2, 64)
     items = [sample_to_tensors(s, DRIVER9) for s in src.samples]
     batch = {k: torch.stack([it[k] for it in items]) for k in ("maps", "image")}
-    t = GANTrainer(small_cfg(lr_g=3e-3, lr_d=0.0, steps=200), tmp_path / "run", source=src, progress=False)
+    t = GANTrainer(small_cfg(lr_g=3e-3, lr_d=0.0, steps=200, lambda_l1=0.0), tmp_path / "run", source=src,
+                   progress=False)
 
     def image_error():
         with torch.no_grad():
@@ -62,6 +63,22 @@ def test_overfitting_one_batch_lowers_feature_matching(tmp_path):
     first, last = np.mean(fm[:10]), np.mean(fm[-10:])
     assert last < first / 3, (first, last)
     assert image_error() < err0 / 4
+    assert "g_l1" not in t.train_step(batch)    # feature matching alone did it
+
+
+def test_spade_full_mode_l1_is_the_whole_image_error(tmp_path):
+    """Full mode's L1 term is lambda times the mean absolute error over the whole image."""
+    from posesynth.datasets.torch_dataset import sample_to_tensors
+
+    src = ListSource(2, 64)
+    items = [sample_to_tensors(s, DRIVER9) for s in src.samples]
+    batch = {k: torch.stack([it[k] for it in items]) for k in ("maps", "image")}
+    t = GANTrainer(small_cfg(lr_g=0.0, lr_d=0.0, lambda_l1=7.0), tmp_path / "run", source=src, progress=False)
+    drawn = []
+    t.G.register_forward_hook(lambda m, i, out: drawn.append(out.detach()))
+    logged = t.train_step(batch)["g_l1"]
+    expected = 7.0 * float((drawn[0] - batch["image"]).abs().mean())
+    assert logged == pytest.approx(expected, rel=1e-5)
 
 
 def test_reloaded_checkpoint_reproduces_generator(tmp_path):

@@ -375,6 +375,23 @@ def test_convert_video_reads_frames_in_order(fixtures, tmp_path):
         np.testing.assert_allclose(s.keypoints[0, DRIVER9.index("left_shoulder"), :2], ls, atol=1e-2)
 
 
+def test_convert_frame_range_splits_a_clip(fixtures, tmp_path, capsys):
+    """--frames START:STOP keeps the frames with START <= frame < STOP (then every N-th of them):
+    a training and a held-out part of one clip that share no frame."""
+    src = fixtures / "squats" / "pose_squats.full.json"
+    assert main(["convert", str(src), "--out", str(tmp_path / "train"), "--frames", "0:48", "--every", "16"]) == 0
+    assert main(["convert", str(src), "--out", str(tmp_path / "held"), "--frames", "48:", "--every", "8"]) == 0
+    ids = {k: [im["frame_id"] for im in json.loads((tmp_path / k / "annotations.json").read_text())["images"]]
+           for k in ("train", "held")}
+    assert ids == {"train": [0, 16, 32], "held": [48, 56, 64]}
+    for bad in ("5:5", "70:"):
+        rc, out, err = run_cli(capsys, "convert", src, "--out", tmp_path / f"bad{bad[0]}", "--frames", bad)
+        assert rc == 2 and "--frames" in err and not (tmp_path / f"bad{bad[0]}").exists(), (bad, err)
+    with pytest.raises(SystemExit) as e:                 # argparse: usage line and exit 2
+        main(["convert", str(src), "--out", str(tmp_path / "badx"), "--frames", "x"])
+    assert e.value.code == 2 and "is not START:STOP" in capsys.readouterr().err
+
+
 def test_convert_refuses_a_used_output_and_leaves_nothing_on_empty_data(tmp_path, capsys):
     ann = write_dataset(tmp_path / "d", CROWD14)
     (tmp_path / "used").mkdir()

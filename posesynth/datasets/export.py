@@ -60,7 +60,8 @@ def _source_bboxes(ds: Any, s: Sample) -> "list[list[float]]":
 
 def convert_dataset(src: "str | Path", out: "str | Path", layout: "str | Path | KeypointLayout | None" = None,
                     every: int = 1, on_error: ErrorPolicy = "skip", image_dir: "str | Path | None" = None,
-                    out_of_frame: OutOfFramePolicy = "unlabel", progress: bool = True) -> dict[str, Any]:
+                    out_of_frame: OutOfFramePolicy = "unlabel", progress: bool = True,
+                    frames: "tuple[int, int | None] | None" = None) -> dict[str, Any]:
     """Write ``src`` as a COCO dataset in the new folder ``out``; see the module docstring.
 
     Args:
@@ -68,7 +69,10 @@ def convert_dataset(src: "str | Path", out: "str | Path", layout: "str | Path | 
         out: output folder; it must not exist or be empty.
         layout: convert the keypoints to this layout (default: the source's own; coco17 for
             MPII and BlazePose).
-        every: keep every N-th sample (video frame), starting with the first.
+        every: keep every N-th sample (video frame), starting with the first kept.
+        frames: ``(start, stop)``: keep only samples ``start <= i < stop`` (0-based, in the
+            source's order: frame order for a video; ``stop`` None: to the end), e.g. a
+            training and a held-out part of one clip.
         on_error, image_dir, out_of_frame: as for ``open_dataset``.
 
     Returns:
@@ -77,16 +81,24 @@ def convert_dataset(src: "str | Path", out: "str | Path", layout: "str | Path | 
     """
     if every < 1:
         raise ConfigError(f"--every must be at least 1, not {every}")
+    start, stop = frames if frames is not None else (0, None)
+    if start < 0 or (stop is not None and stop <= start):
+        raise ConfigError(f"--frames {start}:{'' if stop is None else stop} selects nothing; give START:STOP "
+                          "with 0 <= START < STOP")
     ds = open_dataset(src, layout=layout, on_error=on_error, image_dir=image_dir, out_of_frame=out_of_frame)
+    indices = range(min(start, len(ds)), len(ds) if stop is None else min(stop, len(ds)), every)
+    if not indices:
+        raise ConfigError(f"{src}: --frames {start}:{'' if stop is None else stop} selects none of its {len(ds)} "
+                          "samples")
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise OutputError(f"{out}: already exists and is not empty; choose a new --out")
     ensure_writable_dir(out)
     writer = CocoWriter(out, ds.layout, ".jpg", info={
-        "description": "converted by posesynth", "source": str(src), "every": every, "out_of_frame": out_of_frame})
+        "description": "converted by posesynth", "source": str(src), "every": every, "out_of_frame": out_of_frame,
+        **({"frames": [start, stop]} if frames is not None else {})})
     used: set[int] = set()
     people = 0
-    indices = range(0, len(ds), every)
     bar = tqdm(total=len(indices), desc=f"convert {Path(src).name}", unit="img", disable=not progress)
     try:
         for i, s in _samples(ds, indices):

@@ -42,6 +42,9 @@ class GeneratorConfig:
             image with its region removed and the hole mask) and are downsampled by area
             averaging, so coarse levels see the colours around the hole; pose maps keep
             NVlabs' nearest-neighbour resizing (0: every channel nearest, as NVlabs).
+        hidden: width of each SPADE layer's shared convolution over the maps (NVlabs: 128).
+            At full resolution these convolutions cost most of the generator's time: at
+            ngf 16 and 256x128, 32 makes a training step about 1.8x faster.
     """
 
     label_nc: int = 26
@@ -52,6 +55,7 @@ class GeneratorConfig:
     spectral: bool = True
     z_dim: int = 0
     area_channels: int = 0
+    hidden: int = 128
 
 
 def init_weights(module: nn.Module, gain: float = 0.02) -> None:
@@ -77,7 +81,7 @@ class SPADEGenerator(nn.Module):
             raise ValueError(f"generator size {h}x{w} must be a multiple of {f} ({cfg.num_upsampling} upsampling)")
         self.start = (h // f, w // f)
         nf = cfg.ngf
-        block = lambda a, b: SPADEResBlock(a, b, cfg.label_nc, cfg.norm, cfg.spectral)  # noqa: E731
+        block = lambda a, b: SPADEResBlock(a, b, cfg.label_nc, cfg.norm, cfg.spectral, cfg.hidden)  # noqa: E731
         self.fc = nn.Conv2d(cfg.label_nc + cfg.z_dim, 16 * nf, 3, padding=1)
         self.head_0 = block(16 * nf, 16 * nf)
         self.G_middle_0 = block(16 * nf, 16 * nf)

@@ -5,7 +5,10 @@ Architectures (``--arch``; each one's defaults in :data:`ARCH_DEFAULTS`, used fo
 not given):
 
 - ``spade`` (default): SPADE generator on the pose maps, 2-scale PatchGAN on maps + image,
-  hinge + feature matching (+ VGG when its weights exist), TTUR Adam.  Modes below.
+  hinge + feature matching (+ VGG when its weights exist) + L1 (``--lambda-l1``, 20; inside M
+  in inpaint mode), TTUR Adam.  ``--spade-hidden`` sets the width of the SPADE layers' shared
+  convolutions (NVlabs 128), which cost most of the generator's time at full resolution.
+  Modes below.
 - ``pix2pix``: U-Net (``--netg unet``) or ResNet-block (``--netg resnet``) generator on the
   stick-figure image, the 70x70 PatchGAN on stick figure + image, L1 (``--lambda-l1``, 100)
   + GAN loss, Adam 2e-4 with betas 0.5, 0.999, as in pix2pix.
@@ -125,6 +128,8 @@ class GANConfig:
     size: tuple[int, int] = field(default=(128, 128), metadata={"help": "image size H,W (multiple of 32)"})
     ngf: "int | None" = field(default=None, metadata={"help": "generator width (unset: spade 32, pix2pix and "
                                                               "vanilla 64)"})
+    spade_hidden: int = field(default=128, metadata={
+        "help": "spade: width of the shared convolution in every SPADE layer (NVlabs 128; 32-64 for CPU budgets)"})
     ndf: int = 64
     num_d: "int | None" = field(default=None, metadata={"help": "discriminator scales (unset: spade 2, pix2pix and "
                                                                 "vanilla 1, the 70x70 PatchGAN with n_layers_d 4)"})
@@ -138,8 +143,8 @@ class GANConfig:
         "help": "VGG perceptual weight (unset: spade 10, pix2pix and vanilla 0)"})
     lambda_gp: float = 10.0
     lambda_l1: "float | None" = field(default=None, metadata={
-        "help": "L1 weight: spade inpaint mode inside the region (unset: 20); pix2pix and vanilla on the whole "
-                "image (unset: 100); spade full mode has none"})
+        "help": "L1 weight: spade inpaint mode inside the region, spade full mode on the whole image (unset: "
+                "20); pix2pix and vanilla on the whole image (unset: 100); 0: none"})
     extra_regions: float = field(default=0.5, metadata={
         "help": "inpaint mode: share of images whose region also covers other plausible arm positions"})
     region_radius: float = field(default=0.16, metadata={
@@ -327,7 +332,8 @@ class GANTrainer:
         self.D: "nn.Module | None" = None
         if cfg.arch == "spade":
             self.gcfg = GeneratorConfig(c + (4 if self.inpaint else 0), tuple(cfg.size), cfg.ngf, "normal", cfg.norm,
-                                        True, cfg.z_dim, area_channels=4 if self.inpaint else 0)
+                                        True, cfg.z_dim, area_channels=4 if self.inpaint else 0,
+                                        hidden=cfg.spade_hidden)
             self.G = SPADEGenerator(self.gcfg).to(self.device)
             self.D = MultiscaleDiscriminator(c + 3 + (1 if self.inpaint else 0), cfg.ndf, cfg.n_layers_d,
                                              cfg.num_d).to(self.device)
@@ -533,7 +539,7 @@ class GANTrainer:
             if region is not None:
                 w = region.float()
                 losses["g_l1"] = ((raw.float() - real.float()).abs() * w).sum() / (w.sum() * 3).clamp_min(1.0) * c.lambda_l1
-            elif self.arch != "spade" and c.lambda_l1:
+            elif c.lambda_l1:
                 losses["g_l1"] = F.l1_loss(raw.float(), real.float()) * c.lambda_l1
         g_total = sum(v.float() for v in losses.values())
         self.opt_g.zero_grad(set_to_none=True)

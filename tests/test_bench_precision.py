@@ -1,0 +1,18 @@
+"""The GPU precision benchmark (issue 11) runs end to end at toy sizes on the CPU, so it is
+ready for a GPU machine: one row per measurement, fp32 only on the CPU, no peak memory there."""
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_precision_smoke():
+    args = ["--device", "cpu", "--posenet-size", "64", "--posenet-batch", "2", "--gan-size", "64", "--gan-ngf", "8",
+            "--gan-batch", "2", "--whole-size", "64", "--whole-batch", "2", "--iters", "1"]
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_precision.py"), *args],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [line.split() for line in r.stdout.splitlines() if line.rstrip().endswith(" -")]
+    assert [row[0] for row in rows] == ["pose", "GAN", "augmented", "generation,"]
+    assert all(row[-5] == "fp32" and row[-2] == "1.00x" and float(row[-4]) > 0 for row in rows)
