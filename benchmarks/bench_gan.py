@@ -46,7 +46,8 @@ def worker(kind: str, size: int, ngf: int, vgg: bool, iters: int, batch: int) ->
             def __len__(self):
                 return 1
 
-        cfg = GANConfig(size=(size, size), ngf=ngf, batch_size=batch, vgg="off")
+        # no L1: the same losses as the NVlabs-structured reference (hinge + feature matching)
+        cfg = GANConfig(size=(size, size), ngf=ngf, batch_size=batch, vgg="off", lambda_l1=0.0)
         import tempfile
 
         tr = GANTrainer(cfg, tempfile.mkdtemp(), source=Src(), progress=False)

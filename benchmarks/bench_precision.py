@@ -1,8 +1,8 @@
 """Mixed precision on the GPU: training speed of the pose network and the GAN in fp32, bf16
 and fp16, with peak GPU memory, and the peak memory of the whole augmented training step.
 
-Rows (each through the trainers' own :class:`posesynth.runs.Precision`: autocast, a
-GradScaler for fp16, channels-last on CUDA):
+Rows (the training rows through the trainers' own :class:`posesynth.runs.Precision`:
+autocast, a GradScaler for fp16, channels-last on CUDA):
 
 - pose network (PVT v2 b1, medium heads) training step at ``--posenet-size`` px, batch
   ``--posenet-batch``: images/s;
@@ -11,9 +11,11 @@ GradScaler for fp16, channels-last on CUDA):
   batch ``--gan-batch``: images/s;
 - the whole augmented training step (pose network at ``--whole-size`` px, batch
   ``--whole-batch``, half of every batch rendered by a SPADE generator of ngf ``--gan-ngf``
-  in inpaint mode on the same device): s/step.
-- generation (``generate``'s inference path, ``optimize_generator``) at the GAN's size, ngf
-  and batch: images/s, and each reduced precision's PSNR against fp32.
+  in inpaint mode on the same device, in fp32 outside autocast as ``train-posenet --gan``
+  runs it): s/step.
+- generation (``generate``'s inference path, ``optimize_generator``: the weights themselves
+  cast to fp16/bf16, no autocast) at the GAN's size, ngf and batch: images/s, and each reduced
+  precision's PSNR against fp32.
 
 Issue 11's targets: bf16 at least 2x fp32 (pose network at 384 px, batch 16; GAN at 256 px,
 ngf 64, batch 8), and the whole augmented training at batch 4, 384 px in at most 12 GB.
@@ -27,6 +29,7 @@ runs: bf16 is hundreds of times slower there).
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import tempfile
 import time
@@ -76,6 +79,7 @@ def _sync(dev: torch.device) -> None:
 
 def _timed(fn, iters: int, dev: torch.device) -> tuple[float, "float | None"]:
     """Seconds per call after one warm-up call, and the peak GPU memory in GiB (None on CPU)."""
+    gc.collect()   # the previous row's models (a trainer holds reference cycles) leave the device first
     if dev.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(dev)
@@ -99,15 +103,20 @@ def _posenet_step(dev: torch.device, prec: Precision, batch: dict[str, torch.Ten
     count = [0]
 
     def step() -> None:
-        b = mixer(batch, count[0]) if mixer is not None else batch
+        b = mixer(batch, count[0]) if mixer is not None else batch   # outside autocast, as the trainer
         count[0] += 1
+        image = b["image"].contiguous(memory_format=torch.channels_last) if dev.type == "cuda" else b["image"]
         with prec.autocast():
-            loss, _ = pose_loss(net(b["image"]), b, w)
+            loss, _ = pose_loss(net(image), b, w)
         opt.zero_grad(set_to_none=True)
         prec.backward(loss)
         prec.step(opt)
 
     return step
+
+
+#: GAN steps skipped for a non-finite loss (fp16 overflow), per precision: they took no update
+skipped: dict[str, int] = {}
 
 
 def _gan_step(dev: torch.device, precision: str, size: int, ngf: int, batch: int, tmp: Path):
@@ -118,10 +127,12 @@ def _gan_step(dev: torch.device, precision: str, size: int, ngf: int, batch: int
     b = next(iter(t._loader(0)))
 
     def step() -> None:
-        t.train_step(b)
+        if t.train_step(b) is None:
+            skipped[precision] = skipped.get(precision, 0) + 1
         t.step += 1
 
     return step
+
 
 
 def main() -> None:
@@ -142,6 +153,8 @@ def main() -> None:
                                                                 else ["fp32"])
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
     print(f"{name}; {a.iters} timed iterations after one warm-up; peak = max GPU memory allocated")
+    if dev.type == "cuda":
+        print(f"fp32 matmul TF32 {torch.backends.cuda.matmul.allow_tf32}, cuDNN TF32 {torch.backends.cudnn.allow_tf32}")
     print(f"{'what':<52}{'precision':>10}{'img/s':>10}{'s/step':>10}{'vs fp32':>9}{'peak GiB':>10}")
     gib = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     with tempfile.TemporaryDirectory() as td:
@@ -155,24 +168,24 @@ def main() -> None:
         def whole(p: str):
             prec = Precision(p, dev)
             spec = PoseMapSpec(size=(a.whole_size, a.whole_size))
+            # the generator as train-posenet --gan loads it: fp32, eval, outside the pose network's autocast
             g = SPADEGenerator(GeneratorConfig(26 + 4, (a.whole_size, a.whole_size), a.gan_ngf,
                                                area_channels=4)).to(dev).eval()
-            dtype = prec.dtype or torch.float32
-            renderer = GANRenderer(g.to(dtype), "inpaint", DRIVER9, spec, (a.whole_size, a.whole_size), dev,
-                                   dtype=dtype)
+            renderer = GANRenderer(g, "inpaint", DRIVER9, spec, (a.whole_size, a.whole_size), dev)
             mixer = BatchMixer(DRIVER9, spec, 0.5, "render", renderer, device=dev)
             return _posenet_step(dev, prec, _batch(a.whole_size, a.whole_batch, dev), mixer)
 
         rows.append((f"augmented training, {a.whole_size} px, batch {a.whole_batch}, GAN ngf {a.gan_ngf}",
                      a.whole_batch, whole))
-        torch.manual_seed(0)
-        gen = SPADEGenerator(GeneratorConfig(26, (a.gan_size, a.gan_size), a.gan_ngf)).to(dev).eval()
-        maps = torch.rand(a.gan_batch, 26, a.gan_size, a.gan_size, device=dev)
         outputs: dict[str, torch.Tensor] = {}
 
         def generation(p: str):
             # generate's inference path (optimize_generator: folded weights, channels-last) in precision p
+            torch.manual_seed(0)
+            gen = SPADEGenerator(GeneratorConfig(26, (a.gan_size, a.gan_size), a.gan_ngf)).to(dev).eval()
+            maps = torch.rand(a.gan_batch, 26, a.gan_size, a.gan_size, device=dev)
             fast = optimize_generator(gen, dev, p)
+            del gen
             x = maps.to(next(fast.parameters()).dtype).contiguous(memory_format=torch.channels_last)
 
             def step() -> None:
@@ -189,6 +202,8 @@ def main() -> None:
                 base = sec if p == "fp32" else base
                 ratio = f"{base / sec:.2f}x" if base else "-"
                 note = ""
+                if skipped.get(p) and "GAN" in what:
+                    note = f"  {skipped.pop(p)} steps skipped (non-finite)"
                 if build is generation and p != "fp32" and "fp32" in outputs:
                     mse = float(((outputs[p] - outputs["fp32"]) ** 2).mean())
                     note = f"  PSNR vs fp32 {10 * math.log10(4.0 / max(mse, 1e-12)):.1f} dB"

@@ -120,10 +120,16 @@ def _cmd_convert(a: argparse.Namespace) -> None:
 
 
 def _cmd_train_gan(a: argparse.Namespace) -> None:
+    import yaml
+
     from .config import run_config
-    from .spade.trainer import GANConfig, GANTrainer
+    from .spade.trainer import GANConfig, GANTrainer, keep_saved_losses
 
     cfg = run_config(GANConfig, a, a.out, a.resume)
+    if a.resume:
+        saved = yaml.safe_load((Path(a.out) / "config.yaml").read_text()) or {}
+        keep_saved_losses(cfg.resolve(), set(saved), {k[4:] for k, v in vars(a).items()
+                                                      if k.startswith("cfg_") and v is not None})
     if not cfg.data:
         raise PosesynthError("--data is required (a dataset folder or annotation file)")
     GANTrainer(cfg, Path(a.out), resume=a.resume).fit()

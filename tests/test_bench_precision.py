@@ -16,3 +16,30 @@ def test_bench_precision_smoke():
     rows = [line.split() for line in r.stdout.splitlines() if line.rstrip().endswith(" -")]
     assert [row[0] for row in rows] == ["pose", "GAN", "augmented", "generation,"]
     assert all(row[-5] == "fp32" and row[-2] == "1.00x" and float(row[-4]) > 0 for row in rows)
+
+
+def test_bench_precision_bf16_rows_run(monkeypatch, capsys):
+    """The reduced-precision code paths (autocast, the trainer's precision, the cast generator)
+    have no dtype or device mistake: bf16 allowed on the CPU for this test only (Precision
+    refuses it there because it is slow), every row runs and generation stays close to fp32."""
+    import torch
+
+    import posesynth.runs as runs
+
+    def cpu_bf16(self, spec, device):
+        self.name, self.device, self.scaler = spec, device, None
+        self.dtype = {"bf16": torch.bfloat16}.get(spec)
+
+    monkeypatch.setattr(runs.Precision, "__init__", cpu_bf16)
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bench_precision
+
+    monkeypatch.setattr(sys, "argv", ["bench_precision.py", "--device", "cpu", "--precisions", "fp32,bf16",
+                                      "--posenet-size", "64", "--posenet-batch", "2", "--gan-size", "64",
+                                      "--gan-ngf", "8", "--gan-batch", "2", "--whole-size", "64", "--whole-batch", "2",
+                                      "--iters", "1"])
+    bench_precision.main()
+    rows = [line for line in capsys.readouterr().out.splitlines() if " bf16 " in line]
+    assert len(rows) == 4
+    psnr = float(rows[-1].split("PSNR vs fp32")[1].split()[0])
+    assert psnr > 30, rows[-1]

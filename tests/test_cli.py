@@ -63,9 +63,18 @@ def test_train_gan_resume_and_render(tmp_path):
     assert "step_000002.png" in (tmp_path / "gan" / "web" / "index.html").read_text()
     r = run("train-gan", *common, "--steps", "2")
     assert r.returncode == 2 and "pass --resume" in r.stderr
+    assert "g_l1" in (tmp_path / "gan" / "losses.csv").read_text().splitlines()[0]   # full mode has L1 now
+    # a run saved before that (no spade_hidden in its config) resumes with the loss it had: no L1
+    cfg_file = tmp_path / "gan" / "config.yaml"
+    cfg_file.write_text("".join(line for line in cfg_file.read_text().splitlines(True)
+                                if not line.startswith("spade_hidden:")))
     r = run("train-gan", "--out", str(tmp_path / "gan"), "--resume", "--steps", "3")
     assert r.returncode == 0, r.stderr
+    assert "goes on without one" in r.stderr and "lambda_l1: 0.0" in cfg_file.read_text()
+    import csv
     import json
+    rows = list(csv.DictReader((tmp_path / "gan" / "losses.csv").open()))
+    assert rows[-1]["step"] == "3" and rows[-1]["g_l1"] == "" and rows[0]["g_l1"] != ""
     assert json.loads((tmp_path / "gan" / "checkpoints" / "latest.json").read_text())["step"] == 3
     r = run("render", "--gan", str(tmp_path / "gan"), "--data", str(data), "--out", str(tmp_path / "r"), "--num", "3")
     assert r.returncode == 0, r.stderr
@@ -75,6 +84,8 @@ def test_train_gan_resume_and_render(tmp_path):
 def test_train_gan_bad_options(tmp_path):
     r = run("train-gan", "--out", str(tmp_path / "g"), "--data", str(tmp_path), "--size", "100")
     assert r.returncode == 2 and "multiples of 32" in r.stderr
+    r = run("train-gan", "--out", str(tmp_path / "g"), "--data", str(tmp_path), "--spade-hidden", "0")
+    assert r.returncode == 2 and "spade_hidden must be at least 1" in r.stderr and not (tmp_path / "g").exists()
     r = run("train-gan", "--out", str(tmp_path / "g"), "--data", str(tmp_path), "--steps", "many")
     assert r.returncode == 2 and "cannot use 'many' as int" in r.stderr
     r = run("train-gan", "--out", str(tmp_path / "g"), "--data", str(tmp_path / "none"))

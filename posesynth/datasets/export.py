@@ -83,8 +83,8 @@ def convert_dataset(src: "str | Path", out: "str | Path", layout: "str | Path | 
         raise ConfigError(f"--every must be at least 1, not {every}")
     start, stop = frames if frames is not None else (0, None)
     if start < 0 or (stop is not None and stop <= start):
-        raise ConfigError(f"--frames {start}:{'' if stop is None else stop} selects nothing; give START:STOP "
-                          "with 0 <= START < STOP")
+        raise ConfigError(f"--frames {start}:{'' if stop is None else stop}: give START:STOP with 0 <= START < STOP "
+                          "(STOP may be left out)")
     ds = open_dataset(src, layout=layout, on_error=on_error, image_dir=image_dir, out_of_frame=out_of_frame)
     indices = range(min(start, len(ds)), len(ds) if stop is None else min(stop, len(ds)), every)
     if not indices:

@@ -84,7 +84,7 @@ from .losses import GAN_MODES, PoseConsistencyLoss, VGGLoss, feature_matching_lo
 from .nearest import NearestNeighbourGenerator
 
 __all__ = ["GANConfig", "GANTrainer", "TrainingError", "load_generator", "MODES", "ARCHS", "ARCH_DEFAULTS",
-           "inpaint_region", "target_pose_stats"]
+           "inpaint_region", "target_pose_stats", "keep_saved_losses"]
 
 log = logging.getLogger(__name__)
 MODES = ("full", "inpaint")
@@ -212,14 +212,29 @@ class GANConfig:
                               "at size/32, and instance norm needs more than one pixel)")
         if self.batch_size < 1 or self.steps < 1:
             raise ConfigError("batch_size and steps must be at least 1")
-        if self.ngf < 1 or self.ndf < 1 or self.num_d < 1 or self.n_layers_d < 1:
-            raise ConfigError("ngf, ndf, num_d and n_layers_d must be at least 1")
+        if self.ngf < 1 or self.ndf < 1 or self.num_d < 1 or self.n_layers_d < 1 or self.spade_hidden < 1:
+            raise ConfigError("ngf, ndf, num_d, n_layers_d and spade_hidden must be at least 1")
         if not 0 <= self.extra_regions <= 1:
             raise ConfigError("extra_regions must be in [0, 1]")
 
     @property
     def posemaps(self) -> PoseMapSpec:
         return PoseMapSpec(self.sigma, self.paf_width, 4, tuple(self.size))
+
+
+def keep_saved_losses(cfg: GANConfig, saved: "set[str]", given: "set[str]") -> bool:
+    """Resuming a spade full-mode run saved before full mode had an L1 term: its config
+    (``saved``: the keys of its config.yaml, which then had no ``spade_hidden``) records the
+    arch's ``lambda_l1`` 20 although it was unused, so the run keeps training without L1
+    (``lambda_l1`` 0) unless ``--lambda-l1`` is given now (``given``).  Returns whether it changed
+    ``cfg``."""
+    if ("spade_hidden" in saved or "lambda_l1" in given or cfg.arch != "spade" or cfg.mode != "full"
+            or not cfg.lambda_l1):
+        return False
+    log.info("this run was saved before spade's full mode had an L1 term: it goes on without one (lambda_l1 0); "
+             "give --lambda-l1 to add it")
+    cfg.lambda_l1 = 0.0
+    return True
 
 
 def _seed_step(seed: int, step: int) -> None:
