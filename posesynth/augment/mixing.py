@@ -41,8 +41,8 @@ import torch
 import torch.nn.functional as F
 
 from ..datasets.layouts import KeypointLayout
-from ..errors import ConfigError
 from ..datasets.posemaps import PoseMapSpec, render_heatmaps_torch, render_pafs_torch
+from ..errors import ConfigError
 from .perturb import Perturber, PerturbConfig
 from .renderers import Renderer
 
