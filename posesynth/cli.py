@@ -153,13 +153,13 @@ def _cmd_render_quality(a: argparse.Namespace) -> None:
 
 
 def _cmd_train_posenet(a: argparse.Namespace) -> None:
+    from .augment.training import AugmentedPoseConfig, build_pose_trainer
     from .config import run_config
-    from .posenet.trainer import PoseNetTrainer, PoseTrainConfig
 
-    cfg = run_config(PoseTrainConfig, a, a.out, a.resume)
+    cfg = run_config(AugmentedPoseConfig, a, a.out, a.resume)
     if not cfg.data:
         raise PosesynthError("--data is required (a dataset folder or annotation file)")
-    PoseNetTrainer(cfg, Path(a.out), resume=a.resume).fit()
+    build_pose_trainer(cfg, Path(a.out), resume=a.resume).fit()
 
 
 def _cmd_evaluate(a: argparse.Namespace) -> None:
@@ -275,19 +275,21 @@ def _cmd_demo(a: argparse.Namespace) -> None:
 
 
 def _add_data_options(p: argparse.ArgumentParser, on_error: bool = True) -> None:
-    """--image-dir, --on-error and --out-of-frame: how a command reads a dataset (see README)."""
+    """--image-dir, --on-error and --out-of-frame: how a command reads a dataset (the fields of
+    :class:`~posesynth.datasets.formats.DataOptions`, which the training commands embed)."""
+    import dataclasses
+
+    from .datasets.formats import DataOptions
     from .datasets.reading import OUT_OF_FRAME_CHOICES
 
-    p.add_argument("--image-dir", default=None,
-                   help="folder of the images (default: DIR/images, DIR, then their parent, DIR being the dataset "
-                        "or JSON folder)")
+    fields = {f.name: f for f in dataclasses.fields(DataOptions)}
+    g = p.add_argument_group("data options")
+    g.add_argument("--image-dir", default=None, help=fields["image_dir"].metadata["help"])
     if on_error:
-        p.add_argument("--on-error", choices=["skip", "raise"], default="skip",
-                       help="a bad image or annotation: skip it (dropped, counted, named in a warning; default) or "
-                            "raise (stop with one line naming it, exit status 2)")
-    p.add_argument("--out-of-frame", choices=list(OUT_OF_FRAME_CHOICES), default="unlabel",
-                   help="labelled keypoints more than 1 px outside their image: unlabel (v=0, default), clip, "
-                        "skip-person or skip-image; counted and said once")
+        g.add_argument("--on-error", choices=["skip", "raise"], default="skip",
+                       help=fields["on_error"].metadata["help"] + " (default: skip)")
+    g.add_argument("--out-of-frame", choices=list(OUT_OF_FRAME_CHOICES), default="unlabel",
+                   help=fields["out_of_frame"].metadata["help"] + " (default: unlabel)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -375,13 +377,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(rq, QualityConfig)
     rq.set_defaults(func=_cmd_render_quality)
 
-    from .posenet.trainer import PoseTrainConfig
+    from .augment.training import AugmentedPoseConfig
 
     t = sub.add_parser("train-posenet", help="train the pose network (torchrun for data parallel)")
     t.add_argument("--out", required=True, help="run directory (config, checkpoints, history.csv, curves.png)")
     t.add_argument("--config", help="YAML file of PoseTrainConfig options (command-line options win)")
     t.add_argument("--resume", action="store_true")
-    add_config_args(t, PoseTrainConfig)
+    add_config_args(t, AugmentedPoseConfig)
     t.set_defaults(func=_cmd_train_posenet)
 
     e = sub.add_parser("evaluate", help="metrics of a trained pose network on a dataset")

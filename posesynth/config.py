@@ -66,16 +66,45 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
     return value
 
 
+def _nested(cls: type) -> dict[str, type]:
+    """The fields of ``cls`` that are themselves config dataclasses (e.g. ``data_options``)."""
+    hints = _hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)
+            if isinstance(hints[f.name], type) and dataclasses.is_dataclass(hints[f.name])}
+
+
 def config_from_dict(cls: type[T], data: "dict[str, Any]", source: str = "config") -> T:
-    """Build ``cls`` from a mapping, checking names and converting types."""
+    """Build ``cls`` from a mapping, checking names and converting types.
+
+    A field that is itself a config dataclass (such as ``data_options``) takes a mapping under
+    its own name, and its options may also be given flat, by their own names (as on the command
+    line, and in configs written before it was grouped); flat names win."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of option names to values")
     hints = _hints(cls)
+    nested = _nested(cls)
+    inner_names = {n: name for name, sub in nested.items() for n in (f.name for f in dataclasses.fields(sub))}
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(set(data) - names - set(inner_names))
     if unknown:
-        raise ConfigError(f"{source}: unknown option(s) {', '.join(unknown)} (known: {', '.join(sorted(names))})")
-    kw = {k: _coerce(v, hints[k], k) for k, v in data.items()}
+        known = sorted((names - set(nested)) | set(inner_names))
+        raise ConfigError(f"{source}: unknown option(s) {', '.join(unknown)} (known: {', '.join(known)})")
+    kw: dict[str, Any] = {}
+    groups: dict[str, dict[str, Any]] = {name: {} for name in nested}
+    for k, v in data.items():
+        if k in nested:
+            if v is None:
+                continue
+            if not isinstance(v, dict):
+                raise ConfigError(f"{source}: '{k}' must be a mapping of {', '.join(sorted(inner_names))}")
+            groups[k] = {**v, **groups[k]}
+        elif k in inner_names and k not in names:
+            groups[inner_names[k]][k] = v
+        else:
+            kw[k] = _coerce(v, hints[k], k)
+    for name, sub in nested.items():
+        if groups[name]:
+            kw[name] = config_from_dict(sub, groups[name], f"{source}: {name}")
     return cls(**kw)
 
 
@@ -95,21 +124,35 @@ def load_config(cls: type[T], path: "str | Path | None" = None, overrides: "dict
     return config_from_dict(cls, data, str(path or "config"))
 
 
+def _plain(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return [_plain(x) for x in v] if isinstance(v, (tuple, list)) else v
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
-    d = dataclasses.asdict(cfg)
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+    """A config as plain YAML/JSON values (tuples as lists; nested configs as mappings)."""
+    return _plain(dataclasses.asdict(cfg))
 
 
 def save_config(cfg: Any, path: "str | Path") -> None:
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: "set[str] | None" = None) -> None:
-    """One ``--option`` per dataclass field (default None: only given options override)."""
+def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: "set[str] | None" = None,
+                    title: "str | None" = None) -> None:
+    """One ``--option`` per dataclass field (default None: only given options override).  A
+    field that is a config dataclass itself (``data_options``) gets its own group of options,
+    named by its fields."""
     hints = _hints(cls)
-    grp = parser.add_argument_group(f"{cls.__name__} options (also settable in --config YAML)")
+    nested = _nested(cls)
+    grp = parser.add_argument_group(title or f"{cls.__name__} options (also settable in --config YAML)")
     for f in dataclasses.fields(cls):
         if skip and f.name in skip:
+            continue
+        if f.name in nested:
+            add_config_args(parser, nested[f.name], skip, title=f"{f.name.replace('_', ' ')} (in --config YAML: "
+                                                                 f"under {f.name}, or flat)")
             continue
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]

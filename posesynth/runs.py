@@ -16,16 +16,19 @@ import io
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    import numpy as np
 
 from .checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
 from .config import save_config
 from .errors import ConfigError
 from .io import atomic_write_text
 
-__all__ = ["RunDir", "resolve_device", "resolve_gan_device", "Precision", "PRECISIONS", "remove_stale_temps"]
+__all__ = ["RunDir", "training_bar", "resolve_device", "resolve_gan_device", "Precision", "PRECISIONS", "remove_stale_temps"]
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -97,6 +100,32 @@ class RunDir:
         w.writeheader()
         w.writerows(rows)
         atomic_write_text(self.path / name, buf.getvalue())
+
+    def write_gallery(self, grid: "np.ndarray", step: int, heading: str, columns: str) -> Path:
+        """Add ``web/images/step_NNNNNN.png`` (``grid``: ``(H, W, 3)`` uint8 RGB) to the run's
+        gallery and rewrite ``web/index.html`` (every step's picture, newest first, under
+        ``heading`` and a line naming the ``columns``); TensorBoard gets the picture too."""
+        if not self.main:
+            return self.path / "web" / "index.html"
+        import html
+
+        import cv2
+
+        web = self.path / "web"
+        (web / "images").mkdir(parents=True, exist_ok=True)
+        name = f"step_{step:06d}.png"
+        if not cv2.imwrite(str(web / "images" / name), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
+            raise OSError(f"{web / 'images' / name}: cannot write the gallery image")
+        if self.tb is not None:
+            self.tb.add_image("gallery", grid, step, dataformats="HWC")
+        imgs = sorted((web / "images").glob("step_*.png"), reverse=True)
+        body = "\n".join(f"<h3>step {int(p.stem[5:])}</h3><img src='images/{html.escape(p.name)}' "
+                         "style='max-width:100%'>" for p in imgs)
+        atomic_write_text(web / "index.html",
+                          f"<!doctype html><html><head><meta charset='utf-8'><meta http-equiv='refresh' content='60'>"
+                          f"<title>{html.escape(self.path.name)}: gallery</title></head><body>"
+                          f"<h1>{html.escape(heading)}</h1><p>columns: {html.escape(columns)}</p>{body}</body></html>")
+        return web / "index.html"
 
     @property
     def tb(self):
@@ -181,3 +210,15 @@ class Precision:
             self.scaler.update()
         else:
             opt.step()
+
+
+def training_bar(steps: int, start: int, time_limit_min: float = 0.0, desc: str = "train", disable: bool = False):
+    """A tqdm bar over a run's steps; a time-limited run (``time_limit_min`` > 0) counts seconds
+    of its budget instead, not steps it will never reach.  Advance it with
+    ``bar.update(min(elapsed, limit) - bar.n)`` (timed) or ``bar.update(1)``."""
+    from tqdm import tqdm
+
+    if time_limit_min > 0:
+        return tqdm(total=time_limit_min * 60, initial=0, desc=desc, unit="s", disable=disable, dynamic_ncols=True,
+                    bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]")
+    return tqdm(total=steps, initial=start, desc=desc, unit="it", disable=disable, dynamic_ncols=True)

@@ -13,7 +13,7 @@ import torch
 
 from posesynth.datasets.layouts import DRIVER9
 from posesynth.datasets.synthetic import render_scene, scene_rng
-from posesynth.posenet.trainer import PoseNetTrainer, PoseTrainConfig
+from posesynth.augment.training import AugmentedPoseConfig, build_pose_trainer
 
 
 class Scenes:
@@ -31,10 +31,11 @@ class Scenes:
 
 def main(out: Path) -> None:
     torch.set_num_threads(1)
-    cfg = PoseTrainConfig(size=(64, 64), backbone="pvt_v2_b0", pretrained="none", heads="small", epochs=1,
-                          steps_per_epoch=3, batch_size=2, device="auto", renderer="warp", seed=3, multi_person=True)
-    t = PoseNetTrainer(cfg, out / "run", source=Scenes(31, 8), val_source=Scenes(32, 6), progress=False)
-    mixer = t.batch_hook
+    cfg = AugmentedPoseConfig(size=(64, 64), backbone="pvt_v2_b0", pretrained="none", heads="small", epochs=1,
+                              steps_per_epoch=3, batch_size=2, device="auto", renderer="warp", seed=3,
+                              multi_person=True)
+    t = build_pose_trainer(cfg, out / "run", source=Scenes(31, 8), val_source=Scenes(32, 6), progress=False)
+    mixer = t.batch_transform
     seen = []
 
     def hook(batch, step):
@@ -45,7 +46,7 @@ def main(out: Path) -> None:
                      "keypoints": b["keypoints"][b["replaced"]].tolist()})
         return b
 
-    t.batch_hook = hook
+    t.batch_transform = hook
     t.fit()
     val = t.validate()
     (out / f"rank{t.rank}.json").write_text(json.dumps({

@@ -166,7 +166,7 @@ def test_generator_unchanged_while_pose_network_trains(generator, tmp_path):
     mixer = gan_mixer(generator, 0.5, seed=0)
     cfg = PoseTrainConfig(size=(64, 64), backbone="pvt_v2_b0", pretrained="none", heads="small", epochs=1,
                           batch_size=2, data_augment=False, device="cpu")
-    t = PoseNetTrainer(cfg, tmp_path / "run", source=Src(), progress=False, batch_hook=mixer)
+    t = PoseNetTrainer(cfg, tmp_path / "run", source=Src(), progress=False, batch_transform=mixer)
     t.fit()
     assert mixer.stats.replaced == 2 and not mixer.renderer.G.training
     assert "train_loss_replaced" in t.history[-1] and "train_loss" in t.history[-1]

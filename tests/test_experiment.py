@@ -51,7 +51,7 @@ def test_conditions_get_identical_transforms_except_in_replaced_slots(tmp_path):
         mixer = BatchMixer(DRIVER9, cfg.posemaps, 0.5, fill, WarpRenderer(DRIVER9) if fill == "render" else None,
                            seed=5)
         logs[fill] = []
-        PoseNetTrainer(cfg, tmp_path / fill, source=src, progress=False, batch_hook=_record(mixer, logs[fill])).fit()
+        PoseNetTrainer(cfg, tmp_path / fill, source=src, progress=False, batch_transform=_record(mixer, logs[fill])).fit()
     base = logs["none"]
     assert len(base) == 3 and not any(b["replaced"].any() for b in base)
     for fill in ("real-dup", "render"):

@@ -200,7 +200,7 @@ def test_pose_judge_from_a_posenet_run(tmp_path):
 
     src = ListSource(4, 64)
     pcfg = PoseTrainConfig(size=(64, 64), backbone="pvt_v2_b0", pretrained="none", heads="small", epochs=1,
-                           batch_size=2, augment=False)
+                           batch_size=2, data_augment=False)
     PoseNetTrainer(pcfg, tmp_path / "pose", source=src, progress=False).fit()
     t = GANTrainer(small_cfg(steps=1, pose_judge=str(tmp_path / "pose")), tmp_path / "gan", source=src, progress=False)
     judge = t.pose_loss.judge
@@ -236,7 +236,7 @@ def test_each_arch_trains_reloads_and_resumes(tmp_path, arch, netg, gan_mode):
     render, _, _ = load_render(tmp_path / "run")
     t.G.eval()
     with torch.no_grad():
-        x = t._condition({"keypoints": kp, "image": torch.zeros(2, 3, 64, 64)})["g_in"]
+        x = t.arch.prepare({"keypoints": kp, "image": torch.zeros(2, 3, 64, 64)}, 0)["g_in"]
         assert torch.equal(render(kp, (64, 64)), t.G(x))      # the reloaded run draws what the trainer's G does
     resumed = GANTrainer(small_cfg(arch=arch, netg=netg, gan_mode=gan_mode, steps=3), tmp_path / "run", source=src,
                          resume=True, progress=False)
@@ -263,7 +263,7 @@ def test_learned_baselines_overfit_one_batch_through_the_trainer(tmp_path, arch)
     def errors():
         t.G.eval()
         with torch.no_grad():
-            out = t.G(t._condition(dict(batch))["g_in"])
+            out = t.G(t.arch.prepare(dict(batch), 0)["g_in"])
         t.G.train()
         return (out - batch["image"]).abs().flatten(1).mean(1)
 
@@ -297,7 +297,7 @@ def test_nearest_run_returns_the_exact_training_frame(tmp_path):
 def test_arch_options_are_checked(tmp_path):
     with pytest.raises(ConfigError, match="arch must be one of spade, pix2pix, vanilla, nearest"):
         GANTrainer(small_cfg(arch="cyclegan"), tmp_path / "a", source=ListSource(), progress=False)
-    with pytest.raises(ConfigError, match="inpaint mode is for --arch spade"):
+    with pytest.raises(ConfigError, match="--mode inpaint is not for --arch pix2pix"):
         GANTrainer(small_cfg(arch="pix2pix", mode="inpaint"), tmp_path / "b", source=ListSource(), progress=False)
     cfg = small_cfg().resolve()                                   # spade keeps the values it always had
     assert (cfg.num_d, cfg.lambda_feat, cfg.lambda_vgg, cfg.lambda_l1, cfg.lr_g, cfg.lr_d, cfg.beta1, cfg.beta2) == (

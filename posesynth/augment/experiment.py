@@ -27,6 +27,7 @@ slots, the share of the oracle gap each renderer closes, a paired comparison per
 from __future__ import annotations
 
 import html
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -35,20 +36,22 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
-from ..datasets.formats import KeypointSource, data_options, open_dataset
+from ..config import to_dict
+from ..datasets.formats import DataOptions, KeypointSource, data_options, open_dataset, source_annotations
 from ..datasets.posemaps import PoseMapSpec
 from ..datasets.torch_dataset import PoseMapDataset, max_people_of, tensor_to_image
 from ..errors import ConfigError, PosesynthError
 from ..io import atomic_write_json, atomic_write_text
 from ..posenet.evaluate import evaluate_dataset
-from ..posenet.load import load_posenet
 from ..posenet.losses import PoseLossWeights
 from ..posenet.trainer import PoseNetTrainer, PoseTrainConfig
 from ..runs import resolve_device, resolve_gan_device
 from .mixing import BatchMixer
-from .perturb import PerturbConfig, Perturber, check_mode
-from .renderers import make_renderer
+from .perturb import check_mode
+from .renderers import GAN_RENDERERS
+from .training import build_mixer, load_judge, load_renderer
 
 __all__ = ["ExperimentConfig", "run_experiment", "Subset", "CONDITIONS", "summarise"]
 
@@ -58,7 +61,8 @@ RENDERED = ("warp", "gan")
 
 
 class Subset:
-    """The first ``n`` items of ``source`` after a permutation seeded by ``seed``."""
+    """The first ``n`` items of ``source`` after a permutation seeded by ``seed`` (all of them
+    when ``source`` has fewer)."""
 
     def __init__(self, source: KeypointSource, n: int, seed: int) -> None:
         self.source, self.layout = source, source.layout
@@ -70,17 +74,10 @@ class Subset:
     def __getitem__(self, i: int):
         return self.source[int(self.idx[i])]
 
-    @property
-    def entries(self) -> list:
-        src = getattr(self.source, "entries", None)
-        if src is None:
-            return [_Entry(self[i].keypoints) for i in range(len(self))]
-        return [src[int(i)] for i in self.idx]
-
-
-@dataclass
-class _Entry:
-    keypoints: np.ndarray
+    def annotations(self) -> list[np.ndarray]:
+        """The people of every item, in the source's layout, without decoding images."""
+        every = source_annotations(self.source)
+        return [every[int(i)] for i in self.idx]
 
 
 @dataclass
@@ -92,11 +89,7 @@ class ExperimentConfig:
     oracle: str = field(default="", metadata={"help": "real training images from the held-out distribution "
                                                       "(not the test set), for the oracle condition"})
     gan: str = field(default="", metadata={"help": "train-gan run (for the gan condition)"})
-    image_dir: str = field(default="", metadata={"help": "folder the images' file_name values are relative to "
-                                                         "(default: see the README's resolution order)"})
-    on_error: str = field(default="skip", metadata={"help": "skip (drop bad images, counted and reported) | raise"})
-    out_of_frame: str = field(default="unlabel", metadata={"help": "labelled points outside the image: "
-                                                                   "unlabel|clip|skip-person|skip-image"})
+    data_options: DataOptions = field(default_factory=DataOptions, metadata={"help": "how the data is read"})
     conditions: tuple[str, ...] = field(default=("baseline", "real-dup", "warp", "oracle"), metadata={
         "help": ",".join(CONDITIONS)})
     out: str = "runs/experiment"
@@ -160,6 +153,54 @@ def _eval_set(source: KeypointSource, c: ExperimentConfig, spec: PoseMapSpec, ma
                           fit="letterbox", with_original=True)
 
 
+def _settings(c: ExperimentConfig) -> dict[str, Any]:
+    """What every run of an experiment shares (recorded in ``OUT/experiment.json``): a rerun into
+    the same ``--out`` must match it.  ``conditions``, ``train_sizes`` and ``seeds`` may grow
+    (each run's own config is compared too); ``device`` may change."""
+    d = to_dict(c)
+    for k in ("out", "conditions", "train_sizes", "seeds", "device", "gan_device"):
+        d.pop(k, None)
+    for k in ("data", "val", "test", "oracle", "gan", "judge"):
+        if d.get(k):
+            d[k] = str(Path(d[k]).resolve())
+    return d
+
+
+def _check_out(out: Path, c: ExperimentConfig) -> None:
+    """Refuse an ``--out`` that holds an experiment with other settings, naming the difference."""
+    path = out / "experiment.json"
+    new = _settings(c)
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            old = None
+        if isinstance(old, dict):
+            diff = [f"{k}: {old.get(k)!r} there, {v!r} now" for k, v in new.items() if old.get(k) != v]
+            if diff:
+                raise ConfigError(f"{out} holds an experiment run with other settings ({'; '.join(diff)}); choose "
+                                  "another --out, or rerun with the same settings to continue it")
+            return
+    elif any(out.glob("n*_seed*_*/checkpoints/latest.json")):
+        raise ConfigError(f"{out} holds pose runs of an experiment that recorded no settings; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, new, indent=1)
+
+
+def _resumable(run: Path, pcfg: PoseTrainConfig) -> bool:
+    """Whether ``run`` holds this pose run to continue (its config equal to ``pcfg``); a run
+    with other settings is refused, naming the difference."""
+    if not (run / "checkpoints" / "latest.json").exists():
+        return False
+    saved = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").exists() else None
+    now = to_dict(pcfg)
+    if isinstance(saved, dict):
+        diff = [f"{k}: {saved.get(k)!r} there, {v!r} now" for k, v in now.items() if saved.get(k) != v]
+        if diff:
+            raise ConfigError(f"{run} is a pose run with other settings ({'; '.join(diff)}); choose another --out")
+    return True
+
+
 def run_experiment(c: ExperimentConfig, progress: bool = True) -> dict[str, Any]:
     """Train every condition for every training size and seed; write the report.  Returns the
     summary (see :func:`summarise`)."""
@@ -173,21 +214,25 @@ def run_experiment(c: ExperimentConfig, progress: bool = True) -> dict[str, Any]
     for name, ds in (("data", train), ("val", val), ("test", test), ("oracle", oracle)):
         if ds is not None and len(ds) == 0:
             raise PosesynthError(f"--{name} {getattr(c, name)}: no usable images")
+    if oracle is not None and len(oracle) < max(c.train_sizes):
+        raise ConfigError(f"--oracle {c.oracle} has {len(oracle)} usable images, fewer than the largest training "
+                          f"size {max(c.train_sizes)}: the oracle would train on fewer images than the other "
+                          "conditions; give a larger --oracle or smaller --train-sizes")
     device = resolve_device(c.device)
     gan_device = resolve_gan_device(c.gan_device, device)
-    renderers = {name: make_renderer(name, train.layout, c.gan, str(gan_device)) for name in c.conditions
-                 if name in RENDERED}
-    for name, r in renderers.items():   # the GAN must draw the pose maps the pose runs are trained with
-        if getattr(r, "spec", None) is not None:
-            from ..spade.load import check_same_maps
-
-            check_same_maps(r.spec, _posecfg(c, 0, False).posemaps, f"GAN run {c.gan}", "the experiment's pose runs")
-    judge = load_posenet(c.judge, gan_device)[0] if c.judge else None
-    max_people = max(max_people_of(s) for s in (train, val, test, oracle) if s is not None)
+    spec = _posecfg(c, 0, False).posemaps
+    renderers = {name: load_renderer(name, train.layout, spec, c.gan if name in GAN_RENDERERS else "", gan_device,
+                                     "the experiment's pose runs") for name in c.conditions if name in RENDERED}
+    judge = load_judge(c.judge, train.layout, gan_device) if c.judge else None
+    # selection (validation PCK) may depend only on the training and validation data, never on
+    # the test set: decoding and the people per image come from them; the test set is scored
+    # with its own people and decoded as several people where it has them
+    train_sets = [s for s in (train, val, oracle) if s is not None]
+    max_people = max(max_people_of(s) for s in train_sets)
     multi = {"auto": max_people > 1, "true": True, "false": False}.get(str(c.multi_person).lower())
     if multi is None:
         raise ConfigError("multi_person must be auto, true or false")
-    out.mkdir(parents=True, exist_ok=True)
+    _check_out(out, c)
     results: list[dict[str, Any]] = []
     strips: dict[str, np.ndarray] = {}
     t_all = time.perf_counter()
@@ -196,26 +241,20 @@ def run_experiment(c: ExperimentConfig, progress: bool = True) -> dict[str, Any]
     for n in c.train_sizes:
         for seed in range(c.seeds):
             for cond in c.conditions:
-                src = Subset(oracle if cond == "oracle" else train, min(n, len(oracle if cond == "oracle" else train)),
-                             seed)
+                src = Subset(oracle if cond == "oracle" else train, n, seed)
                 pcfg = _posecfg(c, seed, multi)
-                spec = pcfg.posemaps
                 fill = "render" if cond in RENDERED else ("real-dup" if cond == "real-dup" else "none")
-                perturber = Perturber(PerturbConfig(c.augment, rare=c.rare), train.layout,
-                                      [e.keypoints for e in src.entries] if c.rare else None, c.plausibility,
-                                      str(gan_device))
-                mixer = BatchMixer(train.layout, spec, c.fraction, fill, renderers.get(cond), perturber, device,
-                                   seed=seed, post_scale=tuple(c.post_scale), post_translate=c.post_translate,
-                                   judge=judge if fill == "render" else None, judge_pck=c.judge_pck,
-                                   judge_device=gan_device)
+                mixer = build_mixer(train.layout, spec, fill, renderer=renderers.get(cond), fraction=c.fraction,
+                                    augment=c.augment, rare=c.rare, source=src, plausibility=c.plausibility,
+                                    judge=judge, judge_pck=c.judge_pck, post_scale=c.post_scale,
+                                    post_translate=c.post_translate, device=device, gan_device=gan_device, seed=seed)
                 run = out / f"n{n}_seed{seed}_{cond}"
                 done += 1
                 if progress:
                     print(f"[experiment {done}/{total}, {(time.perf_counter() - t_all) / 60:.1f} min] "
                           f"{n} training images, seed {seed}, {cond}", flush=True)
-                resume = (run / "checkpoints" / "latest.json").exists()
-                t = PoseNetTrainer(pcfg, run, source=src, val_source=val, progress=progress, batch_hook=mixer,
-                                   resume=resume)
+                t = PoseNetTrainer(pcfg, run, source=src, val_source=val, progress=progress, batch_transform=mixer,
+                                   resume=_resumable(run, pcfg))
                 if t.epoch < pcfg.epochs:
                     t.fit()
                 results.append(_score(t, src, test, c, spec, max_people, n, seed, cond, mixer))
@@ -228,9 +267,7 @@ def run_experiment(c: ExperimentConfig, progress: bool = True) -> dict[str, Any]
         import cv2
 
         cv2.imwrite(str(out / f"rendered_{cond}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-    atomic_write_json(out / "results.json", {"config": {k: (list(v) if isinstance(v, tuple) else v)
-                                                        for k, v in vars(c).items()},
-                                             "summary": summary, "runs": results}, indent=1)
+    atomic_write_json(out / "results.json", {"config": to_dict(c), "summary": summary, "runs": results}, indent=1)
     _plots(results, summary, c, out)
     _report(summary, c, out, sorted(strips))
     return summary
@@ -243,7 +280,8 @@ def _score(t: PoseNetTrainer, src: Subset, test: KeypointSource, c: ExperimentCo
     from ..checkpoint import load_checkpoint, load_module
 
     weights = PoseLossWeights(t.cfg.w_heatmap, t.cfg.w_paf, t.cfg.w_mask, t.cfg.loss_reduction)
-    test_ds = _eval_set(test, c, spec, max_people)
+    test_people = max_people_of(test)   # every labelled test person is scored
+    test_ds = _eval_set(test, c, spec, test_people)
     train_ds = _eval_set(src, c, spec, max_people)
     final = {k: v.detach().clone() for k, v in t.model.state_dict().items()}
     row: dict[str, Any] = {"n": n, "seed": seed, "cond": cond, "history": t.history, "best_epoch": t.best_epoch,
@@ -255,7 +293,7 @@ def _score(t: PoseNetTrainer, src: Subset, test: KeypointSource, c: ExperimentCo
         if when == "best":
             tensors, _ = load_checkpoint(t.run / "checkpoints" / "best")
             load_module(t.model, tensors, "model", str(t.run))
-        te = evaluate_dataset(t.model, test_ds, **args)
+        te = evaluate_dataset(t.model, test_ds, **{**args, "multi_person": t.cfg.multi_person or test_people > 1})
         row[f"test_PCK_{when}"], row[f"test_AP_{when}"] = te[key], te["AP"]
         row[f"test_loss_{when}"] = te.get("loss")
         if when == "best":

@@ -35,17 +35,17 @@ import torch
 from tqdm import tqdm
 
 from ..datasets.coco import CocoWriter, encode_image
-from ..datasets.formats import data_options, open_dataset
-from ..datasets.geometry import RegionSpec
+from ..datasets.formats import DataOptions, data_options, open_dataset, source_annotations
 from ..datasets.posemaps import PoseMapSpec, render_pose_maps_torch
-from ..datasets.sample import Sample
+from ..datasets.sample import Sample, pad_people
 from ..datasets.torch_dataset import image_to_tensor, tensor_to_image
 from ..datasets.transforms import Fit
 from ..errors import ConfigError, PosesynthError
 from ..io import atomic_write_json
 from ..runs import resolve_device
+from ..spade.inference import optimize_generator
 from .perturb import MODES, PerturbConfig, Perturber, check_mode
-from .renderers import GANRenderer, Renderer, WarpRenderer
+from .renderers import GANRenderer, Renderer, WarpRenderer, load_gan_renderer
 
 __all__ = ["GenerateConfig", "generate_dataset", "merge_shards", "parse_shard"]
 
@@ -55,11 +55,7 @@ class GenerateConfig:
     data: str = field(default="", metadata={"help": "source dataset"})
     out: str = field(default="", metadata={"help": "output dataset folder"})
     renderer: str = field(default="", metadata={"help": "warp|gan (default: gan when --gan is given, else warp)"})
-    image_dir: str = field(default="", metadata={"help": "folder the images' file_name values are relative to "
-                                                         "(default: see the README's resolution order)"})
-    on_error: str = field(default="skip", metadata={"help": "skip (drop bad images, counted and reported) | raise"})
-    out_of_frame: str = field(default="unlabel", metadata={"help": "labelled points outside the image: "
-                                                                   "unlabel|clip|skip-person|skip-image"})
+    data_options: DataOptions = field(default_factory=DataOptions, metadata={"help": "how the data is read"})
     gan: str = field(default="", metadata={"help": "train-gan run (for --renderer gan)"})
     per_image: int = 1
     augment: str = field(default="arms-angle", metadata={"help": "|".join(MODES) + "|poses:FILE|learned:RUN"})
@@ -126,17 +122,17 @@ def _check_settings(out: Path, settings: dict[str, Any]) -> None:
 
 
 def _gan_renderer(c: GenerateConfig, layout, device: torch.device, calib_maps) -> GANRenderer:
-    from ..spade.inference import optimize_generator
-    from ..spade.load import check_compatible, load_generator
+    """The run's generator as a renderer; a spade generator folded, in ``c.precision`` and
+    optionally compiled (:func:`~posesynth.spade.inference.optimize_generator`)."""
+    def optimize(gen, meta):
+        model = optimize_generator(gen, device, c.precision, calib_maps(gen, meta) if c.precision == "int8" else None,
+                                   compile=c.compile and c.precision != "int8")
+        return model, {"fp16": torch.float16, "bf16": torch.bfloat16}.get(c.precision, torch.float32)
 
-    gen, gan_layout, meta = load_generator(c.gan, device)
-    check_compatible(gan_layout, layout, c.gan, c.data)
-    model = optimize_generator(gen, device, c.precision, calib_maps(gen, meta) if c.precision == "int8" else None,
-                               compile=c.compile and c.precision != "int8")
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(c.precision, torch.float32)
-    r = GANRenderer(model, meta.get("mode", "full"), gan_layout, PoseMapSpec.from_dict(meta["posemaps"]),
-                    tuple(meta["generator"]["size"]), device, run=str(c.gan), dtype=dtype,
-                    region=RegionSpec.from_meta(meta))
+    r = load_gan_renderer(c.gan, layout, str(device), optimize)
+    if r.arch != "spade" and (c.precision != "fp32" or c.compile):
+        raise ConfigError(f"--precision {c.precision}{' and --compile' if c.compile else ''} apply to spade generators; "
+                          f"{c.gan} is a {r.arch} run: use --precision fp32")
     return r
 
 
@@ -156,7 +152,7 @@ def generate_dataset(c: GenerateConfig, progress: bool = True, stop_after: "int 
     device = resolve_device(c.device)
     src = open_dataset(c.data, **data_options(c))
     layout = src.layout
-    kps = [e.keypoints for e in getattr(src, "entries", [])] if c.rare else None
+    kps = source_annotations(src) if c.rare else None
     perturber = Perturber(PerturbConfig(c.augment, c.min_torso, rare=c.rare), layout, kps, c.plausibility, str(device))
     n_src = min(len(src), c.limit) if c.limit else len(src)
 
@@ -179,7 +175,7 @@ def generate_dataset(c: GenerateConfig, progress: bool = True, stop_after: "int 
             gs = tuple(meta["generator"]["size"])
             spec = PoseMapSpec.from_dict(meta["posemaps"])
             items = [Fit(gs)(src[i]) for i in range(min(4, n_src))]
-            kp = np.stack([_pad(s.keypoints, max(x.num_people for x in items), layout.num_keypoints) for s in items])
+            kp = pad_people([s.keypoints for s in items], num_keypoints=layout.num_keypoints)
             maps = render_pose_maps_torch(torch.from_numpy(kp), layout, gs, gs,
                                           torch.from_numpy(np.stack([s.masks for s in items])).float(), spec)
             if meta.get("mode") == "inpaint":
@@ -219,8 +215,8 @@ def generate_dataset(c: GenerateConfig, progress: bool = True, stop_after: "int 
             ready = [f.result() for f in nxt]
             nxt = [pool.submit(prepare, t) for t in batches[bi + 1]] if bi + 1 < len(batches) else []
             p = max(max(s.num_people for _, s, _ in ready), 1)
-            old = np.stack([_pad(s.keypoints, p, layout.num_keypoints) for _, s, _ in ready])
-            new = np.stack([_pad(kp, p, layout.num_keypoints) for _, _, kp in ready])
+            old = pad_people([s.keypoints for _, s, _ in ready], p, layout.num_keypoints)
+            new = pad_people([kp for _, _, kp in ready], p, layout.num_keypoints)
             imgs = torch.stack([image_to_tensor(s.image) for _, s, _ in ready]).to(device)
             masks = torch.from_numpy(np.stack([s.masks for _, s, _ in ready])).float().to(device)
             with torch.inference_mode():
@@ -266,12 +262,6 @@ def generate_dataset(c: GenerateConfig, progress: bool = True, stop_after: "int 
         dist.barrier()
         return out / "annotations.json"
     return out / writer.ann_name
-
-
-def _pad(kp: np.ndarray, p: int, k: int) -> np.ndarray:
-    out = np.zeros((p, k, 3), np.float32)
-    out[: len(kp)] = kp[:p]
-    return out
 
 
 def _flush(writer: CocoWriter) -> None:

@@ -33,8 +33,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ..datasets.geometry import arm_angles, arm_chains, arm_from_angles, body_frame, in_polygon, torso_polygon, torso_size
+from ..datasets.geometry import ABDUCTION_RANGE, MAX_FLEXION, arm_angles, arm_chains, arm_from_angles, body_frame, in_polygon, torso_polygon, torso_size
 from ..datasets.layouts import KeypointLayout
+from ..datasets.posemaps import rescale_keypoints
 from ..errors import ConfigError
 
 __all__ = ["PerturbConfig", "perturb_keypoints", "MODES", "arm_indices", "Perturber", "ArmAngleHistogram",
@@ -60,8 +61,8 @@ class PerturbConfig:
     min_torso: float = 20.0              # people with a smaller torso are left as they are
     slight: float = 0.10                 # arms-slight: offset radius as a fraction of the limb length
     max_shoulder: float = 60.0           # arms-angle: largest rotation about the shoulder
-    max_flexion: float = 150.0           # elbow flexion range [0, max_flexion]
-    shoulder_range: tuple[float, float] = (-30.0, 175.0)   # abduction range
+    max_flexion: float = MAX_FLEXION     # elbow flexion range [0, max_flexion] (the joint limit in geometry)
+    shoulder_range: tuple[float, float] = ABDUCTION_RANGE   # abduction range (the joint limit in geometry)
     hands_in_torso: bool = True          # may a wrist lie inside the shoulder-hip quadrilateral?
     rare: bool = False                   # draw target angles where the training data is thin
     tries: int = 24
@@ -190,11 +191,7 @@ class PoseFile:
         if hit is None:
             return None
         kp, hw = hit
-        kp = kp.copy()
-        if hw is not None and hw != tuple(size):
-            kp[..., 0] = (kp[..., 0] + 0.5) * size[1] / hw[1] - 0.5
-            kp[..., 1] = (kp[..., 1] + 0.5) * size[0] / hw[0] - 0.5
-        return kp
+        return rescale_keypoints(kp, hw, tuple(size)) if hw is not None else kp.copy()
 
 
 # ---- proposals ---------------------------------------------------------------------------

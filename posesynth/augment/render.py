@@ -31,10 +31,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..datasets.formats import data_options, open_dataset
+from ..datasets.formats import DataOptions, data_options, open_dataset
 from ..datasets.geometry import limb_region
 from ..datasets.posemaps import PoseMapSpec, render_pose_maps
-from ..datasets.sample import Sample
+from ..datasets.sample import Sample, pad_people
 from ..datasets.synthetic import SceneSpec, redraw_scene
 from ..datasets.torch_dataset import image_to_tensor, tensor_to_image
 from ..datasets.transforms import Fit, apply_affine, fit_matrix, invert_affine
@@ -45,16 +45,9 @@ from ..io import atomic_write_json, atomic_write_text
 from ..runs import resolve_device
 from .perturb import PerturbConfig, Perturber, check_mode
 from .renderers import Renderer, make_renderer
+from .training import renderer_name
 
 __all__ = ["render_dataset", "QualityConfig", "render_quality", "judge_pck"]
-
-
-def _pad(kps: list[np.ndarray], k: int) -> np.ndarray:
-    p = max(max((len(x) for x in kps), default=1), 1)
-    out = np.zeros((len(kps), p, k, 3), np.float32)
-    for i, x in enumerate(kps):
-        out[i, :len(x)] = x
-    return out
 
 
 def _renderers(names: list[str], gans: list[str], layout, device: str) -> dict[str, Renderer]:
@@ -82,7 +75,7 @@ def render_dataset(data: "str | Path", out: "str | Path", renderer: str = "", ga
     renders each image's own pose (a GAN's reconstruction).  Returns the HTML path."""
     dev = str(resolve_device(device))
     src = open_dataset(data, **{"on_error": "skip", **data_opts})
-    name = renderer or ("gan" if gan else "warp")
+    name = renderer_name(renderer, gan) or "warp"
     r = make_renderer(name, src.layout, gan, dev)
     if augment != "none":
         check_mode(augment)
@@ -100,7 +93,7 @@ def render_dataset(data: "str | Path", out: "str | Path", renderer: str = "", ga
         hw = s.image.shape[:2]
         new = perturber(s.keypoints, hw, np.random.default_rng([seed, i]), s.file_name) if perturber else s.keypoints
         rd = r(image_to_tensor(s.image)[None].to(dev), torch.from_numpy(s.masks[None]).float().to(dev),
-               _pad([s.keypoints], src.layout.num_keypoints), _pad([new], src.layout.num_keypoints))
+               pad_people([s.keypoints], num_keypoints=src.layout.num_keypoints), pad_people([new], num_keypoints=src.layout.num_keypoints))
         maps = maps_to_rgb(render_pose_maps(new, src.layout, hw, hw, s.masks, spec), src.layout)
         row = np.concatenate([s.image, maps, tensor_to_image(rd.images)[0]], 1)
         fname = f"{i:06d}.png"
@@ -120,11 +113,7 @@ def render_dataset(data: "str | Path", out: "str | Path", renderer: str = "", ga
 class QualityConfig:
     data: str = field(default="", metadata={"help": "dataset to perturb and render"})
     out: str = field(default="", metadata={"help": "output folder (quality.json, quality.png, index.html)"})
-    image_dir: str = field(default="", metadata={"help": "folder the images' file_name values are relative to "
-                                                         "(default: see the README's resolution order)"})
-    on_error: str = field(default="skip", metadata={"help": "skip (drop bad images, counted and reported) | raise"})
-    out_of_frame: str = field(default="unlabel", metadata={"help": "labelled points outside the image: "
-                                                                   "unlabel|clip|skip-person|skip-image"})
+    data_options: DataOptions = field(default_factory=DataOptions, metadata={"help": "how the data is read"})
     renderer: tuple[str, ...] = field(default=("warp",), metadata={"help": "warp,gan (several: comma-separated)"})
     gan: tuple[str, ...] = field(default=(), metadata={"help": "train-gan run(s), one per gan renderer"})
     judge: str = field(default="", metadata={"help": "pose-network run that judges pose consistency (trained on "
@@ -206,7 +195,8 @@ def render_quality(c: QualityConfig, progress: bool = True) -> dict[str, Any]:
             new_native = apply_affine(new, invert_affine(m_fit)) if m_fit is not None else new
             g = redraw_scene(scene, new_native)
             gt = Fit(size)(g).image if m_fit is not None else g.image
-        old_p, new_p = _pad([s.keypoints], layout.num_keypoints), _pad([new], layout.num_keypoints)
+        old_p, new_p = (pad_people([s.keypoints], num_keypoints=layout.num_keypoints),
+                        pad_people([new], num_keypoints=layout.num_keypoints))
         region = limb_region(old_p, new_p, layout, hw)
         img_t = image_to_tensor(s.image)[None].to(dev)
         mask_t = torch.from_numpy(s.masks[None]).float().to(dev)

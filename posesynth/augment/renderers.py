@@ -33,15 +33,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..datasets.geometry import RegionSpec, arm_chains, limb_region, moved_arms, torso_size
+from ..datasets.geometry import RegionSpec, arm_chains, limb_region, moved_arms, moved_limb_cover, torso_size
 from ..datasets.layouts import KeypointLayout
-from ..datasets.posemaps import PoseMapSpec, render_pose_maps_torch
+from ..datasets.posemaps import PoseMapSpec, render_pose_maps_torch, rescale_keypoints
 from ..datasets.torch_dataset import tensor_to_image
 from ..errors import ConfigError
+from ..spade.archs import arch_class
+from ..spade.load import check_compatible, load_generator
 
-__all__ = ["Rendered", "Renderer", "WarpRenderer", "GANRenderer", "change_region", "make_renderer", "RENDERERS"]
+__all__ = ["Rendered", "Renderer", "WarpRenderer", "GANRenderer", "change_region", "make_renderer", "load_gan_renderer",
+           "RENDERERS", "GAN_RENDERERS"]
 
 RENDERERS = ("warp", "gan")
+GAN_RENDERERS = ("gan",)        # the renderers that take a train-gan run (--gan)
 
 
 @dataclass
@@ -340,51 +344,70 @@ class WarpRenderer(Renderer):
 
 # ---- GAN ------------------------------------------------------------------------------------
 class GANRenderer(Renderer):
-    """A trained SPADE generator as a renderer (its mode comes from the run).
+    """A trained generator as a renderer (its mode comes from the run).
 
     Args:
-        generator: a :class:`~posesynth.spade.generator.SPADEGenerator` (eval, frozen here).
-        mode: ``"full"`` or ``"inpaint"``.
+        generator: a :class:`~posesynth.spade.generator.SPADEGenerator` for ``arch`` spade (eval,
+            frozen here), or any architecture's generator in full mode.
+        mode: ``"full"`` (the whole image from the new pose) or ``"inpaint"`` (spade only).
         layout, spec: the pose-map layout and settings the generator was trained with.
         size: the generator's ``(H, W)``; batches of another size are resized to it and back
             (in inpaint mode the composite is made at the batch's own size).
         device: where the generator runs.
+        arch: the run's architecture; ``render``: its ``render(keypoints, size)`` (the arch's
+            own input from keypoints; needed for archs other than spade).
+
+    The mask labels of a render are the source's, hidden under the moved arms' new positions
+    (capsules of the region's radius around the new bones), as the warp renderer hides them
+    under its pasted limbs.
     """
 
     name = "gan"
 
     def __init__(self, generator: torch.nn.Module, mode: str, layout: KeypointLayout, spec: PoseMapSpec,
                  size: tuple[int, int], device: "str | torch.device" = "cpu", region: RegionSpec = RegionSpec(),
-                 run: str = "", dtype: torch.dtype = torch.float32) -> None:
+                 run: str = "", dtype: torch.dtype = torch.float32, arch: str = "spade",
+                 render: "Any | None" = None) -> None:
         if mode not in ("full", "inpaint"):
             raise ConfigError(f"GAN mode must be full or inpaint, not {mode!r}")
+        if mode == "inpaint" and arch != "spade":
+            raise ConfigError(f"inpaint mode is a spade mode, not {arch}'s")
+        if arch != "spade" and render is None:
+            raise ConfigError(f"a {arch} generator renders through its render(keypoints, size) function")
         self.device = torch.device(device)
-        self.G = generator.to(self.device).eval().requires_grad_(False)
+        self.G = generator.to(self.device).eval().requires_grad_(False) if arch != "nearest" else generator
         self.mode, self.layout, self.spec, self.size, self.region = mode, layout, spec, tuple(size), region
-        self.run = run
+        self.run, self.arch, self.render_fn = run, arch, render
         self.dtype = dtype          # the generator's input dtype (fp16/bf16 for a half-precision generator)
         self.name = f"gan-{mode}"
 
     def describe(self) -> dict[str, Any]:
-        return {"renderer": self.name, "gan": self.run, "size": list(self.size)}
+        return {"renderer": self.name, "gan": self.run, "arch": self.arch, "size": list(self.size)}
+
+    def _labels(self, masks: torch.Tensor, old_kp: np.ndarray, new_kp: np.ndarray) -> torch.Tensor:
+        if not masks.shape[1]:
+            return masks.clone()
+        cover = moved_limb_cover(old_kp, new_kp, self.layout, tuple(masks.shape[-2:]), self.region, masks.device)
+        return masks * (1 - cover).to(masks.dtype)
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor, masks: torch.Tensor, old_kp: np.ndarray, new_kp: np.ndarray) -> Rendered:
         dev = images.device
         size = tuple(images.shape[-2:])
         gs = self.size
-        kp = new_kp.copy()
-        if gs != size:
-            kp[..., 0] = (kp[..., 0] + 0.5) * gs[1] / size[1] - 0.5
-            kp[..., 1] = (kp[..., 1] + 0.5) * gs[0] / size[0] - 0.5
-        kpt = torch.from_numpy(np.ascontiguousarray(kp)).to(self.device)
-        maps = render_pose_maps_torch(kpt, self.layout, gs, gs, masks.to(self.device), self.spec)
+        kpt = torch.from_numpy(np.ascontiguousarray(rescale_keypoints(new_kp, size, gs))).to(self.device)
+        labels = self._labels(masks, old_kp, new_kp)
         if self.mode == "full":
-            fake = self.G(maps.to(self.dtype).contiguous(memory_format=torch.channels_last)).float()
+            if self.render_fn is not None:
+                fake = self.render_fn(kpt, gs).float()
+            else:
+                maps = render_pose_maps_torch(kpt, self.layout, gs, gs, masks.to(self.device), self.spec)
+                fake = self.G(maps.to(self.dtype).contiguous(memory_format=torch.channels_last)).float()
             if gs != size:
                 fake = F.interpolate(fake, size=size, mode="bilinear", align_corners=False)
             region = torch.ones(images.shape[0], 1, *size, device=dev)
-            return Rendered(fake.to(dev, images.dtype), region, masks.clone())
+            return Rendered(fake.to(dev, images.dtype), region, labels)
+        maps = render_pose_maps_torch(kpt, self.layout, gs, gs, masks.to(self.device), self.spec)
         region = change_region(old_kp, new_kp, self.layout, size, self.region, dev)
         img_g = images.float().to(self.device)
         reg_g = region.to(self.device)
@@ -397,7 +420,7 @@ class GANRenderer(Renderer):
         fake = fake.to(dev)
         out = region * fake + (1 - region) * images.float()
         out = torch.where(region > 0, out, images.float())
-        return Rendered(out.to(images.dtype), region, masks.clone())
+        return Rendered(out.to(images.dtype), region, labels)
 
 
 def inpaint_input(maps: torch.Tensor, images: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
@@ -414,18 +437,12 @@ def inpaint_forward(G: torch.nn.Module, maps: torch.Tensor, images: torch.Tensor
     return G(x.to(dtype).contiguous(memory_format=torch.channels_last)).float()
 
 
-def make_renderer(name: str, layout: KeypointLayout, gan: str = "", device: str = "cpu", fill: str = "telea",
-                  spec: "PoseMapSpec | None" = None) -> Renderer:
-    """A renderer by name: ``warp`` (``fill`` ``telea``, or ``gan`` to fill with the inpainting
-    generator of ``gan``) or ``gan`` (the run ``gan``, in its own mode)."""
+def make_renderer(name: str, layout: KeypointLayout, gan: str = "", device: str = "cpu") -> Renderer:
+    """A renderer by name: ``warp`` (no training) or ``gan`` (the run ``gan``, in its own mode;
+    any architecture in full mode, spade in inpaint mode)."""
     if name == "warp":
-        if fill == "gan":
-            if not gan:
-                raise ConfigError("--fill gan needs --gan RUN (an inpainting GAN run)")
-            gr = load_gan_renderer(gan, layout, device)
-            if gr.mode != "inpaint":
-                raise ConfigError(f"{gan} is a full-image GAN; filling the warp's hole needs an inpainting run")
-            return WarpRenderer(layout, fill=_GeneratorFill(gr))
+        if gan:
+            raise ConfigError("the warp renderer needs no GAN run (leave out --gan, or choose --renderer gan)")
         return WarpRenderer(layout)
     if name == "gan":
         if not gan:
@@ -434,34 +451,23 @@ def make_renderer(name: str, layout: KeypointLayout, gan: str = "", device: str 
     raise ConfigError(f"renderer must be one of {', '.join(RENDERERS)}, not {name!r}")
 
 
-def load_gan_renderer(run: str, layout: KeypointLayout, device: str = "cpu") -> GANRenderer:
-    from ..spade.load import check_compatible, load_generator
-
+def load_gan_renderer(run: str, layout: KeypointLayout, device: str = "cpu", optimize: "Any | None" = None
+                      ) -> GANRenderer:
+    """The GAN run ``run`` as a renderer of ``layout``'s poses (refused, in one line, when its
+    layout differs or its mode cannot draw new poses).  ``optimize(generator, meta) ->
+    (generator, dtype)`` may replace a spade generator by a faster copy (e.g.
+    :func:`~posesynth.spade.inference.optimize_generator`'s) that runs in ``dtype``."""
     gen, gan_layout, meta = load_generator(run, device)
     check_compatible(gan_layout, layout, run, "the data")
-    return GANRenderer(gen, meta.get("mode", "full"), gan_layout, PoseMapSpec.from_dict(meta["posemaps"]),
-                       tuple(meta["generator"]["size"]), device, region=RegionSpec.from_meta(meta), run=str(run))
-
-
-class _GeneratorFill:
-    """The warp renderer's hole filled by an inpainting generator (pose maps of the new pose)."""
-
-    def __init__(self, gr: GANRenderer) -> None:
-        self.gr = gr
-
-    @torch.inference_mode()
-    def __call__(self, img: np.ndarray, hole: np.ndarray, new_kp: np.ndarray) -> np.ndarray:
-        gr = self.gr
-        h, w = img.shape[:2]
-        x = torch.from_numpy(img).permute(2, 0, 1)[None].float().div(127.5).sub(1).to(gr.device)
-        reg = torch.from_numpy(hole.astype(np.float32))[None, None].to(gr.device)
-        kp = new_kp.copy()[None]
-        gs = gr.size
-        kp[..., 0] = (kp[..., 0] + 0.5) * gs[1] / w - 0.5
-        kp[..., 1] = (kp[..., 1] + 0.5) * gs[0] / h - 0.5
-        maps = render_pose_maps_torch(torch.from_numpy(kp).to(gr.device), gr.layout, gs, gs, None, gr.spec)
-        xs, rs = F.interpolate(x, size=gs, mode="bilinear", align_corners=False), F.interpolate(reg, size=gs)
-        fake = F.interpolate(inpaint_forward(gr.G, maps, xs, rs, gr.dtype), size=(h, w), mode="bilinear",
-                             align_corners=False)
-        out = torch.where(reg > 0, fake, x)
-        return tensor_to_image(out)[0]
+    arch, mode = meta["arch"], meta.get("mode", "full")
+    if mode not in ("full", "inpaint"):
+        raise ConfigError(f"{run} is a {mode}-mode run, not a gan renderer"
+                          + (": use --renderer refine --gan RUN" if mode == "refine" else ""))
+    spec = PoseMapSpec.from_dict(meta["posemaps"])
+    render, dtype = None, torch.float32
+    if arch != "spade":   # any architecture draws the whole image from the new pose through its own input
+        render = arch_class(arch, mode).make_render(gen, gan_layout, spec, meta)
+    elif optimize is not None:
+        gen, dtype = optimize(gen, meta)
+    return GANRenderer(gen, mode, gan_layout, spec, tuple(meta["generator"]["size"]), device,
+                       region=RegionSpec.from_meta(meta), run=str(run), dtype=dtype, arch=arch, render=render)

@@ -28,7 +28,7 @@ and its range of standing heights maps onto the target's.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -38,6 +38,8 @@ import torch
 from tqdm import tqdm
 
 from ..datasets.layouts import KeypointLayout
+from ..datasets.placement import PoseStats, anchor_points, pose_stats, skeleton_heights, source_pose_stats
+from ..datasets.sample import pad_people
 from ..datasets.posemaps import to_grid
 from ..datasets.stickfigure import stick_figure_images
 from ..datasets.torch_dataset import tensor_to_image
@@ -50,112 +52,6 @@ __all__ = ["PoseStats", "pose_stats", "anchor_points", "skeleton_heights", "Glob
            "transfer_from_run"]
 
 RenderFn = Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]
-_ANCHORS = {"ankle": ("left_ankle", "right_ankle"), "hip": ("left_hip", "right_hip")}
-
-
-def _first_person(keypoints: np.ndarray) -> np.ndarray:
-    kp = np.asarray(keypoints, np.float64)
-    if kp.ndim != 4 or kp.shape[-1] != 3:
-        raise ValueError(f"keypoints must be (N, P, K, 3), got {kp.shape}")
-    if kp.shape[1] == 0:
-        return np.zeros((kp.shape[0], kp.shape[2], 3))
-    return kp[:, 0]
-
-
-def anchor_points(keypoints: np.ndarray, layout: KeypointLayout, anchor: str) -> np.ndarray:
-    """``(N, P, K, 3)`` -> ``(N, P, 2)``: each person's anchor (mean of its labelled ankles or
-    hips) in pixels; NaN where the person has none of them labelled."""
-    idx = [layout.index(n) for n in _ANCHORS[anchor]]
-    kp = np.asarray(keypoints, np.float64)[..., idx, :]                     # (N, P, 2, 3)
-    w = (kp[..., 2] > 0).astype(np.float64)
-    n = w.sum(-1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(n > 0, (kp[..., :2] * w[..., None]).sum(-2) / n, np.nan)
-
-
-def skeleton_heights(keypoints: np.ndarray) -> np.ndarray:
-    """``(N, P, K, 3)`` -> ``(N, P)``: y extent of each person's labelled keypoints (NaN with
-    fewer than two)."""
-    kp = np.asarray(keypoints, np.float64)
-    vis = kp[..., 2] > 0
-    y = kp[..., 1]
-    hi = np.where(vis, y, -np.inf).max(-1)
-    lo = np.where(vis, y, np.inf).min(-1)
-    return np.where(vis.sum(-1) >= 2, hi - lo, np.nan)
-
-
-def _has(layout: KeypointLayout, anchor: str) -> bool:
-    return all(n in layout.keypoints for n in _ANCHORS[anchor])
-
-
-@dataclass
-class PoseStats:
-    """A video's person placement in its frames (pixels); see the module docstring.
-
-    Attributes:
-        anchor: ``"ankle"`` or ``"hip"``.
-        far, close: smallest and largest anchor y.
-        height_far, height_close: tallest skeleton near ``far`` and near ``close``.
-        center_x: median anchor x.
-        frame_size: ``(H, W)`` of the frames.
-        frames: frames with an anchor (out of ``total`` frames).
-    """
-
-    anchor: str
-    far: float
-    close: float
-    height_far: float
-    height_close: float
-    center_x: float
-    frame_size: tuple[int, int]
-    frames: int = 0
-    total: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["frame_size"] = list(self.frame_size)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PoseStats":
-        d = dict(d)
-        d["frame_size"] = tuple(d["frame_size"])
-        return cls(**d)
-
-
-def pose_stats(keypoints: np.ndarray, layout: KeypointLayout, frame_size: tuple[int, int], anchor: str = "auto",
-               band: float = 0.1, source: str = "keypoints") -> PoseStats:
-    """The :class:`PoseStats` of a sequence of ``(N, P, K, 3)`` keypoints (first person of each frame).
-
-    Args:
-        anchor: ``ankle``, ``hip`` or ``auto`` (ankles where the layout has them and at least
-            half the frames label one, else hips).
-        band: frames whose anchor is within ``band * (close - far)`` (at least 1% of the frame
-            height) of ``far`` (``close``) give ``height_far`` (``height_close``).
-        source: named in errors.
-    """
-    kp = _first_person(keypoints)[:, None]                                  # (N, 1, K, 3)
-    if anchor == "auto":
-        anchor = "hip"
-        if _has(layout, "ankle"):
-            a = anchor_points(kp, layout, "ankle")[:, 0, 1]
-            if np.isfinite(a).mean() >= 0.5:
-                anchor = "ankle"
-    if anchor not in _ANCHORS:
-        raise PosesynthError(f"anchor must be ankle, hip or auto, not {anchor!r}")
-    if not _has(layout, anchor):
-        raise PosesynthError(f"{source}: layout '{layout.name}' has no {' / '.join(_ANCHORS[anchor])} keypoints "
-                             "to place the person by")
-    pts = anchor_points(kp, layout, anchor)[:, 0]                           # (N, 2)
-    hts = skeleton_heights(kp)[:, 0]
-    ok = np.isfinite(pts[:, 1]) & np.isfinite(hts) & (hts > 0)
-    if not ok.any():
-        raise PosesynthError(f"{source}: no frame has a labelled {anchor} and a skeleton to measure")
-    y, h = pts[ok, 1], hts[ok]
-    far, close = float(y.min()), float(y.max())
-    tol = max(band * (close - far), 0.01 * frame_size[0])
-    return PoseStats(anchor, far, close, float(h[y <= far + tol].max()), float(h[y >= close - tol].max()),
-                     float(np.median(pts[ok, 0])), tuple(int(v) for v in frame_size), int(ok.sum()), len(kp))
 
 
 class GlobalPoseNormalizer:
@@ -356,14 +252,6 @@ class SourceSequence:
     name: str = "source"
 
 
-def _stack_people(kps: "list[np.ndarray]", k: int) -> np.ndarray:
-    p = max([len(x) for x in kps] + [1])
-    out = np.zeros((len(kps), p, k, 3), np.float32)
-    for i, x in enumerate(kps):
-        out[i, :len(x)] = x
-    return out
-
-
 def load_sequence(path: "str | Path", layout: "KeypointLayout | None" = None, detector: str = "mediapipe",
                   every: int = 1, fps: "float | None" = None, device: str = "cpu", progress: bool = True
                   ) -> SourceSequence:
@@ -392,7 +280,7 @@ def load_sequence(path: "str | Path", layout: "KeypointLayout | None" = None, de
                 kps.append(det([rgb])[0].keypoints)
         finally:
             det.close()
-        kp = _stack_people(kps, det.layout.num_keypoints)
+        kp = pad_people(kps, num_keypoints=det.layout.num_keypoints)
         src_layout = det.layout
         if layout is not None and layout.keypoints != src_layout.keypoints:
             kp = convert_keypoints(kp, src_layout, layout)
@@ -414,7 +302,7 @@ def load_sequence(path: "str | Path", layout: "KeypointLayout | None" = None, de
     rate = fps
     if rate is None and hasattr(ds, "video"):
         rate = probe_video(ds.video).fps or None
-    kp = _stack_people([s.keypoints for s in samples], ds.layout.num_keypoints)
+    kp = pad_people([s.keypoints for s in samples], num_keypoints=ds.layout.num_keypoints)
     return SourceSequence(kp, sizes.pop(), rate or 25.0, ds.layout, lambda: (ds[i].image for i in order), str(p))
 
 
@@ -444,8 +332,8 @@ def transfer_sequence(render: RenderFn, source: SourceSequence, target: PoseStat
     n_src = len(source.keypoints)
     seq = source.keypoints
     if extra is not None and len(extra):
-        seq = _stack_people([*np.asarray(source.keypoints, np.float32), *np.asarray(extra, np.float32)],
-                            source.layout.num_keypoints)
+        seq = pad_people([*np.asarray(source.keypoints, np.float32), *np.asarray(extra, np.float32)],
+                         num_keypoints=source.layout.num_keypoints)
     kp, near = retime_sequence(seq, speed)
     if mirror:
         kp = mirror_sequence(kp, source.layout, source.frame_size[1])
@@ -487,18 +375,6 @@ def _retimed_frames(frames: Iterator[np.ndarray], near: np.ndarray, mirror: bool
                 raise PosesynthError(f"the source has fewer frames ({idx + 1}) than its skeletons") from None
             idx += 1
         yield np.ascontiguousarray(cur[:, ::-1]) if mirror else cur
-
-
-def source_pose_stats(source: Any, anchor: str = "auto", name: str = "target") -> PoseStats:
-    """:func:`pose_stats` of every sample of a :class:`~posesynth.datasets.formats.KeypointSource`
-    (the target's training data, in its own frame pixels; all frames must share one size).
-    A GAN run can store ``source_pose_stats(trainer.source).to_dict()`` for ``transfer``."""
-    samples = [source[i] for i in range(len(source))]
-    sizes = {s.image.shape[:2] for s in samples}
-    if len(sizes) != 1:
-        raise PosesynthError(f"{name}: frames of different sizes {sorted(sizes)}; pose statistics need one frame size")
-    kp = _stack_people([s.keypoints for s in samples], source.layout.num_keypoints)
-    return pose_stats(kp, source.layout, sizes.pop(), anchor=anchor, source=name)
 
 
 def side_by_side_path(out: "str | Path") -> Path:

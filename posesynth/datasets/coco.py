@@ -501,6 +501,14 @@ class CocoKeypointDataset(ReaderBase):
     def image_ids(self) -> list[int]:
         return [int(e.image["id"]) if isinstance(e.image["id"], int) else e.image["id"] for e in self.entries]
 
+    def annotations(self) -> list[np.ndarray]:
+        """Every sample's people ``(P, K, 3)`` in :attr:`layout` (converted from the file's
+        layout as :meth:`load` does), without decoding an image.  Keypoints outside an image
+        whose size the file does not state are unlabelled only when it is decoded."""
+        if not self._convert:
+            return [e.keypoints.astype(np.float32, copy=True) for e in self.entries]
+        return [convert_keypoints(e.keypoints, self.source_layout, self.layout) for e in self.entries]
+
     def image_path(self, index: int) -> Path:
         """The image file of sample ``index`` (raises :class:`DatasetError` if it is nowhere)."""
         e = self.entries[index]

@@ -13,6 +13,7 @@ image files also take ``image_dir``.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Protocol, Sequence
 
@@ -28,7 +29,7 @@ from .reading import (ImageResolver, OutOfFramePolicy, OutOfFrameStats, ProblemL
 from .sample import Sample
 
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
-__all__ = ["data_options", "KeypointSource", "MpiiDataset", "BlazePoseVideoDataset", "open_dataset", "VIDEO_EXTS"]
+__all__ = ["data_options", "DataOptions", "KeypointSource", "source_annotations", "MpiiDataset", "BlazePoseVideoDataset", "open_dataset", "VIDEO_EXTS"]
 
 
 class KeypointSource(Protocol):
@@ -39,6 +40,20 @@ class KeypointSource(Protocol):
     def __len__(self) -> int: ...
 
     def __getitem__(self, index: int) -> Sample: ...
+
+    def annotations(self) -> list[np.ndarray]:
+        """Every sample's people ``(P, K, 3)`` in :attr:`layout`, without decoding images."""
+        ...
+
+
+def source_annotations(source: Any) -> list[np.ndarray]:
+    """Every sample's people ``(P, K, 3)`` float32 in ``source.layout``: the source's own
+    :meth:`KeypointSource.annotations` (every posesynth reader has one and decodes no image),
+    else, for a plain sequence of samples, read from the samples."""
+    fn = getattr(source, "annotations", None)
+    if callable(fn):
+        return fn()
+    return [np.asarray(source[i].keypoints, np.float32) for i in range(len(source))]
 
 
 def _read_json(path: Path) -> Any:
@@ -155,6 +170,11 @@ class MpiiDataset(ReaderBase):
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def annotations(self) -> list[np.ndarray]:
+        """Every sample's people ``(P, K, 3)`` in :attr:`layout`, without decoding an image."""
+        return [convert_keypoints(kp, self.source_layout, self.layout) if self._convert else kp.copy()
+                for _, kp in self.items]
 
     def image_path(self, index: int) -> Path:
         name = self.items[index][0]
@@ -276,6 +296,14 @@ class BlazePoseVideoDataset(ReaderBase):
     def __len__(self) -> int:
         return len(self.frame_index)
 
+    def annotations(self) -> list[np.ndarray]:
+        """Every sample's person ``(P, K, 3)`` (``P`` 0 or 1) in :attr:`layout`, without reading the video."""
+        out = []
+        for frame in self.frame_index:
+            kp = self._keypoints[frame][None] if self._people[frame] else np.zeros((0, 33, 3), np.float32)
+            out.append(convert_keypoints(kp, self.source_layout, self.layout) if self._convert else kp.copy())
+        return out
+
     def _read_frame(self, frame: int, seek: bool = True) -> np.ndarray:
         if self._cap is None:
             self._cap = cv2.VideoCapture(str(self.video))
@@ -386,8 +414,32 @@ def open_dataset(path: "str | Path", layout: "str | Path | KeypointLayout | None
                        "unknown format")
 
 
+@dataclass
+class DataOptions:
+    """How a command reads every dataset it is given: the one set of reading options, embedded
+    (as ``data_options``) in every config that reads data, and one group of command-line
+    options (``--image-dir``, ``--on-error``, ``--out-of-frame``)."""
+
+    image_dir: str = field(default="", metadata={
+        "help": "folder the images' file_name values are relative to (default: DIR/images, DIR, then their "
+                "parent, DIR being the dataset or JSON folder)"})
+    on_error: str = field(default="skip", metadata={
+        "help": "a bad image or annotation: skip (dropped, counted, named in a warning) or raise (stop with one "
+                "line naming it, exit status 2)"})
+    out_of_frame: str = field(default="unlabel", metadata={
+        "help": "labelled keypoints more than 1 px outside their image: unlabel (v=0), clip, skip-person or "
+                "skip-image; counted and said once"})
+
+    def validate(self) -> None:
+        check_policies(self.on_error, self.out_of_frame)
+
+    def open_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`open_dataset` these options give."""
+        return {"on_error": self.on_error, "image_dir": self.image_dir or None, "out_of_frame": self.out_of_frame}
+
+
 def data_options(cfg: Any) -> dict[str, Any]:
-    """The :func:`open_dataset` options a command's config carries (``image_dir``, ``on_error``,
-    ``out_of_frame``), for every dataset the command reads."""
-    return {"on_error": getattr(cfg, "on_error", "skip"), "image_dir": getattr(cfg, "image_dir", "") or None,
-            "out_of_frame": getattr(cfg, "out_of_frame", "unlabel")}
+    """The :func:`open_dataset` options of a command's config (its :class:`DataOptions`,
+    ``cfg.data_options``), for every dataset the command reads."""
+    opts = getattr(cfg, "data_options", None)
+    return (opts if isinstance(opts, DataOptions) else DataOptions()).open_kwargs()

@@ -28,7 +28,8 @@ import torch
 from .layouts import KeypointLayout
 
 __all__ = ["torso_size", "arm_chains", "body_frame", "arm_angles", "arm_from_angles", "in_polygon",
-           "torso_polygon", "RegionSpec", "limb_segments", "capsule_region", "moved_arms", "limb_region"]
+           "torso_polygon", "ABDUCTION_RANGE", "MAX_FLEXION", "random_arms", "RegionSpec", "limb_segments", "capsule_region", "moved_arms", "limb_region",
+           "moved_limb_cover"]
 
 
 def _pt(kp: np.ndarray, names: tuple[str, ...], layout: KeypointLayout) -> "np.ndarray | None":
@@ -110,6 +111,37 @@ def arm_from_angles(shoulder: np.ndarray, abduction: np.ndarray, flexion: np.nda
     v = np.cos(f) * u - np.sin(f) * ru
     elbow = shoulder + np.asarray(upper)[..., None] * u
     return elbow, elbow + np.asarray(fore)[..., None] * v
+
+
+#: The joint limits of a human arm in the person's own frame (degrees; see :func:`arm_angles`):
+#: the range of shoulder abduction, and the largest elbow flexion (from 0, a straight arm).
+#: Perturbations (``PerturbConfig``) and the GAN's training regions take them from here.
+ABDUCTION_RANGE: tuple[float, float] = (-30.0, 175.0)
+MAX_FLEXION: float = 150.0
+
+
+def random_arms(kp: np.ndarray, layout: KeypointLayout, rng: np.random.Generator,
+                abd_range: tuple[float, float] = ABDUCTION_RANGE, max_flexion: float = MAX_FLEXION) -> np.ndarray:
+    """A copy of ``(P, K, 3)`` keypoints with every labelled arm in a random pose within the
+    joint limits (abduction and flexion uniform in their ranges; the person's own bone
+    lengths), e.g. where a region may have to erase or draw an arm.  People without a body
+    frame, and arms with an unlabelled joint, are kept."""
+    out = np.array(kp, copy=True)
+    for p in range(kp.shape[0]):
+        fr = body_frame(kp[p].astype(np.float64), layout)
+        if fr is None:
+            continue
+        _, down, across = fr
+        for s, e, w in arm_chains(layout):
+            if (kp[p, [s, e, w], 2] <= 0).any():
+                continue
+            outv = -across if layout.keypoints[s].startswith("right") else across
+            sh = kp[p, s, :2].astype(np.float64)
+            up, fo = np.linalg.norm(kp[p, e, :2] - sh), np.linalg.norm(kp[p, w, :2] - kp[p, e, :2])
+            el, wr = arm_from_angles(sh, np.array(rng.uniform(*abd_range)), np.array(rng.uniform(0, max_flexion)),
+                                     up, fo, down, outv)
+            out[p, e, :2], out[p, w, :2] = el, wr
+    return out
 
 
 def torso_polygon(kp: np.ndarray, layout: KeypointLayout) -> "np.ndarray | None":
@@ -256,3 +288,26 @@ def limb_region(old_kp: np.ndarray, new_kp: "np.ndarray | None", layout: Keypoin
             s, t = np.concatenate(segs[i]), np.concatenate(tors[i])
             seg_t[i, :len(s)], tor_t[i, :len(t)] = s, t
     return capsule_region(torch.from_numpy(seg_t).to(device), torch.from_numpy(tor_t).to(device), size, spec)
+
+
+def moved_limb_cover(old_kp: np.ndarray, new_kp: np.ndarray, layout: KeypointLayout, size: tuple[int, int],
+                     spec: RegionSpec = RegionSpec(), device: "str | torch.device" = "cpu") -> torch.Tensor:
+    """Where the moved arms are drawn: ``(B, 1, H, W)`` float32 in {0, 1}, the capsules of radius
+    ``spec.radius`` x torso size (no dilation, no feather) around every moved bone at its new
+    position (``old_kp``, ``new_kp``: ``(B, P, K, 3)``).  What lies under them (a seatbelt) is
+    hidden in the new image."""
+    new_kp = np.asarray(new_kp, np.float32)
+    old_kp = np.asarray(old_kp, np.float32)
+    b = new_kp.shape[0]
+    segs = [[limb_segments(new_kp[i, p], layout, moved_arms(old_kp[i, p], new_kp[i, p], layout) or [], spec.hand)
+             for p in range(new_kp.shape[1])] for i in range(b)]
+    n = max((sum(len(s) for s, _ in row) for row in segs), default=0)
+    seg_t = np.full((b, n, 2, 2), np.nan, np.float32)
+    tor_t = np.full((b, n), np.nan, np.float32)
+    for i, row in enumerate(segs):
+        if any(len(s) for s, _ in row):
+            s, t = np.concatenate([s for s, _ in row]), np.concatenate([t for _, t in row])
+            seg_t[i, :len(s)], tor_t[i, :len(t)] = s, t
+    tight = RegionSpec(radius=spec.radius, dilate=0.0, feather=1e-6, hand=spec.hand)
+    region = capsule_region(torch.from_numpy(seg_t).to(device), torch.from_numpy(tor_t).to(device), size, tight)
+    return (region >= 0.5).float()

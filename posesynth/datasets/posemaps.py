@@ -26,7 +26,7 @@ from .layouts import KeypointLayout
 if TYPE_CHECKING:  # torch is imported where the batched (torch) maps are drawn
     import torch
 
-__all__ = ["PoseMapSpec", "render_heatmaps", "render_pafs", "resize_masks", "render_pose_maps",
+__all__ = ["PoseMapSpec", "rescale_keypoints", "render_heatmaps", "render_pafs", "resize_masks", "render_pose_maps",
            "render_heatmaps_torch", "render_pafs_torch", "render_pose_maps_torch",
            "to_grid", "from_grid"]
 
@@ -83,6 +83,16 @@ def to_grid(xy: np.ndarray, in_size: tuple[int, int], out_size: tuple[int, int])
     """Map ``(..., 2)`` input-pixel coordinates to an output grid (sizes are ``(H, W)``)."""
     s = np.array([out_size[1] / in_size[1], out_size[0] / in_size[0]], np.float32)
     return (np.asarray(xy, np.float32) + 0.5) * s - 0.5
+
+
+def rescale_keypoints(keypoints: np.ndarray, from_size: tuple[int, int], to_size: tuple[int, int]) -> np.ndarray:
+    """A copy of ``(..., 3)`` keypoints ``[x, y, v]`` in pixels of a ``from_size`` ``(H, W)``
+    image, moved to the pixels of the same image resized to ``to_size`` (pixel centres at
+    integers: ``x' = (x + 0.5) * W' / W - 0.5``); ``v`` is kept."""
+    kp = np.array(keypoints, np.float32, copy=True)
+    if tuple(from_size) != tuple(to_size):
+        kp[..., :2] = to_grid(kp[..., :2], tuple(from_size), tuple(to_size))
+    return kp
 
 
 def from_grid(xy: np.ndarray, in_size: tuple[int, int], out_size: tuple[int, int]) -> np.ndarray:

@@ -383,6 +383,11 @@ class ReaderBase:
     def load(self, index: int):  # pragma: no cover - defined by subclasses
         raise NotImplementedError
 
+    def annotations(self) -> "list[np.ndarray]":  # pragma: no cover - defined by subclasses
+        """Every sample's people ``(P, K, 3)`` float32 in the reader's layout (``self.layout``),
+        as :meth:`load` gives them, read from the annotations alone (no image is decoded)."""
+        raise NotImplementedError
+
     def __len__(self) -> int:  # pragma: no cover - defined by subclasses
         raise NotImplementedError
 

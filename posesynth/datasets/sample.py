@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Sample"]
+__all__ = ["Sample", "pad_people"]
 
 
 @dataclass
@@ -53,3 +53,25 @@ class Sample:
         """A deep copy: no array is shared with the original."""
         return Sample(self.image.copy(), self.keypoints.copy(), self.masks.copy(),
                       self.image_id, self.file_name, dict(self.meta))
+
+
+def pad_people(keypoints: "np.ndarray | list[np.ndarray]", people: "int | None" = None,
+               num_keypoints: "int | None" = None) -> np.ndarray:
+    """People padded (or cut) to a fixed count with unlabelled rows (``v = 0``).
+
+    ``keypoints``: one image's ``(P, K, 3)`` -> ``(people, K, 3)``; or a list of them (one per
+    image) -> ``(B, people, K, 3)``, ``people`` defaulting to the largest ``P`` (at least 1).
+    ``num_keypoints`` is needed only when every array is empty of people and has no ``K``."""
+    if isinstance(keypoints, (list, tuple)):
+        k = num_keypoints if num_keypoints is not None else next(
+            (int(np.shape(x)[-2]) for x in keypoints if np.ndim(x) == 3), 0)
+        p = people if people is not None else max(max((len(x) for x in keypoints), default=1), 1)
+        return np.stack([pad_people(x, p, k) for x in keypoints]) if len(keypoints) else np.zeros((0, p, k, 3),
+                                                                                                  np.float32)
+    kp = np.asarray(keypoints, np.float32)
+    k = kp.shape[-2] if kp.ndim == 3 else int(num_keypoints or 0)
+    p = max(len(kp), 1) if people is None else people
+    out = np.zeros((p, k, 3), np.float32)
+    if kp.ndim == 3 and len(kp):
+        out[:min(len(kp), p)] = kp[:p]
+    return out

@@ -27,7 +27,7 @@ import torch
 
 from .formats import KeypointSource
 from .posemaps import PoseMapSpec, render_pafs, render_heatmaps, render_pose_maps, resize_masks
-from .sample import Sample
+from .sample import Sample, pad_people
 from .transforms import Fit, Transform
 
 __all__ = ["PoseMapDataset", "EpochBatchSampler", "sample_to_tensors", "image_to_tensor", "tensor_to_image",
@@ -64,20 +64,13 @@ def max_people_of(source, cap: int = 16) -> int:
     return max(n, 1)
 
 
-def _pad(kp: np.ndarray, max_people: int, k: int) -> np.ndarray:
-    out = np.zeros((max_people, k, 3), np.float32)
-    kp = kp[:max_people]
-    out[: len(kp)] = kp
-    return out
-
-
 def sample_to_tensors(sample: Sample, layout, stride: int = 4, spec: PoseMapSpec = PoseMapSpec(),
                       max_people: int = 4, with_maps: bool = True) -> dict[str, Any]:
     """Tensors for one (already resized) sample; see the module docstring for the keys."""
     h, w = sample.image.shape[:2]
     small = (h // stride, w // stride)
     kp = sample.keypoints[:max_people]
-    padded = _pad(kp, max_people, layout.num_keypoints)
+    padded = pad_people(kp, max_people, layout.num_keypoints)
     out = {
         "image": image_to_tensor(sample.image),
         "heatmaps": torch.from_numpy(render_heatmaps(kp, (h, w), small, spec.sigma)),
@@ -137,8 +130,8 @@ class PoseMapDataset(torch.utils.data.Dataset):
         if self.with_original:
             if self.transform is not None:
                 raise ValueError("with_original is for evaluation datasets (no random transform)")
-            out["orig_keypoints"] = torch.from_numpy(_pad(original.keypoints, self.max_people,
-                                                          self.source.layout.num_keypoints))
+            out["orig_keypoints"] = torch.from_numpy(pad_people(original.keypoints, self.max_people,
+                                                                self.source.layout.num_keypoints))
             out["to_input"] = torch.from_numpy(np.asarray(sample.meta["to_input"], np.float64))
             out["orig_size"] = torch.tensor(original.image.shape[:2])
         return out

@@ -10,8 +10,9 @@ Run directory::
     RUN/curves.png             the curves
     RUN/tb/                    TensorBoard (when installed)
 
-A ``batch_hook(batch, step) -> batch`` (the :class:`~posesynth.augment.mixing.BatchMixer`
-of ``--renderer``/``--gan``, or of the experiment) may replace part of each batch.  Replaced
+A ``batch_transform(batch, step) -> batch``, given by whoever builds the trainer (``posesynth
+augment`` gives one for ``train-posenet --renderer/--gan`` and the experiment), may replace
+part of each batch.  Replaced
 slots are marked by ``batch["replaced"]``; the training loss is logged over the other (real)
 slots as ``train_loss`` and over the replaced ones as ``train_loss_replaced``, so runs with and
 without replacement compare like with like.
@@ -38,7 +39,7 @@ from tqdm import tqdm
 
 from ..checkpoint import load_checkpoint, load_module, module_tensors, optimizer_from_flat, optimizer_to_flat
 from ..config import to_dict
-from ..datasets.formats import KeypointSource, data_options, open_dataset
+from ..datasets.formats import DataOptions, KeypointSource, data_options, open_dataset
 from ..datasets.posemaps import PoseMapSpec
 from ..datasets.torch_dataset import EpochBatchSampler, PoseMapDataset, max_people_of
 from ..datasets.transforms import FIT_MODES, Compose, Photometric, RandomAffine
@@ -62,11 +63,7 @@ class PoseTrainConfig:
     val: str = field(default="", metadata={"help": "validation dataset: selects the best epoch, drives the LR "
                                                    "plateau and early stop (default: none)"})
     layout: str = field(default="", metadata={"help": "convert the data to this layout (default: its own)"})
-    image_dir: str = field(default="", metadata={"help": "folder the images' file_name values are relative to "
-                                                         "(default: see the README's resolution order)"})
-    on_error: str = field(default="skip", metadata={"help": "skip (drop bad images, counted and reported) | raise"})
-    out_of_frame: str = field(default="unlabel", metadata={"help": "labelled points outside the image: "
-                                                                   "unlabel|clip|skip-person|skip-image"})
+    data_options: DataOptions = field(default_factory=DataOptions, metadata={"help": "how the data is read"})
     size: tuple[int, int] = field(default=(384, 384), metadata={"help": "network input H,W (multiples of 32)"})
     fit: str = field(default="letterbox", metadata={"help": "letterbox (keep the aspect ratio)|stretch"})
     max_people: int = field(default=0, metadata={"help": "people kept per image (0: the dataset's maximum, "
@@ -99,23 +96,6 @@ class PoseTrainConfig:
     workers: int = 0
     time_limit_min: float = field(default=0.0, metadata={"help": "stop after the epoch that passes this budget (0: none)"})
     steps_per_epoch: int = field(default=0, metadata={"help": "0: one pass over the training data"})
-    # in-loop augmentation with rendered images
-    renderer: str = field(default="", metadata={"help": "replace part of each batch with renders: warp|gan "
-                                                        "(default: none; gan when --gan is given)"})
-    gan: str = field(default="", metadata={"help": "train-gan run that renders (its mode: full or inpaint)"})
-    gan_device: str = field(default="auto", metadata={"help": "where the generator runs (auto: a GPU of its own "
-                                                              "when there is one, else --device)"})
-    fraction: float = field(default=0.5, metadata={"help": "share of each batch replaced by renders"})
-    augment: str = field(default="arms-angle", metadata={"help": "perturbation of the rendered poses: arms-angle|"
-                                                                 "arms-slight|arms-high|learned:RUN"})
-    rare: bool = field(default=False, metadata={"help": "draw new arm angles where the training data is thin"})
-    plausibility: str = field(default="", metadata={"help": "train-motion run whose critic filters perturbations"})
-    judge: str = field(default="", metadata={"help": "pose-network run that must recognise each render's pose"})
-    judge_pck: float = field(default=0.5, metadata={"help": "a render is kept when the judge's PCK@0.2 on it "
-                                                            "reaches this"})
-    post_scale: tuple[float, float] = field(default=(0.9, 1.1), metadata={
-        "help": "with renders: random resize of every mixed batch"})
-    post_translate: float = field(default=0.05, metadata={"help": "with renders: random shift (fraction of the size)"})
 
     def validate(self) -> None:
         if any(s % 32 or s < 64 for s in self.size):
@@ -128,10 +108,6 @@ class PoseTrainConfig:
             raise ConfigError("loss_reduction must be mean or sum")
         if self.fit not in FIT_MODES:
             raise ConfigError(f"fit must be one of {FIT_MODES}, not {self.fit!r}")
-        if self.renderer not in ("", "warp", "gan"):
-            raise ConfigError(f"renderer must be warp or gan, not {self.renderer!r}")
-        if not 0 <= self.fraction <= 1:
-            raise ConfigError("fraction must be in [0, 1]")
 
     @property
     def posemaps(self) -> PoseMapSpec:
@@ -157,14 +133,15 @@ def init_distributed(device_spec: str = "auto") -> tuple[int, int, int, torch.de
 class PoseNetTrainer:
     """Builds the pose network for ``cfg`` and trains it; see the module docstring.
 
-    ``batch_hook(batch, step) -> batch`` (optional) may replace part of each training batch;
-    without one, ``cfg.renderer``/``cfg.gan`` build the :class:`~posesynth.augment.mixing.BatchMixer`.
-    A hook with an ``attach(dataset)`` method gets the training dataset.
+    ``batch_transform(batch, step) -> batch`` (optional), given by whoever builds the trainer,
+    may replace part of each training batch (``posesynth.augment`` builds one that renders
+    perturbed poses).  A transform with an ``attach(dataset)`` method gets the training dataset.
+    The trainer knows nothing else of it.
     """
 
     def __init__(self, cfg: PoseTrainConfig, run_dir: "str | Path", source: "KeypointSource | None" = None,
                  val_source: "KeypointSource | None" = None, resume: bool = False, progress: bool = True,
-                 batch_hook: "Callable[[dict, int], dict] | None" = None) -> None:
+                 batch_transform: "Callable[[dict, int], dict] | None" = None) -> None:
         cfg.validate()
         self.cfg, self.run = cfg, Path(run_dir)
         self.rank, self.world, self.local_rank, self.device = init_distributed(cfg.device)
@@ -210,9 +187,9 @@ class PoseNetTrainer:
         self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(self.opt, mode="max", factor=cfg.plateau_factor,
                                                                 patience=cfg.plateau_patience)
         self.weights = PoseLossWeights(cfg.w_heatmap, cfg.w_paf, cfg.w_mask, cfg.loss_reduction)
-        self.batch_hook = batch_hook if batch_hook is not None else self._build_mixer()
-        if self.batch_hook is not None and hasattr(self.batch_hook, "attach"):
-            self.batch_hook.attach(self.dataset)
+        self.batch_transform = batch_transform
+        if batch_transform is not None and hasattr(batch_transform, "attach"):
+            batch_transform.attach(self.dataset)
         self.epoch = 0
         self.best = -math.inf
         self.best_epoch = 0
@@ -222,37 +199,6 @@ class PoseNetTrainer:
         self.dir.prepare(cfg, resume)
         if resume:
             self._load()
-
-    # ---- in-loop augmentation -------------------------------------------------------------
-    def _build_mixer(self):
-        c = self.cfg
-        name = c.renderer or ("gan" if c.gan else "")
-        if not name:
-            return None
-        from ..augment.mixing import BatchMixer
-        from ..augment.perturb import PerturbConfig, Perturber
-        from ..augment.renderers import make_renderer
-        from ..runs import resolve_gan_device
-
-        gan_device = resolve_gan_device(c.gan_device, self.device, self.local_rank, self.world)
-        renderer = make_renderer(name, self.layout, c.gan, str(gan_device))
-        if getattr(renderer, "spec", None) is not None:
-            from ..spade.load import check_same_maps
-
-            check_same_maps(renderer.spec, self.spec, f"GAN run {c.gan}", f"this pose run ({self.run})")
-        kps = [e.keypoints for e in getattr(self.source, "entries", [])] if c.rare else None
-        perturber = Perturber(PerturbConfig(c.augment, rare=c.rare), self.layout, kps, c.plausibility,
-                              str(gan_device))
-        judge = None
-        if c.judge:
-            judge, jl, _ = load_posenet(c.judge, gan_device)
-            if jl.keypoints != self.layout.keypoints:
-                raise ConfigError(f"judge {c.judge} predicts layout '{jl.name}', the data is '{self.layout.name}'")
-        # each rank perturbs and renders its own slots from its own seed stream
-        return BatchMixer(self.layout, self.spec, c.fraction, "render", renderer, perturber, self.device,
-                          seed=c.seed * 1000 + self.rank, post_scale=tuple(c.post_scale),
-                          post_translate=c.post_translate, judge=judge, judge_pck=c.judge_pck,
-                          judge_device=gan_device)
 
     # ---- checkpoints -------------------------------------------------------------------
     def _meta(self) -> dict[str, Any]:
@@ -334,8 +280,8 @@ class PoseNetTrainer:
                    dynamic_ncols=True, leave=False)
         for i, batch in enumerate(bar):
             batch = self._to(batch)
-            if self.batch_hook is not None:
-                batch = self.batch_hook(batch, start + i)
+            if self.batch_transform is not None:
+                batch = self.batch_transform(batch, start + i)
             images = batch["image"]
             if self.device.type == "cuda":
                 images = images.contiguous(memory_format=torch.channels_last)

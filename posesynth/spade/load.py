@@ -13,13 +13,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import load_checkpoint, load_module
+from ..checkpoint import load_checkpoint
 from ..datasets.layouts import KeypointLayout
 from ..datasets.posemaps import PoseMapSpec
-from ..errors import PosesynthError
-from .generator import GeneratorConfig, SPADEGenerator
+from ..errors import ConfigError, PosesynthError
+from .archs import arch_class
 
-__all__ = ["load_generator", "load_render", "input_matrix", "check_compatible", "check_same_maps", "RenderFn"]
+__all__ = ["load_generator", "check_resumable", "load_render", "input_matrix", "check_compatible", "check_same_maps", "RenderFn"]
 
 #: ``render(keypoints (B, P, K, 3) in pixels of the generator's (H, W), size) -> (B, 3, H, W)`` in [-1, 1].
 RenderFn = Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]
@@ -44,30 +44,17 @@ def load_generator(run_dir: "str | Path", device: "str | torch.device" = "cpu", 
     if meta.get("kind") != "posesynth-gan":
         raise PosesynthError(f"{path}: not a posesynth GAN checkpoint")
     arch = meta.setdefault("arch", "spade")
-    if arch == "spade":
-        g = dict(meta["generator"])
-        g["size"] = tuple(g["size"])
-        gen: nn.Module = SPADEGenerator(GeneratorConfig(**g))
-        load_module(gen, tensors, "G", str(path))
-    elif arch in ("pix2pix", "vanilla"):
-        from .baselines import generator_from_config
-
-        try:
-            gen = generator_from_config(arch, meta["generator"])
-        except (TypeError, ValueError, KeyError) as e:
-            raise PosesynthError(f"{path}: cannot rebuild the {arch} generator ({e})") from None
-        load_module(gen, tensors, "G", str(path))
-    elif arch == "nearest":
-        from .nearest import NearestNeighbourGenerator
-
-        gen = NearestNeighbourGenerator.from_tensors(tensors, meta, str(path))
-    else:
-        raise PosesynthError(f"{path}: unknown generator arch {arch!r} (a newer posesynth's run?)")
-    layout = KeypointLayout.from_dict(meta["layout"], source=str(path))
     meta.setdefault("mode", "full")
+    try:
+        cls = arch_class(arch, meta["mode"])
+    except PosesynthError:
+        raise PosesynthError(f"{path}: unknown generator arch {arch!r} in mode {meta['mode']!r} (a newer posesynth's "
+                             "run?)") from None
+    gen = cls.rebuild(meta, tensors, str(path))
+    layout = KeypointLayout.from_dict(meta["layout"], source=str(path))
     meta["posemaps"] = PoseMapSpec.from_meta(meta).to_dict()
     gen = gen.to(device).eval()
-    if channels_last and arch != "nearest":
+    if channels_last and cls.learned:
         gen.to(memory_format=torch.channels_last)
     return gen, layout, meta
 
@@ -81,15 +68,13 @@ def load_render(run_dir: "str | Path", device: "str | torch.device" = "cpu", che
     of that image (the run's training frames were fitted to it as ``meta["fit"]`` says,
     ``letterbox`` by default).  An inpaint-mode spade run redraws a region of a given image
     and cannot draw a whole frame from a skeleton: it is refused."""
-    from .baselines import make_render
-
     gen, layout, meta = load_generator(run_dir, device)
     if meta["mode"] != "full":
         raise PosesynthError(f"{run_dir} is an {meta['mode']}-mode run: it redraws part of an image and cannot draw "
                              "a whole frame from a skeleton; use a full-mode run")
     size = tuple(int(v) for v in meta["generator"]["size"])
-    inner = make_render(meta["arch"], gen, layout, PoseMapSpec.from_dict(meta["posemaps"]),
-                        channels_last=meta["arch"] != "nearest")
+    inner = arch_class(meta["arch"], meta["mode"]).make_render(gen, layout, PoseMapSpec.from_dict(meta["posemaps"]),
+                                                                meta)
 
     def render(keypoints: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
         if tuple(out_size) != size:
@@ -121,3 +106,14 @@ def check_same_maps(a: PoseMapSpec, b: PoseMapSpec, a_name: str, b_name: str) ->
         raise PosesynthError(f"{a_name} draws pose maps with sigma {a.sigma:g}, PAF width {a.paf_width:g}, stride "
                              f"{a.stride} but {b_name} with sigma {b.sigma:g}, PAF width {b.paf_width:g}, stride "
                              f"{b.stride}: use runs trained with the same --sigma/--paf-width")
+
+
+def check_resumable(meta: dict[str, Any], layout: KeypointLayout, arch: str, mode: str, path: str) -> None:
+    """A checkpoint (``meta``) can continue as a run of ``arch`` in ``mode`` on data in ``layout``."""
+    if meta.get("layout", {}).get("keypoints") != list(layout.keypoints):
+        raise ConfigError(f"{path}: trained on layout '{meta.get('layout', {}).get('name')}', the data is "
+                             f"'{layout.name}'")
+    if meta.get("mode", "full") != mode:
+        raise ConfigError(f"{path}: a {meta.get('mode', 'full')}-mode run cannot continue in {mode} mode")
+    if meta.get("arch", "spade") != arch:
+        raise ConfigError(f"{path}: a {meta.get('arch', 'spade')} run cannot continue as --arch {arch}")

@@ -11,11 +11,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..datasets.layouts import KeypointLayout
+from ..datasets.posemaps import PoseMapSpec
 from ..errors import ConfigError
 from ..losses import dice_bce
+from ..posenet.load import load_posenet
+from .load import check_same_maps
 
-__all__ = ["gan_loss", "gradient_penalty", "feature_matching_loss", "VGGLoss", "load_vgg19",
-           "PoseConsistencyLoss", "GAN_MODES"]
+__all__ = ["gan_loss", "gradient_penalty", "feature_matching_loss", "VGGLoss", "load_vgg19", "perceptual_loss",
+           "PoseConsistencyLoss", "load_pose_judge", "GAN_MODES"]
 
 log = logging.getLogger(__name__)
 GAN_MODES = ("hinge", "ls", "wgan-gp")
@@ -174,3 +178,31 @@ class PoseConsistencyLoss(nn.Module):
         total = self.w[0] * l_hm + self.w[1] * l_paf + self.w[2] * l_mask
         return total, {"pose_hm": float(l_hm.detach()), "pose_paf": float(l_paf.detach()),
                        "pose_mask": float(l_mask.detach())}
+
+
+def perceptual_loss(mode: str, weights: str = "", weight: float = 10.0) -> "VGGLoss | None":
+    """The VGG19 perceptual loss a run asks for: ``mode`` ``off`` (or ``weight`` 0) gives none;
+    ``auto`` uses the weights where they are (the torch hub cache, or ``weights``) and says once
+    that it trains without them otherwise; ``on`` refuses to run without them."""
+    if mode == "off" or weight == 0:
+        return None
+    feats = load_vgg19(weights or None)
+    if feats is None:
+        if mode == "on":
+            raise ConfigError("the perceptual loss was asked for (--vgg on) but no VGG19 weights were found "
+                              "in the torch hub cache; give a file with --vgg-weights")
+        log.warning("perceptual loss off: no VGG19 weights in the torch hub cache (~/.cache/torch/hub/"
+                    f"checkpoints/{VGG19_FILE}) and none given with --vgg-weights; training without it")
+        return None
+    return VGGLoss(feats)
+
+
+def load_pose_judge(run: str, layout: KeypointLayout, spec: PoseMapSpec, device: "str | torch.device",
+                    what: str) -> nn.Module:
+    """A pose-network run's frozen network as the judge of pose consistency, checked to predict
+    ``layout`` (and its masks) from the pose maps ``spec`` that ``what`` draws."""
+    judge, judge_layout, meta = load_posenet(run, device)
+    if judge_layout.keypoints != layout.keypoints or judge_layout.num_masks != layout.num_masks:
+        raise ConfigError(f"pose judge {run} predicts layout '{judge_layout.name}', the GAN data is '{layout.name}'")
+    check_same_maps(PoseMapSpec.from_dict(meta["posemaps"]), spec, f"pose judge {run}", what)
+    return judge

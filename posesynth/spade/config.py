@@ -1,0 +1,149 @@
+"""The settings of a ``train-gan`` run (:class:`GANConfig`), with each architecture's defaults
+for the options left unset."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..datasets.formats import DataOptions
+from ..datasets.posemaps import PoseMapSpec
+from ..errors import ConfigError
+from .archs import ARCH_CLASSES, MODES, arch_class
+from .losses import GAN_MODES
+
+__all__ = ["GANConfig", "ARCH_DEFAULTS", "ARCHS", "MODES", "NETGS", "keep_saved_losses"]
+
+log = logging.getLogger(__name__)
+NETGS = ("unet", "resnet")
+ARCHS = tuple(dict.fromkeys(c.name for c in ARCH_CLASSES))
+#: The value each architecture gives the options left unset (``None``) in a :class:`GANConfig`
+#: (each architecture's ``defaults``).  spade's are the values these options always had;
+#: pix2pix's and vanilla's are pix2pix's (one 70x70 PatchGAN: ``num_d`` 1 with ``n_layers_d``
+#: 4; L1 x 100; no feature matching, no VGG).
+ARCH_DEFAULTS: dict[str, dict[str, Any]] = {c.name: dict(c.defaults) for c in ARCH_CLASSES}
+
+
+@dataclass
+class GANConfig:
+    """Settings of a GAN run (all overridable on the command line)."""
+
+    data: str = field(default="", metadata={"help": "training dataset (folder or annotation file)"})
+    layout: str = field(default="", metadata={"help": "convert the data to this layout (default: its own)"})
+    data_options: DataOptions = field(default_factory=DataOptions, metadata={"help": "how the data is read"})
+    mode: str = field(default="full", metadata={"help": "full (whole image from pose maps) | inpaint (redraw the "
+                                                        "region around the arms, keep the rest of the image; spade)"})
+    arch: str = field(default="spade", metadata={
+        "help": "spade (pose maps, SPADE) | pix2pix (stick figure, U-Net or ResNet, 70x70 PatchGAN, L1 x 100) | "
+                "vanilla (skeleton vector -> transposed convs) | nearest (closest training frame by KD-tree; "
+                "no training)"})
+    netg: str = field(default="unet", metadata={"help": "pix2pix generator: unet | resnet"})
+    size: tuple[int, int] = field(default=(128, 128), metadata={"help": "image size H,W (multiple of 32)"})
+    ngf: "int | None" = field(default=None, metadata={"help": "generator width (unset: spade 32, pix2pix and "
+                                                              "vanilla 64)"})
+    spade_hidden: int = field(default=128, metadata={
+        "help": "spade: width of the shared convolution in every SPADE layer (NVlabs 128; 32-64 for CPU budgets)"})
+    ndf: int = 64
+    num_d: "int | None" = field(default=None, metadata={"help": "discriminator scales (unset: spade 2, pix2pix and "
+                                                                "vanilla 1, the 70x70 PatchGAN with n_layers_d 4)"})
+    n_layers_d: int = 4
+    norm: str = field(default="instance", metadata={"help": "param-free norm in SPADE: instance|batch"})
+    z_dim: int = field(default=0, metadata={"help": "noise channels fed with the downsampled maps"})
+    gan_mode: str = field(default="hinge", metadata={"help": "hinge|ls|wgan-gp"})
+    lambda_feat: "float | None" = field(default=None, metadata={
+        "help": "feature-matching weight (unset: spade 10, pix2pix and vanilla 0)"})
+    lambda_vgg: "float | None" = field(default=None, metadata={
+        "help": "VGG perceptual weight (unset: spade 10, pix2pix and vanilla 0)"})
+    lambda_gp: float = 10.0
+    lambda_l1: "float | None" = field(default=None, metadata={
+        "help": "L1 weight: spade inpaint mode inside the region, spade full mode on the whole image (unset: "
+                "20); pix2pix and vanilla on the whole image (unset: 100); 0: none"})
+    extra_regions: float = field(default=0.5, metadata={
+        "help": "inpaint mode: share of images whose region also covers other plausible arm positions"})
+    region_radius: float = field(default=0.16, metadata={
+        "help": "inpaint mode: radius of the capsules around the arm bones, as a fraction of the torso size "
+                "(plus 0.04 margin and a 0.05 feathered edge); recorded with the run and used when it renders"})
+    vgg: str = field(default="auto", metadata={"help": "auto (use if weights are found)|on (required)|off"})
+    vgg_weights: str = field(default="", metadata={"help": "VGG19 weights file (default: torch hub cache)"})
+    pose_judge: str = field(default="", metadata={
+        "help": "pose-network run whose frozen network judges pose consistency (train-posenet --out)"})
+    lambda_pose_hm: float = 100.0
+    lambda_pose_paf: float = 100.0
+    lambda_pose_mask: float = 1.0
+    sigma: float = field(default=7.0, metadata={"help": "heatmap sigma in input pixels"})
+    paf_width: float = field(default=8.0, metadata={"help": "PAF half-width in input pixels"})
+    steps: int = 1000
+    batch_size: int = 2
+    lr_g: "float | None" = field(default=None, metadata={"help": "generator learning rate (unset: spade 1e-4, "
+                                                                 "pix2pix and vanilla 2e-4)"})
+    lr_d: "float | None" = field(default=None, metadata={"help": "discriminator learning rate (unset: spade 4e-4, "
+                                                                 "pix2pix and vanilla 2e-4)"})
+    beta1: "float | None" = field(default=None, metadata={"help": "Adam beta1 (unset: spade 0, pix2pix and "
+                                                                  "vanilla 0.5)"})
+    beta2: "float | None" = field(default=None, metadata={"help": "Adam beta2 (unset: spade 0.9, pix2pix and "
+                                                                  "vanilla 0.999)"})
+    decay_from: int = field(default=-1, metadata={"help": "step where linear LR decay to 0 starts (-1: none)"})
+    device: str = field(default="auto", metadata={"help": "auto (CUDA when present, else cpu)|cpu|cuda:N"})
+    precision: str = field(default="auto", metadata={"help": "auto|fp32|bf16|fp16 (bf16/fp16 on CUDA only)"})
+    seed: int = 0
+    workers: int = 0
+    augment: bool = field(default=True, metadata={"help": "random scale/rotation/shift/flip of the training data"})
+    log_every: int = 10
+    gallery_every: int = 100
+    checkpoint_every: int = 200
+    time_limit_min: float = field(default=0.0, metadata={
+        "help": "stop cleanly (with a checkpoint) after this many minutes of training (0: no limit)"})
+    max_bad_steps: int = field(default=20, metadata={"help": "stop after this many non-finite steps in a row"})
+    channels_last: bool = field(default=True, metadata={"help": "channels-last memory format (faster convs)"})
+    reuse_fake: bool = field(default=True, metadata={
+        "help": "D step reuses the G step's (detached) fake instead of a fresh G forward as NVlabs does"})
+
+    def resolve(self) -> "GANConfig":
+        """Give every option left unset (``None``) its architecture's value (:data:`ARCH_DEFAULTS`),
+        in place; returns ``self``.  A run records the resolved config."""
+        if self.arch not in ARCHS:
+            raise ConfigError(f"arch must be one of {', '.join(ARCHS)}, not {self.arch!r}")
+        for k, v in ARCH_DEFAULTS[self.arch].items():
+            if getattr(self, k) is None:
+                setattr(self, k, v)
+        return self
+
+    def validate(self) -> None:
+        self.resolve()
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        arch_class(self.arch, self.mode)   # a mode the arch does not have: one clear line
+        if self.netg not in NETGS:
+            raise ConfigError(f"netg must be one of {NETGS}, not {self.netg!r}")
+        if self.gan_mode not in GAN_MODES:
+            raise ConfigError(f"gan_mode must be one of {GAN_MODES}, not {self.gan_mode!r}")
+        if self.vgg not in ("auto", "on", "off"):
+            raise ConfigError(f"vgg must be auto, on or off, not {self.vgg!r}")
+        if any(s % 32 or s < 64 for s in self.size):
+            raise ConfigError(f"size {self.size} must be multiples of 32 and at least 64 (the generator starts "
+                              "at size/32, and instance norm needs more than one pixel)")
+        if self.batch_size < 1 or self.steps < 1:
+            raise ConfigError("batch_size and steps must be at least 1")
+        if self.ngf < 1 or self.ndf < 1 or self.num_d < 1 or self.n_layers_d < 1 or self.spade_hidden < 1:
+            raise ConfigError("ngf, ndf, num_d, n_layers_d and spade_hidden must be at least 1")
+        if not 0 <= self.extra_regions <= 1:
+            raise ConfigError("extra_regions must be in [0, 1]")
+
+    @property
+    def posemaps(self) -> PoseMapSpec:
+        return PoseMapSpec(self.sigma, self.paf_width, 4, tuple(self.size))
+
+
+def keep_saved_losses(cfg: GANConfig, saved: "set[str]", given: "set[str]") -> bool:
+    """Resuming a spade full-mode run saved before full mode had an L1 term: its config
+    (``saved``: the keys of its config.yaml, which then had no ``spade_hidden``) records the
+    arch's ``lambda_l1`` 20 although it was unused, so the run keeps training without L1
+    (``lambda_l1`` 0) unless ``--lambda-l1`` is given now (``given``).  Returns whether it changed
+    ``cfg``."""
+    if ("spade_hidden" in saved or "lambda_l1" in given or cfg.arch != "spade" or cfg.mode != "full"
+            or not cfg.lambda_l1):
+        return False
+    log.info("this run was saved before spade's full mode had an L1 term: it goes on without one (lambda_l1 0); "
+             "give --lambda-l1 to add it")
+    cfg.lambda_l1 = 0.0
+    return True
