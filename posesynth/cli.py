@@ -132,6 +132,11 @@ def _cmd_train_gan(a: argparse.Namespace) -> None:
                                                       if k.startswith("cfg_") and v is not None})
     if not cfg.data:
         raise PosesynthError("--data is required (a dataset folder or annotation file)")
+    if cfg.mode == "refine":   # trained on warp round trips of the data, prepared in augment
+        from .augment.refine import refine_trainer
+
+        refine_trainer(cfg, Path(a.out), resume=a.resume).fit()
+        return
     GANTrainer(cfg, Path(a.out), resume=a.resume).fit()
 
 

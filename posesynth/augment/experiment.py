@@ -56,8 +56,8 @@ from .training import build_mixer, load_judge, load_renderer
 __all__ = ["ExperimentConfig", "run_experiment", "Subset", "CONDITIONS", "summarise"]
 
 log = logging.getLogger(__name__)
-CONDITIONS = ("baseline", "real-dup", "warp", "gan", "oracle")
-RENDERED = ("warp", "gan")
+CONDITIONS = ("baseline", "real-dup", "warp", "gan", "refine", "oracle")
+RENDERED = ("warp", "gan", "refine")
 
 
 class Subset:
@@ -132,8 +132,11 @@ def _check(c: ExperimentConfig) -> None:
     if "oracle" in c.conditions and not c.oracle:
         raise ConfigError("the oracle condition needs --oracle (real training images from the held-out "
                           "distribution, other than the test set)")
-    if "gan" in c.conditions and not c.gan:
-        raise ConfigError("the gan condition needs --gan RUN")
+    for name in GAN_RENDERERS:
+        if name in c.conditions and not c.gan:
+            raise ConfigError(f"the {name} condition needs --gan RUN")
+    if "gan" in c.conditions and "refine" in c.conditions:
+        raise ConfigError("the gan and refine conditions each need their own --gan run: run them in two experiments")
     for a, b in (("val", "test"), ("oracle", "test"), ("data", "test"), ("val", "oracle")):
         x, y = getattr(c, a), getattr(c, b)
         if x and y and Path(x).resolve() == Path(y).resolve():
@@ -361,7 +364,7 @@ def summarise(results: list[dict[str, Any]], c: ExperimentConfig) -> dict[str, A
 
 
 # ---- report -------------------------------------------------------------------------------
-_COLOURS = {"baseline": "tab:blue", "real-dup": "tab:gray", "warp": "tab:green", "gan": "tab:orange",
+_COLOURS = {"baseline": "tab:blue", "real-dup": "tab:gray", "warp": "tab:green", "gan": "tab:orange", "refine": "tab:red",
             "oracle": "tab:purple"}
 
 

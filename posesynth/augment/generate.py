@@ -45,7 +45,8 @@ from ..io import atomic_write_json
 from ..runs import resolve_device
 from ..spade.inference import optimize_generator
 from .perturb import MODES, PerturbConfig, Perturber, check_mode
-from .renderers import GANRenderer, Renderer, WarpRenderer, load_gan_renderer
+from .renderers import GANRenderer, Renderer, load_gan_renderer, make_renderer
+from .training import renderer_name
 
 __all__ = ["GenerateConfig", "generate_dataset", "merge_shards", "parse_shard"]
 
@@ -54,7 +55,8 @@ __all__ = ["GenerateConfig", "generate_dataset", "merge_shards", "parse_shard"]
 class GenerateConfig:
     data: str = field(default="", metadata={"help": "source dataset"})
     out: str = field(default="", metadata={"help": "output dataset folder"})
-    renderer: str = field(default="", metadata={"help": "warp|gan (default: gan when --gan is given, else warp)"})
+    renderer: str = field(default="", metadata={"help": "warp|gan|refine (default: gan when --gan is given, else "
+                                                        "warp)"})
     data_options: DataOptions = field(default_factory=DataOptions, metadata={"help": "how the data is read"})
     gan: str = field(default="", metadata={"help": "train-gan run (for --renderer gan)"})
     per_image: int = 1
@@ -144,10 +146,7 @@ def generate_dataset(c: GenerateConfig, progress: bool = True, stop_after: "int 
     if c.per_image < 1:
         raise ConfigError("--per-image must be at least 1")
     check_mode(c.augment)
-    if c.renderer_name not in ("warp", "gan"):
-        raise ConfigError(f"--renderer must be warp or gan, not {c.renderer_name!r}")
-    if c.renderer_name == "gan" and not c.gan:
-        raise ConfigError("--renderer gan needs --gan RUN")
+    renderer_name(c.renderer, c.gan)   # one line for a renderer that is unknown, or lacks or ignores --gan
     shard, nshards = parse_shard(c.shard)
     device = resolve_device(c.device)
     src = open_dataset(c.data, **data_options(c))
@@ -185,8 +184,8 @@ def generate_dataset(c: GenerateConfig, progress: bool = True, stop_after: "int 
 
         renderer = _gan_renderer(c, layout, device, calib)
         size = renderer.size
-    else:
-        renderer = WarpRenderer(layout)
+    else:   # warp, or the warp corrected by a refine-mode run: at each image's own size
+        renderer = make_renderer(c.renderer_name, layout, c.gan, str(device))
     out = Path(c.out)
     try:
         _check_settings(out, c.settings())
@@ -223,7 +222,9 @@ def generate_dataset(c: GenerateConfig, progress: bool = True, stop_after: "int 
                 rd = renderer(imgs, masks, old, new)
             pics = tensor_to_image(rd.images)
             new_masks = (rd.masks > 0.5).to(torch.uint8).cpu().numpy()
-            samples = [Sample(pic, kp, m, meta=s.meta) for pic, m, (_, s, kp) in zip(pics, new_masks, ready)]
+            drawn = rd.keypoints if rd.keypoints is not None else new   # the poses the renderer drew
+            samples = [Sample(pic, kp[: s.num_people], m, meta=s.meta)
+                       for pic, m, kp, (_, s, _) in zip(pics, new_masks, drawn, ready)]
             entries = [pool.submit(write, s, item) for s, (item, _, _) in zip(samples, ready)]
             for s, (item, _, _), fut in zip(samples, ready, entries):
                 writer.add(s, item + 1, entry=fut.result())

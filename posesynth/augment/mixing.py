@@ -149,6 +149,8 @@ class BatchMixer:
         src_kp = batch["keypoints"][idx].cpu().numpy()
         new_kp = np.stack([self.perturber(k, size, rng) for k in src_kp])
         rd = self.renderer(batch["image"][idx], batch["masks"][idx], src_kp, new_kp)
+        if rd.keypoints is not None:   # the poses drawn (an arm the renderer would not move keeps its pose)
+            new_kp = np.asarray(rd.keypoints, np.float32)
         imgs = rd.images.to(out["image"].device, out["image"].dtype)
         kpt = torch.from_numpy(new_kp).to(out["keypoints"].device)
         keep = torch.ones(len(idx), dtype=torch.bool, device=out["image"].device)

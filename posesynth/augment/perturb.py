@@ -174,12 +174,7 @@ class PoseFile:
         ds = CocoKeypointDataset(self.path, layout=layout, on_error="skip", check_files=False)
         self.layout = layout
         self.by_name: dict[str, tuple[np.ndarray, "tuple[int, int] | None"]] = {}
-        for e in ds.entries:
-            kp = e.keypoints
-            if ds.layout.keypoints != ds.source_layout.keypoints:
-                from ..datasets.convert import convert_keypoints
-
-                kp = convert_keypoints(kp, ds.source_layout, layout)
+        for e, kp in zip(ds.entries, ds.annotations()):   # the file's people in this layout
             im = e.image
             hw = (int(im["height"]), int(im["width"])) if im.get("height") and im.get("width") else None
             self.by_name[Path(im["file_name"]).name] = (np.asarray(kp, np.float32), hw)

@@ -44,7 +44,7 @@ from ..imagemetrics import psnr, ssim
 from ..io import atomic_write_json, atomic_write_text
 from ..runs import resolve_device
 from .perturb import PerturbConfig, Perturber, check_mode
-from .renderers import Renderer, make_renderer
+from .renderers import GAN_RENDERERS, Renderer, make_renderer
 from .training import renderer_name
 
 __all__ = ["render_dataset", "QualityConfig", "render_quality", "judge_pck"]
@@ -54,15 +54,18 @@ def _renderers(names: list[str], gans: list[str], layout, device: str) -> dict[s
     out: dict[str, Renderer] = {}
     gi = 0
     for name in names:
-        if name == "gan":
+        if name in GAN_RENDERERS:
             if gi >= len(gans):
-                raise ConfigError("each gan renderer needs a run: --gan RUN (comma-separated for several)")
-            r = make_renderer("gan", layout, gans[gi], device)
+                raise ConfigError(f"each {' and '.join(GAN_RENDERERS)} renderer needs a run: --gan RUN (comma-separated "
+                                  "for several, in the order of --renderer)")
+            r = make_renderer(name, layout, gans[gi], device)
             label = r.name if r.name not in out else f"{r.name}-{gi}"
             out[label] = r
             gi += 1
         else:
             out[name] = make_renderer(name, layout, device=device)
+    if gi < len(gans):
+        raise ConfigError(f"{len(gans)} --gan runs for {gi} gan or refine renderers: give one run per such renderer")
     return out
 
 
@@ -93,7 +96,10 @@ def render_dataset(data: "str | Path", out: "str | Path", renderer: str = "", ga
         hw = s.image.shape[:2]
         new = perturber(s.keypoints, hw, np.random.default_rng([seed, i]), s.file_name) if perturber else s.keypoints
         rd = r(image_to_tensor(s.image)[None].to(dev), torch.from_numpy(s.masks[None]).float().to(dev),
-               pad_people([s.keypoints], num_keypoints=src.layout.num_keypoints), pad_people([new], num_keypoints=src.layout.num_keypoints))
+               pad_people([s.keypoints], num_keypoints=src.layout.num_keypoints),
+               pad_people([new], num_keypoints=src.layout.num_keypoints))
+        if rd.keypoints is not None:   # the pose drawn (an arm the renderer would not move keeps its pose)
+            new = rd.keypoints[0][: len(new)]
         maps = maps_to_rgb(render_pose_maps(new, src.layout, hw, hw, s.masks, spec), src.layout)
         row = np.concatenate([s.image, maps, tensor_to_image(rd.images)[0]], 1)
         fname = f"{i:06d}.png"
@@ -114,8 +120,9 @@ class QualityConfig:
     data: str = field(default="", metadata={"help": "dataset to perturb and render"})
     out: str = field(default="", metadata={"help": "output folder (quality.json, quality.png, index.html)"})
     data_options: DataOptions = field(default_factory=DataOptions, metadata={"help": "how the data is read"})
-    renderer: tuple[str, ...] = field(default=("warp",), metadata={"help": "warp,gan (several: comma-separated)"})
-    gan: tuple[str, ...] = field(default=(), metadata={"help": "train-gan run(s), one per gan renderer"})
+    renderer: tuple[str, ...] = field(default=("warp",), metadata={"help": "warp,gan,refine (several: comma-separated)"})
+    gan: tuple[str, ...] = field(default=(), metadata={"help": "train-gan run(s), one per gan or refine renderer, in "
+                                                               "order"})
     judge: str = field(default="", metadata={"help": "pose-network run that judges pose consistency (trained on "
                                                      "other images than the generator)"})
     augment: str = field(default="arms-angle", metadata={"help": "perturbation"})
@@ -174,8 +181,8 @@ def render_quality(c: QualityConfig, progress: bool = True) -> dict[str, Any]:
     perturber = Perturber(PerturbConfig(c.augment), layout)
     n = min(c.num, len(src))
     rows: list[dict[str, Any]] = []
-    per: dict[str, dict[str, list]] = {k: {"psnr_M": [], "ssim_M": [], "psnr": [], "ssim": [], "images": []}
-                                       for k in rends}
+    per: dict[str, dict[str, list]] = {k: {"psnr_M": [], "ssim_M": [], "psnr": [], "ssim": [], "images": [],
+                                           "drawn": []} for k in rends}
     sources, src_kps, new_kps, gts, moved = [], [], [], [], []
     picture = []
     for i in tqdm(range(n), desc="render-quality", disable=not progress):
@@ -190,11 +197,13 @@ def render_quality(c: QualityConfig, progress: bool = True) -> dict[str, Any]:
             s = f
         hw = s.image.shape[:2]
         new = perturber(s.keypoints, hw, np.random.default_rng([c.seed, i]), s.file_name)
-        gt = None
-        if scene is not None:
-            new_native = apply_affine(new, invert_affine(m_fit)) if m_fit is not None else new
-            g = redraw_scene(scene, new_native)
-            gt = Fit(size)(g).image if m_fit is not None else g.image
+        def truth(kp: np.ndarray) -> "np.ndarray | None":   # the scene redrawn in the pose kp
+            if scene is None:
+                return None
+            g = redraw_scene(scene, apply_affine(kp, invert_affine(m_fit)) if m_fit is not None else kp)
+            return Fit(size)(g).image if m_fit is not None else g.image
+
+        gt = truth(new)
         old_p, new_p = (pad_people([s.keypoints], num_keypoints=layout.num_keypoints),
                         pad_people([new], num_keypoints=layout.num_keypoints))
         region = limb_region(old_p, new_p, layout, hw)
@@ -202,14 +211,18 @@ def render_quality(c: QualityConfig, progress: bool = True) -> dict[str, Any]:
         mask_t = torch.from_numpy(s.masks[None]).float().to(dev)
         rendered = {}
         for name, r in rends.items():
-            out = tensor_to_image(r(img_t, mask_t, old_p, new_p).images)[0]
+            rd = r(img_t, mask_t, old_p, new_p)
+            out = tensor_to_image(rd.images)[0]
             rendered[name] = out
+            drawn = rd.keypoints[0][: len(new)] if rd.keypoints is not None else new   # an arm kept is not moved
             per[name]["images"].append(out)
-            if gt is not None:
-                per[name]["psnr_M"].append(float(psnr(out, gt, region)[0]))
-                per[name]["ssim_M"].append(float(ssim(out, gt, region)[0]))
-                per[name]["psnr"].append(float(psnr(out, gt)[0]))
-                per[name]["ssim"].append(float(ssim(out, gt)[0]))
+            per[name]["drawn"].append(drawn)
+            gt_r = gt if np.array_equal(drawn, new) else truth(drawn)
+            if gt_r is not None:
+                per[name]["psnr_M"].append(float(psnr(out, gt_r, region)[0]))
+                per[name]["ssim_M"].append(float(ssim(out, gt_r, region)[0]))
+                per[name]["psnr"].append(float(psnr(out, gt_r)[0]))
+                per[name]["ssim"].append(float(ssim(out, gt_r)[0]))
         sources.append(s.image)
         src_kps.append(s.keypoints)
         new_kps.append(new)
@@ -250,8 +263,8 @@ def render_quality(c: QualityConfig, progress: bool = True) -> dict[str, Any]:
                 entry[k] = float(v.mean())
                 entry[k + "_sd"] = float(v.std())
         if judge is not None:
-            entry["judge_PCK"], entry["judge_PCK_moved_joints"] = judge_pck(judge, d["images"], new_kps, layout, jsize,
-                                                                            mp, dev, joints=moved)
+            entry["judge_PCK"], entry["judge_PCK_moved_joints"] = judge_pck(judge, d["images"], d["drawn"], layout,
+                                                                            jsize, mp, dev, joints=moved)
             entry["judge_PCK_ratio"] = entry["judge_PCK"] / max(res["judge"]["PCK_real"], 1e-9)
             entry["judge_PCK_moved_joints_ratio"] = (entry["judge_PCK_moved_joints"]
                                                      / max(res["judge"]["PCK_real_moved_joints"], 1e-9))

@@ -33,19 +33,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..datasets.geometry import RegionSpec, arm_chains, limb_region, moved_arms, moved_limb_cover, torso_size
+from ..datasets.crops import crop, crop_box, to_crop, union_box
+from ..datasets.geometry import (RegionSpec, arm_chains, limb_region, moved_arms, moved_limb_cover,
+                                 torso_polygon, torso_size)
 from ..datasets.layouts import KeypointLayout
 from ..datasets.posemaps import PoseMapSpec, render_pose_maps_torch, rescale_keypoints
+from ..datasets.sample import pad_people
 from ..datasets.torch_dataset import tensor_to_image
 from ..errors import ConfigError
 from ..spade.archs import arch_class
+from ..spade.archs.refine import refine_input
 from ..spade.load import check_compatible, load_generator
 
-__all__ = ["Rendered", "Renderer", "WarpRenderer", "GANRenderer", "change_region", "make_renderer", "load_gan_renderer",
-           "RENDERERS", "GAN_RENDERERS"]
+__all__ = ["Rendered", "Renderer", "WarpRenderer", "GANRenderer", "RefineRenderer", "change_region", "make_renderer",
+           "load_gan_renderer", "load_refine_renderer", "telea_fill", "RENDERERS", "GAN_RENDERERS"]
 
-RENDERERS = ("warp", "gan")
-GAN_RENDERERS = ("gan",)        # the renderers that take a train-gan run (--gan)
+RENDERERS = ("warp", "gan", "refine")
+GAN_RENDERERS = ("gan", "refine")        # the renderers that take a train-gan run (--gan)
 
 
 @dataclass
@@ -53,6 +57,8 @@ class Rendered:
     images: torch.Tensor          # (B, 3, H, W) in [-1, 1]
     region: torch.Tensor          # (B, 1, H, W) in [0, 1]: where the image may differ from the source
     masks: torch.Tensor           # (B, M, H, W) mask labels of the new images
+    keypoints: "np.ndarray | None" = None   # (B, P, K, 3) the poses drawn, where they differ from those asked
+                                             # for (an arm the warp would not move keeps its pose); None: as asked
 
 
 def change_region(old_kp: np.ndarray, new_kp: np.ndarray, layout: KeypointLayout, size: tuple[int, int],
@@ -82,7 +88,7 @@ def _seg_dist(xs: np.ndarray, ys: np.ndarray, a: np.ndarray, b: np.ndarray) -> n
     return np.hypot(xs - a[0] - t * d[0], ys - a[1] - t * d[1])
 
 
-def _telea(img: np.ndarray, hole: np.ndarray, radius: float, max_radius: float = 20.0) -> np.ndarray:
+def telea_fill(img: np.ndarray, hole: np.ndarray, radius: float, max_radius: float = 20.0) -> np.ndarray:
     """OpenCV Telea inpainting of ``hole`` (uint8 {0, 1}), done at a scale where the arm
     capsule radius is at most ``max_radius`` px (the fill is smooth, so nothing is lost) and
     pasted into the full-resolution image inside the hole only."""
@@ -95,6 +101,12 @@ def _telea(img: np.ndarray, hole: np.ndarray, radius: float, max_radius: float =
     filled = cv2.inpaint(small, sh, max(int(round(max_radius * 0.3)), 3), cv2.INPAINT_TELEA)
     up = cv2.resize(filled, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
     return np.where(hole[..., None] > 0, up, img)
+
+
+def _seg_points(a: np.ndarray, b: np.ndarray, lo: float, hi: float, n: int = 9) -> np.ndarray:
+    """``n`` points from ``lo`` to ``hi`` of the way along the segment ``a -> b``, ``(n, 2)``."""
+    t = np.linspace(lo, hi, n)[:, None]
+    return a[None] * (1 - t) + b[None] * t
 
 
 def _band_halfwidths(fg: np.ndarray, a: np.ndarray, b: np.ndarray, r: float, samples: int = 15
@@ -157,6 +169,38 @@ class _Arm:
     e2: np.ndarray
     w2: np.ndarray
     radius: float
+    person: int = 0
+    joints: tuple[int, int, int] = (0, 0, 0)     # (shoulder, elbow, wrist) indices in the layout
+    occluded: bool = False                       # a joint of the arm labelled as occluded (v = 1)
+    torso: "np.ndarray | None" = None            # the person's shoulder-hip quadrilateral (4, 2)
+
+    def shifted(self, o: np.ndarray) -> "_Arm":
+        return _Arm(self.s - o, self.e - o, self.w - o, self.s2 - o, self.e2 - o, self.w2 - o, self.radius,
+                    self.person, self.joints, self.occluded, None if self.torso is None else self.torso - o)
+
+
+#: Why the warp leaves an arm where it is (counted in ``WarpRenderer.stats``).
+SKIP_REASONS = ("occluded", "empty cut-out", "no boundary", "behind the body")
+
+
+def _common_colour(img: np.ndarray, part: np.ndarray, reference: np.ndarray, bin_size: float = 10.0,
+                   min_share: float = 0.004) -> np.ndarray:
+    """Which of ``part``'s pixels (a bool mask of ``img``) have a colour common in
+    ``reference``: its CIELAB bin (``bin_size`` units, with the 26 neighbouring bins) holds at
+    least ``min_share`` of the reference pixels.  Deterministic.  Returns a bool array over the
+    pixels of ``part`` (all False when ``reference`` has fewer than 20 pixels)."""
+    if reference.sum() < 20:
+        return np.zeros(int(part.sum()), bool)
+    lab = cv2.cvtColor(img, cv2.COLOR_RGB2LAB).astype(np.float32)   # 8-bit: L, a, b in [0, 255]
+    nb = int(np.ceil(256 / bin_size))
+    q = np.clip((lab / bin_size).astype(np.int64), 0, nb - 1)
+    hist = np.zeros((nb, nb, nb), np.float32)
+    r = q[reference]
+    np.add.at(hist, (r[:, 0], r[:, 1], r[:, 2]), 1.0)
+    hist = cv2.blur(hist.reshape(nb, nb * nb), (3, 1)).reshape(nb, nb, nb)  # neighbours along L...
+    hist = np.stack([cv2.blur(h, (3, 3)) for h in hist]) * 9                 # ... and along a, b
+    pq = q[part]
+    return hist[pq[:, 0], pq[:, 1], pq[:, 2]] >= min_share * len(r)
 
 
 class WarpRenderer(Renderer):
@@ -173,18 +217,23 @@ class WarpRenderer(Renderer):
     name = "warp"
 
     def __init__(self, layout: KeypointLayout, region: RegionSpec = RegionSpec(), fill: Any = "telea",
-                 grabcut_iters: int = 3, feather_px: float = 1.0, fg_frac: float = 0.6, axis_frac: float = 0.3) -> None:
+                 grabcut_iters: int = 3, feather_px: float = 1.0, fg_frac: float = 0.6, axis_frac: float = 0.3,
+                 blend: float = 0.35, feather: float = 0.12, shoulder_keep: float = 0.6,
+                 torso_colour: float = 0.4) -> None:
         if not arm_chains(layout):
             raise ConfigError(f"layout '{layout.name}' names no arms (right/left shoulder, elbow, wrist): "
                               "the warp renderer has nothing to move")
         self.layout, self.region, self.fill = layout, region, fill
         self.grabcut_iters, self.feather_px = grabcut_iters, feather_px
         self.fg_frac, self.axis_frac = fg_frac, axis_frac
+        self.blend, self.feather, self.shoulder_keep, self.torso_colour = blend, feather, shoulder_keep, torso_colour
         self.last_limb: "np.ndarray | None" = None   # (B, H, W) alpha of the pasted limbs (for tests, reports)
+        self.stats: dict[str, Any] = {"arms": 0, "moved": 0, "skipped": {}}   # arms asked to move, moved, left
 
     def describe(self) -> dict[str, Any]:
         return {"renderer": "warp", "fill": self.fill if isinstance(self.fill, str) else "generator",
-                "grabcut_iters": self.grabcut_iters}
+                "grabcut_iters": self.grabcut_iters, "arms": self.stats["arms"], "moved": self.stats["moved"],
+                "skipped": dict(self.stats["skipped"])}
 
     # -- one image -------------------------------------------------------------------------
     def _arms(self, old: np.ndarray, new: np.ndarray) -> list[_Arm]:
@@ -194,10 +243,56 @@ class WarpRenderer(Renderer):
             if not np.isfinite(ts):
                 continue
             r = (self.region.radius + self.region.dilate) * ts
+            poly = torso_polygon(old[p].astype(np.float64), self.layout)
             for s, e, w in moved_arms(old[p], new[p], self.layout):
                 arms.append(_Arm(*(old[p, j, :2].astype(np.float64) for j in (s, e, w)),
-                                 *(new[p, j, :2].astype(np.float64) for j in (s, e, w)), float(r)))
+                                 *(new[p, j, :2].astype(np.float64) for j in (s, e, w)), float(r), p, (s, e, w),
+                                 bool((old[p, [s, e, w], 2] == 1).any()), poly))
         return arms
+
+    def plausible(self, img: np.ndarray, arm: _Arm, m: np.ndarray) -> "str | None":
+        """Why the cut-out ``m`` (bool, ``img``'s size) of ``arm`` should not be moved (one of
+        :data:`SKIP_REASONS`), or ``None`` when it is the arm:
+
+        - ``occluded``: a joint of the arm is labelled as occluded (``v = 1``);
+        - ``empty cut-out``: GrabCut kept less than half of the bone axis;
+        - ``no boundary``: the cut-out fills nearly the whole capsule (no edge between the arm
+          and what is around it, so what would travel is background);
+        - ``behind the body``: a share ``torso_colour`` of the cut-out lies over the torso (its
+          shoulder-hip quadrilateral grown by half the radius) in the colours of the torso away
+          from the arm: what would travel is shirt, not arm (an arm behind the body, or in front
+          of a torso it cannot be told from).
+        """
+        if arm.occluded:
+            return "occluded"
+        h, w = m.shape
+        hand = arm.w + (arm.w - arm.e) * self.region.hand
+        axis = np.concatenate([_seg_points(arm.s, arm.e, 0.15, 0.9), _seg_points(arm.e, hand, 0.1, 0.9)])
+        xi, yi = np.clip(np.round(axis[:, 0]).astype(int), 0, w - 1), np.clip(np.round(axis[:, 1]).astype(int), 0, h - 1)
+        inside = (axis[:, 0] >= 0) & (axis[:, 1] >= 0) & (axis[:, 0] <= w - 1) & (axis[:, 1] <= h - 1)
+        if not inside.any() or m[yi[inside], xi[inside]].mean() < 0.5:
+            return "empty cut-out"
+        x0, y0 = np.maximum(np.floor(np.minimum.reduce([arm.s, arm.e, hand]) - arm.radius).astype(int), 0)
+        x1, y1 = np.minimum(np.ceil(np.maximum.reduce([arm.s, arm.e, hand]) + arm.radius).astype(int) + 1, (w, h))
+        ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float64)
+        dist = np.minimum.reduce([_seg_dist(xs, ys, arm.s, arm.e), _seg_dist(xs, ys, arm.e, arm.w),
+                                  _seg_dist(xs, ys, arm.w, hand)])
+        capsule = dist <= arm.radius
+        if m[y0:y1, x0:x1][capsule].mean() > 0.9:
+            return "no boundary"
+        if arm.torso is not None:
+            torso = np.zeros((h, w), np.uint8)
+            cv2.fillPoly(torso, [np.round(arm.torso).astype(np.int32)], 1)
+            k = max(int(round(arm.radius)) | 1, 3)
+            over = cv2.dilate(torso, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))) > 0   # + r/2 around it
+            full = np.zeros((h, w), bool)
+            full[y0:y1, x0:x1] = capsule
+            body = (torso > 0) & ~full   # the torso away from this arm
+            if m.sum() >= 20:
+                share = (over[m] & _common_colour(img, m, body)).mean()
+                if share >= self.torso_colour:   # the cut-out is torso over the torso: no arm to tell apart
+                    return "behind the body"
+        return None
 
     def limb_mask(self, img: np.ndarray, arm: _Arm, max_radius: float = 20.0) -> np.ndarray:
         """``(H, W)`` bool: the arm's own pixels (upper arm, forearm, hand), cut from their
@@ -267,11 +362,19 @@ class WarpRenderer(Renderer):
 
     def render_one(self, img: np.ndarray, old: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``img`` ``(H, W, 3)`` uint8 and one image's ``(P, K, 3)`` old and new keypoints ->
-        (new image uint8, pasted-limb alpha ``(H, W)`` float32, filled hole ``(H, W)`` bool)."""
+        (new image uint8, pasted-limb alpha ``(H, W)`` float32, filled hole ``(H, W)`` bool);
+        :meth:`render_pose` also gives the pose drawn."""
+        return self.render_pose(img, old, new)[:3]
+
+    def render_pose(self, img: np.ndarray, old: np.ndarray, new: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`render_one`, plus the ``(P, K, 3)`` keypoints drawn: ``new``, except that an
+        arm the warp does not move (:meth:`plausible`) keeps its old elbow and wrist."""
         H, W = img.shape[:2]
+        drawn = np.array(new, np.float32, copy=True)
         arms = self._arms(old, new)
         if not arms:
-            return img.copy(), np.zeros((H, W), np.float32), np.zeros((H, W), bool)
+            return img.copy(), np.zeros((H, W), np.float32), np.zeros((H, W), bool), drawn
         # everything happens inside the box around the old and new arms (outside it nothing
         # changes), so the cost follows the arms' size, not the image's
         pts = np.concatenate([np.stack([a.s, a.e, a.w, a.w + (a.w - a.e) * self.region.hand, a.e2, a.w2,
@@ -280,58 +383,97 @@ class WarpRenderer(Renderer):
         x0, y0 = np.maximum(np.floor(pts.min(0) - pad).astype(int), 0)
         x1, y1 = np.minimum(np.ceil(pts.max(0) + pad).astype(int) + 1, (W, H))
         o = np.array([x0, y0], np.float64)
-        arms = [_Arm(a.s - o, a.e - o, a.w - o, a.s2 - o, a.e2 - o, a.w2 - o, a.radius) for a in arms]
+        arms = [a.shifted(o) for a in arms]
         full = img
         img = np.ascontiguousarray(img[y0:y1, x0:x1])
-        new = new.copy()
-        new[..., :2] -= o.astype(np.float32)
         h, w = img.shape[:2]
-        alpha_all = np.zeros((h, w), np.float32)
         masks = [self.limb_mask(img, a) for a in arms]
-        hole = np.zeros((h, w), np.uint8)
+        keep = []
+        self.stats["arms"] += len(arms)
         for m, a in zip(masks, arms):
-            k = max(int(round(0.15 * a.radius)) * 2 + 1, 3)
-            hole |= cv2.dilate(m.astype(np.uint8), np.ones((k, k), np.uint8))
-        if isinstance(self.fill, str):
-            base = _telea(img, hole, float(np.mean([a.radius for a in arms])))
-        else:
-            base = self.fill(img, hole, new)
-        out = base.astype(np.float32)
+            why = self.plausible(img, a, m)
+            if why is None:
+                keep.append((m, a))
+                continue
+            self.stats["skipped"][why] = self.stats["skipped"].get(why, 0) + 1
+            drawn[a.person, list(a.joints[1:]), :2] = old[a.person, list(a.joints[1:]), :2]   # keeps its pose
+        if not keep:
+            return full.copy(), np.zeros((H, W), np.float32), np.zeros((H, W), bool), drawn
+        self.stats["moved"] += len(keep)
+        new_rel = drawn.copy()
+        new_rel[..., :2] -= o.astype(np.float32)
         ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
-        for m, a in zip(masks, arms):
-            hand = a.w + (a.w - a.e) * self.region.hand
-            d_up = _seg_dist(xs, ys, a.s, a.e)
-            d_lo = np.minimum(_seg_dist(xs, ys, a.e, a.w), _seg_dist(xs, ys, a.w, hand))
-            d_el = np.hypot(xs - a.e[0], ys - a.e[1])
-            parts = [  # pasted in this order: elbow cap under the bones, forearm on top
-                (m & (d_el <= 0.8 * a.radius), np.array([[1, 0, a.e2[0] - a.e[0]], [0, 1, a.e2[1] - a.e[1]]])),
-                (m & (d_up <= d_lo), _bone_affine(a.s, a.e, a.s2, a.e2)),
-                (m & (d_lo < d_up), _bone_affine(a.e, a.w, a.e2, a.w2)),
-            ]
-            for part, mat in parts:
-                if not part.any():
-                    continue
-                src = cv2.warpAffine(img, mat, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-                al = cv2.warpAffine(part.astype(np.float32), mat, (w, h), flags=cv2.INTER_LINEAR,
-                                    borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-                if self.feather_px > 0:
-                    al = cv2.GaussianBlur(al, (0, 0), self.feather_px) * 0.5 + al * 0.5
-                al = np.clip(al, 0, 1)
-                out = al[..., None] * src + (1 - al[..., None]) * out
-                alpha_all = np.maximum(alpha_all, al)
+        hole = np.zeros((h, w), np.uint8)
+        for m, a in keep:
+            k = max(int(round(0.15 * a.radius)) * 2 + 1, 3)
+            grown = cv2.dilate(m.astype(np.uint8), np.ones((k, k), np.uint8))
+            # the shoulder joint stays where it is: it belongs to the old and the new arm alike
+            grown[np.hypot(xs - a.s[0], ys - a.s[1]) <= self.shoulder_keep * a.radius] = 0
+            hole |= grown
+        if isinstance(self.fill, str):
+            base = telea_fill(img, hole, float(np.mean([a.radius for _, a in keep])))
+        else:
+            base = self.fill(img, hole, new_rel)
+        out = base.astype(np.float32)
+        alpha_all = np.zeros((h, w), np.float32)
+        for m, a in keep:
+            colour, alpha = self._moved_arm(img, m, a, xs, ys)
+            out = alpha[..., None] * colour + (1 - alpha[..., None]) * out
+            alpha_all = np.maximum(alpha_all, alpha)
         res = full.copy()
         res[y0:y1, x0:x1] = np.clip(out.round(), 0, 255).astype(np.uint8)
         alpha_f = np.zeros((H, W), np.float32)
         alpha_f[y0:y1, x0:x1] = alpha_all
         hole_f = np.zeros((H, W), bool)
         hole_f[y0:y1, x0:x1] = hole > 0
-        return res, alpha_f, hole_f
+        return res, alpha_f, hole_f, drawn
+
+    def _moved_arm(self, img: np.ndarray, m: np.ndarray, a: _Arm, xs: np.ndarray, ys: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """The arm cut out by ``m`` moved to its new bones: ``(colour (h, w, 3) float32, alpha
+        (h, w) in [0, 1])``.  Upper arm and forearm are warped rigidly each, with weights that
+        overlap over ``blend`` x radius around the elbow (a blended seam, no cut), an elbow cap
+        fills the outer side of a bend, the upper arm fades in from the shoulder (it joins the
+        torso there), and the edge is feathered over ``feather`` x radius."""
+        h, w = m.shape
+        hand = a.w + (a.w - a.e) * self.region.hand
+        d_up = _seg_dist(xs, ys, a.s, a.e)
+        d_lo = np.minimum(_seg_dist(xs, ys, a.e, a.w), _seg_dist(xs, ys, a.w, hand))
+        tau = max(self.blend * a.radius, 1.0)
+        w_up = np.clip(0.5 + (d_lo - d_up) / (2 * tau), 0, 1)
+        u = a.e - a.s
+        along = ((xs - a.s[0]) * u[0] + (ys - a.s[1]) * u[1]) / max(float(np.linalg.norm(u)), 1e-6)
+        fade = np.clip((along - self.shoulder_keep * 0.5 * a.radius) / max(0.6 * a.radius, 1.0), 0, 1)
+        cap = (np.hypot(xs - a.e[0], ys - a.e[1]) <= 0.8 * a.radius) & m
+        mf = m.astype(np.float32)
+        parts = [(mf * w_up * fade, _bone_affine(a.s, a.e, a.s2, a.e2), 1.0),
+                 (mf * (1 - w_up), _bone_affine(a.e, a.w, a.e2, a.w2), 1.0),
+                 (cap.astype(np.float32), np.array([[1, 0, a.e2[0] - a.e[0]], [0, 1, a.e2[1] - a.e[1]]]), 0.25)]
+        acc = np.zeros((h, w, 3), np.float32)
+        wsum = np.zeros((h, w), np.float32)
+        cover = np.zeros((h, w), np.float32)
+        for weight, mat, strength in parts:
+            if not weight.any():
+                continue
+            src = cv2.warpAffine(img, mat, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            wt = cv2.warpAffine(weight, mat, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                                borderValue=0)
+            acc += (strength * wt)[..., None] * src.astype(np.float32)
+            wsum += strength * wt
+            cover = np.maximum(cover, wt)
+        colour = acc / np.maximum(wsum, 1e-6)[..., None]
+        sigma = max(self.feather * a.radius, self.feather_px)
+        alpha = np.clip(cover, 0, 1)
+        if sigma > 0:
+            alpha = np.minimum(alpha, cv2.GaussianBlur(alpha, (0, 0), sigma) * 1.5)
+        return colour, np.clip(alpha, 0, 1)
 
     def __call__(self, images: torch.Tensor, masks: torch.Tensor, old_kp: np.ndarray, new_kp: np.ndarray) -> Rendered:
         dev = images.device
         imgs = tensor_to_image(images)
-        outs, alphas, holes = zip(*(self.render_one(im, o, n) for im, o, n in zip(imgs, old_kp, new_kp)))
+        outs, alphas, holes, drawn = zip(*(self.render_pose(im, o, n) for im, o, n in zip(imgs, old_kp, new_kp)))
         self.last_limb = np.stack(alphas)
+        new_kp = np.stack(drawn)   # an arm the warp left where it was keeps its pose in the labels
         new = torch.from_numpy(np.stack(outs)).to(dev).permute(0, 3, 1, 2).float().div(127.5).sub(1)
         changed = torch.from_numpy(np.maximum(np.stack(alphas), np.stack(holes).astype(np.float32))).to(dev)[:, None]
         region = torch.maximum(change_region(old_kp, new_kp, self.layout, tuple(images.shape[-2:]), self.region, dev),
@@ -339,7 +481,7 @@ class WarpRenderer(Renderer):
         new = torch.where(region > 0, new, images.float())   # outside the region: the source, exactly
         # the seatbelt (or any mask) is hidden under the pasted limb
         m = masks.float() * (1 - torch.from_numpy(self.last_limb).to(dev)[:, None].clamp(0, 1).round())
-        return Rendered(new.to(images.dtype), region, m)
+        return Rendered(new.to(images.dtype), region, m, new_kp)
 
 
 # ---- GAN ------------------------------------------------------------------------------------
@@ -438,16 +580,19 @@ def inpaint_forward(G: torch.nn.Module, maps: torch.Tensor, images: torch.Tensor
 
 
 def make_renderer(name: str, layout: KeypointLayout, gan: str = "", device: str = "cpu") -> Renderer:
-    """A renderer by name: ``warp`` (no training) or ``gan`` (the run ``gan``, in its own mode;
-    any architecture in full mode, spade in inpaint mode)."""
+    """A renderer by name: ``warp`` (no training), ``gan`` (the run ``gan``, in its own mode:
+    any architecture in full mode, spade in inpaint mode) or ``refine`` (the warp corrected by
+    the refine-mode run ``gan``)."""
     if name == "warp":
         if gan:
             raise ConfigError("the warp renderer needs no GAN run (leave out --gan, or choose --renderer gan)")
         return WarpRenderer(layout)
+    if name in GAN_RENDERERS and not gan:
+        raise ConfigError(f"--renderer {name} needs --gan RUN (a train-gan run folder)")
     if name == "gan":
-        if not gan:
-            raise ConfigError("--renderer gan needs --gan RUN (a train-gan run folder)")
         return load_gan_renderer(gan, layout, device)
+    if name == "refine":
+        return load_refine_renderer(gan, layout, device)
     raise ConfigError(f"renderer must be one of {', '.join(RENDERERS)}, not {name!r}")
 
 
@@ -471,3 +616,102 @@ def load_gan_renderer(run: str, layout: KeypointLayout, device: str = "cpu", opt
         gen, dtype = optimize(gen, meta)
     return GANRenderer(gen, mode, gan_layout, spec, tuple(meta["generator"]["size"]), device,
                        region=RegionSpec.from_meta(meta), run=str(run), dtype=dtype, arch=arch, render=render)
+
+
+# ---- refine ---------------------------------------------------------------------------------
+class RefineRenderer(Renderer):
+    """The limb warp corrected by a refine-mode generator (see the module docstring).
+
+    Args:
+        generator: the run's :class:`~posesynth.spade.generator.SPADEGenerator` (residual output).
+        layout, spec: the run's layout and (crop-scale) pose-map settings.
+        crop_size, margin: the run's crop.
+        device: where the generator runs.
+        warp: the warp it corrects (default: :class:`WarpRenderer` with the run's region).
+    """
+
+    name = "refine"
+
+    def __init__(self, generator: torch.nn.Module, layout: KeypointLayout, spec: PoseMapSpec, crop_size: int,
+                 margin: float, device: "str | torch.device" = "cpu", region: RegionSpec = RegionSpec(),
+                 run: str = "", warp: "WarpRenderer | None" = None, dtype: torch.dtype = torch.float32) -> None:
+        self.device = torch.device(device)
+        self.G = generator.to(self.device).eval().requires_grad_(False)
+        self.layout, self.maps_spec, self.size, self.margin = layout, spec, int(crop_size), float(margin)
+        self.region, self.run, self.dtype = region, run, dtype
+        self.warp = warp if warp is not None else WarpRenderer(layout, region)
+        self.last_warp: "torch.Tensor | None" = None   # the uncorrected warp of the last call (reports)
+
+    def describe(self) -> dict[str, Any]:
+        return {"renderer": "refine", "gan": self.run, "crop_size": self.size, **{
+            k: v for k, v in self.warp.describe().items() if k != "renderer"}}
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        return getattr(self.warp, "stats", {})
+
+    @torch.inference_mode()
+    def __call__(self, images: torch.Tensor, masks: torch.Tensor, old_kp: np.ndarray, new_kp: np.ndarray) -> Rendered:
+        rd = self.warp(images, masks, old_kp, new_kp)
+        self.last_warp = rd.images
+        new_eff = rd.keypoints if rd.keypoints is not None else new_kp
+        W = rd.images.float()
+        M = rd.region.float()
+        h, w = images.shape[-2:]
+        boxes, crops_w, crops_m, crops_kp, crops_masks = [], [], [], [], []
+        for i in range(images.shape[0]):
+            m = M[i, 0].cpu().numpy()
+            if not (m > 0).any():
+                boxes.append(None)
+                continue
+            box = union_box(crop_box(old_kp[i], new_eff[i], self.layout, self.region, self.margin), m, self.margin)
+            boxes.append(box)
+            crops_w.append(crop(tensor_to_image(W[i]), box, self.size))
+            crops_m.append(crop(m, box, self.size, cv2.INTER_AREA))
+            crops_kp.append(to_crop(new_eff[i], box, self.size))
+            mm = rd.masks[i].float().cpu().numpy()
+            crops_masks.append(np.stack([crop(x, box, self.size, cv2.INTER_NEAREST) for x in mm]) if len(mm) else
+                               np.zeros((0, self.size, self.size), np.float32))
+        out = W.clone()
+        if crops_w:
+            dev = self.device
+            wc = torch.from_numpy(np.stack(crops_w)).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(dev)
+            mc = torch.from_numpy(np.stack(crops_m).astype(np.float32))[:, None].to(dev)
+            kpc = torch.from_numpy(pad_people(crops_kp, num_keypoints=self.layout.num_keypoints)).to(dev)
+            maps = render_pose_maps_torch(kpc, self.layout, (self.size, self.size), (self.size, self.size),
+                                          torch.from_numpy(np.stack(crops_masks).astype(np.float32)).to(dev),
+                                          self.maps_spec)
+            x = refine_input(maps, wc, mc).to(self.dtype).contiguous(memory_format=torch.channels_last)
+            res = self.G(x).float()                                            # (N, 3, S, S) the correction
+            j = 0
+            for i, box in enumerate(boxes):
+                if box is None:
+                    continue
+                out[i] = _paste_residual(W[i], M[i], res[j].to(W.device), box)
+                j += 1
+        return Rendered(out.to(images.dtype), rd.region, rd.masks, new_eff)
+
+
+def _paste_residual(W: torch.Tensor, M: torch.Tensor, res: torch.Tensor, box: tuple[int, int, int]) -> torch.Tensor:
+    """``W + M * R`` with the crop's residual ``R`` ``(3, S, S)`` resized to ``box`` and placed
+    there; outside M (and outside the box) exactly ``W``."""
+    x0, y0, side = box
+    _, h, w = W.shape
+    up = F.interpolate(res[None], size=(side, side), mode="bilinear", align_corners=False)[0]
+    full = torch.zeros_like(W)
+    ya, yb, xa, xb = max(y0, 0), min(y0 + side, h), max(x0, 0), min(x0 + side, w)
+    full[:, ya:yb, xa:xb] = up[:, ya - y0:yb - y0, xa - x0:xb - x0]
+    return torch.where(M > 0, (W + M * full).clamp(-1, 1), W)
+
+
+def load_refine_renderer(run: str, layout: KeypointLayout, device: str = "cpu") -> RefineRenderer:
+    """A refine-mode GAN run as ``--renderer refine`` (refused, in one line, for another mode)."""
+    gen, gan_layout, meta = load_generator(run, device)
+    check_compatible(gan_layout, layout, run, "the data")
+    if meta.get("mode") != "refine":
+        raise ConfigError(f"{run} is a {meta.get('mode', 'full')}-mode run; --renderer refine needs a refine-mode "
+                          "run (train-gan --mode refine), or use --renderer gan")
+    crop_meta = meta.get("crop", {})
+    return RefineRenderer(gen, gan_layout, PoseMapSpec.from_dict(meta["posemaps"]),
+                          int(crop_meta.get("size", meta["generator"]["size"][0])), float(crop_meta.get("margin", 0.25)),
+                          device, region=RegionSpec.from_meta(meta), run=str(run))

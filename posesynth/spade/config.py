@@ -31,7 +31,8 @@ class GANConfig:
     data: str = field(default="", metadata={"help": "training dataset (folder or annotation file)"})
     layout: str = field(default="", metadata={"help": "convert the data to this layout (default: its own)"})
     data_options: DataOptions = field(default_factory=DataOptions, metadata={"help": "how the data is read"})
-    mode: str = field(default="full", metadata={"help": "full (whole image from pose maps) | inpaint (redraw the "
+    mode: str = field(default="full", metadata={"help": "full (whole image from pose maps) | refine (correct the limb "
+                                                        "warp on a crop; spade) | inpaint (redraw the "
                                                         "region around the arms, keep the rest of the image; spade)"})
     arch: str = field(default="spade", metadata={
         "help": "spade (pose maps, SPADE) | pix2pix (stick figure, U-Net or ResNet, 70x70 PatchGAN, L1 x 100) | "
@@ -63,6 +64,14 @@ class GANConfig:
     region_radius: float = field(default=0.16, metadata={
         "help": "inpaint mode: radius of the capsules around the arm bones, as a fraction of the torso size "
                 "(plus 0.04 margin and a 0.05 feathered edge); recorded with the run and used when it renders"})
+    crop_size: int = field(default=128, metadata={
+        "help": "refine mode: the side of the square crop around the changed region that the generator sees "
+                "(multiple of 32); --size is not used in refine mode"})
+    crop_margin: float = field(default=0.25, metadata={
+        "help": "refine mode: margin added around the changed region's bounding box, as a fraction of its side"})
+    fill_share: float = field(default=0.3, metadata={
+        "help": "refine mode: share of training samples that erase the arms and draw them back (the rest are "
+                "warp round trips p -> p' -> p)"})
     vgg: str = field(default="auto", metadata={"help": "auto (use if weights are found)|on (required)|off"})
     vgg_weights: str = field(default="", metadata={"help": "VGG19 weights file (default: torch hub cache)"})
     pose_judge: str = field(default="", metadata={
@@ -128,10 +137,18 @@ class GANConfig:
             raise ConfigError("ngf, ndf, num_d, n_layers_d and spade_hidden must be at least 1")
         if not 0 <= self.extra_regions <= 1:
             raise ConfigError("extra_regions must be in [0, 1]")
+        if not 0 <= self.fill_share <= 1:
+            raise ConfigError("fill_share must be in [0, 1]")
+        if self.crop_size % 32 or self.crop_size < 64:
+            raise ConfigError(f"crop_size must be a multiple of 32 and at least 64, not {self.crop_size}")
+        if self.crop_margin < 0:
+            raise ConfigError("crop_margin must be 0 or more")
 
     @property
     def posemaps(self) -> PoseMapSpec:
-        return PoseMapSpec(self.sigma, self.paf_width, 4, tuple(self.size))
+        """The run's pose maps (in refine mode drawn on the crop)."""
+        size = (self.crop_size, self.crop_size) if self.mode == "refine" else tuple(self.size)
+        return PoseMapSpec(self.sigma, self.paf_width, 4, size)
 
 
 def keep_saved_losses(cfg: GANConfig, saved: "set[str]", given: "set[str]") -> bool:

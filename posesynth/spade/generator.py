@@ -8,7 +8,8 @@ RGB and tanh.  ``num_up`` is 5 (``"normal"``), 6 (``"more"``) or 7 (``"most"``, 
 ``up_4`` at ``ngf / 2``); the output size may be any multiple of ``2**num_up`` (e.g. 128,
 256 or 384 with ``normal``), not necessarily square.
 
-Output: ``(B, 3, H, W)`` in [-1, 1]; real images are scaled the same way (``x / 127.5 - 1``).
+Output: ``(B, 3, H, W)`` in [-1, 1]; real images are scaled the same way (``x / 127.5 - 1``).  A
+``residual`` generator (refine mode) returns a correction in [-2, 2] that starts at exactly 0.
 """
 from __future__ import annotations
 
@@ -45,6 +46,9 @@ class GeneratorConfig:
         hidden: width of each SPADE layer's shared convolution over the maps (NVlabs: 128).
             At full resolution these convolutions cost most of the generator's time: at
             ngf 16 and 256x128, 32 makes a training step about 1.8x faster.
+        output: ``"image"`` (tanh, in [-1, 1]) or ``"residual"``: a correction in [-2, 2]
+            (``2 tanh``) whose last convolution starts at zero, so an untrained generator
+            returns exactly 0 (refine mode adds it to the warp: it starts as the warp).
     """
 
     label_nc: int = 26
@@ -56,6 +60,7 @@ class GeneratorConfig:
     z_dim: int = 0
     area_channels: int = 0
     hidden: int = 128
+    output: str = "image"
 
 
 def init_weights(module: nn.Module, gain: float = 0.02) -> None:
@@ -96,6 +101,11 @@ class SPADEGenerator(nn.Module):
             final = nf // 2
         self.conv_img = nn.Conv2d(final, 3, 3, padding=1)
         init_weights(self)
+        if cfg.output not in ("image", "residual"):
+            raise ValueError(f"output must be image or residual, not {cfg.output!r}")
+        if cfg.output == "residual":   # starts as the identity correction: exactly 0
+            nn.init.zeros_(self.conv_img.weight)
+            nn.init.zeros_(self.conv_img.bias)
 
     def forward(self, maps: torch.Tensor, noise: "torch.Tensor | None" = None) -> torch.Tensor:
         """maps: ``(B, label_nc, H, W)`` float (heatmaps/masks in [0, 1], PAFs in [-1, 1]);
@@ -128,7 +138,7 @@ class SPADEGenerator(nn.Module):
             x = self.up(x)
             x = self.up_4(x, at(x))
         x = self.conv_img(F.leaky_relu(x, 0.2))
-        return torch.tanh(x)
+        return torch.tanh(x) * (2.0 if self.cfg.output == "residual" else 1.0)
 
     def resize(self, maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """The conditioning at ``size``: nearest for pose maps, area for image channels."""

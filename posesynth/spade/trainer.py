@@ -89,6 +89,8 @@ class GANTrainer:
         self.arch = arch_class(cfg.arch, cfg.mode)(cfg, self.layout, self.spec)
         self.learned = self.arch.learned
         if dataset is None:
+            if self.arch.prepared_samples:   # posesynth.augment.refine gives them (as train-gan does)
+                raise ConfigError(f"{self.arch.describe(cfg)} trains on prepared samples: give the trainer dataset=")
             tf = RandomAffine(None, scale=(0.9, 1.1), aspect=(0.95, 1.05), rotate=5, translate=0.05, flip_prob=0.5,
                               layout=self.layout) if cfg.augment else None
             # the people beyond max_people would be in the image but missing from the maps
@@ -176,14 +178,9 @@ class GANTrainer:
             0.0, 1.0 - (step - c.decay_from) / max(c.steps - c.decay_from, 1))
 
     def _to(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        out = {}
-        for k, v in batch.items():
-            if torch.is_tensor(v):
-                v = v.to(self.device, non_blocking=True)
-                if v.dim() == 4 and self.cfg.channels_last:
-                    v = v.contiguous(memory_format=torch.channels_last)
-                out[k] = v
-        return out
+        cl = torch.channels_last if self.cfg.channels_last else torch.contiguous_format
+        return {k: (v.to(self.device, non_blocking=True).contiguous(memory_format=cl) if v.dim() == 4 else
+                    v.to(self.device, non_blocking=True)) for k, v in batch.items() if torch.is_tensor(v)}
 
     def _discriminate(self, b: dict[str, torch.Tensor], fake: torch.Tensor, real: torch.Tensor):
         both = torch.cat([self.arch.d_input(b, fake), self.arch.d_input(b, real)], 0)

@@ -5,13 +5,14 @@ from ...errors import ConfigError
 from .base import GeneratorArch, RenderFn
 from .nearest import NearestArch
 from .pix2pix import Pix2PixArch
+from .refine import RefineArch
 from .spade import SpadeArch
 from .vanilla import VanillaArch
 
 __all__ = ["GeneratorArch", "RenderFn", "ARCH_CLASSES", "arch_class", "MODES"]
 
 #: Every architecture class; ``arch_class`` picks one by ``--arch`` and ``--mode``.
-ARCH_CLASSES: tuple[type[GeneratorArch], ...] = (SpadeArch, Pix2PixArch, VanillaArch, NearestArch)
+ARCH_CLASSES: tuple[type[GeneratorArch], ...] = (SpadeArch, RefineArch, Pix2PixArch, VanillaArch, NearestArch)
 MODES = tuple(dict.fromkeys(m for cls in ARCH_CLASSES for m in cls.modes))
 
 

@@ -46,6 +46,7 @@ class GeneratorArch:
     modes: tuple[str, ...] = ("full",)
     learned = True            # trained by gradient steps (``nearest`` is not)
     needs_maps = False        # the batches must carry full-resolution pose maps
+    prepared_samples = False  # trains only on samples given to the trainer (``dataset=``), not on plain images
     columns = "conditioning | generated | real"   # the gallery's columns
     #: The values this architecture gives the options a run leaves unset (``None`` in GANConfig).
     defaults: dict[str, Any] = {}

@@ -1,0 +1,146 @@
+"""Refine mode: a SPADE generator that corrects the limb warp, on crops, trained on the user's
+own images (``train-gan --mode refine``, ``--renderer refine --gan RUN``).
+
+- :func:`crop_box` and :func:`crop`: a square around the changed region (the moved arms'
+  capsules at their old and new positions, plus ``margin`` of its side), cut from the image
+  and resized to ``S x S`` (area averaging), with exact pixel-centre keypoint mapping.
+- :class:`RefineCropDataset`: the self-supervised training samples.  For an image with pose
+  ``p``, a perturbation ``p'`` is drawn and the crop is warped ``p -> p' -> p``: the round
+  trip carries the warp's artifacts (cut edges, the elbow seam, the fill's smear) at the
+  original pose, and the original crop is the truth.  A share ``fill_share`` of the samples
+  instead has its arms erased and filled (OpenCV Telea), to be drawn back.  Items: ``image``
+  (truth), ``warped`` (W), ``region`` (M), ``maps`` (the truth's pose maps), and the pose
+  targets, all at ``S x S``.
+- :class:`RefineRenderer`: warp at the image's own resolution, then, on the crop around M,
+  ``R = G(maps(p'), W, M)``, upsampled into the crop's box: ``out = W + M * R``.  Outside M
+  the output is the warp's, which is the source's there, bit for bit; an untrained (zero)
+  residual returns the warp exactly.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from ..datasets.crops import crop, crop_box, to_crop
+from ..datasets.formats import KeypointSource, data_options, open_dataset
+from ..datasets.geometry import RegionSpec, limb_region, torso_size
+from ..datasets.layouts import KeypointLayout
+from ..datasets.posemaps import PoseMapSpec
+from ..datasets.sample import Sample
+from ..datasets.torch_dataset import image_to_tensor, max_people_of, sample_to_tensors
+from ..errors import ConfigError
+from ..spade.config import GANConfig
+from ..spade.trainer import GANTrainer
+from .perturb import PerturbConfig, Perturber
+from .renderers import WarpRenderer, telea_fill
+
+__all__ = ["RefineCropDataset", "refine_trainer"]
+
+log = logging.getLogger(__name__)
+
+
+# ---- training samples ------------------------------------------------------------------------
+class RefineCropDataset(torch.utils.data.Dataset):
+    """Warp round trips and erase-and-reconstruct samples on crops (see the module docstring).
+
+    Item ``(index, epoch)`` (or ``index``) is a pure function of ``(seed, epoch, index)``.
+    Images whose people have no arm to move or fill give the next image's sample.
+    """
+
+    def __init__(self, source: KeypointSource, crop_size: int = 128, margin: float = 0.25, fill_share: float = 0.3,
+                 spec: PoseMapSpec = PoseMapSpec(), region: RegionSpec = RegionSpec(), perturb: str = "arms-angle",
+                 seed: int = 0, flip: bool = True, max_people: "int | None" = None) -> None:
+        self.source, self.layout = source, source.layout
+        self.size, self.margin, self.fill_share = int(crop_size), float(margin), float(fill_share)
+        self.spec, self.region, self.seed, self.flip = spec, region, seed, flip
+        self.warp = WarpRenderer(self.layout, region)
+        self.perturber = Perturber(PerturbConfig(perturb), self.layout)
+        self.max_people = max_people or max_people_of(source)
+        self.epoch = 0
+        self.fit = "crop"
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: "int | tuple[int, int]") -> dict[str, Any]:
+        index, epoch = index if isinstance(index, tuple) else (index, self.epoch)
+        for k in range(len(self)):
+            item = self.sample((index + k) % len(self), epoch)
+            if item is not None:
+                item["index"] = index
+                return item
+        raise ConfigError(f"{getattr(self.source, 'path', 'the data')}: no image has a labelled arm (shoulder, elbow "
+                          "and wrist) and a torso to crop around; refine mode has nothing to learn from")
+
+    def sample(self, index: int, epoch: int) -> "dict[str, Any] | None":
+        """One training item of image ``index`` (``None`` when it has no arm to work on)."""
+        rng = np.random.default_rng([self.seed, epoch, index])
+        s = self.source[index]
+        kp = s.keypoints[: self.max_people]
+        if not len(kp):
+            return None
+        fill = rng.random() < self.fill_share
+        new = None if fill else self.perturber(kp, s.image.shape[:2], rng, s.file_name)
+        box = crop_box(kp, new, self.layout, self.region, self.margin) if new is not None else None
+        if box is None:   # nothing moved: an erase-and-reconstruct sample
+            fill, new = True, None
+            box = crop_box(kp, None, self.layout, self.region, self.margin)
+            if box is None:
+                return None
+        x0, y0, side = box
+        jit = rng.uniform(-0.05, 0.05, 2) * side   # a little jitter of the crop's place and scale
+        side2 = max(int(round(side * rng.uniform(0.95, 1.1))), 8)
+        box = (int(round(x0 + (side - side2) / 2 + jit[0])), int(round(y0 + (side - side2) / 2 + jit[1])), side2)
+        img = crop(s.image, box, self.size)
+        masks = np.stack([crop(m, box, self.size, cv2.INTER_NEAREST) for m in s.masks]) if len(s.masks) else \
+            np.zeros((0, self.size, self.size), np.uint8)
+        kc = to_crop(kp, box, self.size)
+        nc = to_crop(new, box, self.size) if new is not None else None
+        if self.flip and rng.random() < 0.5:
+            img, masks = img[:, ::-1].copy(), masks[:, :, ::-1].copy()
+            kc = _flip(kc, self.layout, self.size)
+            nc = _flip(nc, self.layout, self.size) if nc is not None else None
+        hw = (self.size, self.size)
+        if not fill:   # p -> p' -> p; an arm the warp leaves where it is makes no round trip
+            w1, a1, h1, drawn = self.warp.render_pose(img, kc, nc)
+            warped, a2, h2, _ = self.warp.render_pose(w1, drawn, kc)
+            region = limb_region(kc[None], drawn[None], self.layout, hw, self.region)[0, 0].numpy()
+            region = np.maximum.reduce([region, a1, a2, h1.astype(np.float32), h2.astype(np.float32)])
+            fill = not (region > 0).any()
+        if fill:
+            region = limb_region(kc[None], None, self.layout, hw, self.region)[0, 0].numpy()
+            if not (region > 0).any():
+                return None
+            r = max((torso_size(p, self.layout) for p in kc), default=np.nan)
+            warped = telea_fill(img, (region > 0).astype(np.uint8), (self.region.radius + self.region.dilate) *
+                                (r if np.isfinite(r) else self.size / 4))
+        out = sample_to_tensors(Sample(img, kc, masks), self.layout, self.spec.stride, self.spec, self.max_people,
+                                with_maps=True)
+        out["warped"] = image_to_tensor(np.ascontiguousarray(warped))
+        out["region"] = torch.from_numpy(np.ascontiguousarray(region, np.float32))[None]
+        return out
+
+
+def _flip(kp: np.ndarray, layout: KeypointLayout, size: int) -> np.ndarray:
+    out = kp[:, layout.flip_index].copy()
+    out[..., 0] = np.where(out[..., 2] > 0, size - 1 - out[..., 0], out[..., 0])
+    return out
+
+
+def refine_trainer(cfg: GANConfig, run_dir: "str | Path", resume: bool = False, source: "KeypointSource | None" = None,
+                   progress: bool = True) -> GANTrainer:
+    """The GAN trainer of ``train-gan --mode refine``: the refiner, trained on round trips of
+    ``source`` (default: ``cfg.data``) prepared by :class:`RefineCropDataset`."""
+    cfg.validate()
+    if source is None:
+        source = open_dataset(cfg.data, layout=cfg.layout or None, **data_options(cfg))
+    ds = RefineCropDataset(source, cfg.crop_size, cfg.crop_margin, cfg.fill_share, cfg.posemaps,
+                           RegionSpec(radius=cfg.region_radius), seed=cfg.seed, flip=cfg.augment)
+    return GANTrainer(cfg, run_dir, source=source, resume=resume, progress=progress, dataset=ds)
+
+
