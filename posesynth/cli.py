@@ -110,11 +110,29 @@ def _frame_range(text: str) -> "tuple[int, int | None]":
 
 
 def _cmd_convert(a: argparse.Namespace) -> None:
-    from .datasets.export import convert_dataset
+    from .datasets.export import convert_dataset, export_yolo
 
-    r = convert_dataset(a.src, a.out, layout=a.layout, every=a.every, on_error=a.on_error, image_dir=a.image_dir,
-                        out_of_frame=a.out_of_frame, frames=a.frames)
-    print(f"wrote {r['annotations']}: {r['images']} images, {r['people']} people, layout {r['layout']}"
+    fn = export_yolo if a.format == "yolo" else convert_dataset
+    r = fn(a.src, a.out, layout=a.layout, every=a.every, on_error=a.on_error, image_dir=a.image_dir,
+           out_of_frame=a.out_of_frame, frames=a.frames)
+    for v in r.get("videos", []):
+        print(f"clip {v['id']}: {v['fps']:g} fps" + (f", every {v['every']}th frame kept" if v["every"] > 1 else "")
+              if v.get("fps") else f"clip {v['id']}: its frame rate is unknown (transfer --fps sets one)")
+    for n in r.get("export_notes", []):
+        print("note:", n)
+    print(f"wrote {r['yaml'] if a.format == 'yolo' else r['annotations']}: {r['images']} images, {r['people']} "
+          f"people, layout {r['layout']}"
+          + (f"; {r['skipped']} skipped ({', '.join(f'{n} {k}' for k, n in r['problems'].items())})"
+             if r["skipped"] else ""))
+
+
+def _cmd_merge(a: argparse.Namespace) -> None:
+    from .datasets.export import merge_datasets
+
+    r = merge_datasets(a.datasets, a.out, layout=a.layout, on_error=a.on_error, image_dir=a.image_dir,
+                       out_of_frame=a.out_of_frame)
+    print(f"wrote {r['annotations']}: {r['images']} images (ids 1..{r['images']}), {r['people']} people from "
+          f"{len(a.datasets)} datasets, layout {r['layout']}"
           + (f"; {r['skipped']} skipped ({', '.join(f'{n} {k}' for k, n in r['problems'].items())})"
              if r["skipped"] else ""))
 
@@ -235,7 +253,11 @@ def _cmd_transfer(a: argparse.Namespace) -> None:
                           motion_steps=a.motion_steps, seed=a.seed, normalise=not a.no_normalise,
                           detector=a.detector, every=a.every, fps=a.fps, batch_size=a.batch_size, device=a.device)
     v = r["video"]
-    print(f"wrote {v.path}: {v.frames} frames of {v.size[0]}x{v.size[1]} (H x W), {v.codec}"
+    if not r.get("fps_from"):
+        print(f"{a.source} records no frame rate: writing {v.fps:g} fps (give the source's with --fps)")
+    print(f"wrote {v.path}: {v.frames} frames of {v.size[0]}x{v.size[1]} (H x W) at {v.fps:g} fps"
+          + (f" (from {r['fps_from']})" if r.get("fps_from") else "")
+          + f", {'H.264' if v.is_h264 else v.codec}"
           + (f" ({r['continued_frames']} continued by the motion model)" if r["continued_frames"] else "")
           + f"; {1000 * r['seconds_per_frame']:.0f} ms/frame to render")
     if r["side_by_side"] is not None:
@@ -339,8 +361,22 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--frames", type=_frame_range, default=None, metavar="START:STOP",
                     help="keep samples (video frames) START to STOP-1, 0-based in the source's order; "
                          "STOP may be left out (to the end), e.g. 0:48 and 48: for a training and a held-out part")
+    cv.add_argument("--format", choices=["coco", "yolo"], default="coco",
+                    help="coco: a COCO dataset folder; yolo: Ultralytics YOLO-pose (images/, labels/*.txt, data.yaml "
+                         "with kpt_shape and flip_idx)")
     _add_data_options(cv)
     cv.set_defaults(func=_cmd_convert)
+
+    mg = sub.add_parser("merge", help="write several datasets of one layout as one COCO dataset (unique ids, each "
+                                      "image's source recorded)")
+    mg.add_argument("datasets", nargs="+", metavar="DATA",
+                    help="two or more dataset folders or annotation JSON files (COCO, MPII, BlazePose+video)")
+    mg.add_argument("--out", required=True, help="new output folder (annotations.json, images/, masks/)")
+    mg.add_argument("--layout", default=None,
+                    help="convert every dataset to this layout (built-in name or YAML file); without it they must "
+                         "share one")
+    _add_data_options(mg)
+    mg.set_defaults(func=_cmd_merge)
     from .config import add_config_args
     from .spade.trainer import GANConfig
 

@@ -1,0 +1,361 @@
+"""A user's own workflow (issue 23): several datasets read as one, merge, the YOLO-pose export,
+image lookup by file name, COCO results from predict, evaluate's outputs, the Python API,
+render's page, frame rates of clips, and the help texts.
+
+Expected values come from the formats' rules and the files themselves (COCO JSON, YOLO label
+lines, the video container), not from the code under test.
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+
+import cv2
+import numpy as np
+import pytest
+
+from posesynth.cli import build_parser, main
+from posesynth.datasets.formats import open_dataset
+from posesynth.datasets.layouts import COCO17, DRIVER9
+from posesynth.datasets.multi import MultiSource, split_sources
+from posesynth.errors import ConfigError, DatasetError
+
+W, H = 64, 48
+
+
+def run_cli(capsys, *args):
+    rc = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    """Two small synthetic driver9 datasets (6 and 4 images, 64 px)."""
+    from posesynth.datasets.make_data import make_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("synth")
+    make_synthetic_dataset(root / "a", 6, seed=3, size=64, passenger_prob=0.5, workers=1, progress=False)
+    make_synthetic_dataset(root / "b", 4, seed=4, size=64, passenger_prob=0.0, workers=1, progress=False)
+    return root
+
+
+# ---- several datasets as one ------------------------------------------------------------------
+def test_split_sources_rules(tmp_path):
+    assert split_sources(tmp_path) is None
+    assert split_sources("a,b:2,c:0.5") == [("a", 1.0), ("b", 2.0), ("c", 0.5)]
+    assert split_sources("only:3") == [("only", 3.0)]
+    odd = tmp_path / "x,y:2"          # a path that exists is one dataset, commas and colons included
+    odd.mkdir()
+    assert split_sources(odd) is None
+    with pytest.raises(ConfigError, match="positive"):
+        split_sources("a:0,b")
+    with pytest.raises(ConfigError, match="empty dataset name"):
+        split_sources("a,,b")
+
+
+def test_coco_fixture_and_synthetic_data_read_as_one(fixtures, synth):
+    coco = fixtures / "coco" / "test_coco.json"
+    raw = json.loads(coco.read_text())
+    ds = open_dataset(f"{coco}:2,{synth / 'a'}:0.5", layout="driver9")
+    assert isinstance(ds, MultiSource) and ds.layout == DRIVER9
+    # weight w: the part contributes round(w * n) items: 4 photos x 2, 6 scenes x 0.5
+    assert len(ds) == 8 + 3
+    seen = Counter()
+    anns = ds.annotations()
+    assert len(anns) == len(ds)
+    for i in range(len(ds)):
+        s = ds[i]
+        seen[s.meta["source_index"]] += 1
+        assert s.meta["source_dataset"] == (str(coco) if s.meta["source_index"] == 0 else str(synth / "a"))
+        assert anns[i].dtype == np.float32 and anns[i].shape == s.keypoints.shape == (s.num_people, 9, 3)
+        np.testing.assert_allclose(anns[i], s.keypoints)
+    assert seen == {0: 8, 1: 3}
+    # the COCO part's annotations are the file's, converted by name: driver9's right wrist is COCO's
+    # right_wrist (index 10), its neck the midpoint of the shoulders (5, 6)
+    by_image = {}
+    for a in raw["annotations"]:
+        by_image.setdefault(a["image_id"], []).append(np.asarray(a["keypoints"], np.float32).reshape(17, 3))
+    part = ds.parts[0]
+    for j in range(0, 8, 2):   # each photo twice, in order
+        src = np.stack(by_image[part.entries[j // 2].image["id"]])
+        got = anns[j]
+        np.testing.assert_array_equal(anns[j], anns[j + 1])
+        lab = src[:, 10, 2] > 0
+        np.testing.assert_allclose(got[lab, 0, :2], src[lab, 10, :2])
+        both = (src[:, 5, 2] > 0) & (src[:, 6, 2] > 0)
+        np.testing.assert_allclose(got[both, 3, :2], (src[both, 5, :2] + src[both, 6, :2]) / 2, atol=1e-4)
+    # entries: what consumers read without decoding (people per image)
+    assert [len(e.keypoints) for e in ds.entries] == [len(a) for a in anns]
+
+
+def test_several_datasets_need_one_layout(fixtures, synth):
+    coco = fixtures / "coco" / "test_coco.json"
+    with pytest.raises(DatasetError, match=rf"{re.escape(str(synth / 'a'))}: layout 'driver9'.*--layout driver9"):
+        open_dataset(f"{coco},{synth / 'a'}")
+
+
+def test_cli_reads_a_list_of_datasets(synth, tmp_path, capsys):
+    rc, out, _ = run_cli(capsys, "check", f"{synth / 'a'},{synth / 'b'}:2")
+    assert rc == 0 and "14 usable images" in out
+    rc, out, _ = run_cli(capsys, "convert", f"{synth / 'a'},{synth / 'b'}", "--out", tmp_path / "c")
+    assert rc == 0 and len(open_dataset(tmp_path / "c")) == 10
+    rc, _, err = run_cli(capsys, "check", f"{synth / 'a'},{tmp_path / 'nowhere'}")
+    assert rc == 2 and "nowhere: no such file or folder" in err and len(err.strip().splitlines()) == 1
+
+
+# ---- images in subfolders, found by file name --------------------------------------------------------
+def _nested(root, names, folders):
+    """A COCO file naming each image by its bare file name while the images sit in subfolders."""
+    rng = np.random.default_rng(0)
+    images, anns = [], []
+    for i, (name, folder) in enumerate(zip(names, folders)):
+        path = root / "images" / folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(path), rng.integers(0, 255, (H, W, 3), dtype=np.uint8))
+        images.append({"id": i + 1, "file_name": name, "width": W, "height": H})
+        anns.append({"id": i + 1, "image_id": i + 1, "category_id": 1, "iscrowd": 0,
+                     "keypoints": [10.0, 10.0, 2] * 17, "num_keypoints": 17})
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    ann = root / "annotations" / "h36m.json"
+    ann.write_text(json.dumps({"images": images, "annotations": anns, "categories": [
+        {"id": 1, "name": "person", "keypoints": list(COCO17.keypoints), "skeleton": []}]}))
+    return ann
+
+
+def test_images_in_subfolders_are_found_by_unique_name(tmp_path, monkeypatch):
+    import posesynth.datasets.reading as reading
+
+    names = ["S1_Directions_1.000001.jpg", "S1_Directions_1.000002.jpg", "S5_Walking.000001.jpg"]
+    folders = ["S1/S1_Directions_1.54138969", "S1/S1_Directions_1.54138969", "S5/S5_Walking.60457274"]
+    ann = _nested(tmp_path / "h36m", names, folders)
+    walks = []
+    real_walk = os.walk
+    monkeypatch.setattr(reading.os, "walk", lambda top, *a, **k: (walks.append(top), real_walk(top, *a, **k))[1])
+    ds = open_dataset(ann)
+    assert len(ds) == 3
+    for i, (name, folder) in enumerate(zip(names, folders)):
+        assert ds.image_path(i) == tmp_path / "h36m" / "images" / folder / name
+        assert ds[i].image.shape == (H, W, 3)
+    assert len(walks) == len(set(walks)) <= 2          # the tree is indexed once, not per image
+    # --image-dir: looked up below it
+    ds = open_dataset(ann, image_dir=tmp_path / "h36m" / "images" / "S1", on_error="skip")
+    assert len(ds) == 2 and ds.image_path(0).parent.name == "S1_Directions_1.54138969"
+    assert "nor by name below it" in ds.errors[0] and "S5_Walking.000001.jpg" in ds.errors[0]
+
+
+def test_ambiguous_file_names_are_named(tmp_path):
+    ann = _nested(tmp_path / "d", ["a.jpg", "frame.jpg", "frame.jpg"], ["S1", "S1", "S2"])
+    with pytest.raises(DatasetError, match=r"2 files named 'frame.jpg'.*ambiguous.*S1/frame.jpg.*S2/frame.jpg"):
+        open_dataset(ann)
+    ds = open_dataset(ann, on_error="skip", allow_empty=True)
+    assert len(ds) == 1 and ds.problem_counts() == {"missing image": 2}
+
+
+# ---- merge ------------------------------------------------------------------------------------------
+def test_merge_round_trips_with_unique_ids(fixtures, synth, tmp_path, capsys):
+    coco = fixtures / "coco" / "test_coco.json"
+    # the COCO photos' ids (785, ...) and the scenes' (1..6, 1..4) overlap between b and a
+    rc, out, _ = run_cli(capsys, "merge", synth / "a", synth / "b", coco, "--layout", "driver9", "--out", tmp_path / "m")
+    assert rc == 0 and "14 images" in out
+    data = json.loads((tmp_path / "m" / "annotations.json").read_text())
+    ids = [im["id"] for im in data["images"]]
+    assert len(set(ids)) == len(ids) == 14
+    ann_ids = [a["id"] for a in data["annotations"]]
+    assert len(set(ann_ids)) == len(ann_ids)
+    srcs = [open_dataset(synth / "a"), open_dataset(synth / "b"), open_dataset(coco, layout="driver9")]
+    expected = [(str(p), s) for p, src in zip((synth / "a", synth / "b", coco), srcs) for s in src]
+    merged = open_dataset(tmp_path / "m")
+    assert merged.layout == DRIVER9 and len(merged) == len(expected)
+    by_id = {im["id"]: im for im in data["images"]}
+    for m, (name, s) in zip(merged, expected):
+        prov = by_id[m.image_id]["source"]
+        assert prov == {"dataset": name, "file_name": s.file_name, "image_id": s.image_id}
+        np.testing.assert_allclose(m.keypoints, s.keypoints, atol=1e-3)
+        np.testing.assert_array_equal(m.masks, s.masks)                     # seatbelt masks carried over
+        if name != str(coco):
+            assert np.abs(m.image.astype(int) - s.image).max() == 0          # copied byte for byte
+    # another layout without --layout: one line naming the file
+    rc, _, err = run_cli(capsys, "merge", synth / "a", coco, "--out", tmp_path / "m2")
+    assert rc == 2 and f"{coco}: layout 'coco17'" in err and not (tmp_path / "m2").exists()
+
+
+# ---- YOLO-pose export -------------------------------------------------------------------------------
+def _read_yolo(root):
+    """The YOLO-pose folder read by its documented rules: data.yaml, and for each image in
+    images/ the labels/ file of the same stem, one person per line."""
+    import yaml
+
+    cfg = yaml.safe_load((root / "data.yaml").read_text())
+    k, dim = cfg["kpt_shape"]
+    out = {}
+    for img in sorted((root / cfg["train"]).iterdir()):
+        h, w = cv2.imread(str(img)).shape[:2]
+        rows = np.loadtxt(root / "labels" / (img.stem + ".txt"), ndmin=2)
+        assert rows.shape[1] == 5 + k * dim and (rows[:, 0] == 0).all()
+        kp = rows[:, 5:].reshape(-1, k, dim)
+        coords = np.concatenate([rows[:, 1:5].ravel(), kp[..., :2].ravel()])
+        assert (coords >= 0).all() and (coords <= 1).all()                     # normalised, in the image
+        assert np.isin(kp[..., 2], (0, 1, 2)).all()
+        box = rows[:, 1:5] * [w, h, w, h]
+        kp = kp * [w, h, 1]
+        out[img.name] = (box, kp)
+    return cfg, out
+
+
+def test_yolo_export_of_the_coco_fixture_reads_back_within_a_pixel(fixtures, tmp_path, capsys):
+    coco = fixtures / "coco" / "test_coco.json"
+    rc, out, _ = run_cli(capsys, "convert", coco, "--format", "yolo", "--out", tmp_path / "y")
+    assert rc == 0 and "14 people" in out
+    cfg, labels = _read_yolo(tmp_path / "y")
+    assert cfg["kpt_shape"] == [17, 3] and cfg["names"] == {0: "person"} and cfg["val"] == "images"
+    assert cfg["path"] == str((tmp_path / "y").resolve())
+    # flip_idx: each keypoint's mirror by name
+    names = list(COCO17.keypoints)
+    mirror = [names.index(n.replace("left", "R").replace("right", "left").replace("R", "right")) for n in names]
+    assert cfg["flip_idx"] == mirror
+    raw = json.loads(coco.read_text())
+    files = {im["id"]: im for im in raw["images"]}
+    anns = {}
+    for a in raw["annotations"]:
+        anns.setdefault(a["image_id"], []).append(a)
+    assert len(labels) == 4
+    for (box, kp), iid in zip(labels.values(), sorted(anns, key=lambda i: i)):
+        src = anns[iid]
+        assert len(kp) == len(src)
+        w, h = files[iid]["width"], files[iid]["height"]
+        for b, k, a in zip(box, kp, src):
+            ref = np.asarray(a["keypoints"], float).reshape(17, 3)
+            lab = ref[:, 2] > 0
+            np.testing.assert_array_equal(k[:, 2], ref[:, 2] * lab)
+            assert np.abs(k[lab, :2] - ref[lab, :2]).max(initial=0) <= 1.0
+            assert (k[~lab] == 0).all()
+            x, y, bw, bh = a["bbox"]                                   # the COCO box, as centre and size
+            x1, y1 = min(x + bw, w), min(y + bh, h)
+            np.testing.assert_allclose(b, [(x + x1) / 2, (y + y1) / 2, x1 - x, y1 - y], atol=0.01)
+
+
+def test_yolo_label_lines_follow_the_format():
+    from posesynth.datasets.export import yolo_label_lines
+
+    kp = np.array([[[10, 20, 2], [0, 0, 0], [-0.5, 49.8, 1]],      # a point just outside is clipped into [0, 1]
+                   [[0, 0, 0], [0, 0, 0], [0, 0, 0]]], np.float32)  # no box, no label: left out
+    lines = yolo_label_lines(kp, np.array([[5, 10, 20, 40], [0, 0, 0, 0]]), 100, 50)
+    assert lines == ["0 0.150000 0.600000 0.200000 0.800000 0.100000 0.400000 2 0.000000 0.000000 0 "
+                     "0.000000 0.996000 1"]
+
+
+def test_ultralytics_reads_the_export(fixtures, tmp_path):
+    """Where ultralytics is importable (it does not install beside the pinned packages: it brings
+    opencv-python, a second cv2), its own reader checks the export."""
+    pytest.importorskip("ultralytics")
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    from ultralytics.data.dataset import YOLODataset
+    from ultralytics.data.utils import check_det_dataset
+
+    from posesynth.datasets.export import export_yolo
+
+    export_yolo(fixtures / "coco" / "test_coco.json", tmp_path / "y", progress=False)
+    data = check_det_dataset(str(tmp_path / "y" / "data.yaml"), autodownload=False)
+    labels = YOLODataset(img_path=data["train"], data=data, task="pose", imgsz=640, augment=False).labels
+    ref = open_dataset(fixtures / "coco" / "test_coco.json")
+    for lb, s in zip(labels, ref):
+        h, w = lb["shape"]
+        lab = s.keypoints[..., 2] > 0
+        assert np.abs(lb["keypoints"][..., :2] * [w, h] - s.keypoints[..., :2])[lab].max(initial=0) <= 1.0
+
+
+# ---- frame rates of clips --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def nearest_run(synth, tmp_path_factory):
+    root = tmp_path_factory.mktemp("nn")
+    assert main(["train-gan", "--data", str(synth / "a"), "--arch", "nearest", "--size", "64,96",
+                 "--out", str(root / "nn")]) == 0
+    return root / "nn"
+
+
+def test_convert_records_the_clip_frame_rate_and_transfer_uses_it(fixtures, nearest_run, tmp_path, capsys):
+    src = fixtures / "squats" / "pose_squats.full.json"
+    clip_fps = cv2.VideoCapture(str(fixtures / "squats" / "pose_squats.mp4")).get(cv2.CAP_PROP_FPS)
+    assert clip_fps == pytest.approx(5)          # the fixture's README: 5 fps
+    rc, out, _ = run_cli(capsys, "convert", src, "--out", tmp_path / "c", "--frames", "0:6", "--layout", "driver9")
+    assert rc == 0 and "5 fps" in out
+    videos = json.loads((tmp_path / "c" / "annotations.json").read_text())["videos"]
+    assert videos == [{"id": "pose_squats", "file_name": "pose_squats.mp4", "width": 720, "height": 1280,
+                       "fps": pytest.approx(clip_fps), "every": 1, "source": str(src)}]
+    rc, out, _ = run_cli(capsys, "transfer", "--gan", nearest_run, "--source", tmp_path / "c", "--out",
+                         tmp_path / "t.mp4", "--no-side-by-side")
+    assert rc == 0 and "records no frame rate" not in out
+    assert cv2.VideoCapture(str(tmp_path / "t.mp4")).get(cv2.CAP_PROP_FPS) == pytest.approx(clip_fps)
+    # every 2nd frame kept: the frames play at half the clip's rate
+    assert main(["convert", str(src), "--out", str(tmp_path / "c2"), "--frames", "0:12", "--every", "2",
+                 "--layout", "driver9"]) == 0
+    assert main(["transfer", "--gan", str(nearest_run), "--source", str(tmp_path / "c2"), "--out",
+                 str(tmp_path / "t2.mp4"), "--no-side-by-side"]) == 0
+    assert cv2.VideoCapture(str(tmp_path / "t2.mp4")).get(cv2.CAP_PROP_FPS) == pytest.approx(clip_fps / 2)
+
+
+def test_transfer_says_the_frame_rate_it_chose(synth, nearest_run, tmp_path, capsys):
+    rc, out, _ = run_cli(capsys, "transfer", "--gan", nearest_run, "--source", synth / "b", "--out",
+                         tmp_path / "t.mp4", "--no-side-by-side")
+    assert rc == 0 and out.count("records no frame rate: writing 25 fps") == 1
+    assert cv2.VideoCapture(str(tmp_path / "t.mp4")).get(cv2.CAP_PROP_FPS) == pytest.approx(25)
+
+
+def test_video_writer_h264_where_an_encoder_is_available(tmp_path, monkeypatch, caplog):
+    import logging
+
+    import posesynth.datasets.video as video
+
+    frames = [np.full((48, 80, 3), v, np.uint8) for v in (30, 120, 210)]
+    backend, fourcc = video.choose_encoder(".mp4")
+    with video.VideoWriter(tmp_path / "a.mp4", fps=5) as w:
+        w.write_batch(frames)
+    tag = int(cv2.VideoCapture(str(tmp_path / "a.mp4")).get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little").decode()
+    if backend == "ffmpeg" or fourcc in video.H264_FOURCCS:
+        assert w.result.is_h264 and tag.lower() in ("avc1", "h264")
+    else:
+        assert fourcc == "mp4v" and tag in ("mp4v", "FMP4")
+    # no H.264 encoder at all: the fallback, said once for all files
+    video.choose_encoder.cache_clear()
+    monkeypatch.setattr(video, "writable_codec", lambda ext=".mp4": "mp4v")
+    monkeypatch.setattr(video, "ffmpeg_h264", lambda ext=".mp4": False)
+    monkeypatch.setattr(video, "_SAID", set())
+    with caplog.at_level(logging.WARNING, logger="posesynth.datasets.video"):
+        for name in ("b.mp4", "c.mp4"):
+            with video.VideoWriter(tmp_path / name, fps=5) as w:
+                w.write_batch(frames)
+            assert w.result.codec == "mp4v"
+    video.choose_encoder.cache_clear()
+    assert caplog.text.count("no H.264 encoder here") == 1 and "imageio-ffmpeg" in caplog.text
+
+
+def test_imageio_ffmpeg_writes_h264(tmp_path):
+    pytest.importorskip("imageio_ffmpeg")
+    import posesynth.datasets.video as video
+
+    assert video.ffmpeg_h264(".mp4")
+    w = video.VideoWriter(tmp_path / "h.mp4", fps=7.5)
+    w.backend, w.codec = "ffmpeg", "avc1"
+    for v in (30, 120, 210):
+        w.write(np.full((48, 80, 3), v, np.uint8))
+    res = w.close()
+    cap = cv2.VideoCapture(str(tmp_path / "h.mp4"))
+    assert res.encoder == "ffmpeg" and cap.get(cv2.CAP_PROP_FPS) == pytest.approx(7.5)
+    assert int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little").decode().lower() in ("avc1", "h264")
+    means = [f.mean() for _, f in video.read_frames(tmp_path / "h.mp4")]
+    assert np.allclose(means, (30, 120, 210), atol=4)
+
+
+def test_recorded_frame_rate_rules():
+    from types import SimpleNamespace
+
+    from posesynth.datasets.formats import recorded_frame_rate
+
+    assert recorded_frame_rate(SimpleNamespace(videos=[{"id": "a", "fps": 30.0, "every": 3}]))[0] == 10.0
+    assert recorded_frame_rate(SimpleNamespace(videos=[{"id": "a", "fps": 30}, {"id": "b", "fps": 25}])) == (None, "")
+    assert recorded_frame_rate(SimpleNamespace(fps=5.0, video="clip.mp4")) == (5.0, "clip.mp4")
+    assert recorded_frame_rate(SimpleNamespace()) == (None, "")
