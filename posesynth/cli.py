@@ -184,13 +184,14 @@ def _cmd_evaluate(a: argparse.Namespace) -> None:
     from .posenet.evaluate import evaluate_run
 
     evaluate_run(a.posenet, a.data, a.out, a.device, multi_person=a.multi_person, image_dir=a.image_dir,
-                 on_error=a.on_error, out_of_frame=a.out_of_frame)
+                 on_error=a.on_error, out_of_frame=a.out_of_frame, checkpoint=a.checkpoint)
 
 
 def _cmd_predict(a: argparse.Namespace) -> None:
     from .posenet.evaluate import predict_images
 
-    predict_images(a.posenet, a.images, a.out, a.device, on_error=a.on_error)
+    predict_images(a.posenet, a.images, a.out, a.device, on_error=a.on_error, multi_person=a.multi_person,
+                   image_ids=a.image_ids, checkpoint=a.checkpoint)
 
 
 def _cmd_experiment(a: argparse.Namespace) -> None:
@@ -420,20 +421,33 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(t, PoseTrainConfig)
     t.set_defaults(func=_cmd_train_posenet)
 
+    ck_help = ("which weights: best (the run's best by its validation metric; latest when it kept none), latest, or "
+               "a checkpoint file NAME.safetensors (its NAME.json beside it) (default: best)")
     e = sub.add_parser("evaluate", help="metrics of a trained pose network on a dataset")
-    e.add_argument("--posenet", required=True, help="pose-network run directory")
-    e.add_argument("--data", required=True)
-    e.add_argument("--out", help="metrics JSON (default RUN/metrics.json)")
-    e.add_argument("--device", default="cpu")
-    e.add_argument("--multi-person", action="store_true", default=None, help="decode several people with PAFs")
+    e.add_argument("--posenet", required=True, help="pose-network run directory (train-posenet --out)")
+    e.add_argument("--data", required=True, help="dataset to score, in the run's layout (folder or annotation JSON; "
+                                                 "several: A,B)")
+    e.add_argument("--out", help="metrics JSON (default: RUN/metrics_<data name>.json, one file per dataset)")
+    e.add_argument("--checkpoint", default="best", metavar="best|latest|FILE", help=ck_help)
+    e.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    e.add_argument("--multi-person", action="store_true", default=None,
+                   help="decode several people by PAF grouping (default: as the run was trained)")
     _add_data_options(e)
     e.set_defaults(func=_cmd_evaluate)
 
-    pr = sub.add_parser("predict", help="draw a trained pose network's predictions on a folder of images")
-    pr.add_argument("--posenet", required=True)
-    pr.add_argument("--images", required=True)
-    pr.add_argument("--out", required=True)
-    pr.add_argument("--device", default="cpu")
+    pr = sub.add_parser("predict", help="draw a trained pose network's predictions on a folder of images and write "
+                                        "them in COCO's results format")
+    pr.add_argument("--posenet", required=True, help="pose-network run directory (train-posenet --out)")
+    pr.add_argument("--images", required=True, help="folder of images (.jpg, .jpeg, .png, .bmp, .webp)")
+    pr.add_argument("--out", required=True, help="output folder: one drawing per image, predictions.json and "
+                                                 "coco_results.json")
+    pr.add_argument("--checkpoint", default="best", metavar="best|latest|FILE", help=ck_help)
+    pr.add_argument("--multi-person", action="store_true", default=None,
+                    help="decode several people per image by PAF grouping (default: as the run was trained)")
+    pr.add_argument("--image-ids", default=None, metavar="COCO_JSON",
+                    help="COCO annotation file whose image ids the results use, matched by file name (default: a "
+                         "file named by a number has that id, else 1..N in name order)")
+    pr.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     pr.add_argument("--on-error", choices=["skip", "raise"], default="skip",
                     help="an unreadable image: skip it with a warning (default) or stop (exit status 2)")
     pr.set_defaults(func=_cmd_predict)

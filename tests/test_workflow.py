@@ -359,3 +359,108 @@ def test_recorded_frame_rate_rules():
     assert recorded_frame_rate(SimpleNamespace(videos=[{"id": "a", "fps": 30}, {"id": "b", "fps": 25}])) == (None, "")
     assert recorded_frame_rate(SimpleNamespace(fps=5.0, video="clip.mp4")) == (5.0, "clip.mp4")
     assert recorded_frame_rate(SimpleNamespace()) == (None, "")
+
+
+# ---- a pose network trained on two datasets; evaluate and predict ----------------------------------
+TINY = ["--size", "64", "--backbone", "pvt_v2_b0", "--pretrained", "none", "--heads", "small", "--batch-size", "2"]
+
+
+@pytest.fixture(scope="module")
+def coco_run(fixtures_dir, tmp_path_factory):
+    """A tiny coco17 pose network trained one epoch on the COCO photos and, twice over, the MPII
+    photos (read as coco17): ``--data A,B:2``."""
+    root = tmp_path_factory.mktemp("pose")
+    coco, mpii = fixtures_dir / "coco" / "test_coco.json", fixtures_dir / "mpii" / "test_mpii.json"
+    r = subprocess.run([sys.executable, "-m", "posesynth", "train-posenet", "--data", f"{coco},{mpii}:2",
+                        "--val", str(coco), "--out", str(root / "run"), *TINY, "--epochs", "1"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def fixtures_dir():
+    from conftest import FIXTURES
+
+    if not (FIXTURES / "README.md").exists():
+        pytest.skip(f"real fixtures not found at {FIXTURES} (the project's ../shared/fixtures)")
+    return FIXTURES
+
+
+def test_training_on_two_datasets_and_evaluate_outputs(coco_run, fixtures_dir, tmp_path, capsys):
+    config = (coco_run / "config.yaml").read_text()
+    assert "test_coco.json," in config and "test_mpii.json:2" in config
+    coco, mpii = fixtures_dir / "coco" / "test_coco.json", fixtures_dir / "mpii" / "test_mpii.json"
+    rc, out, _ = run_cli(capsys, "evaluate", "--posenet", coco_run, "--data", coco)
+    assert rc == 0 and (coco_run / "metrics_test_coco.json").exists()
+    rc, out, _ = run_cli(capsys, "evaluate", "--posenet", coco_run, "--data", mpii, "--checkpoint", "latest")
+    assert rc == 0 and (coco_run / "metrics_test_mpii.json").exists() and (coco_run / "metrics_test_coco.json").exists()
+    # MPII has no face keypoints: their errors are nan, and the table says why
+    line = next(x for x in out.splitlines() if x.startswith("px_error/nose"))
+    assert "nan" in line and "no labelled nose in the data" in line
+    m = json.loads((coco_run / "metrics_test_mpii.json").read_text().replace("NaN", "null"))
+    assert m["checkpoint"].endswith("latest") and m["nan_reasons"]["px_error/left_eye"] == "no labelled left_eye in the data"
+    # a checkpoint file, and one that is not there
+    ck = coco_run / "checkpoints" / "latest.safetensors"
+    assert main(["evaluate", "--posenet", str(coco_run), "--data", str(coco), "--checkpoint", str(ck),
+                 "--out", str(tmp_path / "m.json")]) == 0
+    assert json.loads((tmp_path / "m.json").read_text().replace("NaN", "null"))["checkpoint"] == str(ck.with_suffix(""))
+    rc, _, err = run_cli(capsys, "evaluate", "--posenet", coco_run, "--data", coco, "--checkpoint", tmp_path / "x.safetensors")
+    assert rc == 2 and "x.safetensors: no checkpoint there" in err
+
+
+def test_predict_writes_coco_results_that_pycocotools_loads(coco_run, fixtures_dir, tmp_path, capsys):
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    gt_file = fixtures_dir / "coco" / "test_coco.json"
+    for extra in ([], ["--multi-person"]):
+        out = tmp_path / f"pred{len(extra)}"
+        rc, text, _ = run_cli(capsys, "predict", "--posenet", coco_run, "--images", fixtures_dir / "coco",
+                              "--out", out, *extra)
+        assert rc == 0 and len(list(out.glob("*.png"))) == 4
+        res = json.loads((out / "coco_results.json").read_text())
+        with contextlib.redirect_stdout(io.StringIO()):
+            gt = COCO(str(gt_file))
+            dt = gt.loadRes(str(out / "coco_results.json")) if res else None
+        sizes = {im["id"]: (im["width"], im["height"]) for im in gt.dataset["images"]}
+        assert {r["image_id"] for r in res} <= set(sizes)          # the photos' COCO ids, from their file names
+        for r in res:
+            assert set(r) == {"image_id", "category_id", "keypoints", "score"} and r["category_id"] == 1
+            kp = np.asarray(r["keypoints"], float).reshape(17, 3)
+            assert np.isin(kp[:, 2], (0, 2)).all()
+            w, h = sizes[r["image_id"]]
+            on = kp[:, 2] > 0                                       # points marked visible lie in the image
+            assert (kp[on, 0] >= -0.5).all() and (kp[on, 0] <= w - 0.5).all()
+            assert (kp[on, 1] >= -0.5).all() and (kp[on, 1] <= h - 0.5).all()
+        if dt is not None:
+            ev = COCOeval(gt, dt, "keypoints")
+            with contextlib.redirect_stdout(io.StringIO()):
+                ev.evaluate()
+                ev.accumulate()
+                ev.summarize()
+            assert np.isfinite(ev.stats[0])
+        pred = json.loads((out / "predictions.json").read_text())
+        assert sorted(p["image_id"] for p in pred["images"]) == sorted(sizes)
+
+
+def test_predict_marks_points_outside_the_image_not_visible(coco_run, fixtures_dir, tmp_path, monkeypatch):
+    import posesynth.posenet.evaluate as ev
+
+    def fake(model, x, layout, multi_person, threshold=0.1):
+        h, w = x.shape[-2:]
+        kp = np.zeros((1, 17, 3), np.float32)
+        kp[0, :, 0], kp[0, :, 1], kp[0, :, 2] = w / 2, h / 2, 2      # all in the middle of the input ...
+        kp[0, 0, 1] = -10.0                                             # ... but the nose above it
+        return [kp], [np.ones(1, np.float32)], None, None
+
+    monkeypatch.setattr(ev, "predict_batch", fake)
+    ev.predict_images(coco_run, fixtures_dir / "coco", tmp_path / "p", progress=False)
+    res = json.loads((tmp_path / "p" / "coco_results.json").read_text())
+    assert len(res) == 4
+    for r in res:
+        v = np.asarray(r["keypoints"]).reshape(17, 3)[:, 2]
+        assert v[0] == 0 and (v[1:] == 2).all()
