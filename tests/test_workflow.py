@@ -464,3 +464,115 @@ def test_predict_marks_points_outside_the_image_not_visible(coco_run, fixtures_d
     for r in res:
         v = np.asarray(r["keypoints"]).reshape(17, 3)[:, 2]
         assert v[0] == 0 and (v[1:] == 2).all()
+
+
+# ---- the Python API ----------------------------------------------------------------------------
+def _scene(seed=3, index=1, size=128):
+    from posesynth.datasets.synthetic import render_scene, scene_rng
+
+    return render_scene(scene_rng(seed, index), size, passenger_prob=0)
+
+
+def _patch(img, xy, r=1):
+    x, y = int(round(float(xy[0]))), int(round(float(xy[1])))
+    return img[y - r:y + r + 1, x - r:x + r + 1].reshape(-1, 3).astype(float).mean(0)
+
+
+def test_augmenter_keeps_labels_consistent():
+    import posesynth
+    from posesynth.augment.perturb import arm_chains
+
+    moved_idx = sorted({j for _, e, w in arm_chains(DRIVER9) for j in (e, w)})      # elbows and wrists
+    still = [j for j in range(DRIVER9.num_keypoints) if j not in moved_idx]
+    aug = posesynth.Augmenter("driver9", renderer="warp", perturb="arms-angle", fraction=1.0, seed=0)
+    n_moved = 0
+    for index in range(4):
+        s = _scene(index=index)
+        image, kp, masks = aug(s.image, s.keypoints, s.masks)
+        assert image.shape == s.image.shape and image.dtype == np.uint8
+        assert kp.shape == s.keypoints.shape and masks.shape == s.masks.shape
+        np.testing.assert_array_equal(kp[:, still], s.keypoints[:, still])     # unmoved joints unchanged
+        np.testing.assert_array_equal(kp[..., 2], s.keypoints[..., 2])          # visibilities kept
+        for p in range(len(kp)):
+            for sh, el, wr in arm_chains(DRIVER9):
+                if np.allclose(kp[p, [el, wr], :2], s.keypoints[p, [el, wr], :2]):
+                    continue
+                n_moved += 1
+                # the forearm moved rigidly with its joints: the middle of the new forearm shows what the
+                # middle of the old one showed, and the new joints lie in the image
+                old_mid = s.keypoints[p, [el, wr], :2].mean(0)
+                new_mid = kp[p, [el, wr], :2].mean(0)
+                assert np.abs(_patch(image, new_mid) - _patch(s.image, old_mid)).max() < 40
+                assert (kp[p, [el, wr], 0] >= 0).all() and (kp[p, [el, wr], 0] <= s.width - 1).all()
+                assert (kp[p, [el, wr], 1] >= 0).all() and (kp[p, [el, wr], 1] <= s.height - 1).all()
+    assert n_moved >= 4
+    # the same seed gives the same result; fraction 0 returns the input
+    a = posesynth.Augmenter("driver9", seed=5)(s.image, s.keypoints)
+    b = posesynth.Augmenter("driver9", seed=5)(s.image, s.keypoints)
+    np.testing.assert_array_equal(a.image, b.image)
+    np.testing.assert_array_equal(a.keypoints, b.keypoints)
+    same = posesynth.Augmenter("driver9", fraction=0.0)(s.image, s.keypoints, s.masks)
+    np.testing.assert_array_equal(same.image, s.image)
+    np.testing.assert_array_equal(same.keypoints, s.keypoints)
+    with pytest.raises(ConfigError, match=r"keypoints must be \(P, 9, 3\)"):
+        posesynth.Augmenter("driver9")(s.image, np.zeros((1, 17, 3)))
+
+
+def test_albumentations_transform_composes_with_a_flip():
+    import albumentations as A
+
+    import posesynth
+
+    s = _scene(index=2)
+    h, w = s.image.shape[:2]
+    P, K = s.keypoints.shape[:2]
+    xy = np.where(s.keypoints[..., 2:] > 0, s.keypoints[..., :2], -1.0).reshape(-1, 2)
+    outs = []
+    for extra in ([], [A.HorizontalFlip(p=1.0)]):
+        pipe = A.Compose([posesynth.PerturbPose("driver9"), *extra],
+                         keypoint_params=A.KeypointParams(format="xy", remove_invisible=False), seed=11)
+        outs.append(pipe(image=s.image, keypoints=xy, masks=s.masks))
+    plain, flipped = outs
+    kp, fk = np.asarray(plain["keypoints"]), np.asarray(flipped["keypoints"])
+    assert kp.shape == fk.shape == (P * K, 2)
+    lab = s.keypoints[..., 2].reshape(-1) > 0
+    assert not np.allclose(kp[lab], xy[lab])                                # the arms moved
+    # on the image, and the flip mirrors the moved points with the image (x -> W - 1 - x)
+    assert (fk[lab, 0] >= 0).all() and (fk[lab, 0] <= w - 1).all()
+    assert (fk[lab, 1] >= 0).all() and (fk[lab, 1] <= h - 1).all()
+    np.testing.assert_allclose(fk[lab, 0], w - 1 - kp[lab, 0], atol=1e-4)
+    np.testing.assert_allclose(fk[lab, 1], kp[lab, 1], atol=1e-4)
+    np.testing.assert_array_equal(flipped["image"], plain["image"][:, ::-1])
+    np.testing.assert_array_equal(flipped["masks"], np.asarray(plain["masks"])[:, :, ::-1])
+    # the moved joints are drawn where the keypoints say: the forearm's colour travelled with it
+    from posesynth.augment.perturb import arm_chains
+
+    k2 = kp.reshape(P, K, 2)
+    for sh, el, wr in arm_chains(DRIVER9):
+        if not np.allclose(k2[0, [el, wr]], s.keypoints[0, [el, wr], :2]):
+            assert np.abs(_patch(plain["image"], k2[0, [el, wr]].mean(0))
+                          - _patch(s.image, s.keypoints[0, [el, wr], :2].mean(0))).max() < 40
+
+
+def test_readme_api_example_runs(tmp_path, monkeypatch):
+    """The README's Python example, run as it is written there."""
+    from conftest import ROOT
+
+    from posesynth.datasets.make_data import make_synthetic_dataset
+
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- api-example -->\s*```python\n(.*?)```", text, re.S)
+    assert block, "README has no Python API example"
+    make_synthetic_dataset(tmp_path / "data" / "train", 3, seed=0, size=128, workers=1, progress=False)
+    monkeypatch.chdir(tmp_path)
+    ns: dict = {}
+    exec(compile(block.group(1), "README.md", "exec"), ns)
+    assert ns["image"].shape == ns["s"].image.shape and ns["keypoints"].shape == ns["s"].keypoints.shape
+    assert ns["flipped_keypoints"].shape == ns["s"].keypoints.shape[:2] + (2,)
+
+
+def test_import_posesynth_stays_light():
+    code = ("import sys, posesynth; heavy = [m for m in ('torch', 'cv2', 'posesynth.augment', 'albumentations') "
+            "if m in sys.modules]; print(heavy); assert not heavy; assert callable(posesynth.Augmenter)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
