@@ -576,3 +576,61 @@ def test_import_posesynth_stays_light():
             "if m in sys.modules]; print(heavy); assert not heavy; assert callable(posesynth.Augmenter)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+# ---- render's page -------------------------------------------------------------------------------
+def test_render_page_scales_captions_and_toggles_keypoints(synth, tmp_path, capsys):
+    from html.parser import HTMLParser
+
+    rc, _, _ = run_cli(capsys, "render", "--data", synth / "a", "--out", tmp_path / "r", "--num", "3")
+    assert rc == 0
+    page = (tmp_path / "r" / "index.html").read_text()
+    assert "max-width: 100%" in page and "type='checkbox'" in page and "#kp:checked" in page
+
+    class Parse(HTMLParser):
+        imgs, caps, cap = [], [], False
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "img":
+                self.imgs.append(dict(attrs))
+            self.cap = tag == "figcaption"
+
+        def handle_data(self, data):
+            if self.cap:
+                self.caps.append(data)
+                self.cap = False
+
+    p = Parse()
+    p.feed(page)
+    assert [i["class"] for i in p.imgs] == ["plain", "kp"] * 3
+    src = open_dataset(synth / "a")
+    for k, cap in enumerate(p.caps):
+        assert src[k].file_name in cap and "arms-angle" in cap
+    # the keypoint picture is the plain one plus the skeletons: it differs only along the source's
+    # skeleton on the source and along the perturbed one (seeded by (seed, i)) on the render
+    from posesynth.augment.perturb import PerturbConfig, Perturber
+
+    def dist_to_skeleton(xs, ys, kp):
+        d = np.full(len(xs), np.inf)
+        for person in kp:
+            for a, b in DRIVER9.limbs + tuple((j, j) for j in range(DRIVER9.num_keypoints)):
+                if person[a, 2] > 0 and person[b, 2] > 0:
+                    pa, pb = person[a, :2], person[b, :2]
+                    ab = pb - pa
+                    t = np.clip(((xs - pa[0]) * ab[0] + (ys - pa[1]) * ab[1]) / max(ab @ ab, 1e-9), 0, 1)
+                    d = np.minimum(d, np.hypot(xs - pa[0] - t * ab[0], ys - pa[1] - t * ab[1]))
+        return d
+
+    perturber = Perturber(PerturbConfig("arms-angle"), DRIVER9)
+    for k in range(3):
+        plain = cv2.imread(str(tmp_path / "r" / p.imgs[2 * k]["src"]))
+        kp = cv2.imread(str(tmp_path / "r" / p.imgs[2 * k + 1]["src"]))
+        assert plain.shape == kp.shape
+        s = src[k]
+        w = s.width
+        new = perturber(s.keypoints, s.image.shape[:2], np.random.default_rng([0, k]))
+        diff = np.abs(plain.astype(int) - kp).max(-1) > 0
+        assert not diff[:, w:2 * w].any()                                     # the pose maps are untouched
+        for panel, pose in ((diff[:, :w], s.keypoints), (diff[:, 2 * w:], new)):
+            ys, xs = np.nonzero(panel)
+            assert len(xs) and dist_to_skeleton(xs, ys, pose).max() <= 6      # dots of radius 3, antialiased
