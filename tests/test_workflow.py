@@ -634,3 +634,28 @@ def test_render_page_scales_captions_and_toggles_keypoints(synth, tmp_path, caps
         for panel, pose in ((diff[:, :w], s.keypoints), (diff[:, 2 * w:], new)):
             ys, xs = np.nonzero(panel)
             assert len(xs) and dist_to_skeleton(xs, ys, pose).max() <= 6      # dots of radius 3, antialiased
+
+
+# ---- generate --with-source ----------------------------------------------------------------------------
+def test_generate_with_source_writes_real_beside_rendered(synth, tmp_path, capsys):
+    rc, _, _ = run_cli(capsys, "generate", "--data", synth / "b", "--out", tmp_path / "g", "--per-image", "2",
+                       "--with-source", "true")
+    assert rc == 0
+    data = json.loads((tmp_path / "g" / "annotations.json").read_text())
+    ids = [im["id"] for im in data["images"]]
+    assert sorted(ids) == list(range(1, 4 * 2 + 4 + 1))                  # 8 renders, then the 4 sources
+    src = open_dataset(synth / "b")
+    out = open_dataset(tmp_path / "g")
+    assert len(out) == 12 and out.layout == src.layout
+    by_id = {s.image_id: s for s in out}
+    for i in range(4):
+        s, o = src[i], by_id[8 + i + 1]
+        prov = next(im for im in data["images"] if im["id"] == 8 + i + 1)["posesynth"]["provenance"]
+        assert prov["renderer"] == "source" and prov["source_file"] == s.file_name
+        np.testing.assert_array_equal(o.image, s.image)                   # the JPEG copied as it is
+        np.testing.assert_allclose(o.keypoints, s.keypoints, atol=1e-3)
+        np.testing.assert_array_equal(o.masks, s.masks)
+    # the same settings continue; the output trains as one dataset
+    assert main(["generate", "--data", str(synth / "b"), "--out", str(tmp_path / "g"), "--per-image", "2",
+                 "--with-source", "true"]) == 0
+    assert len(json.loads((tmp_path / "g" / "annotations.json").read_text())["images"]) == 12
