@@ -322,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("make-data", help="write a synthetic driver-scene COCO dataset")
     m.add_argument("--out", required=True, help="output folder (images/, masks/, annotations.json)")
     m.add_argument("--num", type=int, default=256, help="number of images (default 256)")
-    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--seed", type=int, default=0, help="seed of the scenes: the same seed draws the same images")
     m.add_argument("--size", type=int, default=384, help="image width and height in pixels (default 384)")
     m.add_argument("--pose-range", choices=["narrow", "wide"], default="narrow",
                    help="arm-pose distribution: narrow (driving) or wide (any plausible pose)")
@@ -338,17 +338,18 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("show", help="draw a grid of samples with skeletons, PAF arrows and masks")
     s.add_argument("data", help="dataset folder or annotation JSON (COCO, MPII, BlazePose+video)")
     s.add_argument("--out", required=True, help="output image (.png)")
-    s.add_argument("--num", type=int, default=16)
-    s.add_argument("--cols", type=int, default=4)
+    s.add_argument("--num", type=int, default=16, help="samples to draw (the first N, or spread with --spread)")
+    s.add_argument("--cols", type=int, default=4, help="tiles per row of the grid")
     s.add_argument("--cell", type=int, default=256, help="tile size in pixels")
-    s.add_argument("--layout", default=None, help="convert to this layout (e.g. driver9)")
+    s.add_argument("--layout", default=None, help="convert to this layout (e.g. driver9; unset: the data's own)")
     s.add_argument("--spread", action="store_true", help="pick samples spread over the dataset")
     _add_data_options(s)
     s.set_defaults(func=_cmd_show)
 
     c = sub.add_parser("check", help="validate a dataset and report every problem")
     c.add_argument("data", help="dataset folder or annotation JSON (COCO, MPII, BlazePose+video)")
-    c.add_argument("--layout", default=None, help="read the data in this layout (built-in name or YAML file)")
+    c.add_argument("--layout", default=None, help="read the data in this layout (built-in name or YAML file; unset: "
+                                                   "the data's own)")
     c.add_argument("--read", action="store_true", help="also decode every image and mask")
     _add_data_options(c, on_error=False)
     c.set_defaults(func=_cmd_check)
@@ -357,7 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "COCO dataset with its images")
     cv.add_argument("src", help="dataset folder or annotation JSON (COCO, MPII, BlazePose JSON beside its video)")
     cv.add_argument("--out", required=True, help="new output folder (annotations.json, images/)")
-    cv.add_argument("--layout", default=None, help="convert the keypoints to this layout (built-in name or YAML file)")
+    cv.add_argument("--layout", default=None, help="convert the keypoints to this layout (built-in name or YAML file; "
+                                                    "unset: the source's own, coco17 for MPII and BlazePose)")
     cv.add_argument("--every", type=int, default=1, help="keep every N-th sample or video frame (default 1: all)")
     cv.add_argument("--frames", type=_frame_range, default=None, metavar="START:STOP",
                     help="keep samples (video frames) START to STOP-1, 0-based in the source's order; "
@@ -382,42 +384,49 @@ def build_parser() -> argparse.ArgumentParser:
     from .spade.trainer import GANConfig
 
     g = sub.add_parser("train-gan", help="train a pose-to-image generator on a keypoint dataset (--arch spade, "
-                                         "pix2pix, vanilla or nearest)")
+                                         "pix2pix, vanilla or nearest)",
+                       usage="%(prog)s --data DATA --out RUN [--config FILE] [--resume] [options]")
     g.add_argument("--out", required=True, help="run directory (config, checkpoints, losses.csv, web/ gallery)")
-    g.add_argument("--config", help="YAML file of GANConfig options (command-line options win)")
+    g.add_argument("--config", metavar="FILE", help="YAML file of GANConfig options (command-line options win)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     add_config_args(g, GANConfig)
     g.set_defaults(func=_cmd_train_gan)
 
     r = sub.add_parser("render", help="render perturbed poses of a dataset (look at them: OUT/index.html)")
-    r.add_argument("--data", required=True)
-    r.add_argument("--out", required=True)
+    r.add_argument("--data", required=True, help="dataset to render (folder or annotation JSON; several: A,B)")
+    r.add_argument("--out", required=True, help="output folder: one picture per image (source | perturbed pose maps "
+                                                 "| render, plain and with keypoints) and index.html")
     r.add_argument("--renderer", default="", help="warp|gan (default: gan when --gan is given, else warp)")
-    r.add_argument("--gan", default="", help="train-gan run folder (its mode: full or inpaint)")
-    r.add_argument("--num", type=int, default=16)
+    r.add_argument("--gan", default="", help="train-gan run folder, in its mode: full or inpaint (unset: none)")
+    r.add_argument("--num", type=int, default=16, help="images to render: the first N of --data")
     r.add_argument("--augment", default="arms-angle",
                    help="perturbation (arms-angle|arms-slight|arms-high|poses:FILE|learned:RUN), or none for the "
                         "images' own poses")
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--seed", type=int, default=0, help="seed of the perturbations: image i gets the arm pose drawn "
+                                                        "with (seed, i), so a rerun gives the same poses")
     r.add_argument("--size", type=int, default=0, help="render at this square size (default: the GAN's, else the "
                                                         "images' own)")
-    r.add_argument("--device", default="auto")
+    r.add_argument("--device", default="auto", help="where the renderer runs: auto (CUDA when present, else cpu), "
+                                                     "cpu, cuda or cuda:N")
     _add_data_options(r)
     r.set_defaults(func=_cmd_render)
 
     from .augment.render import QualityConfig
 
-    rq = sub.add_parser("render-quality", help="measure renders: paired PSNR/SSIM on synthetic scenes, judge PCK")
-    rq.add_argument("--config", help="YAML file of QualityConfig options")
+    rq = sub.add_parser("render-quality", help="measure renders: paired PSNR/SSIM on synthetic scenes, judge PCK",
+                        usage="%(prog)s --data DATA --out OUT [--renderer warp,gan] [--gan RUN] [--judge RUN] "
+                              "[--config FILE] [options]")
+    rq.add_argument("--config", metavar="FILE", help="YAML file of QualityConfig options (command-line options win)")
     add_config_args(rq, QualityConfig)
     rq.set_defaults(func=_cmd_render_quality)
 
     from .posenet.trainer import PoseTrainConfig
 
-    t = sub.add_parser("train-posenet", help="train the pose network (torchrun for data parallel)")
+    t = sub.add_parser("train-posenet", help="train the pose network (torchrun for data parallel)",
+                       usage="%(prog)s --data DATA --out RUN [--val VAL] [--config FILE] [--resume] [options]")
     t.add_argument("--out", required=True, help="run directory (config, checkpoints, history.csv, curves.png)")
-    t.add_argument("--config", help="YAML file of PoseTrainConfig options (command-line options win)")
-    t.add_argument("--resume", action="store_true")
+    t.add_argument("--config", metavar="FILE", help="YAML file of PoseTrainConfig options (command-line options win)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     add_config_args(t, PoseTrainConfig)
     t.set_defaults(func=_cmd_train_posenet)
 
@@ -454,16 +463,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .augment.experiment import ExperimentConfig
 
-    x = sub.add_parser("experiment", help="measure whether GAN augmentation reduces overfitting")
+    x = sub.add_parser("experiment", help="measure whether rendered poses (warp or GAN) reduce overfitting",
+                       description="Measure whether rendered poses (warp or GAN) reduce overfitting: train the pose "
+                                   "network under every condition with identical budgets, transforms and seeds, "
+                                   "select on --val, report on --test.",
+                       usage="%(prog)s overfitting --data DATA --val VAL --test TEST [--out OUT] [--oracle ORACLE] "
+                             "[--gan RUN] [--conditions C1,C2,...] [--config FILE] [options]")
     x.add_argument("name", choices=["overfitting"], help="the experiment")
-    x.add_argument("--config", help="YAML file of ExperimentConfig options")
+    x.add_argument("--config", metavar="FILE", help="YAML file of ExperimentConfig options (command-line options win)")
     add_config_args(x, ExperimentConfig)
     x.set_defaults(func=_cmd_experiment)
 
     from .augment.generate import GenerateConfig
 
-    gn = sub.add_parser("generate", help="write a synthetic COCO dataset rendered from perturbed poses")
-    gn.add_argument("--config", help="YAML file of GenerateConfig options")
+    gn = sub.add_parser("generate", help="write a synthetic COCO dataset rendered from perturbed poses",
+                        usage="%(prog)s --data DATA --out OUT [--renderer warp|gan] [--gan RUN] [--per-image K] "
+                              "[--with-source true] [--config FILE] [--merge] [options]")
+    gn.add_argument("--config", metavar="FILE", help="YAML file of GenerateConfig options (command-line options win)")
     gn.add_argument("--merge", action="store_true", help="merge the shard annotation files in --out and exit")
     add_config_args(gn, GenerateConfig)
     gn.set_defaults(func=_cmd_generate)
@@ -479,8 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--max-people", type=int, default=1, help="people kept per frame, best first (0: all; default 1)")
     ex.add_argument("--min-score", type=float, default=None,
                     help="detector confidence for a keypoint to be labelled (default: the detector's)")
-    ex.add_argument("--image-ext", choices=[".jpg", ".png"], default=".jpg")
-    ex.add_argument("--device", default="cpu")
+    ex.add_argument("--image-ext", choices=[".jpg", ".png"], default=".jpg", help="file type of the frames written")
+    ex.add_argument("--device", default="cpu", help="where the detector runs: cpu, cuda or cuda:N")
     ex.set_defaults(func=_cmd_extract)
 
     tr = sub.add_parser("transfer", help="make a GAN run's person perform a video's moves (Everybody Dance Now)")
@@ -504,8 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--every", type=int, default=1, help="video source: use every N-th frame")
     tr.add_argument("--fps", type=float, default=None, help="frame rate of the output (default: the source's, "
                                                             "else 25)")
-    tr.add_argument("--batch-size", type=int, default=8)
-    tr.add_argument("--device", default="cpu")
+    tr.add_argument("--batch-size", type=int, default=8, help="frames rendered at once")
+    tr.add_argument("--device", default="cpu", help="where the generator runs: cpu, cuda or cuda:N")
     tr.set_defaults(func=_cmd_transfer)
 
     eg = sub.add_parser("evaluate-generator", help="PSNR, SSIM and pose consistency of a GAN run's renders of "
@@ -519,16 +535,17 @@ def build_parser() -> argparse.ArgumentParser:
     eg.add_argument("--no-reference", action="store_true", help="do not also score the detector on the real frames")
     eg.add_argument("--out", default=None, help="results JSON (default RUN/generator_metrics.json)")
     eg.add_argument("--grid", default=None, help="also write a PNG of every frame: stick figure | render | real")
-    eg.add_argument("--batch-size", type=int, default=8)
-    eg.add_argument("--device", default="cpu")
+    eg.add_argument("--batch-size", type=int, default=8, help="frames rendered at once")
+    eg.add_argument("--device", default="cpu", help="where the generator and the detector run: cpu, cuda or cuda:N")
     _add_data_options(eg)
     eg.set_defaults(func=_cmd_evaluate_generator)
 
     from .augment.motion.trainer import MotionConfig
 
-    mo = sub.add_parser("train-motion", help="train the HP-GAN motion model on pose sequences")
+    mo = sub.add_parser("train-motion", help="train the HP-GAN motion model on pose sequences",
+                        usage="%(prog)s --data DATA --out RUN [--config FILE] [--resume] [options]")
     mo.add_argument("--out", required=True, help="run directory (config, checkpoints, losses.csv, predictions.png)")
-    mo.add_argument("--config", help="YAML file of MotionConfig options (command-line options win)")
+    mo.add_argument("--config", metavar="FILE", help="YAML file of MotionConfig options (command-line options win)")
     mo.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     add_config_args(mo, MotionConfig)
     mo.set_defaults(func=_cmd_train_motion)
@@ -537,17 +554,36 @@ def build_parser() -> argparse.ArgumentParser:
     mm.add_argument("--motion", required=True, help="train-motion run directory")
     mm.add_argument("--data", required=True, help="pose sequences to measure on (best held out)")
     mm.add_argument("--num", type=int, default=500, help="windows and poses to use (default 500)")
-    mm.add_argument("--seed", type=int, default=0)
+    mm.add_argument("--seed", type=int, default=0, help="seed of the windows, poses and noise drawn")
     mm.add_argument("--horizon", type=int, default=None, help="learned sampler: future frames to draw from")
     mm.add_argument("--out", default=None, help="results JSON (default RUN/motion_metrics.json)")
-    mm.add_argument("--device", default="cpu")
+    mm.add_argument("--device", default="cpu", help="where the models run: cpu, cuda or cuda:N")
     mm.set_defaults(func=_cmd_motion_metrics)
 
     d = sub.add_parser("demo", help="the main job of `make demo`")
-    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--out", default="runs/demo", help="output folder (data, runs, report.html)")
     d.add_argument("--quick", action="store_true", help="tiny sizes, for tests")
     d.set_defaults(func=_cmd_demo)
+    _show_defaults(p)
     return p
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Append ``(default: X)`` to every option whose help does not name its default yet (flags,
+    empty defaults and the config options, which say theirs, are left as they are)."""
+    from .config import format_default
+
+    for a in parser._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for sp in a.choices.values():
+                _show_defaults(sp)
+            continue
+        if not a.option_strings or a.help in (None, argparse.SUPPRESS) or a.dest.startswith("cfg_") or \
+                isinstance(a.default, bool) or a.default in (None, argparse.SUPPRESS):
+            continue
+        shown = format_default(a.default)
+        if shown is not None and "default" not in a.help.lower():
+            a.help = f"{a.help} (default: {shown})"
 
 
 _USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR,

@@ -659,3 +659,72 @@ def test_generate_with_source_writes_real_beside_rendered(synth, tmp_path, capsy
     assert main(["generate", "--data", str(synth / "b"), "--out", str(tmp_path / "g"), "--per-image", "2",
                  "--with-source", "true"]) == 0
     assert len(json.loads((tmp_path / "g" / "annotations.json").read_text())["images"]) == 12
+
+
+# ---- help texts ------------------------------------------------------------------------------------
+def _subparsers():
+    import argparse
+
+    p = build_parser()
+    sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+    return p, sub.choices
+
+
+def test_every_option_has_a_sentence_and_a_readable_default():
+    p, cmds = _subparsers()
+    problems = []
+    for name, sp in [("posesynth", p), *cmds.items()]:
+        text = sp.format_help()
+        for bad in ("(default: none)", "(default: )", "(default: None)", "==SUPPRESS=="):
+            if bad in text:
+                problems.append(f"{name}: {bad!r}")
+        if re.search(r"\(\d+(\.\d+)?, ", text) or re.search(r"\(default: \(", text):
+            problems.append(f"{name}: a Python tuple in {text!r}")
+        for a in sp._actions:
+            if a.option_strings and a.help != "==SUPPRESS==" and (not a.help or len(a.help.strip()) < 8):
+                problems.append(f"{name} {a.option_strings[0]}: no help")
+            if a.help and a.help.count("default") > 1:
+                problems.append(f"{name} {a.option_strings[0] if a.option_strings else a.dest}: default said twice")
+            if a.option_strings and a.default not in (None, False, "", (), "==SUPPRESS==") and a.help and \
+                    "default" not in a.help:
+                problems.append(f"{name} {a.option_strings[0]}: its default {a.default!r} is not shown")
+    assert not problems, "\n".join(problems)
+
+
+def test_required_options_show_as_required():
+    _, cmds = _subparsers()
+    for name, need in {"train-gan": ["--data", "--out"], "train-posenet": ["--data", "--out"],
+                       "render-quality": ["--data", "--out"], "generate": ["--data", "--out"],
+                       "experiment": ["--data", "--val", "--test"], "train-motion": ["--data", "--out"],
+                       "render": ["--data", "--out"], "evaluate": ["--posenet", "--data"],
+                       "predict": ["--posenet", "--images", "--out"], "merge": ["--out"], "convert": ["--out"]}.items():
+        usage = cmds[name].format_usage()
+        for opt in need:
+            m = re.search(rf"(\[?){opt}\b", usage)
+            assert m and not m.group(1), f"{name}: {opt} is not shown as required in {usage!r}"
+
+
+def test_named_help_texts():
+    _, cmds = _subparsers()
+    helps = {n: {a.option_strings[0]: a.help for a in sp._actions if a.option_strings} for n, sp in cmds.items()}
+    assert "perturbation" in helps["render"]["--seed"] and "first N" in helps["render"]["--num"]
+    assert "cuda" in helps["render"]["--device"]
+    assert "torso" in helps["generate"]["--min-torso"] and "thread" in helps["generate"]["--threads"]
+    assert "whether rendered poses (warp or GAN) reduce overfitting" in cmds["experiment"].description
+    assert "384,384" in cmds["train-posenet"].format_help() or "(default: 384)" in cmds["train-posenet"].format_help()
+
+
+def test_missing_backbone_weights_message_names_the_cache_and_the_file(tmp_path, monkeypatch, caplog):
+    import logging
+
+    from posesynth.posenet.backbone import PVTBackbone
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    with caplog.at_level(logging.WARNING):
+        PVTBackbone("pvt_v2_b0", "auto")
+    text = caplog.text
+    assert "timm cache" in text and str(tmp_path / "empty" / "models--timm--pvt_v2_b0.in1k") in text
+    assert "--pretrained PATH: model.safetensors" in text and "timm/pvt_v2_b0.in1k" in text

@@ -55,30 +55,41 @@ __all__ = ["GenerateConfig", "generate_dataset", "merge_shards", "parse_shard"]
 
 @dataclass
 class GenerateConfig:
-    data: str = field(default="", metadata={"help": "source dataset"})
-    out: str = field(default="", metadata={"help": "output dataset folder"})
+    data: str = field(default="", metadata={
+        "help": "source dataset (several as A,B:WEIGHT) (required, here or in --config)"})
+    out: str = field(default="", metadata={
+        "help": "output dataset folder (images/, masks/, annotations.json, generate.json) (required, here or in "
+                "--config)"})
     renderer: str = field(default="", metadata={"help": "warp|gan (default: gan when --gan is given, else warp)"})
     image_dir: str = field(default="", metadata={"help": "folder the images' file_name values are relative to "
                                                          "(default: see the README's resolution order)"})
     on_error: str = field(default="skip", metadata={"help": "skip (drop bad images, counted and reported) | raise"})
     out_of_frame: str = field(default="unlabel", metadata={"help": "labelled points outside the image: "
                                                                    "unlabel|clip|skip-person|skip-image"})
-    gan: str = field(default="", metadata={"help": "train-gan run (for --renderer gan)"})
-    per_image: int = 1
+    gan: str = field(default="", metadata={"help": "train-gan run for --renderer gan (unset: none)"})
+    per_image: int = field(default=1, metadata={"help": "new images rendered from each source image"})
     augment: str = field(default="arms-angle", metadata={"help": "|".join(MODES) + "|poses:FILE|learned:RUN"})
     rare: bool = field(default=False, metadata={"help": "draw new arm angles where the source data is thin"})
-    plausibility: str = field(default="", metadata={"help": "train-motion run whose critic filters perturbations"})
-    seed: int = 0
-    shard: str = field(default="", metadata={"help": "i/N: this process's share (default: torchrun rank/world)"})
-    batch_size: int = 8
+    plausibility: str = field(default="", metadata={
+        "help": "train-motion run whose critic filters perturbations (unset: none)"})
+    seed: int = field(default=0, metadata={
+        "help": "seed of the perturbations: copy k of source image i uses (seed, i, k)"})
+    shard: str = field(default="", metadata={
+        "help": "i/N: this process's share of the images, those with id % N == i (unset: the torchrun rank and "
+                "world size, else all)"})
+    batch_size: int = field(default=8, metadata={
+        "help": "images rendered per batch by the GAN (the warp renders one at a time)"})
     device: str = field(default="auto", metadata={"help": "auto|cpu|cuda:N"})
     precision: str = field(default="fp32", metadata={"help": "gan renderer: fp32|fp16|bf16|int8"})
     compile: bool = field(default=False, metadata={
         "help": "gan renderer: torch.compile the generator (Inductor, frozen weights): ~1.3-1.5x on CPU after ~40 s"})
-    threads: int = 2
-    flush_every: int = 64
+    threads: int = field(default=2, metadata={
+        "help": "threads that read and prepare source images and encode the outputs beside the renderer"})
+    flush_every: int = field(default=64, metadata={
+        "help": "rewrite the annotation file every N images (what an interrupted run keeps)"})
     limit: int = field(default=0, metadata={"help": "use only the first N source images (0: all)"})
-    min_torso: float = 20.0
+    min_torso: float = field(default=20.0, metadata={
+        "help": "people whose torso (shoulders to hips) is shorter than this many pixels keep their pose"})
     with_source: bool = field(default=False, metadata={
         "help": "also write each source image and its annotations into the output (ids after the renders'), so "
                 "it trains directly on real + rendered images"})

@@ -164,24 +164,31 @@ def render_dataset(data: "str | Path", out: "str | Path", renderer: str = "", ga
 # ---- render-quality --------------------------------------------------------------------------
 @dataclass
 class QualityConfig:
-    data: str = field(default="", metadata={"help": "dataset to perturb and render"})
-    out: str = field(default="", metadata={"help": "output folder (quality.json, quality.png, index.html)"})
+    data: str = field(default="", metadata={
+        "help": "dataset to perturb and render (several as A,B) (required, here or in --config)"})
+    out: str = field(default="", metadata={
+        "help": "output folder (quality.json, quality.png, index.html) (required, here or in --config)"})
     image_dir: str = field(default="", metadata={"help": "folder the images' file_name values are relative to "
                                                          "(default: see the README's resolution order)"})
     on_error: str = field(default="skip", metadata={"help": "skip (drop bad images, counted and reported) | raise"})
     out_of_frame: str = field(default="unlabel", metadata={"help": "labelled points outside the image: "
                                                                    "unlabel|clip|skip-person|skip-image"})
-    renderer: tuple[str, ...] = field(default=("warp",), metadata={"help": "warp,gan (several: comma-separated)"})
-    gan: tuple[str, ...] = field(default=(), metadata={"help": "train-gan run(s), one per gan renderer"})
-    judge: str = field(default="", metadata={"help": "pose-network run that judges pose consistency (trained on "
-                                                     "other images than the generator)"})
-    augment: str = field(default="arms-angle", metadata={"help": "perturbation"})
-    num: int = field(default=64, metadata={"help": "images to render (the first N)"})
-    size: int = field(default=0, metadata={"help": "render size (default: the GAN's, else the images' own)"})
-    seed: int = 0
-    device: str = "auto"
+    renderer: tuple[str, ...] = field(default=("warp",), metadata={
+        "help": "renderers to compare, comma-separated: warp, gan (one --gan run per gan)"})
+    gan: tuple[str, ...] = field(default=(), metadata={
+        "help": "train-gan run(s), comma-separated, one per gan renderer (unset: none)"})
+    judge: str = field(default="", metadata={
+        "help": "pose-network run that judges pose consistency, trained on other images than the generator (unset: "
+                "no pose consistency)"})
+    augment: str = field(default="arms-angle", metadata={
+        "help": "perturbation: arms-angle|arms-slight|arms-high|poses:FILE|learned:RUN"})
+    num: int = field(default=64, metadata={"help": "images to render: the first N of --data"})
+    size: int = field(default=0, metadata={
+        "help": "render at this square size (0: the GAN's size, else the images' own)"})
+    seed: int = field(default=0, metadata={"help": "seed of the perturbations (image i uses (seed, i))"})
+    device: str = field(default="auto", metadata={"help": "auto (CUDA when present, else cpu)|cpu|cuda:N"})
     multi_person: str = field(default="auto", metadata={"help": "judge decoding: auto|true|false"})
-    picture_rows: int = 8
+    picture_rows: int = field(default=8, metadata={"help": "rows in quality.png"})
 
 
 def judge_pck(model: torch.nn.Module, images: list[np.ndarray], keypoints: list[np.ndarray], layout,
