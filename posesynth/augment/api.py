@@ -18,7 +18,6 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import albumentations as A
-import cv2
 import numpy as np
 import torch
 
@@ -52,8 +51,8 @@ class Augmenter:
             ``learned:RUN`` (see :mod:`posesynth.augment.perturb`).
         fraction: the share of calls that render a new pose; the others return the input
             unchanged (copies), as the training mixer's real slots.
-        seed: seeds the draws (which calls render, the new arm angles, and the warp's GrabCut
-            through OpenCV's global generator), so a sequence of calls is reproducible; a call's
+        seed: seeds the draws (which calls render, and the new arm angles), so a sequence of
+            calls is reproducible (the warp's own result depends only on its inputs); a call's
             ``rng`` overrides it.
         gan: a ``train-gan`` run folder for ``renderer="gan"``.
         device: where the renderer runs (``"cpu"``, ``"cuda"``).
@@ -129,7 +128,6 @@ class Augmenter:
         if not render:
             return Augmented(img.copy(), (kp[0] if single else kp).copy(), m.copy())
         new = self.perturber(kp, img.shape[:2], rng, file_name).astype(np.float32)
-        cv2.setRNGSeed(int(rng.integers(2 ** 31)))   # the warp's GrabCut draws from OpenCV's generator
         x = image_to_tensor(img)[None].to(self.device)
         mt = torch.from_numpy(m[None]).float().to(self.device)
         rd = self.renderer(x, mt, kp[None], new[None])
