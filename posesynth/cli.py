@@ -88,6 +88,8 @@ def _cmd_check(a: argparse.Namespace) -> int:
         print("problem:", e)
     for n in ds.notes:
         print("note:", n)
+    if hasattr(ds, "describe"):   # several datasets read as one
+        print(f"datasets: {ds.describe()}")
     usable = len(ds) - failed
     print(f"{a.data}: {usable} usable images" + (f", {people} people" if a.read else "")
           + f", layout {ds.layout.name} ({ds.layout.num_channels} pose-map channels), {len(ds.errors)} skipped")

@@ -728,3 +728,23 @@ def test_missing_backbone_weights_message_names_the_cache_and_the_file(tmp_path,
     text = caplog.text
     assert "timm cache" in text and str(tmp_path / "empty" / "models--timm--pvt_v2_b0.in1k") in text
     assert "--pretrained PATH: model.safetensors" in text and "timm/pvt_v2_b0.in1k" in text
+
+
+def test_convert_carries_a_coco_clip_frame_rate(synth, tmp_path):
+    """An ``extract`` output (a 'videos' list, frames of one clip) converted with --every 2: the
+    step between the frames kept doubles, so the recorded rate halves."""
+    from posesynth.datasets.export import convert_dataset
+    from posesynth.datasets.formats import recorded_frame_rate
+
+    shutil.copytree(synth / "a", tmp_path / "clip")
+    ann = tmp_path / "clip" / "annotations.json"
+    d = json.loads(ann.read_text())
+    for k, im in enumerate(d["images"]):
+        im["video_id"], im["frame_id"] = "clip", 3 * k
+    d["videos"] = [{"id": "clip", "file_name": "clip.mp4", "width": 64, "height": 64, "fps": 30.0, "every": 3}]
+    ann.write_text(json.dumps(d))
+    assert recorded_frame_rate(open_dataset(tmp_path / "clip"))[0] == pytest.approx(10.0)
+    r = convert_dataset(tmp_path / "clip", tmp_path / "half", every=2, progress=False)
+    assert r["videos"] == [{"id": "clip", "file_name": "clip.mp4", "width": 64, "height": 64, "fps": 30.0,
+                            "every": 6}]
+    assert recorded_frame_rate(open_dataset(tmp_path / "half"))[0] == pytest.approx(5.0)
