@@ -506,6 +506,12 @@ def test_augmenter_keeps_labels_consistent():
                 assert (kp[p, [el, wr], 0] >= 0).all() and (kp[p, [el, wr], 0] <= s.width - 1).all()
                 assert (kp[p, [el, wr], 1] >= 0).all() and (kp[p, [el, wr], 1] <= s.height - 1).all()
     assert n_moved >= 4
+    # the moved joints are the perturbation's: the same draws give the same keypoints
+    from posesynth.augment.perturb import PerturbConfig, Perturber
+
+    want = Perturber(PerturbConfig("arms-angle"), DRIVER9)(s.keypoints, s.image.shape[:2], np.random.default_rng(9))
+    got = aug(s.image, s.keypoints, s.masks, rng=np.random.default_rng(9)).keypoints
+    np.testing.assert_array_equal(got, want)
     # the same seed gives the same result; fraction 0 returns the input
     a = posesynth.Augmenter("driver9", seed=5)(s.image, s.keypoints)
     b = posesynth.Augmenter("driver9", seed=5)(s.image, s.keypoints)

@@ -115,6 +115,9 @@ class Augmenter:
             masks: ``(M, H, W)`` (or ``(H, W)``), non-zero inside; default: none (zeros for the
                 layout's masks).
             rng: the draws for this call (default: the augmenter's own, seeded by ``seed``).
+                With ``fraction < 1`` one draw decides whether to render; the rest (all of
+                them with ``fraction=1``) go to the perturbation, so the new keypoints are
+                ``Perturber(...)(keypoints, (H, W), rng)``'s.
             file_name: the image's file name, for ``perturb="poses:FILE"``.
 
         Returns:
@@ -124,7 +127,7 @@ class Augmenter:
         """
         img, kp, m, single = self._check(image, keypoints, masks)
         rng = self.rng if rng is None else rng
-        render = len(kp) > 0 and rng.random() < self.fraction
+        render = len(kp) > 0 and (self.fraction >= 1.0 or rng.random() < self.fraction)
         if not render:
             return Augmented(img.copy(), (kp[0] if single else kp).copy(), m.copy())
         new = self.perturber(kp, img.shape[:2], rng, file_name).astype(np.float32)
