@@ -88,6 +88,8 @@ def _cmd_check(a: argparse.Namespace) -> int:
         print("problem:", e)
     for n in ds.notes:
         print("note:", n)
+    if hasattr(ds, "describe"):   # several datasets read as one
+        print(f"datasets: {ds.describe()}")
     usable = len(ds) - failed
     print(f"{a.data}: {usable} usable images" + (f", {people} people" if a.read else "")
           + f", layout {ds.layout.name} ({ds.layout.num_channels} pose-map channels), {len(ds.errors)} skipped")
@@ -110,11 +112,29 @@ def _frame_range(text: str) -> "tuple[int, int | None]":
 
 
 def _cmd_convert(a: argparse.Namespace) -> None:
-    from .datasets.export import convert_dataset
+    from .datasets.export import convert_dataset, export_yolo
 
-    r = convert_dataset(a.src, a.out, layout=a.layout, every=a.every, on_error=a.on_error, image_dir=a.image_dir,
-                        out_of_frame=a.out_of_frame, frames=a.frames)
-    print(f"wrote {r['annotations']}: {r['images']} images, {r['people']} people, layout {r['layout']}"
+    fn = export_yolo if a.format == "yolo" else convert_dataset
+    r = fn(a.src, a.out, layout=a.layout, every=a.every, on_error=a.on_error, image_dir=a.image_dir,
+           out_of_frame=a.out_of_frame, frames=a.frames)
+    for v in r.get("videos", []):
+        print(f"clip {v['id']}: {v['fps']:g} fps" + (f", every {v['every']}th frame kept" if v["every"] > 1 else "")
+              if v.get("fps") else f"clip {v['id']}: its frame rate is unknown (transfer --fps sets one)")
+    for n in r.get("export_notes", []):
+        print("note:", n)
+    print(f"wrote {r['yaml'] if a.format == 'yolo' else r['annotations']}: {r['images']} images, {r['people']} "
+          f"people, layout {r['layout']}"
+          + (f"; {r['skipped']} skipped ({', '.join(f'{n} {k}' for k, n in r['problems'].items())})"
+             if r["skipped"] else ""))
+
+
+def _cmd_merge(a: argparse.Namespace) -> None:
+    from .datasets.export import merge_datasets
+
+    r = merge_datasets(a.datasets, a.out, layout=a.layout, on_error=a.on_error, image_dir=a.image_dir,
+                       out_of_frame=a.out_of_frame)
+    print(f"wrote {r['annotations']}: {r['images']} images (ids 1..{r['images']}), {r['people']} people from "
+          f"{len(a.datasets)} datasets, layout {r['layout']}"
           + (f"; {r['skipped']} skipped ({', '.join(f'{n} {k}' for k, n in r['problems'].items())})"
              if r["skipped"] else ""))
 
@@ -171,13 +191,14 @@ def _cmd_evaluate(a: argparse.Namespace) -> None:
     from .posenet.evaluate import evaluate_run
 
     evaluate_run(a.posenet, a.data, a.out, a.device, multi_person=a.multi_person, image_dir=a.image_dir,
-                 on_error=a.on_error, out_of_frame=a.out_of_frame)
+                 on_error=a.on_error, out_of_frame=a.out_of_frame, checkpoint=a.checkpoint)
 
 
 def _cmd_predict(a: argparse.Namespace) -> None:
     from .posenet.evaluate import predict_images
 
-    predict_images(a.posenet, a.images, a.out, a.device, on_error=a.on_error)
+    predict_images(a.posenet, a.images, a.out, a.device, on_error=a.on_error, multi_person=a.multi_person,
+                   image_ids=a.image_ids, checkpoint=a.checkpoint)
 
 
 def _cmd_experiment(a: argparse.Namespace) -> None:
@@ -240,7 +261,11 @@ def _cmd_transfer(a: argparse.Namespace) -> None:
                           motion_steps=a.motion_steps, seed=a.seed, normalise=not a.no_normalise,
                           detector=a.detector, every=a.every, fps=a.fps, batch_size=a.batch_size, device=a.device)
     v = r["video"]
-    print(f"wrote {v.path}: {v.frames} frames of {v.size[0]}x{v.size[1]} (H x W), {v.codec}"
+    if not r.get("fps_from"):
+        print(f"{a.source} records no frame rate: writing {v.fps:g} fps (give the source's with --fps)")
+    print(f"wrote {v.path}: {v.frames} frames of {v.size[0]}x{v.size[1]} (H x W) at {v.fps:g} fps"
+          + (f" (from {r['fps_from']})" if r.get("fps_from") else "")
+          + f", {'H.264' if v.is_h264 else v.codec}"
           + (f" ({r['continued_frames']} continued by the motion model)" if r["continued_frames"] else "")
           + f"; {1000 * r['seconds_per_frame']:.0f} ms/frame to render")
     if r["side_by_side"] is not None:
@@ -306,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("make-data", help="write a synthetic driver-scene COCO dataset")
     m.add_argument("--out", required=True, help="output folder (images/, masks/, annotations.json)")
     m.add_argument("--num", type=int, default=256, help="number of images (default 256)")
-    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--seed", type=int, default=0, help="seed of the scenes: the same seed draws the same images")
     m.add_argument("--size", type=int, default=384, help="image width and height in pixels (default 384)")
     m.add_argument("--pose-range", choices=["narrow", "wide"], default="narrow",
                    help="arm-pose distribution: narrow (driving) or wide (any plausible pose)")
@@ -322,17 +347,18 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("show", help="draw a grid of samples with skeletons, PAF arrows and masks")
     s.add_argument("data", help="dataset folder or annotation JSON (COCO, MPII, BlazePose+video)")
     s.add_argument("--out", required=True, help="output image (.png)")
-    s.add_argument("--num", type=int, default=16)
-    s.add_argument("--cols", type=int, default=4)
+    s.add_argument("--num", type=int, default=16, help="samples to draw (the first N, or spread with --spread)")
+    s.add_argument("--cols", type=int, default=4, help="tiles per row of the grid")
     s.add_argument("--cell", type=int, default=256, help="tile size in pixels")
-    s.add_argument("--layout", default=None, help="convert to this layout (e.g. driver9)")
+    s.add_argument("--layout", default=None, help="convert to this layout (e.g. driver9; unset: the data's own)")
     s.add_argument("--spread", action="store_true", help="pick samples spread over the dataset")
     _add_data_options(s)
     s.set_defaults(func=_cmd_show)
 
     c = sub.add_parser("check", help="validate a dataset and report every problem")
     c.add_argument("data", help="dataset folder or annotation JSON (COCO, MPII, BlazePose+video)")
-    c.add_argument("--layout", default=None, help="read the data in this layout (built-in name or YAML file)")
+    c.add_argument("--layout", default=None, help="read the data in this layout (built-in name or YAML file; unset: "
+                                                   "the data's own)")
     c.add_argument("--read", action="store_true", help="also decode every image and mask")
     _add_data_options(c, on_error=False)
     c.set_defaults(func=_cmd_check)
@@ -341,86 +367,128 @@ def build_parser() -> argparse.ArgumentParser:
                                         "COCO dataset with its images")
     cv.add_argument("src", help="dataset folder or annotation JSON (COCO, MPII, BlazePose JSON beside its video)")
     cv.add_argument("--out", required=True, help="new output folder (annotations.json, images/)")
-    cv.add_argument("--layout", default=None, help="convert the keypoints to this layout (built-in name or YAML file)")
+    cv.add_argument("--layout", default=None, help="convert the keypoints to this layout (built-in name or YAML file; "
+                                                    "unset: the source's own, coco17 for MPII and BlazePose)")
     cv.add_argument("--every", type=int, default=1, help="keep every N-th sample or video frame (default 1: all)")
     cv.add_argument("--frames", type=_frame_range, default=None, metavar="START:STOP",
                     help="keep samples (video frames) START to STOP-1, 0-based in the source's order; "
                          "STOP may be left out (to the end), e.g. 0:48 and 48: for a training and a held-out part")
+    cv.add_argument("--format", choices=["coco", "yolo"], default="coco",
+                    help="coco: a COCO dataset folder; yolo: Ultralytics YOLO-pose (images/, labels/*.txt, data.yaml "
+                         "with kpt_shape and flip_idx)")
     _add_data_options(cv)
     cv.set_defaults(func=_cmd_convert)
+
+    mg = sub.add_parser("merge", help="write several datasets of one layout as one COCO dataset (unique ids, each "
+                                      "image's source recorded)")
+    mg.add_argument("datasets", nargs="+", metavar="DATA",
+                    help="two or more dataset folders or annotation JSON files (COCO, MPII, BlazePose+video)")
+    mg.add_argument("--out", required=True, help="new output folder (annotations.json, images/, masks/)")
+    mg.add_argument("--layout", default=None,
+                    help="convert every dataset to this layout (built-in name or YAML file); without it they must "
+                         "share one")
+    _add_data_options(mg)
+    mg.set_defaults(func=_cmd_merge)
     from .config import add_config_args
     from .spade.trainer import GANConfig
 
     g = sub.add_parser("train-gan", help="train a pose-to-image generator on a keypoint dataset (--arch spade, "
-                                         "pix2pix, vanilla or nearest)")
+                                         "pix2pix, vanilla or nearest)",
+                       usage="%(prog)s --data DATA --out RUN [--config FILE] [--resume] [options]")
     g.add_argument("--out", required=True, help="run directory (config, checkpoints, losses.csv, web/ gallery)")
-    g.add_argument("--config", help="YAML file of GANConfig options (command-line options win)")
+    g.add_argument("--config", metavar="FILE", help="YAML file of GANConfig options (command-line options win)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     add_config_args(g, GANConfig)
     g.set_defaults(func=_cmd_train_gan)
 
     r = sub.add_parser("render", help="render perturbed poses of a dataset (look at them: OUT/index.html)")
-    r.add_argument("--data", required=True)
-    r.add_argument("--out", required=True)
+    r.add_argument("--data", required=True, help="dataset to render (folder or annotation JSON; several: A,B)")
+    r.add_argument("--out", required=True, help="output folder: one picture per image (source | perturbed pose maps "
+                                                 "| render, plain and with keypoints) and index.html")
     r.add_argument("--renderer", default="", help="warp|gan (default: gan when --gan is given, else warp)")
-    r.add_argument("--gan", default="", help="train-gan run folder (its mode: full or inpaint)")
-    r.add_argument("--num", type=int, default=16)
+    r.add_argument("--gan", default="", help="train-gan run folder, in its mode: full or inpaint (unset: none)")
+    r.add_argument("--num", type=int, default=16, help="images to render: the first N of --data")
     r.add_argument("--augment", default="arms-angle",
                    help="perturbation (arms-angle|arms-slight|arms-high|poses:FILE|learned:RUN), or none for the "
                         "images' own poses")
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--seed", type=int, default=0, help="seed of the perturbations: image i gets the arm pose drawn "
+                                                        "with (seed, i), so a rerun gives the same poses")
     r.add_argument("--size", type=int, default=0, help="render at this square size (default: the GAN's, else the "
                                                         "images' own)")
-    r.add_argument("--device", default="auto")
+    r.add_argument("--device", default="auto", help="where the renderer runs: auto (CUDA when present, else cpu), "
+                                                     "cpu, cuda or cuda:N")
     _add_data_options(r)
     r.set_defaults(func=_cmd_render)
 
     from .augment.render import QualityConfig
 
-    rq = sub.add_parser("render-quality", help="measure renders: paired PSNR/SSIM on synthetic scenes, judge PCK")
-    rq.add_argument("--config", help="YAML file of QualityConfig options")
+    rq = sub.add_parser("render-quality", help="measure renders: paired PSNR/SSIM on synthetic scenes, judge PCK",
+                        usage="%(prog)s --data DATA --out OUT [--renderer warp,gan] [--gan RUN] [--judge RUN] "
+                              "[--config FILE] [options]")
+    rq.add_argument("--config", metavar="FILE", help="YAML file of QualityConfig options (command-line options win)")
     add_config_args(rq, QualityConfig)
     rq.set_defaults(func=_cmd_render_quality)
 
     from .augment.training import AugmentedPoseConfig
 
-    t = sub.add_parser("train-posenet", help="train the pose network (torchrun for data parallel)")
+    t = sub.add_parser("train-posenet", help="train the pose network (torchrun for data parallel)",
+                       usage="%(prog)s --data DATA --out RUN [--val VAL] [--config FILE] [--resume] [options]")
     t.add_argument("--out", required=True, help="run directory (config, checkpoints, history.csv, curves.png)")
-    t.add_argument("--config", help="YAML file of PoseTrainConfig options (command-line options win)")
-    t.add_argument("--resume", action="store_true")
+    t.add_argument("--config", metavar="FILE", help="YAML file of train-posenet options (command-line options win)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     add_config_args(t, AugmentedPoseConfig)
     t.set_defaults(func=_cmd_train_posenet)
 
+    ck_help = ("which weights: best (the run's best by its validation metric; latest when it kept none), latest, or "
+               "a checkpoint file NAME.safetensors (its NAME.json beside it) (default: best)")
     e = sub.add_parser("evaluate", help="metrics of a trained pose network on a dataset")
-    e.add_argument("--posenet", required=True, help="pose-network run directory")
-    e.add_argument("--data", required=True)
-    e.add_argument("--out", help="metrics JSON (default RUN/metrics.json)")
-    e.add_argument("--device", default="cpu")
-    e.add_argument("--multi-person", action="store_true", default=None, help="decode several people with PAFs")
+    e.add_argument("--posenet", required=True, help="pose-network run directory (train-posenet --out)")
+    e.add_argument("--data", required=True, help="dataset to score, in the run's layout (folder or annotation JSON; "
+                                                 "several: A,B)")
+    e.add_argument("--out", help="metrics JSON (default: RUN/metrics_<data name>.json, one file per dataset)")
+    e.add_argument("--checkpoint", default="best", metavar="best|latest|FILE", help=ck_help)
+    e.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    e.add_argument("--multi-person", action="store_true", default=None,
+                   help="decode several people by PAF grouping (default: as the run was trained)")
     _add_data_options(e)
     e.set_defaults(func=_cmd_evaluate)
 
-    pr = sub.add_parser("predict", help="draw a trained pose network's predictions on a folder of images")
-    pr.add_argument("--posenet", required=True)
-    pr.add_argument("--images", required=True)
-    pr.add_argument("--out", required=True)
-    pr.add_argument("--device", default="cpu")
+    pr = sub.add_parser("predict", help="draw a trained pose network's predictions on a folder of images and write "
+                                        "them in COCO's results format")
+    pr.add_argument("--posenet", required=True, help="pose-network run directory (train-posenet --out)")
+    pr.add_argument("--images", required=True, help="folder of images (.jpg, .jpeg, .png, .bmp, .webp)")
+    pr.add_argument("--out", required=True, help="output folder: one drawing per image, predictions.json and "
+                                                 "coco_results.json")
+    pr.add_argument("--checkpoint", default="best", metavar="best|latest|FILE", help=ck_help)
+    pr.add_argument("--multi-person", action="store_true", default=None,
+                    help="decode several people per image by PAF grouping (default: as the run was trained)")
+    pr.add_argument("--image-ids", default=None, metavar="COCO_JSON",
+                    help="COCO annotation file whose image ids the results use, matched by file name (default: a "
+                         "file named by a number has that id, else 1..N in name order)")
+    pr.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     pr.add_argument("--on-error", choices=["skip", "raise"], default="skip",
                     help="an unreadable image: skip it with a warning (default) or stop (exit status 2)")
     pr.set_defaults(func=_cmd_predict)
 
     from .augment.experiment import ExperimentConfig
 
-    x = sub.add_parser("experiment", help="measure whether GAN augmentation reduces overfitting")
+    x = sub.add_parser("experiment", help="measure whether rendered poses (warp or GAN) reduce overfitting",
+                       description="Measure whether rendered poses (warp or GAN) reduce overfitting: train the pose "
+                                   "network under every condition with identical budgets, transforms and seeds, "
+                                   "select on --val, report on --test.",
+                       usage="%(prog)s overfitting --data DATA --val VAL --test TEST [--out OUT] [--oracle ORACLE] "
+                             "[--gan RUN] [--conditions C1,C2,...] [--config FILE] [options]")
     x.add_argument("name", choices=["overfitting"], help="the experiment")
-    x.add_argument("--config", help="YAML file of ExperimentConfig options")
+    x.add_argument("--config", metavar="FILE", help="YAML file of ExperimentConfig options (command-line options win)")
     add_config_args(x, ExperimentConfig)
     x.set_defaults(func=_cmd_experiment)
 
     from .augment.generate import GenerateConfig
 
-    gn = sub.add_parser("generate", help="write a synthetic COCO dataset rendered from perturbed poses")
-    gn.add_argument("--config", help="YAML file of GenerateConfig options")
+    gn = sub.add_parser("generate", help="write a synthetic COCO dataset rendered from perturbed poses",
+                        usage="%(prog)s --data DATA --out OUT [--renderer warp|gan] [--gan RUN] [--per-image K] "
+                              "[--with-source true] [--config FILE] [--merge] [options]")
+    gn.add_argument("--config", metavar="FILE", help="YAML file of GenerateConfig options (command-line options win)")
     gn.add_argument("--merge", action="store_true", help="merge the shard annotation files in --out and exit")
     add_config_args(gn, GenerateConfig)
     gn.set_defaults(func=_cmd_generate)
@@ -436,8 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--max-people", type=int, default=1, help="people kept per frame, best first (0: all; default 1)")
     ex.add_argument("--min-score", type=float, default=None,
                     help="detector confidence for a keypoint to be labelled (default: the detector's)")
-    ex.add_argument("--image-ext", choices=[".jpg", ".png"], default=".jpg")
-    ex.add_argument("--device", default="cpu")
+    ex.add_argument("--image-ext", choices=[".jpg", ".png"], default=".jpg", help="file type of the frames written")
+    ex.add_argument("--device", default="cpu", help="where the detector runs: cpu, cuda or cuda:N")
     ex.set_defaults(func=_cmd_extract)
 
     tr = sub.add_parser("transfer", help="make a GAN run's person perform a video's moves (Everybody Dance Now)")
@@ -461,8 +529,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--every", type=int, default=1, help="video source: use every N-th frame")
     tr.add_argument("--fps", type=float, default=None, help="frame rate of the output (default: the source's, "
                                                             "else 25)")
-    tr.add_argument("--batch-size", type=int, default=8)
-    tr.add_argument("--device", default="cpu")
+    tr.add_argument("--batch-size", type=int, default=8, help="frames rendered at once")
+    tr.add_argument("--device", default="cpu", help="where the generator runs: cpu, cuda or cuda:N")
     tr.set_defaults(func=_cmd_transfer)
 
     eg = sub.add_parser("evaluate-generator", help="PSNR, SSIM and pose consistency of a GAN run's renders of "
@@ -476,16 +544,17 @@ def build_parser() -> argparse.ArgumentParser:
     eg.add_argument("--no-reference", action="store_true", help="do not also score the detector on the real frames")
     eg.add_argument("--out", default=None, help="results JSON (default RUN/generator_metrics.json)")
     eg.add_argument("--grid", default=None, help="also write a PNG of every frame: stick figure | render | real")
-    eg.add_argument("--batch-size", type=int, default=8)
-    eg.add_argument("--device", default="cpu")
+    eg.add_argument("--batch-size", type=int, default=8, help="frames rendered at once")
+    eg.add_argument("--device", default="cpu", help="where the generator and the detector run: cpu, cuda or cuda:N")
     _add_data_options(eg)
     eg.set_defaults(func=_cmd_evaluate_generator)
 
     from .augment.motion.trainer import MotionConfig
 
-    mo = sub.add_parser("train-motion", help="train the HP-GAN motion model on pose sequences")
+    mo = sub.add_parser("train-motion", help="train the HP-GAN motion model on pose sequences",
+                        usage="%(prog)s --data DATA --out RUN [--config FILE] [--resume] [options]")
     mo.add_argument("--out", required=True, help="run directory (config, checkpoints, losses.csv, predictions.png)")
-    mo.add_argument("--config", help="YAML file of MotionConfig options (command-line options win)")
+    mo.add_argument("--config", metavar="FILE", help="YAML file of MotionConfig options (command-line options win)")
     mo.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     add_config_args(mo, MotionConfig)
     mo.set_defaults(func=_cmd_train_motion)
@@ -494,17 +563,36 @@ def build_parser() -> argparse.ArgumentParser:
     mm.add_argument("--motion", required=True, help="train-motion run directory")
     mm.add_argument("--data", required=True, help="pose sequences to measure on (best held out)")
     mm.add_argument("--num", type=int, default=500, help="windows and poses to use (default 500)")
-    mm.add_argument("--seed", type=int, default=0)
+    mm.add_argument("--seed", type=int, default=0, help="seed of the windows, poses and noise drawn")
     mm.add_argument("--horizon", type=int, default=None, help="learned sampler: future frames to draw from")
     mm.add_argument("--out", default=None, help="results JSON (default RUN/motion_metrics.json)")
-    mm.add_argument("--device", default="cpu")
+    mm.add_argument("--device", default="cpu", help="where the models run: cpu, cuda or cuda:N")
     mm.set_defaults(func=_cmd_motion_metrics)
 
     d = sub.add_parser("demo", help="the main job of `make demo`")
-    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--out", default="runs/demo", help="output folder (data, runs, report.html)")
     d.add_argument("--quick", action="store_true", help="tiny sizes, for tests")
     d.set_defaults(func=_cmd_demo)
+    _show_defaults(p)
     return p
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Append ``(default: X)`` to every option whose help does not name its default yet (flags,
+    empty defaults and the config options, which say theirs, are left as they are)."""
+    from .config import format_default
+
+    for a in parser._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for sp in a.choices.values():
+                _show_defaults(sp)
+            continue
+        if not a.option_strings or a.help in (None, argparse.SUPPRESS) or a.dest.startswith("cfg_") or \
+                isinstance(a.default, bool) or a.default in (None, argparse.SUPPRESS):
+            continue
+        shown = format_default(a.default)
+        if shown is not None and "default" not in a.help.lower():
+            a.help = f"{a.help} (default: {shown})"
 
 
 _USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR,

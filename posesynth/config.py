@@ -18,7 +18,7 @@ import yaml
 from .errors import ConfigError
 from .io import atomic_write_text
 
-__all__ = ["add_config_args", "config_from_args", "run_config", "config_from_dict", "load_config", "save_config", "to_dict"]
+__all__ = ["add_config_args", "format_default", "config_from_args", "run_config", "config_from_dict", "load_config", "save_config", "to_dict"]
 
 T = TypeVar("T")
 
@@ -139,11 +139,30 @@ def save_config(cfg: Any, path: "str | Path") -> None:
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
+def format_default(value: Any) -> "str | None":
+    """A default as a user types it: ``384,384`` for a tuple, ``true``/``false``, ``0.0002``;
+    None for an empty one (``""``, ``None``, ``()``), whose help says what happens when unset."""
+    if value is None or value == "" or value == ():
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (tuple, list)):
+        return ",".join(format_default(v) or "" for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
 def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: "set[str] | None" = None,
                     title: "str | None" = None) -> None:
     """One ``--option`` per dataclass field (default None: only given options override).  A
     field that is a config dataclass itself (``data_options``) gets its own group of options,
-    named by its fields."""
+    named by its fields.
+
+    Each option's help is the field's ``metadata["help"]`` followed by its default, once and as
+    it is typed (``(default: 384,384)``); a help that already names its default, or an empty
+    default, gets none appended.
+    """
     hints = _hints(cls)
     nested = _nested(cls)
     grp = parser.add_argument_group(title or f"{cls.__name__} options (also settable in --config YAML)")
@@ -158,9 +177,12 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: "set[str] 
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
         tp = hints[f.name]
         meta = "{true,false}" if tp is bool else f.name.upper()
-        help_text = (f.metadata.get("help", "") + f" (default: {default})").strip()
+        help_text = f.metadata.get("help", "").strip()
+        shown = format_default(default)
+        if shown is not None and "default" not in help_text.lower():
+            help_text = f"{help_text} (default: {shown})".strip()
         grp.add_argument("--" + f.name.replace("_", "-"), dest="cfg_" + f.name, default=None, metavar=meta,
-                         help=help_text)
+                         help=help_text.replace("%", "%%"))
 
 
 def config_from_args(cls: type[T], args: argparse.Namespace) -> T:

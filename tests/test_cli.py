@@ -78,7 +78,8 @@ def test_train_gan_resume_and_render(tmp_path):
     assert json.loads((tmp_path / "gan" / "checkpoints" / "latest.json").read_text())["step"] == 3
     r = run("render", "--gan", str(tmp_path / "gan"), "--data", str(data), "--out", str(tmp_path / "r"), "--num", "3")
     assert r.returncode == 0, r.stderr
-    assert len(list((tmp_path / "r").glob("*.png"))) == 3
+    assert len(list((tmp_path / "r").glob("*.png"))) == 6              # each row plain and with keypoints
+    assert len(list((tmp_path / "r").glob("*_keypoints.png"))) == 3
 
 
 def test_train_gan_bad_options(tmp_path):

@@ -156,7 +156,7 @@ def test_train_evaluate_predict_resume(tmp_path):
     r = subprocess.run([sys.executable, "-m", "posesynth", "evaluate", "--posenet", str(run), "--data", str(data)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    metrics = json.loads((run / "metrics.json").read_text())
+    metrics = json.loads((run / "metrics_d.json").read_text())   # metrics_<data name>.json
     assert {"PCK@0.2", "AP", "AR", "mean_px_error", "mask_IoU", "mask_Dice"} <= set(metrics)
     r = subprocess.run([sys.executable, "-m", "posesynth", "predict", "--posenet", str(run), "--images",
                         str(data / "images"), "--out", str(tmp_path / "pred")], capture_output=True, text=True)

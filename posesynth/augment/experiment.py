@@ -82,44 +82,62 @@ class Subset:
 
 @dataclass
 class ExperimentConfig:
-    data: str = field(default="", metadata={"help": "training data (the pose distribution the user has)"})
-    val: str = field(default="", metadata={"help": "validation data from the held-out distribution: selects "
-                                                   "epochs, never reported"})
-    test: str = field(default="", metadata={"help": "test data from the held-out distribution: only reported"})
-    oracle: str = field(default="", metadata={"help": "real training images from the held-out distribution "
-                                                      "(not the test set), for the oracle condition"})
-    gan: str = field(default="", metadata={"help": "train-gan run (for the gan condition)"})
+    data: str = field(default="", metadata={
+        "help": "training data (the pose distribution the user has; several as A,B:WEIGHT) (required, here or in "
+                "--config)"})
+    val: str = field(default="", metadata={
+        "help": "validation data from the held-out distribution: selects epochs, never reported (required, here or "
+                "in --config)"})
+    test: str = field(default="", metadata={
+        "help": "test data from the held-out distribution: only reported (required, here or in --config)"})
+    oracle: str = field(default="", metadata={
+        "help": "real training images from the held-out distribution (not the test set), for the oracle condition "
+                "(needed when the conditions include oracle)"})
+    gan: str = field(default="", metadata={
+        "help": "train-gan run for the gan or the refine condition (needed when the conditions include one)"})
     data_options: DataOptions = field(default_factory=DataOptions, metadata={"help": "how the data is read"})
     conditions: tuple[str, ...] = field(default=("baseline", "real-dup", "warp", "oracle"), metadata={
         "help": ",".join(CONDITIONS)})
-    out: str = "runs/experiment"
-    train_sizes: tuple[int, ...] = (32, 64, 128)
-    seeds: int = 3
-    epochs: int = 20
-    steps_per_epoch: int = 8
-    batch_size: int = 8
-    size: tuple[int, int] = (128, 128)
-    backbone: str = "pvt_v2_b0"
-    pretrained: str = "auto"
-    heads: str = "small"
-    lr: float = 1e-3
+    out: str = field(default="runs/experiment", metadata={
+        "help": "output folder: one run per condition, size and seed, and report.html"})
+    train_sizes: tuple[int, ...] = field(default=(32, 64, 128), metadata={
+        "help": "training-set sizes to compare, comma-separated (each a seeded subset of --data)"})
+    seeds: int = field(default=3, metadata={"help": "seeds per size and condition"})
+    epochs: int = field(default=20, metadata={"help": "epochs of every pose run"})
+    steps_per_epoch: int = field(default=8, metadata={
+        "help": "steps per epoch of every pose run (the same budget in every condition)"})
+    batch_size: int = field(default=8, metadata={"help": "images per step"})
+    size: tuple[int, int] = field(default=(128, 128), metadata={"help": "network input H,W (multiples of 32)"})
+    backbone: str = field(default="pvt_v2_b0", metadata={"help": "pvt_v2_b0|pvt_v2_b1|pvt_v2_b2"})
+    pretrained: str = field(default="auto", metadata={
+        "help": "backbone weights: auto (the local timm cache)|none|PATH"})
+    heads: str = field(default="small", metadata={"help": "small|medium|nadsnet-original"})
+    lr: float = field(default=1e-3, metadata={"help": "learning rate"})
     plateau_patience: int = field(default=4, metadata={"help": "epochs without a better validation PCK before "
                                                                "the learning rate drops"})
     early_stop: int = field(default=0, metadata={"help": "stop after this many epochs without a better "
                                                          "validation PCK (0: off)"})
-    fraction: float = 0.5
+    fraction: float = field(default=0.5, metadata={
+        "help": "share of each batch replaced (renders or, for real-dup, other real images)"})
     augment: str = field(default="arms-angle", metadata={"help": "perturbation: arms-angle|arms-slight|arms-high|"
                                                                  "learned:RUN"})
     rare: bool = field(default=False, metadata={"help": "draw new arm angles where the training data is thin"})
-    plausibility: str = field(default="", metadata={"help": "train-motion run whose critic filters perturbations"})
+    plausibility: str = field(default="", metadata={
+        "help": "train-motion run whose critic filters perturbations (unset: none)"})
     multi_person: str = field(default="auto", metadata={
         "help": "auto (PAF grouping when an image holds several people)|true|false"})
-    post_scale: tuple[float, float] = (0.9, 1.1)
-    post_translate: float = 0.05
-    device: str = "auto"
-    gan_device: str = "auto"
-    judge: str = field(default="", metadata={"help": "optional pose-network run that filters renders"})
-    judge_pck: float = 0.5
+    post_scale: tuple[float, float] = field(default=(0.9, 1.1), metadata={
+        "help": "random resize of every batch, in every condition (min,max)"})
+    post_translate: float = field(default=0.05, metadata={
+        "help": "random shift of every batch, in every condition (fraction of the size)"})
+    device: str = field(default="auto", metadata={
+        "help": "auto (CUDA when present, else cpu)|cpu|cuda:N, for the pose runs"})
+    gan_device: str = field(default="auto", metadata={
+        "help": "where the generator runs (auto: a GPU of its own when there is one, else --device)"})
+    judge: str = field(default="", metadata={
+        "help": "pose-network run that filters renders (unset: every render is kept)"})
+    judge_pck: float = field(default=0.5, metadata={
+        "help": "a render is kept when the judge's PCK@0.2 on it reaches this"})
 
 
 def _check(c: ExperimentConfig) -> None:

@@ -15,6 +15,9 @@ batching, sharding or interruptions.
 - Sharded: ``--shard i/N`` (or each torchrun rank) takes items with ``id % N == i`` and
   writes ``annotations.shard-i-of-N.json``; :func:`merge_shards` (``--merge``) writes one
   ``annotations.json``.
+- ``--with-source``: each source image (as it is) and its annotations are written too, as images
+  ``N * K + i + 1`` after the renders, with provenance ``renderer: "source"``, so the output
+  trains directly on real + rendered images.
 - Fast: for the GAN, spectral norm folded, batched, channels-last, inference mode, fp16/bf16
   on GPU, int8 on CPU, optional ``torch.compile``; data preparation and image encoding run in
   threads beside the renderer.
@@ -53,34 +56,51 @@ __all__ = ["GenerateConfig", "generate_dataset", "merge_shards", "parse_shard"]
 
 @dataclass
 class GenerateConfig:
-    data: str = field(default="", metadata={"help": "source dataset"})
-    out: str = field(default="", metadata={"help": "output dataset folder"})
+    data: str = field(default="", metadata={
+        "help": "source dataset (several as A,B:WEIGHT) (required, here or in --config)"})
+    out: str = field(default="", metadata={
+        "help": "output dataset folder (images/, masks/, annotations.json, generate.json) (required, here or in "
+                "--config)"})
     renderer: str = field(default="", metadata={"help": "warp|gan|refine (default: gan when --gan is given, else "
                                                         "warp)"})
     data_options: DataOptions = field(default_factory=DataOptions, metadata={"help": "how the data is read"})
-    gan: str = field(default="", metadata={"help": "train-gan run (for --renderer gan)"})
-    per_image: int = 1
+    gan: str = field(default="", metadata={"help": "train-gan run for --renderer gan or refine (unset: none)"})
+    per_image: int = field(default=1, metadata={"help": "new images rendered from each source image"})
     augment: str = field(default="arms-angle", metadata={"help": "|".join(MODES) + "|poses:FILE|learned:RUN"})
     rare: bool = field(default=False, metadata={"help": "draw new arm angles where the source data is thin"})
-    plausibility: str = field(default="", metadata={"help": "train-motion run whose critic filters perturbations"})
-    seed: int = 0
-    shard: str = field(default="", metadata={"help": "i/N: this process's share (default: torchrun rank/world)"})
-    batch_size: int = 8
+    plausibility: str = field(default="", metadata={
+        "help": "train-motion run whose critic filters perturbations (unset: none)"})
+    seed: int = field(default=0, metadata={
+        "help": "seed of the perturbations: copy k of source image i uses (seed, i, k)"})
+    shard: str = field(default="", metadata={
+        "help": "i/N: this process's share of the images, those with id % N == i (unset: the torchrun rank and "
+                "world size, else all)"})
+    batch_size: int = field(default=8, metadata={
+        "help": "images rendered per batch by the GAN (the warp renders one at a time)"})
     device: str = field(default="auto", metadata={"help": "auto|cpu|cuda:N"})
     precision: str = field(default="fp32", metadata={"help": "gan renderer: fp32|fp16|bf16|int8"})
     compile: bool = field(default=False, metadata={
         "help": "gan renderer: torch.compile the generator (Inductor, frozen weights): ~1.3-1.5x on CPU after ~40 s"})
-    threads: int = 2
-    flush_every: int = 64
+    threads: int = field(default=2, metadata={
+        "help": "threads that read and prepare source images and encode the outputs beside the renderer"})
+    flush_every: int = field(default=64, metadata={
+        "help": "rewrite the annotation file every N images (what an interrupted run keeps)"})
     limit: int = field(default=0, metadata={"help": "use only the first N source images (0: all)"})
-    min_torso: float = 20.0
+    min_torso: float = field(default=20.0, metadata={
+        "help": "people whose torso (shoulders to hips) is shorter than this many pixels keep their pose"})
+    with_source: bool = field(default=False, metadata={
+        "help": "also write each source image and its annotations into the output (ids after the renders'), so "
+                "it trains directly on real + rendered images"})
 
     def settings(self) -> dict[str, Any]:
         """What determines the output (recorded in ``generate.json``; a rerun must match)."""
-        return {"data": str(Path(self.data).resolve()) if self.data else "", "renderer": self.renderer_name,
+        from ..datasets.multi import resolve_data_spec
+
+        return {"data": resolve_data_spec(self.data), "renderer": self.renderer_name,
                 "gan": str(Path(self.gan).resolve()) if self.gan else "", "per_image": self.per_image,
                 "augment": self.augment, "rare": self.rare, "plausibility": self.plausibility, "seed": self.seed,
-                "limit": self.limit, "min_torso": self.min_torso, "precision": self.precision}
+                "limit": self.limit, "min_torso": self.min_torso, "precision": self.precision,
+                **({"with_source": True} if self.with_source else {})}   # absent when off: older outputs resume
 
     @property
     def renderer_name(self) -> str:
@@ -195,12 +215,15 @@ def generate_dataset(c: GenerateConfig, progress: bool = True, stop_after: "int 
     except OSError as e:
         raise PosesynthError(f"{out}: cannot write there ({e.strerror})") from None
     done = {int(im["id"]) for im in writer.images}
-    todo = [t for t in range(n_src * c.per_image) if t % nshards == shard and t + 1 not in done]
+    n_rendered = n_src * c.per_image
+    todo = [t for t in range(n_rendered) if t % nshards == shard and t + 1 not in done]
+    sources = [t for t in range(n_rendered, n_rendered + n_src) if t % nshards == shard and t + 1 not in done] \
+        if c.with_source else []
     # the warp works at each source's own size (one image per call); the GAN in batches
     bs = c.batch_size if c.renderer_name == "gan" else 1
     batches = [todo[j:j + bs] for j in range(0, len(todo), bs)]
-    bar = tqdm(total=len(todo), desc=f"generate{'' if nshards == 1 else f' {shard}/{nshards}'}", unit="img",
-               disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=len(todo) + len(sources), desc=f"generate{'' if nshards == 1 else f' {shard}/{nshards}'}",
+               unit="img", disable=not progress, dynamic_ncols=True)
     written = 0
     t0 = time.perf_counter()
     pool = ThreadPoolExecutor(max(c.threads, 1))
@@ -235,6 +258,14 @@ def generate_dataset(c: GenerateConfig, progress: bool = True, stop_after: "int 
                 _flush(writer)
             if stop_after is not None and written >= stop_after:
                 break
+        for t in sources if stop_after is None or written < stop_after else []:
+            _write_source(writer, src, t - n_rendered, t + 1)
+            written += 1
+            bar.update(1)
+            if written % c.flush_every == 0:
+                _flush(writer)
+            if stop_after is not None and written >= stop_after:
+                break
         _flush(writer)
     except OSError as e:
         try:
@@ -263,6 +294,19 @@ def generate_dataset(c: GenerateConfig, progress: bool = True, stop_after: "int 
         dist.barrier()
         return out / "annotations.json"
     return out / writer.ann_name
+
+
+def _write_source(writer: CocoWriter, src: Any, i: int, image_id: int) -> None:
+    """Source image ``i`` as it is (its JPEG copied byte for byte; other files encoded as JPEG),
+    with its keypoints and masks, as image ``image_id`` of the generated dataset."""
+    s = src[i]
+    path = src.image_path(i) if hasattr(src, "image_path") else None
+    data = path.read_bytes() if path is not None and path.suffix.lower() in (".jpg", ".jpeg") else None
+    prov = {"source_image_id": int(s.image_id) if isinstance(s.image_id, (int, np.integer)) else s.image_id,
+            "source_file": s.file_name, "perturbation": "none", "renderer": "source"}
+    sample = Sample(s.image, s.keypoints, s.masks, meta={"provenance": prov})
+    entry = writer.write_files(sample, image_id, data if data is not None else encode_image(s.image, ".jpg", 95))
+    writer.add(sample, image_id, entry=entry)
 
 
 def _flush(writer: CocoWriter) -> None:

@@ -69,13 +69,44 @@ def _renderers(names: list[str], gans: list[str], layout, device: str) -> dict[s
     return out
 
 
+_PAGE_CSS = """
+body { font-family: sans-serif; margin: 1em; }
+figure { margin: 0 0 1.5em 0; }
+figure img { max-width: 100%; height: auto; display: block; }
+figcaption { font-size: 0.9em; color: #333; margin-top: 0.3em; }
+#kp:checked ~ .rows img.plain, #kp:not(:checked) ~ .rows img.kp { display: none; }
+"""
+
+
+def _overlay(img: np.ndarray, kp: np.ndarray, layout) -> np.ndarray:
+    """``img`` ``(H, W, 3)`` with the skeleton of ``kp`` ``(P, K, 3)`` drawn at full size."""
+    from ..datasets.visualize import draw_sample
+
+    return draw_sample(Sample(img, kp, None), layout, size=img.shape[0], pafs=False, masks=False)
+
+
+def _moved(old: np.ndarray, new: np.ndarray, layout) -> str:
+    """``"right_elbow 23 px, right_wrist 41 px"``: the labelled keypoints the perturbation moved."""
+    d = np.linalg.norm(np.asarray(new)[..., :2] - np.asarray(old)[..., :2], axis=-1)
+    moved = (d > 0.5) & (np.asarray(old)[..., 2] > 0)
+    parts = [f"{'' if len(old) == 1 else f'person {p + 1} '}{layout.keypoints[k]} {d[p, k]:.0f} px"
+             for p, k in zip(*np.nonzero(moved))]
+    return ", ".join(parts) if parts else "no arm moved (no labelled arm that keeps the joint limits when moved)"
+
+
 @torch.no_grad()
 def render_dataset(data: "str | Path", out: "str | Path", renderer: str = "", gan: str = "", num: int = 16,
                    augment: str = "arms-angle", seed: int = 0, device: str = "auto", size: int = 0,
                    progress: bool = True, **data_opts: Any) -> Path:
-    """Render perturbed poses of the first ``num`` samples of ``data``; writes ``out/NNNNNN.png``
-    (source | perturbed pose maps | render) and ``out/index.html``.  ``augment="none"``
-    renders each image's own pose (a GAN's reconstruction).  Returns the HTML path."""
+    """Render perturbed poses of the first ``num`` samples of ``data``; returns the HTML path.
+
+    Writes, per sample ``i``, ``out/NNNNNN.png`` (source | perturbed pose maps | render) and
+    ``out/NNNNNN_keypoints.png`` (the same with the source's keypoints drawn on the source and the
+    perturbed keypoints on the render), and ``out/index.html``: the rows scaled to the window,
+    a checkbox that shows the keypoints (or not), and a caption per row naming the image file and
+    the perturbation (mode and the joints it moved, in pixels).  The perturbation of sample
+    ``i`` is drawn with the generator seeded by ``(seed, i)``.  ``augment="none"`` renders each
+    image's own pose (a GAN's reconstruction)."""
     dev = str(resolve_device(device))
     src = open_dataset(data, **{"on_error": "skip", **data_opts})
     name = renderer_name(renderer, gan) or "warp"
@@ -88,7 +119,7 @@ def render_dataset(data: "str | Path", out: "str | Path", renderer: str = "", ga
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     n = min(num, len(src))
-    names = []
+    rows = []
     for i in tqdm(range(n), desc="render", disable=not progress):
         s = src[i]
         if fit:
@@ -101,14 +132,29 @@ def render_dataset(data: "str | Path", out: "str | Path", renderer: str = "", ga
         if rd.keypoints is not None:   # the pose drawn (an arm the renderer would not move keeps its pose)
             new = rd.keypoints[0][: len(new)]
         maps = maps_to_rgb(render_pose_maps(new, src.layout, hw, hw, s.masks, spec), src.layout)
-        row = np.concatenate([s.image, maps, tensor_to_image(rd.images)[0]], 1)
-        fname = f"{i:06d}.png"
-        cv2.imwrite(str(out / fname), cv2.cvtColor(row, cv2.COLOR_RGB2BGR))
-        names.append(fname)
-    body = "".join(f"<div><img src='{html.escape(x)}'></div>" for x in names)
+        rendered = tensor_to_image(rd.images)[0]
+        row = np.concatenate([s.image, maps, rendered], 1)
+        row_kp = np.concatenate([_overlay(s.image, s.keypoints, src.layout), maps,
+                                 _overlay(rendered, new, src.layout)], 1)
+        fname, kname = f"{i:06d}.png", f"{i:06d}_keypoints.png"
+        for f, pic in ((fname, row), (kname, row_kp)):
+            if not cv2.imwrite(str(out / f), cv2.cvtColor(pic, cv2.COLOR_RGB2BGR)):
+                raise PosesynthError(f"{out / f}: cannot write the image there")
+        what = "its own pose" if perturber is None else f"{augment}: {_moved(s.keypoints, new, src.layout)}"
+        rows.append((fname, kname, f"{i + 1}. {s.file_name or f'sample {i}'} (image {s.image_id}): {what}"))
+    body = "".join(f"<figure><img class='plain' src='{html.escape(a)}' alt='{html.escape(c)}'>"
+                   f"<img class='kp' src='{html.escape(b)}' alt='{html.escape(c)}'>"
+                   f"<figcaption>{html.escape(c)}</figcaption></figure>" for a, b, c in rows)
     page = out / "index.html"
-    atomic_write_text(page, f"<!doctype html><meta charset='utf-8'><title>render</title><p>source | perturbed pose "
-                            f"maps ({html.escape(augment)}) | render ({html.escape(r.name)})</p>{body}")
+    title = f"render: {html.escape(str(data))}"
+    atomic_write_text(page, f"<!doctype html><html><head><meta charset='utf-8'>"
+                            f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
+                            f"<title>{title}</title><style>{_PAGE_CSS}</style></head><body>"
+                            f"<h1>{title}</h1><p>Each row: source | perturbed pose maps ({html.escape(augment)}) | "
+                            f"render ({html.escape(r.name)}), scaled to the window.</p>"
+                            f"<input type='checkbox' id='kp' checked><label for='kp'> draw the keypoints (the source's "
+                            f"on the source, the perturbed ones on the render)</label>"
+                            f"<div class='rows'>{body}</div></body></html>")
     if progress:
         print(f"rendered {n} poses to {out} (open {page})")
     return page
@@ -117,21 +163,27 @@ def render_dataset(data: "str | Path", out: "str | Path", renderer: str = "", ga
 # ---- render-quality --------------------------------------------------------------------------
 @dataclass
 class QualityConfig:
-    data: str = field(default="", metadata={"help": "dataset to perturb and render"})
-    out: str = field(default="", metadata={"help": "output folder (quality.json, quality.png, index.html)"})
+    data: str = field(default="", metadata={
+        "help": "dataset to perturb and render (several as A,B) (required, here or in --config)"})
+    out: str = field(default="", metadata={
+        "help": "output folder (quality.json, quality.png, index.html) (required, here or in --config)"})
     data_options: DataOptions = field(default_factory=DataOptions, metadata={"help": "how the data is read"})
-    renderer: tuple[str, ...] = field(default=("warp",), metadata={"help": "warp,gan,refine (several: comma-separated)"})
-    gan: tuple[str, ...] = field(default=(), metadata={"help": "train-gan run(s), one per gan or refine renderer, in "
-                                                               "order"})
-    judge: str = field(default="", metadata={"help": "pose-network run that judges pose consistency (trained on "
-                                                     "other images than the generator)"})
-    augment: str = field(default="arms-angle", metadata={"help": "perturbation"})
-    num: int = field(default=64, metadata={"help": "images to render (the first N)"})
-    size: int = field(default=0, metadata={"help": "render size (default: the GAN's, else the images' own)"})
-    seed: int = 0
-    device: str = "auto"
+    renderer: tuple[str, ...] = field(default=("warp",), metadata={
+        "help": "renderers to compare, comma-separated: warp, gan, refine (one --gan run per gan or refine, in order)"})
+    gan: tuple[str, ...] = field(default=(), metadata={
+        "help": "train-gan run(s), comma-separated, one per gan or refine renderer (unset: none)"})
+    judge: str = field(default="", metadata={
+        "help": "pose-network run that judges pose consistency, trained on other images than the generator (unset: "
+                "no pose consistency)"})
+    augment: str = field(default="arms-angle", metadata={
+        "help": "perturbation: arms-angle|arms-slight|arms-high|poses:FILE|learned:RUN"})
+    num: int = field(default=64, metadata={"help": "images to render: the first N of --data"})
+    size: int = field(default=0, metadata={
+        "help": "render at this square size (0: the GAN's size, else the images' own)"})
+    seed: int = field(default=0, metadata={"help": "seed of the perturbations (image i uses (seed, i))"})
+    device: str = field(default="auto", metadata={"help": "auto (CUDA when present, else cpu)|cpu|cuda:N"})
     multi_person: str = field(default="auto", metadata={"help": "judge decoding: auto|true|false"})
-    picture_rows: int = 8
+    picture_rows: int = field(default=8, metadata={"help": "rows in quality.png"})
 
 
 def judge_pck(model: torch.nn.Module, images: list[np.ndarray], keypoints: list[np.ndarray], layout,

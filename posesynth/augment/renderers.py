@@ -25,6 +25,7 @@ Renderers:
 """
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -375,6 +376,10 @@ class WarpRenderer(Renderer):
         arms = self._arms(old, new)
         if not arms:
             return img.copy(), np.zeros((H, W), np.float32), np.zeros((H, W), bool), drawn
+        # GrabCut draws from OpenCV's global generator: seed it from the inputs, so a render
+        # depends only on its image and keypoints (not on what was rendered before)
+        cv2.setRNGSeed(zlib.crc32(np.ascontiguousarray(old, np.float32).tobytes()
+                                  + np.ascontiguousarray(new, np.float32).tobytes()) & 0x7FFFFFFF)
         # everything happens inside the box around the old and new arms (outside it nothing
         # changes), so the cost follows the arms' size, not the image's
         pts = np.concatenate([np.stack([a.s, a.e, a.w, a.w + (a.w - a.e) * self.region.hand, a.e2, a.w2,

@@ -44,22 +44,25 @@ class AugmentedPoseConfig(PoseTrainConfig):
     part of every batch is replaced by renders of perturbed poses."""
 
     renderer: str = field(default="", metadata={
-        "help": "replace part of each batch with renders: " + "|".join(RENDERERS) + " (default: none; gan when "
+        "help": "replace part of each batch with renders: " + "|".join(RENDERERS) + " (unset: no renders, or gan when "
                 "--gan is given)"})
-    gan: str = field(default="", metadata={"help": "train-gan run that renders (--renderer gan: its mode, full or "
-                                                   "inpaint; --renderer refine: a refine-mode run)"})
+    gan: str = field(default="", metadata={
+        "help": "train-gan run that renders: for --renderer gan in its mode (full or inpaint), for --renderer refine a "
+                "refine-mode run (unset: none)"})
     gan_device: str = field(default="auto", metadata={"help": "where the generator runs (auto: a GPU of its own "
                                                               "when there is one, else --device)"})
     fraction: float = field(default=0.5, metadata={"help": "expected share of each batch replaced by renders"})
     augment: str = field(default="arms-angle", metadata={"help": "perturbation of the rendered poses: arms-angle|"
                                                                  "arms-slight|arms-high|learned:RUN"})
     rare: bool = field(default=False, metadata={"help": "draw new arm angles where the training data is thin"})
-    plausibility: str = field(default="", metadata={"help": "train-motion run whose critic filters perturbations"})
-    judge: str = field(default="", metadata={"help": "pose-network run that must recognise each render's pose"})
+    plausibility: str = field(default="", metadata={
+        "help": "train-motion run whose critic filters perturbations (unset: none)"})
+    judge: str = field(default="", metadata={
+        "help": "pose-network run that must recognise each render's pose, else the render is dropped (unset: none)"})
     judge_pck: float = field(default=0.5, metadata={"help": "a render is kept when the judge's PCK@0.2 on it "
                                                             "reaches this"})
     post_scale: tuple[float, float] = field(default=(0.9, 1.1), metadata={
-        "help": "with renders: random resize of every mixed batch"})
+        "help": "with renders: the range of a random resize of every mixed batch (min,max)"})
     post_translate: float = field(default=0.05, metadata={"help": "with renders: random shift (fraction of the size)"})
 
     def validate(self) -> None:

@@ -52,6 +52,7 @@ __all__ = ["PoseStats", "pose_stats", "anchor_points", "skeleton_heights", "Glob
            "transfer_from_run"]
 
 RenderFn = Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]
+DEFAULT_FPS = 25.0   # the frame rate of a source that records none (said, with --fps to set one)
 
 
 class GlobalPoseNormalizer:
@@ -242,6 +243,8 @@ class SourceSequence:
         frames: a callable returning a fresh iterator over the ``N`` RGB frames (``None``
             when there are no images).
         name: for messages.
+        fps_from: where ``fps`` came from (``--fps``, the video, the dataset's ``videos`` list),
+            or ``""`` when nothing said and the default was used.
     """
 
     keypoints: np.ndarray
@@ -250,6 +253,7 @@ class SourceSequence:
     layout: KeypointLayout
     frames: "Callable[[], Iterator[np.ndarray]] | None" = None
     name: str = "source"
+    fps_from: str = "--fps"
 
 
 def load_sequence(path: "str | Path", layout: "KeypointLayout | None" = None, detector: str = "mediapipe",
@@ -261,10 +265,12 @@ def load_sequence(path: "str | Path", layout: "KeypointLayout | None" = None, de
     in frame order; BlazePose JSON beside its video).
 
     ``layout``: convert the keypoints to it (e.g. the generator's); ``fps``: override the
-    frame rate (default: the video's divided by ``every``, else 25).
+    frame rate (default: a video's divided by ``every``; a dataset's recorded rate, see
+    :func:`~posesynth.datasets.formats.recorded_frame_rate`; else :data:`DEFAULT_FPS`, and
+    ``fps_from`` is ``""``).
     """
     from ..datasets.convert import convert_keypoints
-    from ..datasets.formats import VIDEO_EXTS, open_dataset
+    from ..datasets.formats import VIDEO_EXTS, open_dataset, recorded_frame_rate
 
     p = Path(path)
     if p.suffix.lower() in VIDEO_EXTS + (".m4v",):
@@ -285,8 +291,10 @@ def load_sequence(path: "str | Path", layout: "KeypointLayout | None" = None, de
         if layout is not None and layout.keypoints != src_layout.keypoints:
             kp = convert_keypoints(kp, src_layout, layout)
             src_layout = layout
-        rate = fps or (info.fps / every if info.fps else 25.0)
-        return SourceSequence(kp, info.size, rate, src_layout, lambda: (f for _, f in read_frames(p, every)), str(p))
+        rate, where = (fps, "--fps") if fps else ((info.fps / every, f"the video {p.name}") if info.fps
+                                                  else (DEFAULT_FPS, ""))
+        return SourceSequence(kp, info.size, rate, src_layout, lambda: (f for _, f in read_frames(p, every)), str(p),
+                              where)
     ds = open_dataset(p, layout=layout)
     n = len(ds)
     if n == 0:
@@ -299,11 +307,10 @@ def load_sequence(path: "str | Path", layout: "KeypointLayout | None" = None, de
     sizes = {s.image.shape[:2] for s in samples}
     if len(sizes) != 1:
         raise PosesynthError(f"{p}: frames of different sizes {sorted(sizes)}; a sequence needs one frame size")
-    rate = fps
-    if rate is None and hasattr(ds, "video"):
-        rate = probe_video(ds.video).fps or None
+    rate, where = (fps, "--fps") if fps else recorded_frame_rate(ds)
     kp = pad_people([s.keypoints for s in samples], num_keypoints=ds.layout.num_keypoints)
-    return SourceSequence(kp, sizes.pop(), rate or 25.0, ds.layout, lambda: (ds[i].image for i in order), str(p))
+    return SourceSequence(kp, sizes.pop(), rate or DEFAULT_FPS, ds.layout, lambda: (ds[i].image for i in order),
+                          str(p), where if rate else "")
 
 
 def transfer_sequence(render: RenderFn, source: SourceSequence, target: PoseStats, size: tuple[int, int],
@@ -399,7 +406,9 @@ def transfer_from_run(gan: "str | Path", source: "str | Path", out: "str | Path"
     :func:`posesynth.augment.motion.sampler.continue_motion` with noise seeded by ``seed``.
     ``side_by_side_out``: ``"auto"`` (:func:`side_by_side_path`), a path, or ``None``.
 
-    Returns :func:`transfer_sequence`'s result.
+    Returns :func:`transfer_sequence`'s result, with ``"fps"`` (the frame rate written: the
+    source's, see :func:`load_sequence`) and ``"fps_from"`` (where it came from; ``""``: the
+    source records none and :data:`DEFAULT_FPS` was used).
     """
     from ..spade.load import load_render
 
@@ -429,5 +438,7 @@ def transfer_from_run(gan: "str | Path", source: "str | Path", out: "str | Path"
     if side_by_side_out == "auto":
         side_by_side_out = side_by_side_path(out)
     stats = PoseStats.from_dict(target) if target else pose_stats(seq.keypoints, seq.layout, seq.frame_size)
-    return transfer_sequence(render, seq, stats, size, out, side_by_side_out, mirror, speed, normalise, batch_size,
-                             device, progress, fit=meta.get("fit", "letterbox"), extra=extra)
+    res = transfer_sequence(render, seq, stats, size, out, side_by_side_out, mirror, speed, normalise, batch_size,
+                            device, progress, fit=meta.get("fit", "letterbox"), extra=extra)
+    res["fps"], res["fps_from"] = seq.fps, seq.fps_from
+    return res

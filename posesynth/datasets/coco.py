@@ -207,6 +207,8 @@ class CocoKeypointDataset(ReaderBase):
         layout, source_layout: the layout samples come in, and the file's own.
         errors, skipped: the problems found (one message each) and their number.
         notes: what was said once (inferred layout, out-of-frame counts, conversion).
+        videos: the file's top-level ``"videos"`` list (written by ``extract`` and ``convert``:
+            ``id``, ``file_name``, ``width``, ``height``, ``fps`` of the clip, ``every``).
     """
 
     def __init__(self, path: "str | Path", image_dir: "str | Path | None" = None,
@@ -231,6 +233,7 @@ class CocoKeypointDataset(ReaderBase):
         self.coco = self._index({"images": images, "annotations": [a for a in anns if "id" in a],
                                  "categories": [c for c in data["categories"] if isinstance(c, dict) and "id" in c]})
         self.num_listed = len(data["images"])
+        self.videos = [v for v in data.get("videos") or [] if isinstance(v, dict)]   # extract/convert: id, fps, every
         self.entries = self._collect(images, anns, cat.get("id"))
         if check_files:
             self.entries = [e for e in self.entries if self._check_files(e)]
@@ -601,6 +604,7 @@ class CocoWriter:
         if layout.num_masks:
             (self.root / "masks").mkdir(parents=True, exist_ok=True)
         self.info = {"description": "written by posesynth", **(info or {})}
+        self.extra: dict[str, Any] = {}     # more top-level keys (e.g. "videos")
         self.images: list[dict[str, Any]] = []
         self.annotations: list[dict[str, Any]] = []
         path = self.root / ann_name
@@ -665,7 +669,7 @@ class CocoWriter:
 
     def to_dict(self) -> dict[str, Any]:
         return {"info": self.info, "licenses": [], "categories": [self.category()],
-                "images": self.images, "annotations": self.annotations}
+                "images": self.images, "annotations": self.annotations, **self.extra}
 
     def close(self) -> Path:
         """Write the annotation file atomically (may be called repeatedly to checkpoint)."""

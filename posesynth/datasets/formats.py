@@ -213,7 +213,8 @@ class BlazePoseVideoDataset(ReaderBase):
         frames: ``(T, 33, 2)`` the JSON's keypoints (pixels).
         frame_index: ``(N,)`` the video frame of each sample (frames dropped by
             ``out_of_frame="skip-image"`` are left out).
-        video: the video file; ``width``, ``height``: its frame size.
+        video: the video file; ``width``, ``height``: its frame size; ``fps``: its frame rate
+            (0 when the container does not say).
     """
 
     MAX_GRAB = 256
@@ -256,6 +257,8 @@ class BlazePoseVideoDataset(ReaderBase):
             self.width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
             self.height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
             self.video_frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+            fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+            self.fps = fps if np.isfinite(fps) and fps > 0 else 0.0
         finally:
             cap.release()
         if self.width <= 0 or self.height <= 0:
@@ -372,7 +375,11 @@ def open_dataset(path: "str | Path", layout: "str | Path | KeypointLayout | None
     """Open a keypoint dataset, recognising its format.
 
     ``path`` may be a COCO dataset folder (with ``annotations.json``), a COCO JSON file,
-    an MPII JSON list, or a BlazePose per-frame JSON beside its video.
+    an MPII JSON list, or a BlazePose per-frame JSON beside its video; or several of them,
+    comma-separated, each with an optional ``:WEIGHT`` (``"real:4,rendered"``): they are read
+    as one :class:`~posesynth.datasets.multi.MultiSource` (one layout for all; see
+    :func:`~posesynth.datasets.multi.split_sources`).  A path that exists as it is is always
+    one dataset, whatever characters it holds.
 
     Args:
         layout: the layout samples come in (see :class:`CocoKeypointDataset`); MPII and
@@ -386,6 +393,14 @@ def open_dataset(path: "str | Path", layout: "str | Path | KeypointLayout | None
             :class:`DatasetError` with the problem counts, before the caller writes anything.
     """
     check_policies(on_error, out_of_frame)
+    from .multi import MultiSource, split_sources
+
+    parts = split_sources(path)
+    if parts is not None:
+        srcs = [open_dataset(p, layout, on_error, image_dir, out_of_frame=out_of_frame, allow_empty=allow_empty,
+                             check_files=check_files) for p, _ in parts]
+        return MultiSource(srcs, [w for _, w in parts], [p for p, _ in parts], on_error=on_error,
+                           allow_empty=allow_empty)
     p = Path(path)
     kw = dict(on_error=on_error, out_of_frame=out_of_frame, allow_empty=allow_empty)
     if p.is_dir():
@@ -443,3 +458,24 @@ def data_options(cfg: Any) -> dict[str, Any]:
     ``cfg.data_options``), for every dataset the command reads."""
     opts = getattr(cfg, "data_options", None)
     return (opts if isinstance(opts, DataOptions) else DataOptions()).open_kwargs()
+
+
+def recorded_frame_rate(source: Any) -> "tuple[float | None, str]":
+    """Frames per second of a source's samples played in order, and where that was read.
+
+    A COCO file's ``"videos"`` list (``extract`` and ``convert`` write it) gives each clip's
+    ``fps`` and ``every`` (the step between the kept frames): the samples' rate is
+    ``fps / every``, when all listed clips agree.  A BlazePose JSON beside its video gives the
+    video's rate.  ``(None, "")`` when nothing says.
+    """
+    rates = set()
+    for v in getattr(source, "videos", None) or []:
+        fps, every = v.get("fps"), v.get("every", 1) or 1
+        if isinstance(fps, (int, float)) and fps > 0 and isinstance(every, (int, float)) and every > 0:
+            rates.add(round(float(fps) / float(every), 6))
+    if len(rates) == 1:
+        return rates.pop(), f"the 'videos' list of {getattr(source, 'ann_file', 'the dataset')}"
+    fps = getattr(source, "fps", 0.0)
+    if isinstance(fps, (int, float)) and fps > 0:
+        return float(fps), str(getattr(source, "video", "the video"))
+    return None, ""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from collections import Counter
 from pathlib import Path, PurePosixPath
 from typing import Literal, Sequence
@@ -123,6 +124,9 @@ def _join_candidates(base: Path, name: PurePosixPath) -> list[Path]:
     return out
 
 
+MAX_INDEXED = 1_000_000   # files indexed by name for the lookup by file name (a larger tree is cut there)
+
+
 class ImageResolver:
     """Finds the file of an image entry's ``file_name``.
 
@@ -131,21 +135,34 @@ class ImageResolver:
     ``R/images/file_name``, ``R/file_name``, ``R/../images/file_name`` and ``R/../file_name``,
     where ``R`` is the dataset folder or the JSON file's folder.  The base that worked last is
     tried first.
+
+    When none of these exists, the file is looked up by its bare name (the last part of
+    ``file_name``) under ``image_dir``, or under ``R`` and ``R/../images``, recursively: images
+    in per-subject or per-clip subfolders whose entries name only the file (Human3.6M's COCO
+    export) are found.  A name is used only when exactly one file has it (or, among several,
+    exactly one whose path ends with the whole ``file_name``); otherwise the image is not found
+    and :meth:`not_found` names the candidates.  The tree is indexed once, on the first miss.
     """
 
     def __init__(self, root: Path, image_dir: "str | Path | None" = None) -> None:
         self.explicit = image_dir is not None
+        root = Path(root)
         if image_dir is not None:
             self.bases = [Path(image_dir)]
+            self.search_roots = [Path(image_dir)]
         else:
-            root = Path(root)
             cands = [root / "images", root, root.parent / "images", root.parent]
             seen: list[Path] = []
             for c in cands:
                 if c not in seen and (c == root or c.is_dir()):
                     seen.append(c)
             self.bases = seen
+            self.search_roots = [root] + ([root.parent / "images"] if (root.parent / "images").is_dir()
+                                          and root.parent / "images" != root else [])
         self._last = 0
+        self._by_name: "dict[str, list[Path]] | None" = None
+        self._ambiguous: dict[str, list[Path]] = {}
+        self.found_by_name = 0
 
     @property
     def default_dir(self) -> Path:
@@ -169,23 +186,75 @@ class ImageResolver:
         name = PurePosixPath(str(file_name).replace("\\", "/"))
         if name.is_absolute():
             p = Path(str(name))
-            return p if p.is_file() else None
+            return p if p.is_file() else self.by_name(file_name)
         order = [self._last] + [i for i in range(len(self.bases)) if i != self._last]
         for i in order:
             for c in _join_candidates(self.bases[i], name):
                 if c.is_file():
                     self._last = i
                     return c
+        return self.by_name(file_name)
+
+    def _index(self) -> "dict[str, list[Path]]":
+        """Every file under :attr:`search_roots` by its name (hidden folders skipped), built once."""
+        if self._by_name is None:
+            index: dict[str, list[Path]] = {}
+            n = 0
+            seen: set[str] = set()
+            for top in self.search_roots:
+                for dirpath, dirnames, filenames in os.walk(top):
+                    if dirpath in seen:
+                        dirnames[:] = []
+                        continue
+                    seen.add(dirpath)
+                    dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                    for f in filenames:
+                        index.setdefault(f, []).append(Path(dirpath) / f)
+                    n += len(filenames)
+                    if n >= MAX_INDEXED:
+                        log.warning("%s: more than %d files; the lookup of images by file name indexed only the "
+                                    "first ones (give the image folder with --image-dir)", top, MAX_INDEXED)
+                        break
+            self._by_name = index
+        return self._by_name
+
+    def by_name(self, file_name: str) -> "Path | None":
+        """The one file under :attr:`search_roots` named like ``file_name`` (its last part), or
+        None when there is none or several (then :meth:`not_found` lists them)."""
+        name = PurePosixPath(str(file_name).replace("\\", "/"))
+        if not name.name:
+            return None
+        hits = self._index().get(name.name, [])
+        if len(hits) > 1 and len(name.parts) > 1:
+            tail = [h for h in hits if h.parts[-len(name.parts):] == name.parts]
+            hits = tail if len(tail) == 1 else hits
+        if len(hits) == 1:
+            if self.found_by_name == 0:
+                log.info("%s: found by file name under %s (not at the path its entry gives); images are looked up "
+                         "by name there", hits[0], ", ".join(str(r) for r in self.search_roots))
+            self.found_by_name += 1
+            return hits[0]
+        if len(hits) > 1:
+            self._ambiguous[str(file_name)] = sorted(hits)
         return None
 
     def not_found(self, file_name: str) -> str:
-        """The message for a ``file_name`` found nowhere: the path tried first, and where else."""
+        """The message for a ``file_name`` found nowhere: the path tried first, and where else
+        (or, when several files have its name, those files)."""
         first = self.candidates(file_name)[0]
+        roots = ", ".join(str(r) for r in self.search_roots)
+        amb = self._ambiguous.get(str(file_name))
+        if amb:
+            shown = ", ".join(str(p) for p in amb[:4]) + (f" and {len(amb) - 4} more" if len(amb) > 4 else "")
+            return (f"{first}: image file not found there, and {len(amb)} files named "
+                    f"'{PurePosixPath(str(file_name).replace(chr(92), '/')).name}' under {roots} make the name "
+                    f"ambiguous ({shown}); give the image folder with --image-dir")
         if self.explicit:
-            return f"{first}: image file not found (in --image-dir {self.bases[0]})"
+            return f"{first}: image file not found (in --image-dir {self.bases[0]}, nor by name below it)"
         others = ", ".join(str(b) for b in self.bases if b != first.parent)
         also = f"; also looked in {others}" if others else ""
-        return f"{first}: image file not found{also}; give the image folder with --image-dir"
+        return (f"{first}: image file not found{also}, nor by name under {roots}; give the image folder with "
+                "--image-dir")
 
 
 # ---- reading images ---------------------------------------------------------------------------

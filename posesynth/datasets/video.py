@@ -4,10 +4,12 @@ Reading never seeks: frames are decoded in order (``grab`` for the frames that `
 skips, ``grab`` + ``retrieve`` for the ones returned), because seeking in compressed video
 lands on key frames and silently returns the wrong frame in many containers.
 
-Writing tries H.264 first (``avc1``) and falls back to the first codec this OpenCV build
-can write (``mp4v``, MPEG-4 Part 2, in the pip wheels, whose FFmpeg has no H.264 encoder).
-A codec counts as writable only when a short probe file written with it reads back with the
-right frame count and size.  Every video written is itself read back on :meth:`VideoWriter.close`
+Writing uses H.264 where an encoder is available: OpenCV's own (``avc1``; the pip wheels'
+FFmpeg has none), else the FFmpeg binary bundled with the optional ``imageio-ffmpeg`` package
+(``pip install imageio-ffmpeg``, the ``h264`` extra: libx264, yuv420p, even frame sizes), else
+the first codec this OpenCV build can write (``mp4v``, MPEG-4 Part 2, which browsers do not
+play); the fallback is said once.  An encoder counts as usable only when a short probe file
+written with it reads back with the right frame count and size.  Every video written is itself read back on :meth:`VideoWriter.close`
 (frame count and size) and then moved into place atomically.
 
 Frames are RGB ``uint8`` ``(H, W, 3)`` everywhere in this module (OpenCV's BGR stays inside).
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -29,7 +32,10 @@ from ..errors import PosesynthError
 from ..io import ensure_writable_dir
 
 __all__ = ["VideoError", "VideoInfo", "VIDEO_EXTS", "probe_video", "read_frames", "count_frames",
-           "VideoWriter", "WrittenVideo", "writable_codec", "H264_FOURCCS", "FALLBACK_FOURCCS"]
+           "VideoWriter", "WrittenVideo", "writable_codec", "ffmpeg_h264", "choose_encoder", "H264_FOURCCS",
+           "FALLBACK_FOURCCS"]
+
+log = logging.getLogger(__name__)
 
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 H264_FOURCCS = ("avc1", "H264", "X264")
@@ -197,6 +203,68 @@ def writable_codec(ext: str = ".mp4") -> str:
                      f"{', '.join(H264_FOURCCS + FALLBACK_FOURCCS)}")
 
 
+class _FfmpegWriter:
+    """H.264 through imageio-ffmpeg's bundled FFmpeg (libx264, yuv420p, +faststart for browsers)."""
+
+    def __init__(self, path: Path, size: tuple[int, int], fps: float) -> None:
+        import imageio_ffmpeg
+
+        h, w = size
+        self._gen = imageio_ffmpeg.write_frames(str(path), (w, h), fps=fps, codec="libx264", pix_fmt_in="rgb24",
+                                                pix_fmt_out="yuv420p", quality=7, macro_block_size=1,
+                                                ffmpeg_log_level="error", output_params=["-movflags", "+faststart"])
+        self._gen.send(None)
+
+    def write(self, rgb: np.ndarray) -> None:
+        self._gen.send(np.ascontiguousarray(rgb))
+
+    def release(self) -> None:
+        if self._gen is not None:
+            self._gen.close()
+            self._gen = None
+
+
+@functools.lru_cache(maxsize=None)
+def ffmpeg_h264(ext: str = ".mp4") -> bool:
+    """Whether imageio-ffmpeg is installed and its FFmpeg writes H.264 ``ext`` files that read back."""
+    try:
+        import imageio_ffmpeg  # noqa: F401
+    except ImportError:
+        return False
+    probe = [np.full((32, 48, 3), v, np.uint8) for v in (0, 120, 240)]
+    with tempfile.TemporaryDirectory(prefix="posesynth-codec-") as tmp:
+        path = Path(tmp) / f"probe{ext}"
+        try:
+            wr = _FfmpegWriter(path, (32, 48), 10.0)
+            for f in probe:
+                wr.write(f)
+            wr.release()
+        except Exception:   # a broken binary, a missing encoder: not usable
+            return False
+        return _read_back(path) == (3, (32, 48))
+
+
+_SAID: set[str] = set()
+
+
+@functools.lru_cache(maxsize=None)
+def choose_encoder(ext: str = ".mp4") -> tuple[str, str]:
+    """``(backend, fourcc)`` for ``ext`` files: ``("opencv", "avc1")`` where OpenCV writes H.264,
+    else ``("ffmpeg", "avc1")`` with imageio-ffmpeg, else ``("opencv", FOURCC)`` of
+    :func:`writable_codec` (the fallback, said once)."""
+    fourcc = writable_codec(ext)
+    if fourcc in H264_FOURCCS:
+        return "opencv", fourcc
+    if ext in (".mp4", ".m4v", ".mov", ".mkv") and ffmpeg_h264(ext):
+        return "ffmpeg", "avc1"
+    if ext not in _SAID:
+        _SAID.add(ext)
+        log.warning("no H.264 encoder here (OpenCV %s has none, imageio-ffmpeg is not installed): writing %s video as "
+                    "'%s'%s; `pip install imageio-ffmpeg` (posesynth's h264 extra) gives H.264", cv2.__version__,
+                    ext, fourcc, ", which browsers do not play" if fourcc == "mp4v" else "")
+    return "opencv", fourcc
+
+
 @dataclass(frozen=True)
 class WrittenVideo:
     """A video written and verified: its path, FourCC, frame count, ``(H, W)`` and fps."""
@@ -206,6 +274,7 @@ class WrittenVideo:
     frames: int
     size: tuple[int, int]
     fps: float
+    encoder: str = "opencv"     # or "ffmpeg" (imageio-ffmpeg's bundled FFmpeg)
 
     @property
     def is_h264(self) -> bool:
@@ -218,7 +287,9 @@ class VideoWriter:
     Args:
         path: output file; ``.mp4`` (default container) or another extension OpenCV knows.
         fps: frames per second (> 0).
-        codec: a FourCC, or ``"auto"`` (:func:`writable_codec`: H.264 where possible).
+        codec: a FourCC (written by OpenCV), or ``"auto"`` (:func:`choose_encoder`: H.264 where
+            an encoder is available, through OpenCV or imageio-ffmpeg; an odd frame size, which
+            H.264 in yuv420p cannot hold, falls back to OpenCV's codec).
 
     The frame size is fixed by the first frame; every frame must have it.  Frames go to a
     temporary file beside ``path``; :meth:`close` reads it back, checks the frame count and
@@ -234,10 +305,10 @@ class VideoWriter:
         ext = self.path.suffix.lower() or ".mp4"
         if not self.path.suffix:
             self.path = self.path.with_suffix(ext)
-        self.codec = writable_codec(ext) if codec == "auto" else codec
+        self.backend, self.codec = choose_encoder(ext) if codec == "auto" else ("opencv", codec)
         ensure_writable_dir(self.path.parent, "video output folder")
         self._tmp = self.path.with_name(f".{self.path.stem}.partial{ext}")
-        self._writer: "cv2.VideoWriter | None" = None
+        self._writer: "cv2.VideoWriter | _FfmpegWriter | None" = None
         self.size: "tuple[int, int] | None" = None
         self.frames = 0
         self.result: "WrittenVideo | None" = None
@@ -250,14 +321,25 @@ class VideoWriter:
         if self._writer is None:
             self.size = frame.shape[:2]
             h, w = self.size
-            with _quiet_stderr():
-                self._writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*self.codec), self.fps, (w, h))
-            if not self._writer.isOpened():
-                raise VideoError(f"{self.path}: OpenCV cannot write {w}x{h} video with codec '{self.codec}'")
+            if self.backend == "ffmpeg" and (h % 2 or w % 2):
+                self.backend, self.codec = "opencv", writable_codec(self.path.suffix.lower())
+                log.warning("%s: H.264 (yuv420p) needs an even frame size, not %dx%d: written as '%s'", self.path,
+                            w, h, self.codec)
+            if self.backend == "ffmpeg":
+                self._writer = _FfmpegWriter(self._tmp, (h, w), self.fps)
+            else:
+                with _quiet_stderr():
+                    self._writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*self.codec), self.fps,
+                                                   (w, h))
+                if not self._writer.isOpened():
+                    raise VideoError(f"{self.path}: OpenCV cannot write {w}x{h} video with codec '{self.codec}'")
         elif frame.shape[:2] != self.size:
             raise VideoError(f"{self.path}: frame {self.frames} is {frame.shape[1]}x{frame.shape[0]}, the video is "
                              f"{self.size[1]}x{self.size[0]}")
-        self._writer.write(cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2BGR))
+        if self.backend == "ffmpeg":
+            self._writer.write(frame)
+        else:
+            self._writer.write(cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2BGR))
         self.frames += 1
 
     def write_batch(self, frames: "np.ndarray | list[np.ndarray]") -> None:
@@ -279,7 +361,7 @@ class VideoWriter:
                              f"{'?' if size is None else f'{size[1]}x{size[0]}'}, expected {self.frames} of "
                              f"{self.size[1]}x{self.size[0]} (codec '{self.codec}')")
         os.replace(self._tmp, self.path)
-        self.result = WrittenVideo(self.path, self.codec, n, tuple(size), self.fps)
+        self.result = WrittenVideo(self.path, self.codec, n, tuple(size), self.fps, self.backend)
         return self.result
 
     def abort(self) -> None:

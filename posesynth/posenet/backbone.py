@@ -2,8 +2,11 @@
 
 ``pvt_v2_b1`` has the original NADS-Net's PVT-tiny widths 64/128/320/512; ``pvt_v2_b0``
 (32/64/160/256) is a small option.  ImageNet weights are used when the user has them:
-``pretrained="auto"`` looks in timm's Hugging Face cache without going online, a file path
-loads that file; otherwise the backbone starts from random weights and says so once.
+``pretrained="auto"`` looks, without going online, in the local Hugging Face hub cache, which is
+where timm keeps the weights it downloads (``~/.cache/huggingface/hub/models--timm--pvt_v2_b1.in1k``,
+or under ``$HF_HUB_CACHE``); a file path loads that file (timm's ``model.safetensors`` or
+``pytorch_model.bin`` of ``timm/<name>.in1k``); otherwise the backbone starts from random
+weights and says so once, naming the folder looked in and the file ``--pretrained`` takes.
 """
 from __future__ import annotations
 
@@ -21,19 +24,40 @@ log = logging.getLogger(__name__)
 BACKBONES = ("pvt_v2_b0", "pvt_v2_b1", "pvt_v2_b2")
 
 
+def _hub_repo(name: str) -> "str | None":
+    """The Hugging Face repository timm downloads ``name``'s ImageNet weights from (``timm/<name>.in1k``)."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    return cfg.hf_hub_id if cfg is not None else None
+
+
 def _cached_weights(name: str) -> "Path | None":
-    """timm's ImageNet weights for ``name`` if they are in the local Hugging Face cache (no network)."""
+    """timm's ImageNet weights for ``name`` if they are in the local Hugging Face hub cache (no network)."""
     try:
-        import timm
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
         return None
-    repo = timm.models.get_pretrained_cfg(name).hf_hub_id if timm.models.get_pretrained_cfg(name) else None
+    repo = _hub_repo(name)
     for fname in ("model.safetensors", "pytorch_model.bin"):
         hit = try_to_load_from_cache(repo, fname) if repo else None
         if isinstance(hit, str) and Path(hit).is_file():
             return Path(hit)
     return None
+
+
+def missing_weights_message(name: str) -> str:
+    """The note when ``--pretrained auto`` finds no weights: where it looked, and which file to give."""
+    repo = _hub_repo(name) or f"timm/{name}"
+    try:
+        from huggingface_hub import constants
+
+        where = str(Path(constants.HF_HUB_CACHE) / ("models--" + repo.replace("/", "--")))
+    except ImportError:
+        where = f"the Hugging Face hub cache (models--{repo.replace('/', '--')})"
+    return (f"backbone {name}: no ImageNet weights in the local timm cache ({where}: timm keeps the weights it "
+            f"downloads in the Hugging Face hub cache); starting from random weights. To use them, give the file "
+            f"with --pretrained PATH: model.safetensors (or pytorch_model.bin) of the Hugging Face model {repo}")
 
 
 def _create(name: str, pretrained: str) -> nn.Module:
@@ -45,8 +69,7 @@ def _create(name: str, pretrained: str) -> nn.Module:
     if pretrained == "auto":
         cached = _cached_weights(name)
         if cached is None:
-            log.warning("backbone %s: no ImageNet weights in the local Hugging Face cache; starting from random "
-                        "weights (give a weights file with --pretrained PATH to use them)", name)
+            log.warning("%s", missing_weights_message(name))
             return timm.create_model(name, pretrained=False, **kw)
         log.info("backbone %s: ImageNet weights from %s", name, cached)
         pretrained = str(cached)

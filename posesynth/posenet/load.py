@@ -21,14 +21,27 @@ __all__ = ["load_posenet", "predict_batch"]
 def load_posenet(run_dir: "str | Path", device: "str | torch.device" = "cpu", checkpoint: str = "best"
                  ) -> tuple[PoseNet, KeypointLayout, dict[str, Any]]:
     """A trained pose network (eval mode, frozen), its layout and metadata (``meta["posemaps"]``
-    is the run's :class:`~posesynth.datasets.posemaps.PoseMapSpec`)."""
+    is the run's :class:`~posesynth.datasets.posemaps.PoseMapSpec`; ``meta["checkpoint_path"]``
+    the checkpoint read).
+
+    ``checkpoint``: ``"best"`` (the run's best by its validation metric; ``latest`` when the run
+    kept none), ``"latest"``, or a checkpoint file (``NAME.safetensors``, ``NAME.json`` or
+    ``NAME``: the pair written by ``train-posenet``)."""
     run = Path(run_dir)
     if not run.exists():
         raise PosesynthError(f"{run}: no such pose-network run folder")
-    path = run / "checkpoints" / checkpoint
-    if not path.with_suffix(".json").exists() and checkpoint == "best":
-        path = run / "checkpoints" / "latest"
+    if checkpoint in ("best", "latest"):
+        path = run / "checkpoints" / checkpoint
+        if not path.with_suffix(".json").exists() and checkpoint == "best":
+            path = run / "checkpoints" / "latest"
+    else:
+        given = Path(checkpoint)
+        path = given.with_suffix("") if given.suffix in (".safetensors", ".json") else given
+        if not path.with_suffix(".json").exists() and not path.with_suffix(".safetensors").exists():
+            raise PosesynthError(f"{given}: no checkpoint there (give best, latest, or a NAME.safetensors file "
+                                 "with its NAME.json beside it)")
     tensors, meta = load_checkpoint(path)
+    meta["checkpoint_path"] = str(path)
     if meta.get("kind") != "posesynth-posenet":
         raise PosesynthError(f"{path}: not a posesynth pose-network checkpoint")
     mc = dict(meta["model"])

@@ -59,9 +59,12 @@ log = logging.getLogger(__name__)
 class PoseTrainConfig:
     """Settings of a pose-network run (all overridable on the command line)."""
 
-    data: str = field(default="", metadata={"help": "training dataset"})
-    val: str = field(default="", metadata={"help": "validation dataset: selects the best epoch, drives the LR "
-                                                   "plateau and early stop (default: none)"})
+    data: str = field(default="", metadata={
+        "help": "training dataset: a folder or annotation file, or several of one layout as A,B:WEIGHT (WEIGHT: the "
+                "share a dataset gets, x its size) (required, here or in --config)"})
+    val: str = field(default="", metadata={
+        "help": "validation dataset: selects the best epoch, drives the LR plateau and early stop (unset: no "
+                "validation; the last epoch is kept)"})
     layout: str = field(default="", metadata={"help": "convert the data to this layout (default: its own)"})
     data_options: DataOptions = field(default_factory=DataOptions, metadata={"help": "how the data is read"})
     size: tuple[int, int] = field(default=(384, 384), metadata={"help": "network input H,W (multiples of 32)"})
@@ -69,31 +72,38 @@ class PoseTrainConfig:
     max_people: int = field(default=0, metadata={"help": "people kept per image (0: the dataset's maximum, "
                                                          "capped at 16)"})
     backbone: str = field(default="pvt_v2_b1", metadata={"help": "pvt_v2_b0|pvt_v2_b1|pvt_v2_b2"})
-    pretrained: str = field(default="auto", metadata={"help": "auto (local cache only)|none|PATH to weights"})
+    pretrained: str = field(default="auto", metadata={
+        "help": "backbone weights: auto (timm's ImageNet weights when they are in the local timm cache, "
+                "~/.cache/huggingface/hub; else random, with a note)|none|PATH (timm's model.safetensors of "
+                "timm/<backbone>.in1k)"})
     heads: str = field(default="medium", metadata={"help": "|".join(NAMED_HEADS)})
     optimizer: str = field(default="adamw", metadata={"help": "adamw|sgd (sgd: momentum 0.9 as the original)"})
-    lr: float = 1e-3
+    lr: float = field(default=1e-3, metadata={"help": "learning rate (AdamW or SGD)"})
     weight_decay: float = field(default=5e-7, metadata={"help": "as the original"})
-    epochs: int = 30
-    batch_size: int = 8
-    w_heatmap: float = 100.0
-    w_paf: float = 100.0
-    w_mask: float = 1.0
+    epochs: int = field(default=30, metadata={"help": "training epochs in all, counting those of a resumed run"})
+    batch_size: int = field(default=8, metadata={"help": "images per step (per process under torchrun)"})
+    w_heatmap: float = field(default=100.0, metadata={"help": "loss weight of the heatmaps (MSE)"})
+    w_paf: float = field(default=100.0, metadata={"help": "loss weight of the PAFs (MSE)"})
+    w_mask: float = field(default=1.0, metadata={"help": "loss weight of the masks (Dice-BCE)"})
     loss_reduction: str = field(default="mean", metadata={"help": "mean|sum (sum: the original's per-sample SSE)"})
-    sigma: float = 7.0
-    paf_width: float = 8.0
+    sigma: float = field(default=7.0, metadata={"help": "heatmap Gaussian sigma in input pixels"})
+    paf_width: float = field(default=8.0, metadata={"help": "PAF half-width in input pixels"})
     data_augment: bool = field(default=True, metadata={"help": "random scale/rotation/shift/flip and colour changes"})
-    plateau_factor: float = 0.8
-    plateau_patience: int = 4
+    plateau_factor: float = field(default=0.8, metadata={
+        "help": "learning-rate factor when validation stops improving (ReduceLROnPlateau)"})
+    plateau_patience: int = field(default=4, metadata={
+        "help": "epochs without a better validation metric before the learning rate drops"})
     early_stop: int = field(default=0, metadata={"help": "stop after this many epochs without improvement (0: off)"})
     best_metric: str = field(default="PCK@0.2", metadata={"help": "validation metric that selects the best checkpoint"})
-    pck_alpha: float = 0.2
+    pck_alpha: float = field(default=0.2, metadata={"help": "PCK threshold as a fraction of the torso size"})
     multi_person: bool = field(default=False, metadata={"help": "decode several people with PAFs (else fast single-person)"})
-    decode_threshold: float = 0.1
+    decode_threshold: float = field(default=0.1, metadata={
+        "help": "heatmap peak needed for a keypoint to count as found"})
     device: str = field(default="auto", metadata={"help": "auto (cuda:LOCAL_RANK when CUDA is there, else cpu)|cpu|cuda:N"})
     precision: str = field(default="auto", metadata={"help": "auto (bf16 on CUDA, fp32 on CPU)|fp32|bf16|fp16"})
-    seed: int = 0
-    workers: int = 0
+    seed: int = field(default=0, metadata={
+        "help": "seed of the weights' initialisation, the data order, augmentation and renders"})
+    workers: int = field(default=0, metadata={"help": "DataLoader worker processes (0: load in the main process)"})
     time_limit_min: float = field(default=0.0, metadata={"help": "stop after the epoch that passes this budget (0: none)"})
     steps_per_epoch: int = field(default=0, metadata={"help": "0: one pass over the training data"})
 

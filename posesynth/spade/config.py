@@ -28,7 +28,9 @@ ARCH_DEFAULTS: dict[str, dict[str, Any]] = {c.name: dict(c.defaults) for c in AR
 class GANConfig:
     """Settings of a GAN run (all overridable on the command line)."""
 
-    data: str = field(default="", metadata={"help": "training dataset (folder or annotation file)"})
+    data: str = field(default="", metadata={
+        "help": "training dataset: a folder or annotation file (COCO, MPII, BlazePose+video), or several as "
+                "A,B:WEIGHT (required, here or in --config)"})
     layout: str = field(default="", metadata={"help": "convert the data to this layout (default: its own)"})
     data_options: DataOptions = field(default_factory=DataOptions, metadata={"help": "how the data is read"})
     mode: str = field(default="full", metadata={"help": "full (whole image from pose maps) | refine (correct the limb "
@@ -44,10 +46,10 @@ class GANConfig:
                                                               "vanilla 64)"})
     spade_hidden: int = field(default=128, metadata={
         "help": "spade: width of the shared convolution in every SPADE layer (NVlabs 128; 32-64 for CPU budgets)"})
-    ndf: int = 64
+    ndf: int = field(default=64, metadata={"help": "discriminator width (channels of its first layer)"})
     num_d: "int | None" = field(default=None, metadata={"help": "discriminator scales (unset: spade 2, pix2pix and "
                                                                 "vanilla 1, the 70x70 PatchGAN with n_layers_d 4)"})
-    n_layers_d: int = 4
+    n_layers_d: int = field(default=4, metadata={"help": "convolution layers per discriminator scale"})
     norm: str = field(default="instance", metadata={"help": "param-free norm in SPADE: instance|batch"})
     z_dim: int = field(default=0, metadata={"help": "noise channels fed with the downsampled maps"})
     gan_mode: str = field(default="hinge", metadata={"help": "hinge|ls|wgan-gp"})
@@ -55,7 +57,7 @@ class GANConfig:
         "help": "feature-matching weight (unset: spade 10, pix2pix and vanilla 0)"})
     lambda_vgg: "float | None" = field(default=None, metadata={
         "help": "VGG perceptual weight (unset: spade 10, pix2pix and vanilla 0)"})
-    lambda_gp: float = 10.0
+    lambda_gp: float = field(default=10.0, metadata={"help": "gradient-penalty weight (--gan-mode wgan-gp)"})
     lambda_l1: "float | None" = field(default=None, metadata={
         "help": "L1 weight: spade inpaint mode inside the region, spade full mode on the whole image (unset: "
                 "20); pix2pix and vanilla on the whole image (unset: 100); 0: none"})
@@ -73,16 +75,22 @@ class GANConfig:
         "help": "refine mode: share of training samples that erase the arms and draw them back (the rest are "
                 "warp round trips p -> p' -> p)"})
     vgg: str = field(default="auto", metadata={"help": "auto (use if weights are found)|on (required)|off"})
-    vgg_weights: str = field(default="", metadata={"help": "VGG19 weights file (default: torch hub cache)"})
+    vgg_weights: str = field(default="", metadata={
+        "help": "VGG19 weights file (unset: ~/.cache/torch/hub/checkpoints/vgg19-dcbb9e9d.pth)"})
     pose_judge: str = field(default="", metadata={
-        "help": "pose-network run whose frozen network judges pose consistency (train-posenet --out)"})
-    lambda_pose_hm: float = 100.0
-    lambda_pose_paf: float = 100.0
-    lambda_pose_mask: float = 1.0
+        "help": "pose-network run whose frozen network judges pose consistency (train-posenet --out; unset: no pose "
+                "loss)"})
+    lambda_pose_hm: float = field(default=100.0, metadata={
+        "help": "pose-consistency weight on the judge's heatmaps (MSE; with --pose-judge)"})
+    lambda_pose_paf: float = field(default=100.0, metadata={
+        "help": "pose-consistency weight on the judge's PAFs (MSE; with --pose-judge)"})
+    lambda_pose_mask: float = field(default=1.0, metadata={
+        "help": "pose-consistency weight on the judge's masks (Dice-BCE; with --pose-judge)"})
     sigma: float = field(default=7.0, metadata={"help": "heatmap sigma in input pixels"})
     paf_width: float = field(default=8.0, metadata={"help": "PAF half-width in input pixels"})
-    steps: int = 1000
-    batch_size: int = 2
+    steps: int = field(default=1000, metadata={
+        "help": "training steps (generator updates) in all, counting those of a resumed run"})
+    batch_size: int = field(default=2, metadata={"help": "images per step"})
     lr_g: "float | None" = field(default=None, metadata={"help": "generator learning rate (unset: spade 1e-4, "
                                                                  "pix2pix and vanilla 2e-4)"})
     lr_d: "float | None" = field(default=None, metadata={"help": "discriminator learning rate (unset: spade 4e-4, "
@@ -94,12 +102,14 @@ class GANConfig:
     decay_from: int = field(default=-1, metadata={"help": "step where linear LR decay to 0 starts (-1: none)"})
     device: str = field(default="auto", metadata={"help": "auto (CUDA when present, else cpu)|cpu|cuda:N"})
     precision: str = field(default="auto", metadata={"help": "auto|fp32|bf16|fp16 (bf16/fp16 on CUDA only)"})
-    seed: int = 0
-    workers: int = 0
+    seed: int = field(default=0, metadata={
+        "help": "seed of the weights' initialisation, the data order and the augmentation"})
+    workers: int = field(default=0, metadata={"help": "DataLoader worker processes (0: load in the main process)"})
     augment: bool = field(default=True, metadata={"help": "random scale/rotation/shift/flip of the training data"})
-    log_every: int = 10
-    gallery_every: int = 100
-    checkpoint_every: int = 200
+    log_every: int = field(default=10, metadata={"help": "write a row of losses.csv every N steps"})
+    gallery_every: int = field(default=100, metadata={
+        "help": "refresh web/index.html (maps | generated | real) every N steps"})
+    checkpoint_every: int = field(default=200, metadata={"help": "save a checkpoint every N steps (and at the end)"})
     time_limit_min: float = field(default=0.0, metadata={
         "help": "stop cleanly (with a checkpoint) after this many minutes of training (0: no limit)"})
     max_bad_steps: int = field(default=20, metadata={"help": "stop after this many non-finite steps in a row"})

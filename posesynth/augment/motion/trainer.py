@@ -66,15 +66,15 @@ class MotionConfig:
     stride: int = field(default=1, metadata={"help": "frames between the starts of training windows"})
     val_fraction: float = field(default=0.1, metadata={"help": "share of clips held out for pictures and the threshold"})
     flip: bool = field(default=True, metadata={"help": "mirror half the training windows"})
-    hidden: int = 128
-    z_dim: int = 16
-    layers: int = 2
-    critic_hidden: int = 256
-    critic_layers: int = 3
-    steps: int = 2000
-    batch_size: int = 64
+    hidden: int = field(default=128, metadata={"help": "GRU width of the generator"})
+    z_dim: int = field(default=16, metadata={"help": "noise dimensions of the generator"})
+    layers: int = field(default=2, metadata={"help": "GRU layers of the generator"})
+    critic_hidden: int = field(default=256, metadata={"help": "width of the critic and the quality discriminator"})
+    critic_layers: int = field(default=3, metadata={"help": "layers of the critic and the quality discriminator"})
+    steps: int = field(default=2000, metadata={"help": "generator updates in all, counting those of a resumed run"})
+    batch_size: int = field(default=64, metadata={"help": "windows per step"})
     n_critic: int = field(default=5, metadata={"help": "critic updates per generator update"})
-    lambda_gp: float = 10.0
+    lambda_gp: float = field(default=10.0, metadata={"help": "WGAN-GP gradient-penalty weight"})
     nda_fraction: float = field(default=0.5, metadata={
         "help": "share of the critic's fake batch that is negative data augmentation of real windows "
                 "(future spliced from another window, or jittered frame by frame); 0: generated only"})
@@ -87,17 +87,17 @@ class MotionConfig:
                 "fake (generated frames) batches: the view in which single poses are judged; 0: off"})
     lambda_bone: float = field(default=100.0, metadata={"help": "weight of the bone-length loss (0: off)"})
     lambda_consistency: float = field(default=1.0, metadata={"help": "weight of the consistency loss (0: off)"})
-    lr_g: float = 2e-4
-    lr_d: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.9
+    lr_g: float = field(default=2e-4, metadata={"help": "generator learning rate (Adam)"})
+    lr_d: float = field(default=2e-4, metadata={"help": "critic learning rate (Adam)"})
+    beta1: float = field(default=0.5, metadata={"help": "Adam beta1"})
+    beta2: float = field(default=0.9, metadata={"help": "Adam beta2"})
     threshold_quantile: float = field(default=0.05, metadata={
         "help": "plausibility threshold: this quantile of the critic's scores on real held-out poses"})
-    device: str = "cpu"
-    seed: int = 0
-    log_every: int = 10
-    picture_every: int = 200
-    checkpoint_every: int = 200
+    device: str = field(default="cpu", metadata={"help": "cpu|cuda|cuda:N"})
+    seed: int = field(default=0, metadata={"help": "seed of the weights, the windows and the noise"})
+    log_every: int = field(default=10, metadata={"help": "write a row of losses.csv every N steps"})
+    picture_every: int = field(default=200, metadata={"help": "draw predictions.png every N steps"})
+    checkpoint_every: int = field(default=200, metadata={"help": "save a checkpoint every N steps (and at the end)"})
     time_limit_min: float = field(default=0.0, metadata={
         "help": "stop cleanly (with a checkpoint) after this many minutes of training (0: no limit)"})
 
