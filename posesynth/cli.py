@@ -168,12 +168,15 @@ def _cmd_render(a: argparse.Namespace) -> None:
 
 
 def _cmd_render_quality(a: argparse.Namespace) -> None:
-    from .augment.render import QualityConfig, render_quality
+    from .augment.render import QualityConfig, render_pairs, render_quality
     from .config import config_from_args
 
     cfg = config_from_args(QualityConfig, a)
+    if cfg.pairs:
+        render_pairs(cfg)
+        return
     if not cfg.data:
-        raise PosesynthError("--data is required")
+        raise PosesynthError("--data (or --pairs CLIP) is required")
     render_quality(cfg)
 
 

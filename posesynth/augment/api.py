@@ -138,6 +138,8 @@ class Augmenter:
         region = rd.region[0, 0].float().cpu().numpy() > 0
         out = np.where(region[..., None], out, img)               # outside the region: the input, bit for bit
         new_masks = (rd.masks[0] > 0.5).to(torch.uint8).cpu().numpy()
+        if rd.keypoints is not None:   # the pose drawn: an arm the renderer would not move keeps its pose
+            new = np.asarray(rd.keypoints[0][: len(new)], np.float32)
         return Augmented(out, new[0] if single else new, new_masks)
 
 

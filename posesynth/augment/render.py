@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..datasets.formats import DataOptions, data_options, open_dataset
+from ..datasets.formats import DataOptions, data_options, open_dataset, source_annotations
 from ..datasets.geometry import limb_region
 from ..datasets.posemaps import PoseMapSpec, render_pose_maps
 from ..datasets.sample import Sample, pad_people
@@ -47,7 +47,7 @@ from .perturb import PerturbConfig, Perturber, check_mode
 from .renderers import GAN_RENDERERS, Renderer, make_renderer
 from .training import renderer_name
 
-__all__ = ["render_dataset", "QualityConfig", "render_quality", "judge_pck"]
+__all__ = ["render_dataset", "QualityConfig", "render_quality", "render_pairs", "find_pairs", "judge_pck"]
 
 
 def _renderers(names: list[str], gans: list[str], layout, device: str) -> dict[str, Renderer]:
@@ -183,7 +183,163 @@ class QualityConfig:
     seed: int = field(default=0, metadata={"help": "seed of the perturbations (image i uses (seed, i))"})
     device: str = field(default="auto", metadata={"help": "auto (CUDA when present, else cpu)|cpu|cuda:N"})
     multi_person: str = field(default="auto", metadata={"help": "judge decoding: auto|true|false"})
+    pairs: str = field(default="", metadata={
+        "help": "a clip of one person (frames in order): measure realism on its frame pairs whose bodies match and "
+                "whose arms differ (frame i rendered with frame j's arms, against the real frame j) instead of --data"})
+    body_tol: float = field(default=0.05, metadata={
+        "help": "--pairs: every non-arm joint within this fraction of the torso size"})
+    arm_min: float = field(default=0.30, metadata={
+        "help": "--pairs: some arm joint moved by more than this fraction of the torso size"})
     picture_rows: int = field(default=8, metadata={"help": "rows in quality.png"})
+
+
+# ---- realism on real video: frame pairs -------------------------------------------------------------
+ARM_JOINTS = ("elbow", "wrist", "pinky", "index", "thumb", "hand")
+
+
+def arm_joint_mask(layout) -> np.ndarray:
+    """``(K,)`` bool: the keypoints an arm perturbation moves (elbows, wrists and hand points)."""
+    return np.array([any(n.endswith(j) or n.endswith(j + "s") for j in ARM_JOINTS) for n in layout.keypoints])
+
+
+def find_pairs(keypoints: np.ndarray, layout, body_tol: float = 0.05, arm_min: float = 0.30
+               ) -> list[tuple[int, int]]:
+    """Frame pairs ``(i, j)`` of a clip (``keypoints``: ``(N, K, 3)``, one person per frame)
+    whose bodies match and whose arms differ: every labelled non-arm joint of ``j`` within
+    ``body_tol`` x frame ``i``'s torso size of ``i``'s, and some arm joint (elbow, wrist,
+    hand) labelled in both moved by more than ``arm_min`` x that torso size.  So rendering
+    frame ``i`` with frame ``j``'s arms should give frame ``j``."""
+    from ..datasets.geometry import torso_size
+
+    kp = np.asarray(keypoints, np.float64)
+    arm = arm_joint_mask(layout)
+    ts = np.array([torso_size(k, layout) for k in kp])
+    vis = kp[..., 2] > 0
+    d = np.linalg.norm(kp[:, None, :, :2] - kp[None, :, :, :2], axis=-1)          # (N, N, K)
+    both = vis[:, None] & vis[None]
+    with np.errstate(invalid="ignore"):
+        rel = d / ts[:, None, None]
+    body_ok = np.where(both[..., ~arm], rel[..., ~arm] <= body_tol, True).all(-1) & both[..., ~arm].any(-1)
+    arm_moved = np.where(both[..., arm], rel[..., arm] > arm_min, False).any(-1)
+    ok = body_ok & arm_moved & np.isfinite(ts)[:, None]
+    np.fill_diagonal(ok, False)
+    return [(int(i), int(j)) for i, j in zip(*np.nonzero(ok))]
+
+
+def render_pairs(c: "QualityConfig", progress: bool = True) -> dict[str, Any]:
+    """``render-quality --pairs CLIP``: realism on a real video of one person.  For every frame
+    pair of the clip whose bodies match and whose arms differ (:func:`find_pairs`), frame ``i``
+    is rendered with frame ``j``'s arm keypoints by each renderer and compared with the real
+    frame ``j`` inside the arm region (the capsules of the moved arms at their old and new
+    positions): PSNR and SSIM, beside the same for the unchanged frame ``i`` (``copy``, the
+    baseline).  Writes ``pairs.json``, ``pairs.png`` (source | each renderer | real target)
+    and ``index.html``."""
+    from ..datasets.formats import open_dataset
+
+    if not c.out:
+        raise ConfigError("--out is required")
+    dev = str(resolve_device(c.device))
+    t0 = time.perf_counter()
+    src = open_dataset(c.pairs, **data_options(c))
+    layout = src.layout
+    if not arm_joint_mask(layout).any():
+        raise ConfigError(f"{c.pairs}: layout '{layout.name}' has no elbows or wrists to move")
+    kps = source_annotations(src)
+    first = np.stack([k[0] if len(k) else np.zeros((layout.num_keypoints, 3), np.float32) for k in kps])
+    pairs = find_pairs(first, layout, c.body_tol, c.arm_min)
+    if not pairs:
+        raise PosesynthError(f"{c.pairs}: no frame pairs whose bodies match (every non-arm joint within "
+                             f"{c.body_tol:g} x the torso size) and whose arms differ (by more than {c.arm_min:g} x)")
+    rng = np.random.default_rng(c.seed)
+    if c.num and len(pairs) > c.num:
+        pairs = [pairs[k] for k in np.sort(rng.choice(len(pairs), c.num, replace=False))]
+    rends = _renderers(list(c.renderer), list(c.gan), layout, dev)
+    arm = arm_joint_mask(layout)
+    names = ["copy", *rends]
+    per = {k: {"psnr": [], "ssim": []} for k in names}
+    rows, picture = [], []
+    cache: dict[int, Any] = {}
+
+    def frame(i: int):
+        if i not in cache:
+            cache.clear() if len(cache) > 8 else None
+            cache[i] = src[i]
+        return cache[i]
+
+    for i, j in tqdm(pairs, desc="render-quality pairs", disable=not progress):
+        a, b = frame(i), frame(j)
+        if a.image.shape != b.image.shape:
+            continue
+        old = first[i][None]
+        new = old.copy()
+        new[0, arm] = np.where(first[j][arm, 2:] > 0, first[j][arm], old[0, arm])
+        hw = a.image.shape[:2]
+        region = limb_region(old[None], new[None], layout, hw)
+        outs = {"copy": a.image}
+        img_t = image_to_tensor(a.image)[None].to(dev)
+        mask_t = torch.from_numpy(a.masks[None]).float().to(dev)
+        for name, r in rends.items():
+            outs[name] = tensor_to_image(r(img_t, mask_t, old[None], new[None]).images)[0]
+        row = {"source": int(i), "target": int(j), "region_px": float(region.sum())}
+        for name, im in outs.items():
+            pv, sv = float(psnr(im, b.image, region)[0]), float(ssim(im, b.image, region)[0])
+            per[name]["psnr"].append(pv)
+            per[name]["ssim"].append(sv)
+            row[f"{name}_psnr"], row[f"{name}_ssim"] = pv, sv
+        rows.append(row)
+        if len(picture) < c.picture_rows:
+            ys, xs = np.nonzero(region[0, 0].numpy() > 0)
+            pad = 40
+            y0, y1 = max(ys.min() - pad, 0), min(ys.max() + pad, hw[0])
+            x0, x1 = max(xs.min() - pad, 0), min(xs.max() + pad, hw[1])
+            cells = [outs["copy"]] + [outs[k] for k in rends] + [b.image]
+            cells = [cv2.resize(np.ascontiguousarray(x[y0:y1, x0:x1]), (240, int(240 * (y1 - y0) / max(x1 - x0, 1))))
+                     for x in cells]
+            picture.append(np.concatenate(cells, 1))
+    res: dict[str, Any] = {"clip": str(c.pairs), "pairs": len(rows), "body_tol": c.body_tol, "arm_min": c.arm_min,
+                           "renderers": {}}
+    base = np.asarray(per["copy"]["psnr"], float)
+    for name in names:
+        pv, sv = np.asarray(per[name]["psnr"], float), np.asarray(per[name]["ssim"], float)
+        e: dict[str, Any] = {"psnr": float(np.mean(pv)), "psnr_sd": float(np.std(pv)), "ssim": float(np.mean(sv)),
+                             "psnr_minus_copy": float(np.mean(pv - base))}
+        if name != "copy":
+            e["describe"] = rends[name].describe()
+        res["renderers"][name] = e
+    if "warp" in rends:
+        w = np.asarray(per["warp"]["psnr"], float)
+        for name in rends:
+            if name != "warp":
+                res["renderers"][name]["ahead_of_warp"] = float(np.mean(np.asarray(per[name]["psnr"], float) > w))
+    res["seconds"] = time.perf_counter() - t0
+    out = Path(c.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "pairs.json", {**res, "per_pair": rows}, indent=1)
+    if picture:
+        hmax = max(p.shape[0] for p in picture)
+        pic = np.concatenate([np.pad(p, ((0, hmax - p.shape[0]), (0, 0), (0, 0))) for p in picture], 0)
+        cv2.imwrite(str(out / "pairs.png"), cv2.cvtColor(pic, cv2.COLOR_RGB2BGR))
+    table = "".join(f"<tr><td>{html.escape(k)}</td><td>{v['psnr']:.2f} ± {v['psnr_sd']:.2f}</td><td>{v['ssim']:.3f}</td>"
+                    f"<td>{v['psnr_minus_copy']:+.2f}</td><td>{_pct(v.get('ahead_of_warp'))}</td></tr>"
+                    for k, v in res["renderers"].items())
+    atomic_write_text(out / "index.html", f"""<!doctype html><meta charset="utf-8"><title>render quality: pairs</title>
+<style>body{{font-family:sans-serif}}td,th{{padding:3px 8px;border-bottom:1px solid #ddd}}img{{max-width:100%}}</style>
+<h1>Realism on {html.escape(str(c.pairs))}: {len(rows)} frame pairs</h1>
+<p>Frame i rendered with frame j's arms, compared with the real frame j inside the arm region (old and new capsules).
+copy: frame i unchanged (the baseline).</p>
+<table><tr><th>renderer</th><th>PSNR in the arm region (dB)</th><th>SSIM</th><th>minus copy (dB)</th>
+<th>pairs ahead of warp</th></tr>{table}</table>
+<p>source | {' | '.join(html.escape(k) for k in rends)} | real target (crops around the region)</p><img src="pairs.png">""")
+    if progress:
+        print(f"render-quality on {len(rows)} pairs of {c.pairs}: " + "; ".join(
+            f"{k} {v['psnr']:.2f} dB ({v['psnr_minus_copy']:+.2f} vs copy"
+            + (f", ahead of warp on {100 * v['ahead_of_warp']:.0f}% of pairs" if "ahead_of_warp" in v else "") + ")"
+            for k, v in res["renderers"].items()) + f". Report: {out / 'index.html'}")
+    return res
+
+
+def _pct(v: "float | None") -> str:
+    return "" if v is None else f"{100 * v:.0f}%"
 
 
 def judge_pck(model: torch.nn.Module, images: list[np.ndarray], keypoints: list[np.ndarray], layout,

@@ -181,7 +181,7 @@ class _Arm:
 
 
 #: Why the warp leaves an arm where it is (counted in ``WarpRenderer.stats``).
-SKIP_REASONS = ("occluded", "empty cut-out", "no boundary", "behind the body")
+SKIP_REASONS = ("occluded", "crossed", "empty cut-out", "no boundary", "not the arm's colour")
 
 
 def _common_colour(img: np.ndarray, part: np.ndarray, reference: np.ndarray, bin_size: float = 10.0,
@@ -220,14 +220,14 @@ class WarpRenderer(Renderer):
     def __init__(self, layout: KeypointLayout, region: RegionSpec = RegionSpec(), fill: Any = "telea",
                  grabcut_iters: int = 3, feather_px: float = 1.0, fg_frac: float = 0.6, axis_frac: float = 0.3,
                  blend: float = 0.35, feather: float = 0.12, shoulder_keep: float = 0.6,
-                 torso_colour: float = 0.4) -> None:
+                 arm_colour: float = 0.5) -> None:
         if not arm_chains(layout):
             raise ConfigError(f"layout '{layout.name}' names no arms (right/left shoulder, elbow, wrist): "
                               "the warp renderer has nothing to move")
         self.layout, self.region, self.fill = layout, region, fill
         self.grabcut_iters, self.feather_px = grabcut_iters, feather_px
         self.fg_frac, self.axis_frac = fg_frac, axis_frac
-        self.blend, self.feather, self.shoulder_keep, self.torso_colour = blend, feather, shoulder_keep, torso_colour
+        self.blend, self.feather, self.shoulder_keep, self.arm_colour = blend, feather, shoulder_keep, arm_colour
         self.last_limb: "np.ndarray | None" = None   # (B, H, W) alpha of the pasted limbs (for tests, reports)
         self.stats: dict[str, Any] = {"arms": 0, "moved": 0, "skipped": {}}   # arms asked to move, moved, left
 
@@ -251,24 +251,30 @@ class WarpRenderer(Renderer):
                                  bool((old[p, [s, e, w], 2] == 1).any()), poly))
         return arms
 
-    def plausible(self, img: np.ndarray, arm: _Arm, m: np.ndarray) -> "str | None":
+    def plausible(self, img: np.ndarray, arm: _Arm, m: np.ndarray, others: "list[_Arm]" = ()) -> "str | None":
         """Why the cut-out ``m`` (bool, ``img``'s size) of ``arm`` should not be moved (one of
         :data:`SKIP_REASONS`), or ``None`` when it is the arm:
 
         - ``occluded``: a joint of the arm is labelled as occluded (``v = 1``);
+        - ``crossed``: another arm of the person (``others``) lies over this one (a quarter of
+          its bone axis within the other's capsule), so one hides the other;
         - ``empty cut-out``: GrabCut kept less than half of the bone axis;
         - ``no boundary``: the cut-out fills nearly the whole capsule (no edge between the arm
-          and what is around it, so what would travel is background);
-        - ``behind the body``: a share ``torso_colour`` of the cut-out lies over the torso (its
-          shoulder-hip quadrilateral grown by half the radius) in the colours of the torso away
-          from the arm: what would travel is shirt, not arm (an arm behind the body, or in front
-          of a torso it cannot be told from).
+          and what is around it, so what would travel is background or torso);
+        - ``not the arm's colour``: less than half of the cut-out has the colours of the bone
+          axis (certainly arm): it caught something else.
         """
         if arm.occluded:
             return "occluded"
         h, w = m.shape
         hand = arm.w + (arm.w - arm.e) * self.region.hand
         axis = np.concatenate([_seg_points(arm.s, arm.e, 0.15, 0.9), _seg_points(arm.e, hand, 0.1, 0.9)])
+        for o in others:
+            o_hand = o.w + (o.w - o.e) * self.region.hand
+            d = np.minimum.reduce([_seg_dist(axis[:, 0], axis[:, 1], o.s, o.e), _seg_dist(axis[:, 0], axis[:, 1], o.e, o.w),
+                                   _seg_dist(axis[:, 0], axis[:, 1], o.w, o_hand)])
+            if (d <= o.radius).mean() >= 0.25:
+                return "crossed"
         xi, yi = np.clip(np.round(axis[:, 0]).astype(int), 0, w - 1), np.clip(np.round(axis[:, 1]).astype(int), 0, h - 1)
         inside = (axis[:, 0] >= 0) & (axis[:, 1] >= 0) & (axis[:, 0] <= w - 1) & (axis[:, 1] <= h - 1)
         if not inside.any() or m[yi[inside], xi[inside]].mean() < 0.5:
@@ -278,21 +284,12 @@ class WarpRenderer(Renderer):
         ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float64)
         dist = np.minimum.reduce([_seg_dist(xs, ys, arm.s, arm.e), _seg_dist(xs, ys, arm.e, arm.w),
                                   _seg_dist(xs, ys, arm.w, hand)])
-        capsule = dist <= arm.radius
-        if m[y0:y1, x0:x1][capsule].mean() > 0.9:
+        if m[y0:y1, x0:x1][dist <= arm.radius].mean() > 0.9:
             return "no boundary"
-        if arm.torso is not None:
-            torso = np.zeros((h, w), np.uint8)
-            cv2.fillPoly(torso, [np.round(arm.torso).astype(np.int32)], 1)
-            k = max(int(round(arm.radius)) | 1, 3)
-            over = cv2.dilate(torso, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))) > 0   # + r/2 around it
-            full = np.zeros((h, w), bool)
-            full[y0:y1, x0:x1] = capsule
-            body = (torso > 0) & ~full   # the torso away from this arm
-            if m.sum() >= 20:
-                share = (over[m] & _common_colour(img, m, body)).mean()
-                if share >= self.torso_colour:   # the cut-out is torso over the torso: no arm to tell apart
-                    return "behind the body"
+        core = np.zeros((h, w), bool)
+        core[y0:y1, x0:x1] = dist <= max(self.axis_frac * arm.radius, 1.0)
+        if m.sum() >= 20 and _common_colour(img, m, core & m).mean() < self.arm_colour:
+            return "not the arm's colour"
         return None
 
     def limb_mask(self, img: np.ndarray, arm: _Arm, max_radius: float = 20.0) -> np.ndarray:
@@ -396,7 +393,7 @@ class WarpRenderer(Renderer):
         keep = []
         self.stats["arms"] += len(arms)
         for m, a in zip(masks, arms):
-            why = self.plausible(img, a, m)
+            why = self.plausible(img, a, m, [o for o in arms if o is not a and o.person == a.person])
             if why is None:
                 keep.append((m, a))
                 continue
