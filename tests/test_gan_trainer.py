@@ -128,7 +128,7 @@ def test_nan_guard_skips_and_stops(tmp_path):
 
 
 class Judge(nn.Module):
-    """A stand-in pose network: image -> (heatmaps 1/4, PAFs 1/4, mask full size)."""
+    """A stand-in pose network: image -> (heatmaps 1/4, PAFs 1/4, mask logits full size)."""
 
     def __init__(self):
         super().__init__()
@@ -141,7 +141,7 @@ class Judge(nn.Module):
     def forward(self, x):
         f = torch.relu(self.bn(self.body(x)))
         small = nn.functional.avg_pool2d(f, 4)
-        return self.hm(small), self.paf(small), torch.sigmoid(self.mask(f))
+        return self.hm(small), self.paf(small), self.mask(f)
 
 
 def test_pose_judge_is_frozen_and_receives_no_gradient(tmp_path):

@@ -27,7 +27,7 @@ def test_posenet_shapes(size):
     m = PoseNet(PoseNetConfig(9, 8, 1, "pvt_v2_b0", "none", "small"))
     hm, paf, mask = m(torch.rand(2, 3, *size) * 2 - 1)
     assert hm.shape == (2, 9, size[0] // 4, size[1] // 4) and paf.shape == (2, 16, size[0] // 4, size[1] // 4)
-    assert mask.shape == (2, 1, *size) and 0 <= mask.min() and mask.max() <= 1
+    assert mask.shape == (2, 1, *size) and mask.dtype == torch.float32  # logits
 
 
 def test_fpn_uses_every_level_once():
@@ -210,3 +210,29 @@ def test_no_detections_give_nan_error_not_zero():
     m.add(person(200, 100)[None], np.zeros((0, 9, 3), np.float32), np.zeros(0), (384, 384))
     r = m.result()
     assert r["PCK@0.2"] == 0 and np.isnan(r["mean_px_error"]) and r["AP"] == 0
+
+
+def test_mask_head_gets_gradient_under_bf16_where_most_wrong():
+    """Issue 20.3: a large positive mask logit (>= 8) on a background pixel is the most wrong
+    prediction there is; under bf16 autocast its loss gradient must not be 0 (a sigmoid in
+    bf16 rounds it to 1.0 and a clamp then cuts the gradient off).  The true gradient of
+    BCE-with-logits w.r.t. the logit is sigmoid(x) - t ~ 1 for t = 0."""
+    from posesynth.posenet.losses import PoseLossWeights, pose_loss
+
+    torch.manual_seed(0)
+    m = PoseNet(PoseNetConfig(9, 8, 1, "pvt_v2_b0", "none", "small"))
+    with torch.no_grad():
+        m.seg_out.weight.zero_()
+        m.seg_out.bias.fill_(12.0)          # every pixel: logit 12, sigmoid 0.999994
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    target = {"heatmaps": torch.zeros(2, 9, 16, 16), "pafs": torch.zeros(2, 16, 16, 16),
+              "masks": torch.zeros(2, 1, 64, 64)}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(x)
+        loss, _ = pose_loss(out, target, PoseLossWeights(heatmap=0.0, paf=0.0, mask=1.0))
+    loss.backward()
+    g = m.seg_out.bias.grad
+    assert g is not None and torch.isfinite(g).all()
+    # mean over pixels of d(BCE)/d(logit) = sigmoid(12) - 0, plus Dice's (small) share
+    assert float(g) == pytest.approx(1 / (1 + np.exp(-12.0)), rel=0.02)
+    assert out[2].dtype == torch.float32  # logits come out in fp32
