@@ -551,6 +551,10 @@ class CocoKeypointDataset(ReaderBase):
             meta["video_id"] = vid
         if im.get("frame_id") is not None:
             meta["frame_id"] = im["frame_id"]
+        # each person's COCO area (OKS scale, pixels^2 of this image), None where the file has none
+        areas = [_area_of(self.coco.anns[a]) for a in ids] if ids else []
+        if any(a is not None for a in areas):
+            meta["areas"] = areas
         tracks = [self.coco.anns[a].get("track_id") for a in ids] if ids else []
         if any(t is not None for t in tracks):
             meta["track_ids"] = tracks
@@ -558,6 +562,14 @@ class CocoKeypointDataset(ReaderBase):
             meta.update(im["posesynth"])
         return Sample(rgb, kp.copy(), masks, int(im["id"]) if isinstance(im["id"], int) else im["id"],
                       im["file_name"], meta)
+
+
+def _area_of(ann: dict[str, Any]) -> "float | None":
+    """An annotation's ``area`` when it is a positive finite number (else None: unknown)."""
+    a = ann.get("area")
+    if isinstance(a, (int, float)) and not isinstance(a, bool) and np.isfinite(a) and a > 0:
+        return float(a)
+    return None
 
 
 def _bbox(kp: np.ndarray, width: int, height: int, pad: float = 0.1) -> list[float]:
@@ -578,7 +590,8 @@ class CocoWriter:
     Images go to ``DIR/images/NNNNNN.jpg`` (or .png), masks to ``DIR/masks/NNNNNN_<name>.png``
     and ``DIR/annotations.json`` is written atomically, so it is always valid on disk.
     Bounding boxes come from ``sample.meta["bboxes"]`` (``(P, 4)`` x, y, w, h) when present,
-    else from the labelled keypoints with 10% padding.
+    else from the labelled keypoints with 10% padding.  ``area`` is ``sample.meta["areas"][p]``
+    (the source annotation's) where known, else the box's area.
     """
 
     def __init__(self, root: "str | Path", layout: KeypointLayout, image_ext: str = ".jpg",
@@ -644,12 +657,16 @@ class CocoWriter:
             entry["posesynth"] = extra
         self.images.append(entry)
         boxes = sample.meta.get("bboxes")
+        areas = sample.meta.get("areas")
+        if areas is not None and len(areas) != sample.num_people:
+            areas = None
         for p, kp in enumerate(sample.keypoints):
             bbox = [round(float(v), 2) for v in boxes[p]] if boxes is not None else _bbox(kp, w, h)
             flat = [round(float(v), 3) if i % 3 < 2 else int(v) for i, v in enumerate(kp.reshape(-1))]
+            area = areas[p] if areas is not None and areas[p] is not None else bbox[2] * bbox[3]
             ann = {"id": len(self.annotations) + 1, "image_id": image_id, "category_id": 1,
                    "keypoints": flat, "num_keypoints": int((kp[:, 2] > 0).sum()), "bbox": bbox,
-                   "area": round(bbox[2] * bbox[3], 2), "iscrowd": 0}
+                   "area": round(float(area), 2), "iscrowd": 0}
             if sample.meta.get("provenance"):
                 ann["provenance"] = sample.meta["provenance"]
             self.annotations.append(ann)
