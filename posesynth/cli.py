@@ -154,12 +154,13 @@ def _cmd_render_quality(a: argparse.Namespace) -> None:
 
 def _cmd_train_posenet(a: argparse.Namespace) -> None:
     from .config import run_config
-    from .posenet.trainer import PoseNetTrainer, PoseTrainConfig
+    from .posenet.trainer import PoseNetTrainer, PoseTrainConfig, shutdown_distributed
 
     cfg = run_config(PoseTrainConfig, a, a.out, a.resume)
     if not cfg.data:
         raise PosesynthError("--data is required (a dataset folder or annotation file)")
     PoseNetTrainer(cfg, Path(a.out), resume=a.resume).fit()
+    shutdown_distributed()   # under torchrun: the group init_distributed made
 
 
 def _cmd_evaluate(a: argparse.Namespace) -> None:

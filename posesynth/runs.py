@@ -118,11 +118,19 @@ class RunDir:
                     tb.add_scalar(f"{prefix}/{k}", v, step)
 
 
-def resolve_device(spec: str = "auto", local_rank: "int | None" = None) -> torch.device:
-    """``auto``: ``cuda:LOCAL_RANK`` when CUDA is there, otherwise ``cpu``; anything else as given
-    (a bare ``cuda`` under torchrun becomes ``cuda:LOCAL_RANK``).  Clear errors for a CUDA
-    device on a machine without one."""
+def resolve_device(spec: str = "auto", local_rank: "int | None" = None, world: "int | None" = None,
+                   shared_ok: bool = False) -> torch.device:
+    """The device a process runs on.
+
+    ``auto``: ``cuda:LOCAL_RANK`` when CUDA is there, otherwise ``cpu``; a bare ``cuda`` is
+    ``cuda:LOCAL_RANK`` too; anything else as given.  ``local_rank`` and ``world`` default to
+    torchrun's ``LOCAL_RANK`` and ``WORLD_SIZE``.  Under torchrun with more than one process, a
+    GPU named by index (``cuda:0``) would put every rank on that one GPU, which NCCL refuses:
+    it is a :class:`ConfigError` naming the fix, unless ``shared_ok`` (a device without
+    collectives, such as each rank's own generator).  Clear errors for a CUDA device on a
+    machine without one, or an index beyond the GPUs there are."""
     lr = int(os.environ.get("LOCAL_RANK", "0")) if local_rank is None else local_rank
+    ws = int(os.environ.get("WORLD_SIZE", "1")) if world is None else world
     spec = (spec or "auto").strip()
     if spec == "auto":
         return torch.device(f"cuda:{lr}") if torch.cuda.is_available() else torch.device("cpu")
@@ -135,6 +143,10 @@ def resolve_device(spec: str = "auto", local_rank: "int | None" = None) -> torch
             raise ConfigError(f"device {spec} asked for, but this machine has no CUDA GPU (use --device cpu or auto)")
         if dev.index is None:
             dev = torch.device(f"cuda:{lr}")
+        elif ws > 1 and not shared_ok:
+            raise ConfigError(f"--device {spec} names one GPU for all {ws} torchrun processes, and NCCL refuses two "
+                              "ranks on one GPU: use --device cuda or auto (each rank takes cuda:LOCAL_RANK), "
+                              "or CUDA_VISIBLE_DEVICES to choose the GPUs")
         if dev.index >= torch.cuda.device_count():
             raise ConfigError(f"device {dev} asked for, but there are {torch.cuda.device_count()} GPUs")
     return dev
@@ -142,12 +154,13 @@ def resolve_device(spec: str = "auto", local_rank: "int | None" = None) -> torch
 
 def resolve_gan_device(spec: str, device: torch.device, local_rank: int = 0, world: int = 1) -> torch.device:
     """``auto``: a GPU of its own for each rank's generator when there are enough
-    (``cuda:world + local_rank``), otherwise the pose network's ``device``."""
+    (``cuda:world + local_rank``), otherwise the pose network's ``device``.  An explicit
+    ``cuda:N`` may be shared by the ranks (the generator takes part in no collective)."""
     if not spec or spec == "auto":
         if device.type == "cuda" and torch.cuda.device_count() >= 2 * world:
             return torch.device(f"cuda:{world + local_rank}")
         return device
-    return resolve_device(spec, local_rank)
+    return resolve_device(spec, local_rank, world, shared_ok=True)
 
 
 class Precision:

@@ -29,6 +29,32 @@ def test_device_auto_picks_cpu_without_cuda(monkeypatch):
     assert Precision("auto", torch.device("cpu")).name == "fp32"
 
 
+def test_device_under_torchrun_is_per_rank(monkeypatch):
+    """Issue 20.9: under torchrun (WORLD_SIZE 2, this is LOCAL_RANK 1) an explicit cuda:0 would put
+    both ranks on GPU 0 (NCCL refuses): it is refused with a line naming the fix; a bare cuda and
+    auto give cuda:LOCAL_RANK.  A single process may name any GPU; a generator may share one."""
+    from posesynth.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(ConfigError, match=r"--device cuda:0 names one GPU for all 2 torchrun processes.*"
+                                          r"--device cuda or auto"):
+        resolve_device("cuda:0")
+    assert resolve_device("cuda") == torch.device("cuda:1")
+    assert resolve_device("auto") == torch.device("cuda:1")
+    assert resolve_gan_device("cuda:3", torch.device("cuda:1"), 1, 2) == torch.device("cuda:3")
+    assert resolve_gan_device("auto", torch.device("cuda:1"), 1, 2) == torch.device("cuda:3")
+    from posesynth.posenet.trainer import init_distributed
+
+    with pytest.raises(ConfigError, match="names one GPU"):   # before any process group is made
+        init_distributed("cuda:1")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert resolve_device("cuda:2") == torch.device("cuda:2")
+
+
 def test_torn_checkpoint_pair_is_detected_and_the_previous_one_used(tmp_path, caplog):
     p = tmp_path / "checkpoints" / "latest"
     save_checkpoint(p, {"w": torch.full((3,), 1.0)}, {"step": 1})

@@ -153,7 +153,7 @@ def generate_dataset(c: GenerateConfig, progress: bool = True, stop_after: "int 
     if c.renderer_name == "gan" and not c.gan:
         raise ConfigError("--renderer gan needs --gan RUN")
     shard, nshards = parse_shard(c.shard)
-    device = resolve_device(c.device)
+    device = resolve_device(c.device, shared_ok=True)   # no collectives: ranks may share a GPU
     src = open_dataset(c.data, **data_options(c))
     layout = src.layout
     kps = [e.keypoints for e in getattr(src, "entries", [])] if c.rare else None

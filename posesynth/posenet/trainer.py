@@ -49,7 +49,8 @@ from .load import load_posenet, predict_batch
 from .losses import PoseLossWeights, pose_loss
 from .model import NAMED_HEADS, PoseNet, PoseNetConfig
 
-__all__ = ["PoseTrainConfig", "PoseNetTrainer", "load_posenet", "predict_batch", "plot_curves", "init_distributed"]
+__all__ = ["PoseTrainConfig", "PoseNetTrainer", "load_posenet", "predict_batch", "plot_curves", "init_distributed",
+           "shutdown_distributed"]
 
 log = logging.getLogger(__name__)
 
@@ -138,20 +139,34 @@ class PoseTrainConfig:
         return PoseMapSpec(self.sigma, self.paf_width, 4, tuple(self.size))
 
 
+_OWN_GROUP = False   # init_distributed created the process group (shutdown_distributed destroys it)
+
+
 def init_distributed(device_spec: str = "auto") -> tuple[int, int, int, torch.device]:
     """``(rank, world, local_rank, device)``: the device for this process (``auto``:
     ``cuda:LOCAL_RANK`` with CUDA, else cpu; made current on CUDA), and torch.distributed
     initialised when torchrun started us, with NCCL for CUDA devices and gloo otherwise."""
+    global _OWN_GROUP
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_spec, local)
+    device = resolve_device(device_spec, local, world)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        _OWN_GROUP = True
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size(), local, device
     return 0, 1, local, device
+
+
+def shutdown_distributed() -> None:
+    """Destroy the process group :func:`init_distributed` created (no-op otherwise): at the end
+    of ``train-posenet`` under torchrun, so ranks exit without NCCL's warnings."""
+    global _OWN_GROUP
+    if _OWN_GROUP and dist.is_initialized():
+        dist.destroy_process_group()
+    _OWN_GROUP = False
 
 
 class PoseNetTrainer:
