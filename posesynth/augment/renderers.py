@@ -25,6 +25,7 @@ Renderers:
 """
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,6 +92,17 @@ def _telea(img: np.ndarray, hole: np.ndarray, radius: float, max_radius: float =
     filled = cv2.inpaint(small, sh, max(int(round(max_radius * 0.3)), 3), cv2.INPAINT_TELEA)
     up = cv2.resize(filled, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
     return np.where(hole[..., None] > 0, up, img)
+
+
+def _content_seed(*arrays: np.ndarray) -> int:
+    """A 31-bit seed from the bytes (and shapes) of ``arrays``: CRC-32, deterministic across
+    processes and platforms."""
+    crc = 0
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        crc = zlib.crc32(np.asarray(a.shape, np.int64).tobytes(), crc)
+        crc = zlib.crc32(a.view(np.uint8).reshape(-1), crc) if a.size else crc
+    return int(crc & 0x7FFFFFFF)
 
 
 def _band_halfwidths(fg: np.ndarray, a: np.ndarray, b: np.ndarray, r: float, samples: int = 15
@@ -234,6 +246,12 @@ class WarpRenderer(Renderer):
         if (gc == cv2.GC_BGD).sum() + (gc == cv2.GC_PR_BGD).sum() < 8:
             out[y0:y1, x0:x1] = capsule
             return out
+        # GrabCut starts its colour models with k-means, which draws from OpenCV's RNG: seed it
+        # from this call's own inputs (the pixels and the seeds, i.e. the arm's geometry), so a
+        # render depends on (image, poses) alone, never on what the process did before.
+        # cv2.setRNGSeed sets the calling thread's RNG (thread-local in OpenCV), and k-means
+        # draws in the calling thread.
+        cv2.setRNGSeed(_content_seed(roi, gc))
         try:
             cv2.grabCut(roi, gc, None, np.zeros((1, 65)), np.zeros((1, 65)), self.grabcut_iters,
                         cv2.GC_INIT_WITH_MASK)
