@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import re
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,7 +20,8 @@ import yaml
 from .errors import ConfigError
 from .io import atomic_write_text
 
-__all__ = ["add_config_args", "config_from_args", "run_config", "config_from_dict", "load_config", "save_config", "to_dict"]
+__all__ = ["add_config_args", "config_from_args", "run_config", "config_from_dict", "load_config", "save_config", "to_dict",
+           "check_numbers", "check_number"]
 
 T = TypeVar("T")
 
@@ -135,3 +138,56 @@ def run_config(cls: type[T], args: argparse.Namespace, run_dir: "str | Path", re
         raise ConfigError(f"{run_dir}: nothing to resume (no config.yaml)")
     given = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
     return load_config(cls, saved, given)
+
+
+# ---- numeric checks ---------------------------------------------------------------------------
+_BOUND = re.compile(r"^(>=|>|<=|<)(-?[0-9.]+(?:e-?[0-9]+)?)$")
+_RANGE = re.compile(r"^([\[(])(-?[0-9.]+),(-?[0-9.]+)([\])])$")
+
+
+def _rule(rule: str) -> "tuple[typing.Callable[[float], bool], str]":
+    """``">=1"``, ``">0"``, ``"[0,1]"``, ``"(0,1)"``... -> (test, words)."""
+    m = _BOUND.match(rule.replace(" ", ""))
+    if m:
+        op, v = m.group(1), float(m.group(2))
+        shown = f"{v:g}"
+        return {">=": (lambda x: x >= v, f"at least {shown}"), ">": (lambda x: x > v, f"more than {shown}"),
+                "<=": (lambda x: x <= v, f"at most {shown}"), "<": (lambda x: x < v, f"less than {shown}")}[op]
+    m = _RANGE.match(rule.replace(" ", ""))
+    if not m:
+        raise ValueError(f"bad rule {rule!r}")
+    lo_c, lo, hi, hi_c = m.group(1), float(m.group(2)), float(m.group(3)), m.group(4)
+
+    def test(x: float) -> bool:
+        return (x >= lo if lo_c == "[" else x > lo) and (x <= hi if hi_c == "]" else x < hi)
+
+    return test, f"in {lo_c}{lo:g}, {hi:g}{hi_c}"
+
+
+def check_number(name: str, value: Any, rule: str) -> None:
+    """Refuse ``value`` (a number, or a tuple of numbers) unless it is finite and meets ``rule``
+    (``">=1"``, ``">0"``, ``">=0"``, ``"[0,1]"``, ``"(0,1)"``, ...): one :class:`ConfigError` line
+    naming the option as on the command line (``--batch-size``)."""
+    test, words = _rule(rule)
+    vals = value if isinstance(value, (tuple, list)) else (value,)
+    for v in vals:
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not test(v):
+            shown = ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in vals) \
+                if all(isinstance(x, (int, float)) for x in vals) else repr(value)
+            raise ConfigError(f"--{name.replace('_', '-')} must be {words}, not {shown}")
+
+
+def check_numbers(cfg: Any, rules: "dict[str, str]") -> None:
+    """:func:`check_number` for each ``option: rule`` of ``rules`` on the config ``cfg``, and
+    every other float option (or tuple of floats) must be finite (no NaN or infinity)."""
+    for name, rule in rules.items():
+        check_number(name, getattr(cfg, name), rule)
+    for f in dataclasses.fields(cfg):
+        if f.name in rules:
+            continue
+        v = getattr(cfg, f.name)
+        vals = v if isinstance(v, tuple) else (v,)
+        if any(isinstance(x, float) and not math.isfinite(x) for x in vals):
+            raise ConfigError(f"--{f.name.replace('_', '-')} must be a finite number, not {v}")

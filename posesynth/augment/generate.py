@@ -77,6 +77,13 @@ class GenerateConfig:
     limit: int = field(default=0, metadata={"help": "use only the first N source images (0: all)"})
     min_torso: float = 20.0
 
+    def validate(self) -> None:
+        """Refuse impossible numbers (one line, exit 2) before anything is read or written."""
+        from ..config import check_numbers
+
+        check_numbers(self, {"per_image": ">=1", "seed": ">=0", "batch_size": ">=1", "threads": ">=1",
+                             "flush_every": ">=1", "limit": ">=0", "min_torso": ">=0"})
+
     def settings(self) -> dict[str, Any]:
         """What determines the output (recorded in ``generate.json``; a rerun must match)."""
         return {"data": str(Path(self.data).resolve()) if self.data else "", "renderer": self.renderer_name,
@@ -145,8 +152,7 @@ def generate_dataset(c: GenerateConfig, progress: bool = True, stop_after: "int 
 
     ``stop_after`` stops after that many new images (tests use it to simulate an interruption).
     """
-    if c.per_image < 1:
-        raise ConfigError("--per-image must be at least 1")
+    c.validate()
     check_mode(c.augment)
     if c.renderer_name not in ("warp", "gan"):
         raise ConfigError(f"--renderer must be warp or gan, not {c.renderer_name!r}")

@@ -37,7 +37,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from ..checkpoint import load_checkpoint, load_module, module_tensors, optimizer_from_flat, optimizer_to_flat
-from ..config import to_dict
+from ..config import check_numbers, to_dict
 from ..datasets.formats import KeypointSource, data_options, open_dataset
 from ..datasets.posemaps import PoseMapSpec
 from ..datasets.torch_dataset import EpochBatchSampler, PoseMapDataset, max_people_of
@@ -53,6 +53,15 @@ __all__ = ["PoseTrainConfig", "PoseNetTrainer", "load_posenet", "predict_batch",
            "shutdown_distributed"]
 
 log = logging.getLogger(__name__)
+
+
+#: every numeric option's allowed values (config.check_numbers; other floats must be finite)
+POSE_NUMBERS = {"max_people": ">=0", "lr": ">0", "weight_decay": ">=0", "epochs": ">=1", "batch_size": ">=1",
+                "w_heatmap": ">=0", "w_paf": ">=0", "w_mask": ">=0", "sigma": ">0", "paf_width": ">0",
+                "plateau_factor": "(0,1)", "plateau_patience": ">=0", "early_stop": ">=0", "pck_alpha": ">0",
+                "decode_threshold": "[0,1)", "seed": ">=0", "workers": ">=0", "time_limit_min": ">=0",
+                "steps_per_epoch": ">=0", "fraction": "[0,1]", "judge_pck": "[0,1]", "post_scale": ">0",
+                "post_translate": "[0,1)"}
 
 
 @dataclass
@@ -133,6 +142,9 @@ class PoseTrainConfig:
             raise ConfigError(f"renderer must be warp or gan, not {self.renderer!r}")
         if not 0 <= self.fraction <= 1:
             raise ConfigError("fraction must be in [0, 1]")
+        check_numbers(self, POSE_NUMBERS)
+        if self.post_scale[0] > self.post_scale[1]:
+            raise ConfigError(f"--post-scale must be LOW,HIGH with LOW <= HIGH, not {self.post_scale}")
 
     @property
     def posemaps(self) -> PoseMapSpec:

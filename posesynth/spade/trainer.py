@@ -65,7 +65,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..checkpoint import load_module, module_tensors, optimizer_from_flat, optimizer_to_flat
-from ..config import to_dict
+from ..config import check_numbers, to_dict
 from ..datasets.formats import KeypointSource, data_options, open_dataset
 from ..datasets.geometry import RegionSpec, arm_chains, arm_from_angles, body_frame, limb_region
 from ..datasets.layouts import KeypointLayout
@@ -105,6 +105,16 @@ ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
 
 class TrainingError(PosesynthError):
     """Training cannot go on (e.g. too many non-finite steps)."""
+
+
+#: every numeric option's allowed values (config.check_numbers; other floats must be finite)
+GAN_NUMBERS = {"ngf": ">=1", "spade_hidden": ">=1", "ndf": ">=1", "num_d": ">=1", "n_layers_d": ">=1",
+               "z_dim": ">=0", "lambda_feat": ">=0", "lambda_vgg": ">=0", "lambda_gp": ">=0", "lambda_l1": ">=0",
+               "extra_regions": "[0,1]", "region_radius": ">0", "lambda_pose_hm": ">=0", "lambda_pose_paf": ">=0",
+               "lambda_pose_mask": ">=0", "sigma": ">0", "paf_width": ">0", "steps": ">=1", "batch_size": ">=1",
+               "lr_g": ">0", "lr_d": ">0", "beta1": "[0,1)", "beta2": "[0,1)", "decay_from": ">=-1", "seed": ">=0",
+               "workers": ">=0", "log_every": ">=1", "gallery_every": ">=1", "checkpoint_every": ">=1",
+               "time_limit_min": ">=0", "max_bad_steps": ">=1"}
 
 
 @dataclass
@@ -216,6 +226,7 @@ class GANConfig:
             raise ConfigError("ngf, ndf, num_d, n_layers_d and spade_hidden must be at least 1")
         if not 0 <= self.extra_regions <= 1:
             raise ConfigError("extra_regions must be in [0, 1]")
+        check_numbers(self, GAN_NUMBERS)
 
     @property
     def posemaps(self) -> PoseMapSpec:

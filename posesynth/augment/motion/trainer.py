@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ...checkpoint import load_checkpoint, load_module, module_tensors, optimizer_from_flat, optimizer_to_flat, save_checkpoint
-from ...config import config_from_dict, save_config, to_dict
+from ...config import check_numbers, config_from_dict, save_config, to_dict
 from ...datasets.layouts import KeypointLayout
 from ...datasets.sequences import PoseSequence, load_sequences, split_sequences
 from ...errors import ConfigError, PosesynthError
@@ -52,6 +52,16 @@ from .model import MotionGenerator, MotionModelConfig, SequenceCritic
 __all__ = ["MotionConfig", "MotionTrainer", "MotionRun", "TrainingError", "load_motion", "score_poses", "held_sequences"]
 
 log = logging.getLogger(__name__)
+
+
+#: every numeric option's allowed values (config.check_numbers; other floats must be finite)
+MOTION_NUMBERS = {"past": ">=1", "future": ">=1", "stride": ">=1", "val_fraction": "[0,1)", "hidden": ">=1",
+                  "z_dim": ">=0", "layers": ">=1", "critic_hidden": ">=1", "critic_layers": ">=1", "steps": ">=1",
+                  "batch_size": ">=1", "n_critic": ">=1", "lambda_gp": ">=0", "nda_fraction": "[0,1)",
+                  "nda_jitter": ">=0", "pose_nda_fraction": "[0,1]", "held_fraction": ">=0", "lambda_bone": ">=0",
+                  "lambda_consistency": ">=0", "lr_g": ">0", "lr_d": ">0", "beta1": "[0,1)", "beta2": "[0,1)",
+                  "threshold_quantile": "(0,1)", "seed": ">=0", "log_every": ">=1", "picture_every": ">=1",
+                  "checkpoint_every": ">=1", "time_limit_min": ">=0"}
 
 
 @dataclass
@@ -116,6 +126,7 @@ class MotionConfig:
             raise ConfigError(f"held_fraction must be at least 0, not {self.held_fraction}")
         if not 0 < self.threshold_quantile < 1:
             raise ConfigError(f"threshold_quantile must be in (0, 1), not {self.threshold_quantile}")
+        check_numbers(self, MOTION_NUMBERS)
 
     def model_config(self, layout: KeypointLayout) -> MotionModelConfig:
         return MotionModelConfig(layout.num_keypoints, self.past + self.future, self.hidden, self.z_dim, self.layers,
