@@ -1,7 +1,7 @@
 """What every training run shares: its folder, config record, CSV log, TensorBoard, checkpoint
 pair and resume; the device and precision it runs with.
 
-Used by ``train-gan`` and ``train-posenet`` (and the motion trainer)::
+Used by ``train-gan``, ``train-posenet`` and ``train-motion``::
 
     RUN/config.yaml          the resolved config (rewritten on resume with the new options)
     RUN/<log>.csv            one row per step or epoch, rewritten atomically
@@ -23,27 +23,12 @@ import torch
 from .checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
 from .config import save_config
 from .errors import ConfigError
-from .io import atomic_write_text
+from .io import atomic_write_text, remove_stale_temps
 
 __all__ = ["RunDir", "resolve_device", "resolve_gan_device", "Precision", "PRECISIONS", "remove_stale_temps"]
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-def remove_stale_temps(folder: "str | Path") -> int:
-    """Delete temporary files an interrupted atomic write left in ``folder`` (``.NAME.*.tmp``)."""
-    n = 0
-    folder = Path(folder)
-    if not folder.is_dir():
-        return 0
-    for p in folder.glob(".*.tmp"):
-        try:
-            p.unlink()
-            n += 1
-        except OSError:
-            pass
-    return n
 
 
 class RunDir:
@@ -59,14 +44,15 @@ class RunDir:
         return checkpoint_exists(self.ckpt / "latest")
 
     def prepare(self, cfg: Any, resume: bool) -> None:
-        """Check that a new run does not overwrite one, clean up after a crash, record ``cfg``."""
+        """Check that a new run does not overwrite one, clean up after a crash (every temporary
+        file of an interrupted atomic write anywhere in the run folder), record ``cfg``."""
         if not resume and self.exists():
             raise ConfigError(f"{self.path} already holds a run: pass --resume to continue it, or choose another --out")
         if resume and not self.exists():
             raise ConfigError(f"{self.path}: nothing to resume (no checkpoints/latest)")
         if not self.main:
             return
-        removed = remove_stale_temps(self.path) + remove_stale_temps(self.ckpt)
+        removed = remove_stale_temps(self.path)   # anywhere in the run: checkpoints/, web/, the logs
         if removed:
             log.info("removed %d temporary file(s) left by an interrupted write in %s", removed, self.path)
         self.path.mkdir(parents=True, exist_ok=True)

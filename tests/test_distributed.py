@@ -1,4 +1,5 @@
 """Devices, data parallel, checkpoints (issue 11)."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -118,6 +119,34 @@ def test_resume_after_a_torn_pair_and_stale_temps(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert mode == 0o666 & ~umask          # the user's umask, not mkstemp's 0600
+
+
+def test_run_scaffold_removes_stale_temps_anywhere_in_the_run(tmp_path):
+    """Issue 20.13: the temporary files of interrupted atomic writes (io.atomic_write_*:
+    ``.NAME.XXXXXXXX.tmp``; checkpoint links ``.NAME.link.tmp``) go at the next start, in any
+    folder of the run; other files stay."""
+    from posesynth.io import atomic_write_text
+    from posesynth.runs import RunDir
+
+    run = tmp_path / "run"
+    d = RunDir(run)
+    d.prepare(_Cfg(), resume=False)
+    d.save("latest", {"w": torch.zeros(2)}, {"step": 1})
+    atomic_write_text(run / "web" / "index.html", "<html>")
+    stale = [run / ".history.csv.x1y2z3w4.tmp", run / "checkpoints" / ".latest.safetensors.abcd1234.tmp",
+             run / "checkpoints" / ".previous.json.link.tmp", run / "web" / ".index.html.q9_w8e7r.tmp",
+             run / "web" / "images" / ".step_000010.png.zzzzzzzz.tmp"]
+    keep = [run / ".keep", run / "notes.tmp", run / "web" / "index.html"]
+    for p in stale + keep[:2]:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("x")
+    RunDir(run).prepare(_Cfg(), resume=True)
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in keep)
+
+
+@dataclasses.dataclass
+class _Cfg:
+    a: int = 1
 
 
 def test_five_people_stay_in_the_maps(tmp_path):

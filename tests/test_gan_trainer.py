@@ -96,8 +96,10 @@ def test_resume_continues_exactly(tmp_path):
     src = ListSource()
     GANTrainer(small_cfg(steps=6), tmp_path / "full", source=src, progress=False).fit()
     GANTrainer(small_cfg(steps=3), tmp_path / "part", source=src, progress=False).fit()
+    stale = tmp_path / "part" / "web" / ".index.html.a1b2c3d4.tmp"   # the gallery's write, cut by a crash
+    stale.write_text("<html")
     resumed = GANTrainer(small_cfg(steps=6), tmp_path / "part", source=src, resume=True, progress=False)
-    assert resumed.step == 3
+    assert resumed.step == 3 and not stale.exists()
     resumed.fit()
     full, part = read_losses(tmp_path / "full"), read_losses(tmp_path / "part")
     assert [r["step"] for r in part] == [str(i) for i in range(1, 7)]

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -260,3 +261,76 @@ def test_train_posenet_with_warp_resumes_bit_for_bit(warp_data, tmp_path):
     b, mb = load_checkpoint(tmp_path / "two" / "checkpoints" / "latest")
     assert ma["epoch"] == mb["epoch"] == 2 and a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_generate_appends_instead_of_rewriting(warp_data, tmp_path, monkeypatch):
+    """Issue 20.16: recording an image appends one journal line; the annotation file is written
+    once, at the end (it was rewritten every flush_every images: quadratic in the dataset)."""
+    import posesynth.io as pio
+
+    writes = []
+    real = pio.atomic_write_bytes
+
+    def counting(path, data):
+        writes.append((Path(path).name, len(data)))
+        return real(path, data)
+
+    monkeypatch.setattr(pio, "atomic_write_bytes", counting)
+    cfg = GenerateConfig(renderer="warp", data=str(warp_data / "data"), out=str(tmp_path / "g"), per_image=2,
+                         seed=4, device="cpu", flush_every=1)
+    generate_dataset(cfg, progress=False)
+    ann = [w for w in writes if w[0].startswith("annotations")]
+    assert [w[0] for w in ann] == ["annotations.json"]
+    data = read(tmp_path / "g")
+    assert len(data["images"]) == 16 and [im["id"] for im in data["images"]] == list(range(1, 17))
+    assert [a["id"] for a in data["annotations"]] == list(range(1, len(data["annotations"]) + 1))
+    assert not list((tmp_path / "g").glob("*.jsonl"))          # the journal is gone once the file is written
+
+
+def test_generate_after_kill_9_gives_the_uninterrupted_bytes(warp_data, tmp_path):
+    """Issues 20.13 and 20.16: kill -9 in the middle of a run, a journal line cut short and a
+    crashed atomic write's temporary file; the rerun removes the temporary file, continues,
+    and ends with the uninterrupted run's bytes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from posesynth.cli import main
+
+    args = ["generate", "--renderer", "warp", "--data", str(warp_data / "data"), "--per-image", "4", "--seed", "2",
+            "--device", "cpu", "--flush-every", "1000"]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    out = tmp_path / "killed"
+    journal = out / "annotations.journal.jsonl"
+    p = subprocess.Popen([sys.executable, "-m", "posesynth", *args, "--out", str(out)], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    t0 = time.time()
+    while p.poll() is None and time.time() - t0 < 120:
+        if journal.exists() and journal.read_bytes().count(b"\n") >= 4:
+            os.kill(p.pid, signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    p.wait()
+    if p.returncode == -signal.SIGKILL:           # killed mid-run (else it finished first: still compared)
+        assert 4 <= journal.read_bytes().count(b"\n") < 32 and not (out / "annotations.json").exists()
+        with open(journal, "ab") as f:
+            f.write(b'{"image": {"id": 31, "file_na')      # a line cut short
+    stale = out / ".annotations.json.abcd1234.tmp"
+    stale.write_text("{")
+    assert main([*args, "--out", str(out)]) == 0
+    assert not stale.exists() and not journal.exists()
+    assert (out / "annotations.json").read_bytes() == (tmp_path / "one" / "annotations.json").read_bytes()
+    assert _images(out) == _images(tmp_path / "one") and len(_images(out)) == 32
+
+
+def test_merge_refuses_an_unfinished_shard(warp_data, tmp_path):
+    cfg = dict(renderer="warp", data=str(warp_data / "data"), out=str(tmp_path / "sh"), per_image=2, seed=4,
+               device="cpu")
+    generate_dataset(GenerateConfig(shard="0/2", **cfg), progress=False)
+    generate_dataset(GenerateConfig(shard="1/2", **cfg), progress=False, stop_after=3)
+    with pytest.raises(PosesynthError, match=r"not finished \(annotations.shard-1-of-2.journal.jsonl\)"):
+        merge_shards(tmp_path / "sh", progress=False)
+    generate_dataset(GenerateConfig(shard="1/2", **cfg), progress=False)
+    assert len(json.loads(merge_shards(tmp_path / "sh", progress=False).read_text())["images"]) == 16

@@ -8,13 +8,20 @@ batching, sharding or interruptions.
 
 - Renderers: ``warp`` (no GAN needed; at the source images' own resolution) or ``gan`` (the
   run's mode; at the generator's resolution, the sources letterboxed to it).
-- Resumable: the annotation file is rewritten atomically every ``flush_every`` images and at
-  the end, always valid on disk; a rerun of the same command skips what it lists.  The
-  settings are recorded in ``generate.json``; a rerun with other settings into the same
-  output is refused, naming the difference.
+- Resumable: each finished image is appended as one line to a journal,
+  ``annotations.journal.jsonl`` (:class:`~posesynth.datasets.coco.CocoJournalWriter`; fsynced
+  every ``flush_every`` images), so recording an image costs the same at the millionth as at
+  the first; the annotation file is written atomically from the journal at the end (and when
+  the run stops on an error), and the journal is then removed.  A rerun of the same command
+  (after a crash or kill -9, too) continues from the journal, dropping a line cut short, and
+  skips what it lists; the result is byte for byte the uninterrupted run's.  Temporary files
+  of an interrupted write are removed at the start.  The settings are recorded in
+  ``generate.json``; a rerun with other settings into the same output is refused, naming the
+  difference.
 - Sharded: ``--shard i/N`` (or each torchrun rank) takes items with ``id % N == i`` and
-  writes ``annotations.shard-i-of-N.json``; :func:`merge_shards` (``--merge``) writes one
-  ``annotations.json``.
+  writes ``annotations.shard-i-of-N.json`` (journal ``annotations.shard-i-of-N.journal.jsonl``);
+  :func:`merge_shards` (``--merge``) writes one ``annotations.json`` once every shard has
+  finished.
 - Fast: for the GAN, spectral norm folded, batched, channels-last, inference mode, fp16/bf16
   on GPU, int8 on CPU, optional ``torch.compile``; data preparation and image encoding run in
   threads beside the renderer.
@@ -34,7 +41,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..datasets.coco import CocoWriter, encode_image
+from ..datasets.coco import CocoJournalWriter, encode_image
 from ..datasets.formats import data_options, open_dataset
 from ..datasets.geometry import RegionSpec
 from ..datasets.posemaps import PoseMapSpec, render_pose_maps_torch
@@ -73,7 +80,8 @@ class GenerateConfig:
     compile: bool = field(default=False, metadata={
         "help": "gan renderer: torch.compile the generator (Inductor, frozen weights): ~1.3-1.5x on CPU after ~40 s"})
     threads: int = 2
-    flush_every: int = 64
+    flush_every: int = field(default=64, metadata={"help": "fsync the journal every N images (a crash of the "
+                                                           "process loses nothing either way)"})
     limit: int = field(default=0, metadata={"help": "use only the first N source images (0: all)"})
     min_torso: float = 20.0
 
@@ -198,11 +206,14 @@ def generate_dataset(c: GenerateConfig, progress: bool = True, stop_after: "int 
     else:
         renderer = WarpRenderer(layout)
     out = Path(c.out)
+    ann_name = _ann_name(shard, nshards)
+    # temporary files an interrupted write of this shard's own files left (other shards may be
+    # writing theirs now); generate.json is written by every shard, so only a single run cleans its
+    _remove_own_temps(out, [ann_name] + (["generate.json"] if nshards == 1 else []))
     try:
         _check_settings(out, c.settings())
-        writer = CocoWriter(out, layout, ".jpg", info={
-            "description": "posesynth generated dataset", **c.settings()}, ann_name=_ann_name(shard, nshards),
-            resume=True)
+        writer = CocoJournalWriter(out, layout, ".jpg", info={
+            "description": "posesynth generated dataset", **c.settings()}, ann_name=ann_name, resume=True)
     except OSError as e:
         raise PosesynthError(f"{out}: cannot write there ({e.strerror})") from None
     done = {int(im["id"]) for im in writer.images}
@@ -241,13 +252,14 @@ def generate_dataset(c: GenerateConfig, progress: bool = True, stop_after: "int 
             bar.update(len(ready))
             bar.set_postfix(img_s=f"{written / (time.perf_counter() - t0):.1f}")
             if written % c.flush_every < len(ready):
-                _flush(writer)
+                writer.sync()
             if stop_after is not None and written >= stop_after:
                 break
-        _flush(writer)
+        # stopped early (stop_after, for tests): the annotation file lists what is done, the journal stays
+        writer.close(finished=written == len(todo))
     except OSError as e:
         try:
-            _flush(writer)
+            writer.close(finished=False)
         except OSError:
             pass
         kind = "the disk is full" if e.errno == errno.ENOSPC else f"cannot write ({e.strerror})"
@@ -280,15 +292,23 @@ def _pad(kp: np.ndarray, p: int, k: int) -> np.ndarray:
     return out
 
 
-def _flush(writer: CocoWriter) -> None:
-    order = np.argsort([im["id"] for im in writer.images])
-    writer.images = [writer.images[i] for i in order]
-    writer.close()
+def _remove_own_temps(out: Path, names: list[str]) -> None:
+    """Remove ``.NAME.*.tmp`` files an interrupted atomic write of ``names`` left in ``out``."""
+    if not out.is_dir():
+        return
+    for name in names:
+        for p in out.glob(f".{name}.*.tmp"):
+            p.unlink(missing_ok=True)
 
 
 def merge_shards(out: "str | Path", progress: bool = True) -> Path:
     """Combine ``annotations.shard-*-of-N.json`` into one ``annotations.json`` (all shards needed)."""
     out = Path(out)
+    _remove_own_temps(out, ["annotations.json"])
+    unfinished = sorted(out.glob("annotations.shard-*-of-*.journal.jsonl"))
+    if unfinished:
+        raise PosesynthError(f"{out}: shard(s) not finished ({', '.join(f.name for f in unfinished)}): rerun "
+                             "them with the same command to complete them, then --merge")
     files = sorted(out.glob("annotations.shard-*-of-*.json"))
     if not files:
         raise PosesynthError(f"{out}: no shard annotation files to merge")

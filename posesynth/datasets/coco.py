@@ -25,6 +25,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -42,7 +43,7 @@ from .reading import (COORD_TOLERANCE, ErrorPolicy, ImageResolver, InfoNote, Out
                       read_image, sizes_of)
 from .sample import Sample
 
-__all__ = ["CocoKeypointDataset", "CocoWriter", "write_coco", "layout_from_category", "derive_layout",
+__all__ = ["CocoKeypointDataset", "CocoWriter", "CocoJournalWriter", "write_coco", "layout_from_category", "derive_layout",
            "resolve_layouts", "ErrorPolicy", "COORD_TOLERANCE"]
 
 log = logging.getLogger(__name__)
@@ -680,6 +681,109 @@ class CocoWriter:
         """Write the annotation file atomically (may be called repeatedly to checkpoint)."""
         path = self.root / self.ann_name
         atomic_write_json(path, self.to_dict())
+        return path
+
+
+class CocoJournalWriter(CocoWriter):
+    """A :class:`CocoWriter` for long, resumable jobs: each :meth:`add` appends one line
+    ``{"image": entry, "annotations": [...]}`` to ``DIR/<ann stem>.journal.jsonl`` (flushed to
+    the OS at once, fsynced by :meth:`sync`), so the cost of recording an image does not grow
+    with the dataset.  :meth:`close` writes the annotation file atomically from the records
+    (images sorted by id, annotation ids 1..n in that order, so the file depends on the set of
+    records, not on the order or the sessions they were written in) and, with
+    ``finished=True``, removes the journal.
+
+    Resuming (``resume=True``) reads the journal, dropping a last line cut short by a crash
+    (and truncating the file there); without a journal it reads a finished annotation file.
+    Mutating ``images``/``annotations`` after :meth:`add` is not supported.
+    """
+
+    def __init__(self, root: "str | Path", layout: KeypointLayout, image_ext: str = ".jpg",
+                 jpeg_quality: int = 95, info: "dict[str, Any] | None" = None,
+                 ann_name: str = "annotations.json", resume: bool = False) -> None:
+        self.journal = Path(root) / (Path(ann_name).stem + ".journal.jsonl")
+        self._records: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
+        self._fh = None
+        have_journal = resume and self.journal.exists()
+        super().__init__(root, layout, image_ext, jpeg_quality, info, ann_name, resume and not have_journal)
+        if have_journal:
+            self._read_journal()
+        else:
+            by_image: dict[Any, list[dict[str, Any]]] = {}
+            for a in self.annotations:
+                by_image.setdefault(a["image_id"], []).append({k: v for k, v in a.items() if k != "id"})
+            self._records = [(im, by_image.get(im["id"], [])) for im in self.images]
+        self._seeded = have_journal   # a journal holding every record so far
+
+    def _read_journal(self) -> None:
+        path = self.journal
+        data = path.read_bytes()
+        end = data.rfind(b"\n") + 1        # a last line without its newline was cut short by a crash
+        for n, line in enumerate(data[:end].splitlines(), 1):
+            try:
+                rec = json.loads(line)
+                im, anns = rec["image"], rec["annotations"]
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+                raise DatasetError(f"{path}: cannot resume, line {n} is damaged ({e.__class__.__name__}); "
+                                   "remove the output folder and start again") from None
+            self._records.append((im, anns))
+            self.images.append(im)
+            self.annotations.extend(anns)
+        if end < len(data):
+            with open(path, "r+b") as f:
+                f.truncate(end)
+
+    def _append(self, lines: list[bytes]) -> None:
+        if self._fh is None:
+            self._fh = open(self.journal, "ab")
+        self._fh.write(b"".join(lines))
+        self._fh.flush()
+
+    @staticmethod
+    def _line(im: dict[str, Any], anns: list[dict[str, Any]]) -> bytes:
+        return (json.dumps({"image": im, "annotations": anns}) + "\n").encode("utf-8")
+
+    def add(self, sample: Sample, image_id: "int | None" = None, encoded: "bytes | None" = None,
+            entry: "dict[str, Any] | None" = None) -> int:
+        """Record one sample (its files are written unless ``entry`` says they are) with one
+        appended journal line; returns its image id."""
+        n_ann = len(self.annotations)
+        image_id = super().add(sample, image_id, encoded, entry)
+        anns = [{k: v for k, v in a.items() if k != "id"} for a in self.annotations[n_ann:]]
+        lines = [] if self._seeded else [self._line(im, a) for im, a in self._records]
+        self._seeded = True
+        self._records.append((self.images[-1], anns))
+        self._append(lines + [self._line(self.images[-1], anns)])
+        return image_id
+
+    def sync(self) -> None:
+        """Make the journal durable (fsync): what it lists survives a power cut."""
+        if self._fh is not None:
+            os.fsync(self._fh.fileno())
+
+    def to_dict(self) -> dict[str, Any]:
+        order = sorted(range(len(self._records)), key=lambda i: self._records[i][0]["id"])
+        images, anns = [], []
+        for i in order:
+            im, a = self._records[i]
+            images.append(im)
+            base = len(anns)
+            anns.extend([{"id": base + j + 1, **x} for j, x in enumerate(a)])
+        return {"info": self.info, "licenses": [], "categories": [self.category()], "images": images,
+                "annotations": anns}
+
+    def close(self, finished: bool = True) -> Path:
+        """Write the annotation file atomically from the records; with ``finished`` the journal
+        is then removed (else it stays, and a rerun continues from it)."""
+        if self._fh is not None:
+            self.sync()
+        path = super().close()
+        if finished:
+            if self._fh is not None:
+                self._fh.close()
+                self._fh = None
+            self.journal.unlink(missing_ok=True)
+            self._seeded = False
         return path
 
 
