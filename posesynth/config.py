@@ -21,7 +21,7 @@ from .errors import ConfigError
 from .io import atomic_write_text
 
 __all__ = ["add_config_args", "config_from_args", "run_config", "config_from_dict", "load_config", "save_config", "to_dict",
-           "check_numbers", "check_number"]
+           "check_numbers", "check_number", "yaml_error_line"]
 
 T = TypeVar("T")
 
@@ -91,11 +91,21 @@ def load_config(cls: type[T], path: "str | Path | None" = None, overrides: "dict
         except OSError as e:
             raise ConfigError(f"{p}: cannot read config ({e.strerror})") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: malformed YAML ({e})") from None
+            raise ConfigError(yaml_error_line(p, e)) from None
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: expected a mapping of option names to values")
     data.update(overrides or {})
     return config_from_dict(cls, data, str(path or "config"))
+
+
+def yaml_error_line(path: "str | Path", err: Exception) -> str:
+    """One line for a YAML parse error, starting with the file:
+    ``cfg.yaml: malformed YAML at line 2, column 5: mapping values are not allowed here``."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    context = getattr(err, "context", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{path}: malformed YAML{where}: {problem}" + (f" ({context})" if context else "")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from .layouts import (BUILTIN_LAYOUTS, COCO17, DEFAULT_SIGMA, KeypointLayout, ca
                       infer_flip_pairs, infer_sigmas)
 from .reading import (COORD_TOLERANCE, ErrorPolicy, ImageResolver, InfoNote, OutOfFramePolicy, OutOfFrameStats,
                       ProblemLog, ReaderBase, apply_out_of_frame, check_policies, image_size, out_of_frame_points,
-                      read_image, sizes_of)
+                      read_image, size_problem, sizes_of)
 from .sample import Sample
 
 __all__ = ["CocoKeypointDataset", "CocoWriter", "CocoJournalWriter", "write_coco", "layout_from_category", "derive_layout",
@@ -324,10 +324,17 @@ class CocoKeypointDataset(ReaderBase):
         that point to one of them; everything else is a problem under the error policy."""
         f = self.ann_file
         by_id: dict[Any, list[dict]] = {}
+        unsized: set = set()   # ids of entries dropped for their stated size: their annotations go quietly
         for i, im in enumerate(data["images"]):
             if not isinstance(im, dict) or not {"id", "file_name"} <= im.keys() or \
                     not isinstance(im["id"], (int, str)) or not isinstance(im["file_name"], str):
                 self._fail(f"{f}: images[{i}] needs an 'id' and a 'file_name': image dropped", "malformed image entry")
+                continue
+            why = size_problem(im)
+            if why:
+                self._fail(f"{f}: image {im['id']} ('{im['file_name']}'): {why}: image dropped with its annotations",
+                           "malformed image entry")
+                unsized.add(im["id"])
                 continue
             by_id.setdefault(im["id"], []).append(im)
         dups = {k for k, v in by_id.items() if len(v) > 1}
@@ -348,10 +355,14 @@ class CocoKeypointDataset(ReaderBase):
                 continue
             iid = a.get("image_id")
             aid = a.get("id", f"[{i}]")
-            if not isinstance(iid, (int, str)):
+            if not isinstance(iid, (int, str)) or isinstance(iid, bool):
                 self._fail(f"{f}: annotation {aid} has no usable 'image_id': dropped", "malformed annotation")
                 continue
-            if iid in dups:
+            if "id" in a and (not isinstance(a["id"], (int, str)) or isinstance(a["id"], bool)):
+                self._fail(f"{f}: annotations[{i}] has an 'id' that is not a number or a string ({a['id']!r}): "
+                           "dropped", "malformed annotation")
+                continue
+            if iid in dups or (iid in unsized and iid not in known):
                 continue
             if iid not in known:
                 self._fail(f"{f}: annotation {aid} refers to image id {iid}, which is not in 'images': "
@@ -360,13 +371,34 @@ class CocoKeypointDataset(ReaderBase):
             if a.get("category_id") != cat_id:
                 a = dict(a, category_id=cat_id)
             anns.append(a)
-        return images, anns
+        return self._drop_duplicate_annotation_ids(images, anns)
+
+    def _drop_duplicate_annotation_ids(self, images: list[dict], anns: list[dict]) -> tuple[list[dict], list[dict]]:
+        """An annotation id used more than once: references by id (the index, areas, track ids)
+        are ambiguous, and a person annotated twice is a phantom second person, so every image
+        holding one of those annotations is dropped with its annotations, one problem per id."""
+        by_id: dict[Any, list[dict]] = {}
+        for a in anns:
+            if "id" in a:
+                by_id.setdefault(a["id"], []).append(a)
+        dups = {k: v for k, v in by_id.items() if len(v) > 1}
+        if not dups:
+            return images, anns
+        drop: set = set()
+        for k in sorted(dups, key=str):
+            held = sorted({a["image_id"] for a in dups[k]}, key=str)
+            drop.update(held)
+            self._fail(f"{self.ann_file}: annotation id {k} is used by {len(dups[k])} annotations (of image"
+                       f"{'s' if len(held) > 1 else ''} {', '.join(str(h) for h in held[:5])}): "
+                       f"image{'s' if len(held) > 1 else ''} dropped with {'their' if len(held) > 1 else 'its'} "
+                       "annotations", "duplicate annotation id")
+        return ([im for im in images if im["id"] not in drop], [a for a in anns if a["image_id"] not in drop])
 
     def _collect(self, images: list[dict], anns: list[dict], cat_id: Any) -> list[_Entry]:
         k = self.source_layout.num_keypoints
         people: dict[Any, list[dict]] = {}
-        for a in anns:
-            if a.get("category_id") == cat_id and not a.get("iscrowd", 0):
+        for a in anns:   # crowd regions (iscrowd 1) are not people; an iscrowd that is not 0/1 is a bad annotation
+            if a.get("category_id") == cat_id and _crowd_flag(a) != 1:
                 people.setdefault(a["image_id"], []).append(a)
         # every annotation's keypoints in one array (checked at once); odd ones one by one
         images = sorted(images, key=lambda im: (isinstance(im["id"], str), im["id"]))
@@ -375,17 +407,25 @@ class CocoKeypointDataset(ReaderBase):
         bad: dict[int, str] = {}
         shaped = [j for j, a in enumerate(flat)
                   if isinstance(a.get("keypoints"), list) and len(a["keypoints"]) == 3 * k]
-        try:
-            if shaped:
-                arr[shaped] = np.asarray([flat[j]["keypoints"] for j in shaped], np.float64).reshape(-1, k, 3)
-        except (TypeError, ValueError):
+        # numbers only: numpy would turn "12.5" into 12.5 under a float dtype, so the values are
+        # read without one first (all numbers: a numeric array; any string or other value: not)
+        raw = _numeric_rows([flat[j]["keypoints"] for j in shaped], 3 * k)
+        if raw is not None:
+            arr[shaped] = raw.reshape(-1, k, 3)
+        else:
             for j in shaped:
-                try:
-                    arr[j] = np.asarray(flat[j]["keypoints"], np.float64).reshape(k, 3)
-                except (TypeError, ValueError):
-                    bad[j] = "keypoints must be numbers"
+                row = _numeric_rows([flat[j]["keypoints"]], 3 * k)
+                if row is None:
+                    odd = next(v for v in flat[j]["keypoints"]
+                               if isinstance(v, bool) or not isinstance(v, (int, float)))
+                    bad[j] = f"keypoints must be numbers, found {odd!r} ({type(odd).__name__})"
+                else:
+                    arr[j] = row.reshape(k, 3)
         for j, a in enumerate(flat):
             if j in bad:
+                continue
+            if _crowd_flag(a) is None:
+                bad[j] = f"iscrowd must be 0 or 1, not {a.get('iscrowd')!r}"
                 continue
             kp = a.get("keypoints")
             if "id" not in a:
@@ -563,6 +603,30 @@ class CocoKeypointDataset(ReaderBase):
             meta.update(im["posesynth"])
         return Sample(rgb, kp.copy(), masks, int(im["id"]) if isinstance(im["id"], int) else im["id"],
                       im["file_name"], meta)
+
+
+def _crowd_flag(ann: dict[str, Any]) -> "int | None":
+    """An annotation's ``iscrowd`` as 0 or 1 (absent: 0; ``true``/``false`` accepted); None when
+    it is anything else (``"no"``, 2, a list...)."""
+    v = ann.get("iscrowd", 0)
+    if isinstance(v, bool):
+        return int(v)
+    return int(v) if isinstance(v, (int, float)) and v in (0, 1) else None
+
+
+def _numeric_rows(rows: list[list], n: int) -> "np.ndarray | None":
+    """``(len(rows), n)`` float64 when every value of ``rows`` (lists of ``n`` values) is a
+    number (booleans included, as JSON's ``true`` is 1), else None.  Vectorised: NumPy infers a
+    numeric dtype only when every value is one."""
+    if not rows:
+        return np.zeros((0, n))
+    try:
+        a = np.asarray(rows)
+    except (TypeError, ValueError):   # ragged: a nested list inside
+        return None
+    if a.dtype.kind not in "biuf" or a.shape != (len(rows), n):
+        return None
+    return a.astype(np.float64)
 
 
 def _area_of(ann: dict[str, Any]) -> "float | None":
