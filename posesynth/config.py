@@ -138,11 +138,41 @@ def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
     return load_config(cls, getattr(args, "config", None), overrides)
 
 
-def run_config(cls: type[T], args: argparse.Namespace, run_dir: "str | Path", resume: bool) -> T:
+#: the checkpoint ``kind`` each training command writes (``RUN/checkpoints/latest.json``)
+RUN_KINDS = {"posesynth-posenet": "train-posenet", "posesynth-gan": "train-gan", "posesynth-nearest": "train-gan",
+             "posesynth-motion": "train-motion"}
+
+
+def run_command_of(run_dir: "str | Path") -> "str | None":
+    """The command that made the run in ``run_dir``, from its checkpoint's ``kind`` (latest, else
+    previous); None when there is no readable checkpoint JSON."""
+    import json
+
+    for name in ("latest.json", "previous.json"):
+        try:
+            kind = json.loads((Path(run_dir) / "checkpoints" / name).read_text()).get("kind")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if kind in RUN_KINDS:
+            return RUN_KINDS[kind]
+    return None
+
+
+def run_config(cls: type[T], args: argparse.Namespace, run_dir: "str | Path", resume: bool,
+               command: "str | None" = None) -> T:
     """The config of a training run: from ``--config`` and options, or, with ``resume``, the
-    run's saved ``config.yaml`` with the options given now on top (e.g. more ``--steps``)."""
+    run's saved ``config.yaml`` with the options given now on top (e.g. more ``--steps``).
+
+    ``command`` (e.g. ``"train-posenet"``; default ``args.command``) is checked against the
+    command that made the run, so resuming a ``train-gan`` run with ``train-posenet`` says so
+    instead of listing the other config's options as unknown."""
     if not resume:
         return config_from_args(cls, args)
+    command = command or getattr(args, "command", None)
+    made_by = run_command_of(run_dir)
+    if command and made_by and made_by != command:
+        raise ConfigError(f"{run_dir} is a {made_by} run; resume it with posesynth {made_by} --out {run_dir} "
+                          "--resume")
     saved = Path(run_dir) / "config.yaml"
     if not saved.exists():
         raise ConfigError(f"{run_dir}: nothing to resume (no config.yaml)")

@@ -196,3 +196,33 @@ def test_bad_plain_numbers_are_refused_first(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert rc == 2 and option in err and "must be" in err and "\n" not in err, (argv, err)
         assert not out.exists(), argv
+
+
+def test_resume_with_the_wrong_command_names_the_right_one(tmp_path, capsys):
+    """Issue 20.15: resuming a train-gan run with train-posenet (and the other way round) says
+    which command made the run, not ~30 unknown options."""
+    import json
+
+    from posesynth.cli import main
+
+    data = tmp_path / "data"
+    assert main(["make-data", "--out", str(data), "--num", "2", "--size", "64", "--workers", "1"]) == 0
+    gan, pose = tmp_path / "gan", tmp_path / "pose"
+    assert main(["train-gan", "--data", str(data), "--out", str(gan), "--size", "64", "--ngf", "8", "--ndf", "8",
+                 "--steps", "1", "--batch-size", "1", "--vgg", "off", "--device", "cpu"]) == 0
+    assert main(["train-posenet", "--data", str(data), "--out", str(pose), "--size", "64", "--backbone", "pvt_v2_b0",
+                 "--pretrained", "none", "--heads", "small", "--batch-size", "2", "--epochs", "1",
+                 "--device", "cpu"]) == 0
+    motion = tmp_path / "motion"
+    (motion / "checkpoints").mkdir(parents=True)
+    (motion / "checkpoints" / "latest.json").write_text(json.dumps({"kind": "posesynth-motion", "step": 1}))
+    (motion / "config.yaml").write_text("past: 10\n")
+    capsys.readouterr()
+    for cmd, run, made_by in (("train-posenet", gan, "train-gan"), ("train-gan", pose, "train-posenet"),
+                              ("train-posenet", motion, "train-motion"), ("train-motion", pose, "train-posenet")):
+        before = sorted(p.name for p in run.rglob("*"))
+        rc = main([cmd, "--out", str(run), "--resume", "--epochs" if cmd == "train-posenet" else "--steps", "3"])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and err == (f"posesynth {cmd}: error: {run} is a {made_by} run; resume it with posesynth "
+                                   f"{made_by} --out {run} --resume"), err
+        assert sorted(p.name for p in run.rglob("*")) == before        # nothing written
