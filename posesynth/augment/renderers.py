@@ -344,13 +344,15 @@ class WarpRenderer(Renderer):
     def __call__(self, images: torch.Tensor, masks: torch.Tensor, old_kp: np.ndarray, new_kp: np.ndarray) -> Rendered:
         dev = images.device
         imgs = tensor_to_image(images)
-        outs, alphas, holes = zip(*(self.render_one(im, o, n) for im, o, n in zip(imgs, old_kp, new_kp)))
-        self.last_limb = np.stack(alphas)
+        outs, alphas, _ = zip(*(self.render_one(im, o, n) for im, o, n in zip(imgs, old_kp, new_kp)))
         new = torch.from_numpy(np.stack(outs)).to(dev).permute(0, 3, 1, 2).float().div(127.5).sub(1)
-        changed = torch.from_numpy(np.maximum(np.stack(alphas), np.stack(holes).astype(np.float32))).to(dev)[:, None]
-        region = torch.maximum(change_region(old_kp, new_kp, self.layout, tuple(images.shape[-2:]), self.region, dev),
-                               changed)
-        new = torch.where(region > 0, new, images.float())   # outside the region: the source, exactly
+        # M, from the keypoints alone (the capsules around the moved bones, old and new); the
+        # warp's changes are clamped to it: the soft edge of a pasted part or a hole dilated at a
+        # capsule's rim can reach a pixel or so beyond, and outside M every pixel is the source's
+        region = change_region(old_kp, new_kp, self.layout, tuple(images.shape[-2:]), self.region, dev)
+        inside = region > 0
+        new = torch.where(inside, new, images.float())
+        self.last_limb = np.stack(alphas) * inside[:, 0].cpu().numpy()
         # the seatbelt (or any mask) is hidden under the pasted limb
         m = masks.float() * (1 - torch.from_numpy(self.last_limb).to(dev)[:, None].clamp(0, 1).round())
         return Rendered(new.to(images.dtype), region, m)
