@@ -152,19 +152,29 @@ def resolve_gan_device(spec: str, device: torch.device, local_rank: int = 0, wor
 class Precision:
     """Mixed precision for a training step: ``autocast`` in bf16 or fp16 on CUDA (fp16 with a
     GradScaler), plain fp32 elsewhere.  ``auto`` is bf16 on a CUDA GPU that supports it, else
-    fp32."""
+    fp32.
+
+    With fp16 the loss is scaled before ``backward`` and the gradients unscaled in :meth:`step`;
+    a step whose gradients overflowed is skipped by the scaler (the scale halves), and
+    :meth:`step` returns False.  The scaler's state (scale and growth count) belongs in a
+    checkpoint (:meth:`state_dict`, :meth:`load_state_dict`) for a resume to continue exactly.
+
+    ``reduced_on_cpu`` (class attribute, for tests only) lets bf16/fp16 run on the CPU, where
+    they are refused because they are hundreds of times slower there."""
+
+    reduced_on_cpu = False
 
     def __init__(self, spec: str, device: torch.device) -> None:
         if spec not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, not {spec!r}")
         if spec == "auto":
             spec = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-        if spec != "fp32" and device.type != "cuda":
+        if spec != "fp32" and device.type != "cuda" and not self.reduced_on_cpu:
             raise ConfigError(f"--precision {spec} needs a CUDA GPU; on the CPU use fp32 (bf16 is hundreds of times "
                               "slower there)")
         self.name, self.device = spec, device
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(spec)
-        self.scaler = torch.amp.GradScaler("cuda") if spec == "fp16" else None
+        self.scaler = torch.amp.GradScaler(device.type) if spec == "fp16" else None
 
     def autocast(self):
         if self.dtype is None:
@@ -174,9 +184,28 @@ class Precision:
     def backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
-    def step(self, opt: torch.optim.Optimizer) -> None:
-        if self.scaler is not None:
-            self.scaler.step(opt)
-            self.scaler.update()
-        else:
+    def step(self, opt: torch.optim.Optimizer) -> bool:
+        """Step ``opt`` (through the scaler with fp16); False when the scaler skipped the step
+        because the gradients overflowed."""
+        if self.scaler is None:
             opt.step()
+            return True
+        before = self.scaler.get_scale()
+        self.scaler.step(opt)
+        self.scaler.update()
+        return self.scaler.get_scale() >= before   # the scale only drops after an overflow
+
+    def state_dict(self) -> "dict[str, Any]":
+        """The scaler's state (``{}`` without one): JSON-serialisable, for a checkpoint's meta."""
+        if self.scaler is None:
+            return {}
+        st = self.scaler.state_dict()
+        return {"scale": float(st["scale"]), "growth_tracker": int(st["_growth_tracker"])}
+
+    def load_state_dict(self, state: "dict[str, Any] | None") -> None:
+        """Restore :meth:`state_dict` (nothing to do for an empty state or without a scaler)."""
+        if self.scaler is None or not state:
+            return
+        st = self.scaler.state_dict()
+        st.update(scale=float(state["scale"]), _growth_tracker=int(state["growth_tracker"]))
+        self.scaler.load_state_dict(st)

@@ -224,3 +224,72 @@ def test_metrics_over_two_ranks_equal_one_process(ddp_run):
     assert len(a["val"]) > 5
     for k, v in a["val"].items():
         assert one[k[4:]] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+
+
+def test_fp16_grad_scaler_skips_an_overflow_then_steps_unscaled(monkeypatch):
+    """The real fp16 path (autocast + torch.amp.GradScaler, here on the CPU): the loss is scaled
+    by 2^16 before backward; a gradient of 1 then overflows fp16 (max 65504), so the step is
+    skipped (weights unchanged, scale halved, step() False); at 2^15 it fits and the update is
+    exactly lr x the unscaled gradient."""
+    monkeypatch.setattr(Precision, "reduced_on_cpu", True)
+    prec = Precision("fp16", torch.device("cpu"))
+    assert prec.scaler is not None and prec.scaler.get_scale() == 2.0 ** 16
+    lin = torch.nn.Linear(4, 1, bias=False)
+    torch.nn.init.constant_(lin.weight, 0.5)
+    opt = torch.optim.SGD(lin.parameters(), lr=0.25)
+    x = torch.ones(1, 4)
+
+    def step():
+        with prec.autocast():
+            y = lin(x)                      # fp16 under autocast: d(sum y)/dW = x = 1 per weight
+        assert y.dtype == torch.float16
+        opt.zero_grad()
+        prec.backward(y.float().sum())
+        return prec.step(opt)
+
+    assert step() is False and torch.equal(lin.weight, torch.full((1, 4), 0.5))
+    assert prec.scaler.get_scale() == 2.0 ** 15
+    assert step() is True and torch.equal(lin.weight, torch.full((1, 4), 0.5 - 0.25 * 1.0))
+    # the scaler's state travels in a checkpoint's JSON and comes back
+    state = prec.state_dict()
+    assert state == {"scale": 2.0 ** 15, "growth_tracker": 1}
+    other = Precision("fp16", torch.device("cpu"))
+    other.load_state_dict(json.loads(json.dumps(state)))
+    assert other.state_dict() == state and other.scaler.get_scale() == 2.0 ** 15
+
+
+def test_fp16_loss_scale_is_in_the_checkpoints(monkeypatch, tmp_path):
+    """Resuming an fp16 run continues with its loss scale (a fresh 2^16 would skip steps the
+    uninterrupted run took): both trainers save and restore it."""
+    from posesynth.datasets.synthetic import render_scene, scene_rng
+    from posesynth.posenet.trainer import PoseNetTrainer, PoseTrainConfig
+    from posesynth.spade.trainer import GANConfig, GANTrainer
+
+    monkeypatch.setattr(Precision, "reduced_on_cpu", True)
+
+    class Src:
+        layout = DRIVER9
+        s = [render_scene(scene_rng(40, i), 64, "narrow", 0.0) for i in range(2)]
+
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return self.s[i]
+
+    pcfg = PoseTrainConfig(size=(64, 64), backbone="pvt_v2_b0", pretrained="none", heads="small", epochs=1,
+                           batch_size=2, device="cpu", precision="fp16")
+    t = PoseNetTrainer(pcfg, tmp_path / "pose", source=Src(), progress=False)
+    t.precision.load_state_dict({"scale": 512.0, "growth_tracker": 7})
+    t.save("latest")
+    r = PoseNetTrainer(pcfg, tmp_path / "pose", source=Src(), progress=False, resume=True)
+    assert r.precision.state_dict() == {"scale": 512.0, "growth_tracker": 7}
+    gcfg = GANConfig(size=(64, 64), ngf=8, ndf=8, batch_size=2, steps=1, vgg="off", augment=False, device="cpu",
+                     precision="fp16")
+    g = GANTrainer(gcfg, tmp_path / "gan", source=Src(), progress=False)
+    g.precision.load_state_dict({"scale": 256.0, "growth_tracker": 3})
+    g.precision_d.load_state_dict({"scale": 1024.0, "growth_tracker": 5})
+    g.save()
+    h = GANTrainer(gcfg, tmp_path / "gan", source=Src(), progress=False, resume=True)
+    assert h.precision.state_dict() == {"scale": 256.0, "growth_tracker": 3}
+    assert h.precision_d.state_dict() == {"scale": 1024.0, "growth_tracker": 5}

@@ -300,6 +300,7 @@ class PoseNetTrainer:
             meta["opt"] = s
             meta["sched"] = {k: v for k, v in self.sched.state_dict().items() if not callable(v)}
             meta["history"] = self.history
+            meta["grad_scaler"] = self.precision.state_dict()   # fp16: the loss scale, for an exact resume
         self.dir.save(name, tensors, meta)
 
     def _load(self) -> None:
@@ -308,6 +309,7 @@ class PoseNetTrainer:
         load_module(self.model, tensors, "model", str(path))
         optimizer_from_flat(self.opt, tensors, meta["opt"], "opt")
         self.sched.load_state_dict(meta["sched"])
+        self.precision.load_state_dict(meta.get("grad_scaler"))
         self.epoch, self.best, self.stale = int(meta["epoch"]), float(meta["best"]), int(meta["stale"])
         self.best_epoch = int(meta.get("best_epoch", 0))
         self.skipped_steps = int(meta.get("skipped_steps", 0))
