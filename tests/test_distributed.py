@@ -293,3 +293,29 @@ def test_fp16_loss_scale_is_in_the_checkpoints(monkeypatch, tmp_path):
     h = GANTrainer(gcfg, tmp_path / "gan", source=Src(), progress=False, resume=True)
     assert h.precision.state_dict() == {"scale": 256.0, "growth_tracker": 3}
     assert h.precision_d.state_dict() == {"scale": 1024.0, "growth_tracker": 5}
+
+
+def test_train_posenet_with_a_gan_under_torchrun(tmp_path):
+    """train-posenet --gan RUN with two ranks (gloo, CPU), through the command line: each rank
+    renders its own slots with the generator, the run ends on both, and the process group the
+    command made is destroyed at the end."""
+    from posesynth.datasets.make_data import make_synthetic_dataset
+    from posesynth.spade.trainer import GANConfig, GANTrainer
+
+    make_synthetic_dataset(tmp_path / "data", 6, seed=4, size=64, workers=1, progress=False)
+    GANTrainer(GANConfig(data=str(tmp_path / "data"), mode="full", size=(64, 64), ngf=8, ndf=8, steps=2,
+                         batch_size=2, vgg="off", augment=False, device="cpu"), tmp_path / "gan", progress=False).fit()
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        str(HERE / "ddp_gan_script.py"), str(tmp_path / "data"), str(tmp_path / "gan"),
+                        str(tmp_path)], capture_output=True, text=True, env=env, timeout=400)
+    assert r.returncode == 0, r.stderr[-4000:]
+    a, b = (json.loads((tmp_path / f"gan_rank{i}.json").read_text()) for i in range(2))
+    for s in (a, b):
+        assert s["rc"] == 0 and s["world"] == 2 and s["backend"] == "gloo" and s["epochs"] == 1
+        assert s["renderer"] == "GANRenderer" and s["mixer"]["renderer"] == "gan-full"
+        assert s["replaced_total"] == 2 and [sum(x["replaced"]) for x in s["steps"]] == [1, 1]
+        assert s["group_left_initialised"] is False
+    assert a["mixer_seed"] != b["mixer_seed"]
+    assert [x["keypoints"] for x in a["steps"]] != [x["keypoints"] for x in b["steps"]]
+    assert (tmp_path / "run" / "checkpoints" / "latest.json").exists()
