@@ -124,7 +124,7 @@ BAD_NUMBERS = [  # (command and options before --out, OUT name, the option the m
     (["train-posenet", "--seed", "-1"], "run", "--seed"),
     (["train-posenet", "--time-limit-min", "-1"], "run", "--time-limit-min"),
     (["train-posenet", "--judge-pck", "2"], "run", "--judge-pck"),
-    (["train-gan", "--lr-g", "0"], "run", "--lr-g"),
+    (["train-gan", "--lr-g", "-1"], "run", "--lr-g"),
     (["train-gan", "--beta1", "1"], "run", "--beta1"),
     (["train-gan", "--decay-from", "-5"], "run", "--decay-from"),
     (["train-gan", "--gallery-every", "0"], "run", "--gallery-every"),

@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 
 
 #: every numeric option's allowed values (config.check_numbers; other floats must be finite)
-POSE_NUMBERS = {"max_people": ">=0", "lr": ">0", "weight_decay": ">=0", "epochs": ">=1", "batch_size": ">=1",
+POSE_NUMBERS = {"max_people": ">=0", "lr": ">=0", "weight_decay": ">=0", "epochs": ">=1", "batch_size": ">=1",
                 "w_heatmap": ">=0", "w_paf": ">=0", "w_mask": ">=0", "sigma": ">0", "paf_width": ">0",
                 "plateau_factor": "(0,1)", "plateau_patience": ">=0", "early_stop": ">=0", "pck_alpha": ">0",
                 "decode_threshold": "[0,1)", "seed": ">=0", "workers": ">=0", "time_limit_min": ">=0",

@@ -112,7 +112,7 @@ GAN_NUMBERS = {"ngf": ">=1", "spade_hidden": ">=1", "ndf": ">=1", "num_d": ">=1"
                "z_dim": ">=0", "lambda_feat": ">=0", "lambda_vgg": ">=0", "lambda_gp": ">=0", "lambda_l1": ">=0",
                "extra_regions": "[0,1]", "region_radius": ">0", "lambda_pose_hm": ">=0", "lambda_pose_paf": ">=0",
                "lambda_pose_mask": ">=0", "sigma": ">0", "paf_width": ">0", "steps": ">=1", "batch_size": ">=1",
-               "lr_g": ">0", "lr_d": ">0", "beta1": "[0,1)", "beta2": "[0,1)", "decay_from": ">=-1", "seed": ">=0",
+               "lr_g": ">=0", "lr_d": ">=0", "beta1": "[0,1)", "beta2": "[0,1)", "decay_from": ">=-1", "seed": ">=0",
                "workers": ">=0", "log_every": ">=1", "gallery_every": ">=1", "checkpoint_every": ">=1",
                "time_limit_min": ">=0", "max_bad_steps": ">=1"}
 

@@ -58,7 +58,7 @@ MOTION_NUMBERS = {"past": ">=1", "future": ">=1", "stride": ">=1", "val_fraction
                   "z_dim": ">=0", "layers": ">=1", "critic_hidden": ">=1", "critic_layers": ">=1", "steps": ">=1",
                   "batch_size": ">=1", "n_critic": ">=1", "lambda_gp": ">=0", "nda_fraction": "[0,1)",
                   "nda_jitter": ">=0", "pose_nda_fraction": "[0,1]", "held_fraction": ">=0", "lambda_bone": ">=0",
-                  "lambda_consistency": ">=0", "lr_g": ">0", "lr_d": ">0", "beta1": "[0,1)", "beta2": "[0,1)",
+                  "lambda_consistency": ">=0", "lr_g": ">=0", "lr_d": ">=0", "beta1": "[0,1)", "beta2": "[0,1)",
                   "threshold_quantile": "(0,1)", "seed": ">=0", "log_every": ">=1", "picture_every": ">=1",
                   "checkpoint_every": ">=1", "time_limit_min": ">=0"}
 
