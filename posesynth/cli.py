@@ -183,11 +183,13 @@ def _cmd_render_quality(a: argparse.Namespace) -> None:
 def _cmd_train_posenet(a: argparse.Namespace) -> None:
     from .augment.training import AugmentedPoseConfig, build_pose_trainer
     from .config import run_config
+    from .posenet.trainer import shutdown_distributed
 
     cfg = run_config(AugmentedPoseConfig, a, a.out, a.resume)
     if not cfg.data:
         raise PosesynthError("--data is required (a dataset folder or annotation file)")
     build_pose_trainer(cfg, Path(a.out), resume=a.resume).fit()
+    shutdown_distributed()   # under torchrun: the group init_distributed made
 
 
 def _cmd_evaluate(a: argparse.Namespace) -> None:
@@ -614,11 +616,38 @@ def _os_error_line(e: OSError) -> str:
     return f"{e.filename}: {why}" if e.filename else why
 
 
+#: the plain (non-config) numeric options of each command and their allowed values
+#: (:func:`posesynth.config.check_number`), checked before a command reads or writes anything;
+#: the ``train-*``, ``experiment``, ``generate`` and ``render-quality`` options are checked by
+#: their config's ``validate()``
+ARG_NUMBERS: dict[str, dict[str, str]] = {
+    "make-data": {"num": ">=1", "seed": ">=0", "size": ">=64", "passenger_prob": "[0,1]", "workers": ">=1",
+                  "sequences": ">=1", "length": ">=2"},
+    "show": {"num": ">=1", "cols": ">=1", "cell": ">=16"},
+    "convert": {"every": ">=1"},
+    "render": {"num": ">=1", "seed": ">=0", "size": ">=0"},
+    "extract": {"every": ">=1", "max_people": ">=0", "min_score": "[0,1]"},
+    "transfer": {"speed": ">0", "motion_steps": ">=0", "seed": ">=0", "every": ">=1", "fps": ">0",
+                 "batch_size": ">=1"},
+    "evaluate-generator": {"batch_size": ">=1"},
+    "motion-metrics": {"num": ">=1", "seed": ">=0", "horizon": ">=1"},
+}
+
+
+def check_arg_numbers(args: argparse.Namespace) -> None:
+    """Refuse an impossible plain numeric option of ``args.command`` (one line, exit 2)."""
+    from .config import check_number
+
+    for name, rule in ARG_NUMBERS.get(args.command, {}).items():
+        check_number(name, getattr(args, name, None), rule)
+
+
 def main(argv: "list[str] | None" = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        check_arg_numbers(args)   # before any command reads or writes anything
         code = args.func(args)   # a command may return an exit status (check: 1 when it found problems)
     except PosesynthError as e:
         if args.debug:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import re
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,7 +20,8 @@ import yaml
 from .errors import ConfigError
 from .io import atomic_write_text
 
-__all__ = ["add_config_args", "format_default", "config_from_args", "run_config", "config_from_dict", "load_config", "save_config", "to_dict"]
+__all__ = ["add_config_args", "format_default", "config_from_args", "run_config", "config_from_dict", "load_config",
+           "save_config", "to_dict", "check_numbers", "check_number", "yaml_error_line"]
 
 T = TypeVar("T")
 
@@ -117,7 +120,7 @@ def load_config(cls: type[T], path: "str | Path | None" = None, overrides: "dict
         except OSError as e:
             raise ConfigError(f"{p}: cannot read config ({e.strerror})") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: malformed YAML ({e})") from None
+            raise ConfigError(yaml_error_line(p, e)) from None
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: expected a mapping of option names to values")
     data.update(overrides or {})
@@ -128,6 +131,16 @@ def _plain(v: Any) -> Any:
     if isinstance(v, dict):
         return {k: _plain(x) for k, x in v.items()}
     return [_plain(x) for x in v] if isinstance(v, (tuple, list)) else v
+
+
+def yaml_error_line(path: "str | Path", err: Exception) -> str:
+    """One line for a YAML parse error, starting with the file:
+    ``cfg.yaml: malformed YAML at line 2, column 5: mapping values are not allowed here``."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    context = getattr(err, "context", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{path}: malformed YAML{where}: {problem}" + (f" ({context})" if context else "")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -190,13 +203,96 @@ def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
     return load_config(cls, getattr(args, "config", None), overrides)
 
 
-def run_config(cls: type[T], args: argparse.Namespace, run_dir: "str | Path", resume: bool) -> T:
+#: the checkpoint ``kind`` each training command writes (``RUN/checkpoints/latest.json``)
+RUN_KINDS = {"posesynth-posenet": "train-posenet", "posesynth-gan": "train-gan", "posesynth-nearest": "train-gan",
+             "posesynth-motion": "train-motion"}
+
+
+def run_command_of(run_dir: "str | Path") -> "str | None":
+    """The command that made the run in ``run_dir``, from its checkpoint's ``kind`` (latest, else
+    previous); None when there is no readable checkpoint JSON."""
+    import json
+
+    for name in ("latest.json", "previous.json"):
+        try:
+            kind = json.loads((Path(run_dir) / "checkpoints" / name).read_text()).get("kind")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if kind in RUN_KINDS:
+            return RUN_KINDS[kind]
+    return None
+
+
+def run_config(cls: type[T], args: argparse.Namespace, run_dir: "str | Path", resume: bool,
+               command: "str | None" = None) -> T:
     """The config of a training run: from ``--config`` and options, or, with ``resume``, the
-    run's saved ``config.yaml`` with the options given now on top (e.g. more ``--steps``)."""
+    run's saved ``config.yaml`` with the options given now on top (e.g. more ``--steps``).
+
+    ``command`` (e.g. ``"train-posenet"``; default ``args.command``) is checked against the
+    command that made the run, so resuming a ``train-gan`` run with ``train-posenet`` says so
+    instead of listing the other config's options as unknown."""
     if not resume:
         return config_from_args(cls, args)
+    command = command or getattr(args, "command", None)
+    made_by = run_command_of(run_dir)
+    if command and made_by and made_by != command:
+        raise ConfigError(f"{run_dir} is a {made_by} run; resume it with posesynth {made_by} --out {run_dir} "
+                          "--resume")
     saved = Path(run_dir) / "config.yaml"
     if not saved.exists():
         raise ConfigError(f"{run_dir}: nothing to resume (no config.yaml)")
     given = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
     return load_config(cls, saved, given)
+
+
+# ---- numeric checks ---------------------------------------------------------------------------
+_BOUND = re.compile(r"^(>=|>|<=|<)(-?[0-9.]+(?:e-?[0-9]+)?)$")
+_RANGE = re.compile(r"^([\[(])(-?[0-9.]+),(-?[0-9.]+)([\])])$")
+
+
+def _rule(rule: str) -> "tuple[typing.Callable[[float], bool], str]":
+    """``">=1"``, ``">0"``, ``"[0,1]"``, ``"(0,1)"``... -> (test, words)."""
+    m = _BOUND.match(rule.replace(" ", ""))
+    if m:
+        op, v = m.group(1), float(m.group(2))
+        shown = f"{v:g}"
+        return {">=": (lambda x: x >= v, f"at least {shown}"), ">": (lambda x: x > v, f"more than {shown}"),
+                "<=": (lambda x: x <= v, f"at most {shown}"), "<": (lambda x: x < v, f"less than {shown}")}[op]
+    m = _RANGE.match(rule.replace(" ", ""))
+    if not m:
+        raise ValueError(f"bad rule {rule!r}")
+    lo_c, lo, hi, hi_c = m.group(1), float(m.group(2)), float(m.group(3)), m.group(4)
+
+    def test(x: float) -> bool:
+        return (x >= lo if lo_c == "[" else x > lo) and (x <= hi if hi_c == "]" else x < hi)
+
+    return test, f"in {lo_c}{lo:g}, {hi:g}{hi_c}"
+
+
+def check_number(name: str, value: Any, rule: str) -> None:
+    """Refuse ``value`` (a number, or a tuple of numbers) unless it is finite and meets ``rule``
+    (``">=1"``, ``">0"``, ``">=0"``, ``"[0,1]"``, ``"(0,1)"``, ...): one :class:`ConfigError` line
+    naming the option as on the command line (``--batch-size``)."""
+    test, words = _rule(rule)
+    vals = value if isinstance(value, (tuple, list)) else (value,)
+    for v in vals:
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not test(v):
+            shown = ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in vals) \
+                if all(isinstance(x, (int, float)) for x in vals) else repr(value)
+            raise ConfigError(f"--{name.replace('_', '-')} must be {words}, not {shown}")
+
+
+def check_numbers(cfg: Any, rules: "dict[str, str]") -> None:
+    """:func:`check_number` for each ``option: rule`` of ``rules`` on the config ``cfg``, and
+    every other float option (or tuple of floats) must be finite (no NaN or infinity)."""
+    for name, rule in rules.items():
+        check_number(name, getattr(cfg, name), rule)
+    for f in dataclasses.fields(cfg):
+        if f.name in rules:
+            continue
+        v = getattr(cfg, f.name)
+        vals = v if isinstance(v, tuple) else (v,)
+        if any(isinstance(x, float) and not math.isfinite(x) for x in vals):
+            raise ConfigError(f"--{f.name.replace('_', '-')} must be a finite number, not {v}")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 from .errors import OutputError
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "ensure_writable_dir",
-           "describe_os_error"]
+           "describe_os_error", "remove_stale_temps", "is_stale_temp"]
 
 
 def describe_os_error(err: OSError, path: "str | Path | None" = None) -> str:
@@ -58,6 +59,36 @@ def atomic_write_bytes(path: "str | Path", data: bytes) -> None:
         if isinstance(e, OSError):
             raise OSError(e.errno, e.strerror, str(path)) from e
         raise
+
+
+#: the temporary names posesynth makes: ``.NAME.XXXXXXXX.tmp`` (atomic writes; ``XXXXXXXX`` is
+#: mkstemp's random suffix), ``.NAME.link.tmp`` (checkpoint.py's ``previous`` links) and
+#: ``.posesynth-write-test.XXXXXXXX`` (ensure_writable_dir)
+_TEMP_NAME = re.compile(r"^\.(?:.+\.[A-Za-z0-9_]+\.tmp|posesynth-write-test\.[A-Za-z0-9_]+)$")
+
+
+def is_stale_temp(name: str) -> bool:
+    """Whether a file name is one of this module's temporary files."""
+    return bool(_TEMP_NAME.match(name))
+
+
+def remove_stale_temps(folder: "str | Path", recursive: bool = True) -> int:
+    """Delete the temporary files an interrupted write left in ``folder`` (and, with
+    ``recursive``, in every folder below it); only names this module makes (see
+    :func:`is_stale_temp`) are touched.  Returns how many were removed.  Call it at a command's
+    start, before anything of this run writes there."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    n = 0
+    for p in (folder.rglob(".*") if recursive else folder.glob(".*")):
+        if is_stale_temp(p.name) and p.is_file() and not p.is_symlink():
+            try:
+                p.unlink()
+                n += 1
+            except OSError:
+                pass
+    return n
 
 
 def atomic_write_text(path: "str | Path", text: str) -> None:

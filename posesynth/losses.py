@@ -2,24 +2,29 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-__all__ = ["dice_bce"]
+__all__ = ["dice_bce_logits"]
 
 
-def dice_bce(prob: torch.Tensor, target: torch.Tensor, smooth: float = 1.0, eps: float = 1e-6) -> torch.Tensor:
-    """Dice + binary cross-entropy for a mask.
+def dice_bce_logits(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """Dice + binary cross-entropy for a mask, from logits.
+
+    Both terms are computed in float32 from the logits: BCE with logits (never saturates: a
+    logit of +20 on a background pixel has gradient ~1) and Dice on ``sigmoid(logits)``.  No
+    clamping, so no gradient is cut off where the prediction is most wrong.  A non-finite
+    logit gives a NaN loss (for the trainer's all-rank finite check), not an exception.
 
     Args:
-        prob: ``(B, M, H, W)`` predicted probabilities in [0, 1] (after a sigmoid).
+        logits: ``(B, M, H, W)`` mask logits (any float dtype; cast to float32).
         target: same shape, in [0, 1].
     Returns:
         scalar: ``BCE + (1 - Dice)``, the Dice computed per sample and channel, then averaged.
     """
-    p = prob.float().clamp(eps, 1 - eps)
+    x = logits.float()
     t = target.float()
-    # written out rather than F.binary_cross_entropy, which raises on NaN: a non-finite
-    # prediction must reach the trainer's all-rank finite check as a NaN loss, not an exception
-    bce = -(t * p.log() + (1 - t) * (1 - p).log()).mean()
+    bce = F.binary_cross_entropy_with_logits(x, t)
+    p = torch.sigmoid(x)
     inter = (p * t).flatten(2).sum(-1)
     dice = (2 * inter + smooth) / (p.flatten(2).sum(-1) + t.flatten(2).sum(-1) + smooth)
     return bce + (1 - dice).mean()

@@ -1,7 +1,7 @@
 """What every training run shares: its folder, config record, CSV log, TensorBoard, checkpoint
 pair and resume; the device and precision it runs with.
 
-Used by ``train-gan`` and ``train-posenet`` (and the motion trainer)::
+Used by ``train-gan``, ``train-posenet`` and ``train-motion``::
 
     RUN/config.yaml          the resolved config (rewritten on resume with the new options)
     RUN/<log>.csv            one row per step or epoch, rewritten atomically
@@ -26,27 +26,12 @@ if TYPE_CHECKING:
 from .checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
 from .config import save_config
 from .errors import ConfigError
-from .io import atomic_write_text
+from .io import atomic_write_text, remove_stale_temps
 
 __all__ = ["RunDir", "training_bar", "resolve_device", "resolve_gan_device", "Precision", "PRECISIONS", "remove_stale_temps"]
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-def remove_stale_temps(folder: "str | Path") -> int:
-    """Delete temporary files an interrupted atomic write left in ``folder`` (``.NAME.*.tmp``)."""
-    n = 0
-    folder = Path(folder)
-    if not folder.is_dir():
-        return 0
-    for p in folder.glob(".*.tmp"):
-        try:
-            p.unlink()
-            n += 1
-        except OSError:
-            pass
-    return n
 
 
 class RunDir:
@@ -62,14 +47,15 @@ class RunDir:
         return checkpoint_exists(self.ckpt / "latest")
 
     def prepare(self, cfg: Any, resume: bool) -> None:
-        """Check that a new run does not overwrite one, clean up after a crash, record ``cfg``."""
+        """Check that a new run does not overwrite one, clean up after a crash (every temporary
+        file of an interrupted atomic write anywhere in the run folder), record ``cfg``."""
         if not resume and self.exists():
             raise ConfigError(f"{self.path} already holds a run: pass --resume to continue it, or choose another --out")
         if resume and not self.exists():
             raise ConfigError(f"{self.path}: nothing to resume (no checkpoints/latest)")
         if not self.main:
             return
-        removed = remove_stale_temps(self.path) + remove_stale_temps(self.ckpt)
+        removed = remove_stale_temps(self.path)   # anywhere in the run: checkpoints/, web/, the logs
         if removed:
             log.info("removed %d temporary file(s) left by an interrupted write in %s", removed, self.path)
         self.path.mkdir(parents=True, exist_ok=True)
@@ -147,11 +133,19 @@ class RunDir:
                     tb.add_scalar(f"{prefix}/{k}", v, step)
 
 
-def resolve_device(spec: str = "auto", local_rank: "int | None" = None) -> torch.device:
-    """``auto``: ``cuda:LOCAL_RANK`` when CUDA is there, otherwise ``cpu``; anything else as given
-    (a bare ``cuda`` under torchrun becomes ``cuda:LOCAL_RANK``).  Clear errors for a CUDA
-    device on a machine without one."""
+def resolve_device(spec: str = "auto", local_rank: "int | None" = None, world: "int | None" = None,
+                   shared_ok: bool = False) -> torch.device:
+    """The device a process runs on.
+
+    ``auto``: ``cuda:LOCAL_RANK`` when CUDA is there, otherwise ``cpu``; a bare ``cuda`` is
+    ``cuda:LOCAL_RANK`` too; anything else as given.  ``local_rank`` and ``world`` default to
+    torchrun's ``LOCAL_RANK`` and ``WORLD_SIZE``.  Under torchrun with more than one process, a
+    GPU named by index (``cuda:0``) would put every rank on that one GPU, which NCCL refuses:
+    it is a :class:`ConfigError` naming the fix, unless ``shared_ok`` (a device without
+    collectives, such as each rank's own generator).  Clear errors for a CUDA device on a
+    machine without one, or an index beyond the GPUs there are."""
     lr = int(os.environ.get("LOCAL_RANK", "0")) if local_rank is None else local_rank
+    ws = int(os.environ.get("WORLD_SIZE", "1")) if world is None else world
     spec = (spec or "auto").strip()
     if spec == "auto":
         return torch.device(f"cuda:{lr}") if torch.cuda.is_available() else torch.device("cpu")
@@ -164,6 +158,10 @@ def resolve_device(spec: str = "auto", local_rank: "int | None" = None) -> torch
             raise ConfigError(f"device {spec} asked for, but this machine has no CUDA GPU (use --device cpu or auto)")
         if dev.index is None:
             dev = torch.device(f"cuda:{lr}")
+        elif ws > 1 and not shared_ok:
+            raise ConfigError(f"--device {spec} names one GPU for all {ws} torchrun processes, and NCCL refuses two "
+                              "ranks on one GPU: use --device cuda or auto (each rank takes cuda:LOCAL_RANK), "
+                              "or CUDA_VISIBLE_DEVICES to choose the GPUs")
         if dev.index >= torch.cuda.device_count():
             raise ConfigError(f"device {dev} asked for, but there are {torch.cuda.device_count()} GPUs")
     return dev
@@ -171,30 +169,41 @@ def resolve_device(spec: str = "auto", local_rank: "int | None" = None) -> torch
 
 def resolve_gan_device(spec: str, device: torch.device, local_rank: int = 0, world: int = 1) -> torch.device:
     """``auto``: a GPU of its own for each rank's generator when there are enough
-    (``cuda:world + local_rank``), otherwise the pose network's ``device``."""
+    (``cuda:world + local_rank``), otherwise the pose network's ``device``.  An explicit
+    ``cuda:N`` may be shared by the ranks (the generator takes part in no collective)."""
     if not spec or spec == "auto":
         if device.type == "cuda" and torch.cuda.device_count() >= 2 * world:
             return torch.device(f"cuda:{world + local_rank}")
         return device
-    return resolve_device(spec, local_rank)
+    return resolve_device(spec, local_rank, world, shared_ok=True)
 
 
 class Precision:
     """Mixed precision for a training step: ``autocast`` in bf16 or fp16 on CUDA (fp16 with a
     GradScaler), plain fp32 elsewhere.  ``auto`` is bf16 on a CUDA GPU that supports it, else
-    fp32."""
+    fp32.
+
+    With fp16 the loss is scaled before ``backward`` and the gradients unscaled in :meth:`step`;
+    a step whose gradients overflowed is skipped by the scaler (the scale halves), and
+    :meth:`step` returns False.  The scaler's state (scale and growth count) belongs in a
+    checkpoint (:meth:`state_dict`, :meth:`load_state_dict`) for a resume to continue exactly.
+
+    ``reduced_on_cpu`` (class attribute, for tests only) lets bf16/fp16 run on the CPU, where
+    they are refused because they are hundreds of times slower there."""
+
+    reduced_on_cpu = False
 
     def __init__(self, spec: str, device: torch.device) -> None:
         if spec not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, not {spec!r}")
         if spec == "auto":
             spec = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-        if spec != "fp32" and device.type != "cuda":
+        if spec != "fp32" and device.type != "cuda" and not self.reduced_on_cpu:
             raise ConfigError(f"--precision {spec} needs a CUDA GPU; on the CPU use fp32 (bf16 is hundreds of times "
                               "slower there)")
         self.name, self.device = spec, device
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(spec)
-        self.scaler = torch.amp.GradScaler("cuda") if spec == "fp16" else None
+        self.scaler = torch.amp.GradScaler(device.type) if spec == "fp16" else None
 
     def autocast(self):
         if self.dtype is None:
@@ -204,12 +213,31 @@ class Precision:
     def backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
-    def step(self, opt: torch.optim.Optimizer) -> None:
-        if self.scaler is not None:
-            self.scaler.step(opt)
-            self.scaler.update()
-        else:
+    def step(self, opt: torch.optim.Optimizer) -> bool:
+        """Step ``opt`` (through the scaler with fp16); False when the scaler skipped the step
+        because the gradients overflowed."""
+        if self.scaler is None:
             opt.step()
+            return True
+        before = self.scaler.get_scale()
+        self.scaler.step(opt)
+        self.scaler.update()
+        return self.scaler.get_scale() >= before   # the scale only drops after an overflow
+
+    def state_dict(self) -> "dict[str, Any]":
+        """The scaler's state (``{}`` without one): JSON-serialisable, for a checkpoint's meta."""
+        if self.scaler is None:
+            return {}
+        st = self.scaler.state_dict()
+        return {"scale": float(st["scale"]), "growth_tracker": int(st["_growth_tracker"])}
+
+    def load_state_dict(self, state: "dict[str, Any] | None") -> None:
+        """Restore :meth:`state_dict` (nothing to do for an empty state or without a scaler)."""
+        if self.scaler is None or not state:
+            return
+        st = self.scaler.state_dict()
+        st.update(scale=float(state["scale"]), _growth_tracker=int(state["growth_tracker"]))
+        self.scaler.load_state_dict(st)
 
 
 def training_bar(steps: int, start: int, time_limit_min: float = 0.0, desc: str = "train", disable: bool = False):

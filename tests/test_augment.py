@@ -197,3 +197,21 @@ def test_post_resize_and_translation_keep_labels_on_the_image(generator):
         assert np.abs(dec[0, DRIVER9.index("neck"), :2] - [x, y]).max() < 1.0
         moved += abs(x - kp[i, 0]) > 0.5
     assert moved >= 2
+
+
+@pytest.mark.parametrize("batch,fraction", [(1, 0.5), (3, 0.5), (3, 0.25), (8, 0.5)])
+def test_replaced_count_has_expectation_fraction_times_batch(batch, fraction):
+    """Issue 20.6: the replaced share's expectation is exactly fraction x batch (round(0.5) == 0
+    left a batch of one never replaced); slot choices depend only on (seed, step, fraction)."""
+    m = BatchMixer(DRIVER9, PoseMapSpec(), fraction, "real-dup", seed=7)
+    twin = BatchMixer(DRIVER9, PoseMapSpec(), fraction, "render", renderer=lambda *a: None, seed=7)
+    steps = 4000
+    counts = np.array([len(m.choose(batch, s)) for s in range(steps)])
+    want = fraction * batch
+    assert set(np.unique(counts)) <= {int(np.floor(want)), int(np.ceil(want))}
+    # the mean of a floor + Bernoulli(r) count: sd sqrt(r (1 - r)) / sqrt(steps) <= 0.008
+    assert abs(counts.mean() - want) < 0.03
+    for s in range(50):
+        a = m.choose(batch, s)
+        assert np.array_equal(a, twin.choose(batch, s)) and np.array_equal(a, np.unique(a))
+        assert a.min(initial=0) >= 0 and a.max(initial=0) < batch

@@ -110,3 +110,120 @@ def test_render_rejects_other_layout(tmp_path):
     r = run("render", "--gan", str(tmp_path / "gan"), "--data", str(tmp_path / "arm"), "--out", str(tmp_path / "r"))
     assert r.returncode == 2, r.stderr
     assert "trained on layout 'driver9'" in r.stderr and "'arm3'" in r.stderr and "Traceback" not in r.stderr
+
+
+BAD_NUMBERS = [  # (command and options before --out, OUT name, the option the message must name)
+    (["train-posenet", "--epochs", "-3"], "run", "--epochs"),
+    (["train-posenet", "--steps-per-epoch", "-4"], "run", "--steps-per-epoch"),
+    (["train-posenet", "--batch-size", "0"], "run", "--batch-size"),
+    (["train-posenet", "--lr", "nan"], "run", "--lr"),
+    (["train-posenet", "--workers", "-1"], "run", "--workers"),
+    (["train-posenet", "--max-people", "-2"], "run", "--max-people"),
+    (["train-posenet", "--sigma", "0"], "run", "--sigma"),
+    (["train-posenet", "--post-scale", "1.2,0.9"], "run", "--post-scale"),
+    (["train-posenet", "--plateau-factor", "1.5"], "run", "--plateau-factor"),
+    (["train-posenet", "--seed", "-1"], "run", "--seed"),
+    (["train-posenet", "--time-limit-min", "-1"], "run", "--time-limit-min"),
+    (["train-posenet", "--judge-pck", "2"], "run", "--judge-pck"),
+    (["train-gan", "--lr-g", "-1"], "run", "--lr-g"),
+    (["train-gan", "--beta1", "1"], "run", "--beta1"),
+    (["train-gan", "--decay-from", "-5"], "run", "--decay-from"),
+    (["train-gan", "--gallery-every", "0"], "run", "--gallery-every"),
+    (["train-gan", "--log-every", "0"], "run", "--log-every"),
+    (["train-gan", "--max-bad-steps", "0"], "run", "--max-bad-steps"),
+    (["train-gan", "--lambda-l1", "-1"], "run", "--lambda-l1"),
+    (["train-gan", "--region-radius", "inf"], "run", "--region-radius"),
+    (["train-motion", "--picture-every", "0"], "run", "--picture-every"),
+    (["train-motion", "--hidden", "0"], "run", "--hidden"),
+    (["train-motion", "--lr-d", "-1"], "run", "--lr-d"),
+    (["experiment", "overfitting", "--val", "V", "--test", "T", "--seeds", "0"], "exp", "--seeds"),
+    (["experiment", "overfitting", "--val", "V", "--test", "T", "--train-sizes", "0,32"], "exp", "--train-sizes"),
+    (["experiment", "overfitting", "--val", "V", "--test", "T", "--epochs", "-1"], "exp", "--epochs"),
+    (["generate", "--per-image", "0"], "gen", "--per-image"),
+    (["generate", "--batch-size", "0"], "gen", "--batch-size"),
+    (["generate", "--flush-every", "0"], "gen", "--flush-every"),
+    (["generate", "--threads", "0"], "gen", "--threads"),
+    (["generate", "--limit", "-1"], "gen", "--limit"),
+    (["render-quality", "--num", "0"], "rq", "--num"),
+    (["render-quality", "--size", "-64"], "rq", "--size"),
+    (["render", "--num", "-1"], "rend", "--num"),
+    (["render", "--size", "-1"], "rend", "--size"),
+]
+
+
+def test_bad_numbers_are_refused_before_any_folder(tmp_path, capsys):
+    """Issue 20.12: every numeric option is checked first: one line naming it, exit 2, no --out."""
+    from posesynth.cli import main
+
+    data = tmp_path / "data"
+    assert main(["make-data", "--out", str(data), "--num", "2", "--size", "64", "--workers", "1"]) == 0
+    capsys.readouterr()
+    for i, (args, name, option) in enumerate(BAD_NUMBERS):
+        out = tmp_path / f"{name}{i}"
+        argv = [*args, "--data", str(data), "--out", str(out)]
+        argv = [str(data) if a in ("V", "T") else a for a in argv]
+        if args[0] == "experiment":
+            argv[argv.index("--test") + 1] = str(tmp_path / "test_split")   # another path than --val
+        rc = main(argv)
+        err = capsys.readouterr().err.strip()
+        assert rc == 2, (argv, err)
+        assert option in err and "\n" not in err and "Traceback" not in err, (argv, err)
+        assert not out.exists(), argv
+
+
+PLAIN_BAD_NUMBERS = [  # commands whose numbers are plain argparse options
+    (["make-data", "--num", "0"], "--num"), (["make-data", "--size", "0"], "--size"),
+    (["make-data", "--passenger-prob", "2"], "--passenger-prob"), (["make-data", "--workers", "0"], "--workers"),
+    (["make-data", "--seed", "-1"], "--seed"),
+    (["convert", "SRC", "--every", "0"], "--every"),
+    (["extract", "clip.mp4", "--every", "0"], "--every"), (["extract", "clip.mp4", "--max-people", "-1"], "--max-people"),
+    (["transfer", "--gan", "G", "--source", "S", "--batch-size", "0"], "--batch-size"),
+    (["transfer", "--gan", "G", "--source", "S", "--fps", "0"], "--fps"),
+    (["transfer", "--gan", "G", "--source", "S", "--every", "0"], "--every"),
+    (["evaluate-generator", "--gan", "G", "--data", "D", "--batch-size", "0"], "--batch-size"),
+    (["motion-metrics", "--motion", "M", "--data", "D", "--num", "0"], "--num"),
+    (["motion-metrics", "--motion", "M", "--data", "D", "--horizon", "0"], "--horizon"),
+]
+
+
+def test_bad_plain_numbers_are_refused_first(tmp_path, capsys):
+    from posesynth.cli import main
+
+    for i, (args, option) in enumerate(PLAIN_BAD_NUMBERS):
+        out = tmp_path / (f"o{i}.mp4" if args[0] == "transfer" else f"o{i}.json" if args[0] in (
+            "evaluate-generator", "motion-metrics") else f"o{i}")
+        argv = [str(tmp_path / "in") if a in ("SRC", "G", "S", "D", "M") else a for a in args] + ["--out", str(out)]
+        rc = main(argv)
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and option in err and "must be" in err and "\n" not in err, (argv, err)
+        assert not out.exists(), argv
+
+
+def test_resume_with_the_wrong_command_names_the_right_one(tmp_path, capsys):
+    """Issue 20.15: resuming a train-gan run with train-posenet (and the other way round) says
+    which command made the run, not ~30 unknown options."""
+    import json
+
+    from posesynth.cli import main
+
+    data = tmp_path / "data"
+    assert main(["make-data", "--out", str(data), "--num", "2", "--size", "64", "--workers", "1"]) == 0
+    gan, pose = tmp_path / "gan", tmp_path / "pose"
+    assert main(["train-gan", "--data", str(data), "--out", str(gan), "--size", "64", "--ngf", "8", "--ndf", "8",
+                 "--steps", "1", "--batch-size", "1", "--vgg", "off", "--device", "cpu"]) == 0
+    assert main(["train-posenet", "--data", str(data), "--out", str(pose), "--size", "64", "--backbone", "pvt_v2_b0",
+                 "--pretrained", "none", "--heads", "small", "--batch-size", "2", "--epochs", "1",
+                 "--device", "cpu"]) == 0
+    motion = tmp_path / "motion"
+    (motion / "checkpoints").mkdir(parents=True)
+    (motion / "checkpoints" / "latest.json").write_text(json.dumps({"kind": "posesynth-motion", "step": 1}))
+    (motion / "config.yaml").write_text("past: 10\n")
+    capsys.readouterr()
+    for cmd, run, made_by in (("train-posenet", gan, "train-gan"), ("train-gan", pose, "train-posenet"),
+                              ("train-posenet", motion, "train-motion"), ("train-motion", pose, "train-posenet")):
+        before = sorted(p.name for p in run.rglob("*"))
+        rc = main([cmd, "--out", str(run), "--resume", "--epochs" if cmd == "train-posenet" else "--steps", "3"])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and err == (f"posesynth {cmd}: error: {run} is a {made_by} run; resume it with posesynth "
+                                   f"{made_by} --out {run} --resume"), err
+        assert sorted(p.name for p in run.rglob("*")) == before        # nothing written

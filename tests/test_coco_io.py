@@ -117,3 +117,53 @@ def test_convert_on_load(fixtures):
     both = (r.keypoints[:, 5, 2] > 0) & (r.keypoints[:, 6, 2] > 0)
     np.testing.assert_allclose(s.keypoints[both, 3, :2], (r.keypoints[both, 5, :2] + r.keypoints[both, 6, :2]) / 2)
     assert s.masks.shape == (1,) + s.image.shape[:2] and s.masks.sum() == 0  # no seatbelt masks in COCO
+
+
+def _set(*keys_value):
+    def fn(d):
+        *keys, value = keys_value
+        obj = d
+        for k in keys[:-1]:
+            obj = obj[k]
+        obj[keys[-1]] = value
+    return fn
+
+
+@pytest.mark.parametrize("edit,kind,left,pattern", [
+    # a labelled person whose iscrowd is not 0/1 would vanish as a "crowd": a bad annotation
+    (_set("annotations", 0, "iscrowd", "no"), "bad annotation", 2, r"annotation 1: iscrowd must be 0 or 1, not 'no'"),
+    (_set("annotations", 1, "iscrowd", 2), "bad annotation", 2, r"iscrowd must be 0 or 1, not 2"),
+    (_set("images", 1, "width", "sixty-four"), "malformed image entry", 2,
+     r"image 2 \('000002.png'\): 'width' must be a positive whole number of pixels, not 'sixty-four'"),
+    (_set("images", 1, "width", -64), "malformed image entry", 2, r"'width' must be .* not -64"),
+    (_set("images", 2, "height", 95.5), "malformed image entry", 2, r"'height' must be .* not 95.5"),
+    (_set("annotations", 0, "keypoints", 4, "12.5"), "bad annotation", 2,
+     r"annotation 1: keypoints must be numbers, found '12.5' \(str\)"),
+    # annotation 4 (image 3) takes id 2 (image 2): both images go, one problem
+    (_set("annotations", 3, "id", 2), "duplicate annotation id", 1,
+     r"annotation id 2 is used by 2 annotations \(of images 2, 3\)"),
+])
+def test_malformed_values_are_counted_not_accepted(dataset_dir, edit, kind, left, pattern):
+    """Issue 20.14: values of the wrong type or range are problems under the error policy."""
+    from posesynth.datasets.formats import open_dataset
+
+    root, _ = dataset_dir
+    _edit(root, edit)
+    ds = open_dataset(root, on_error="skip")
+    assert ds.problem_counts() == {kind: 1} and len(ds) == left, ds.errors
+    assert str(root / "annotations.json") in ds.errors[0]
+    with pytest.raises(DatasetError, match=pattern):
+        open_dataset(root, on_error="raise")
+    if kind == "bad annotation":   # the people that remain are the file's own: nobody became background
+        assert all(s.num_people == s.image_id % 3 or s.num_people == 3 for s in ds)
+
+
+def test_malformed_yaml_config_names_its_file(tmp_path, capsys):
+    from posesynth.cli import main
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("epochs: 3\n  lr: [1, 2\n")
+    rc = main(["train-posenet", "--config", str(cfg), "--out", str(tmp_path / "run"), "--data", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith(f"posesynth train-posenet: error: {cfg}: malformed YAML at line 2, column 5")
+    assert "\n" not in err and "<unicode string>" not in err and not (tmp_path / "run").exists()

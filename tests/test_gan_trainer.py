@@ -96,8 +96,10 @@ def test_resume_continues_exactly(tmp_path):
     src = ListSource()
     GANTrainer(small_cfg(steps=6), tmp_path / "full", source=src, progress=False).fit()
     GANTrainer(small_cfg(steps=3), tmp_path / "part", source=src, progress=False).fit()
+    stale = tmp_path / "part" / "web" / ".index.html.a1b2c3d4.tmp"   # the gallery's write, cut by a crash
+    stale.write_text("<html")
     resumed = GANTrainer(small_cfg(steps=6), tmp_path / "part", source=src, resume=True, progress=False)
-    assert resumed.step == 3
+    assert resumed.step == 3 and not stale.exists()
     resumed.fit()
     full, part = read_losses(tmp_path / "full"), read_losses(tmp_path / "part")
     assert [r["step"] for r in part] == [str(i) for i in range(1, 7)]
@@ -128,7 +130,7 @@ def test_nan_guard_skips_and_stops(tmp_path):
 
 
 class Judge(nn.Module):
-    """A stand-in pose network: image -> (heatmaps 1/4, PAFs 1/4, mask full size)."""
+    """A stand-in pose network: image -> (heatmaps 1/4, PAFs 1/4, mask logits full size)."""
 
     def __init__(self):
         super().__init__()
@@ -141,7 +143,7 @@ class Judge(nn.Module):
     def forward(self, x):
         f = torch.relu(self.bn(self.body(x)))
         small = nn.functional.avg_pool2d(f, 4)
-        return self.hm(small), self.paf(small), torch.sigmoid(self.mask(f))
+        return self.hm(small), self.paf(small), self.mask(f)
 
 
 def test_pose_judge_is_frozen_and_receives_no_gradient(tmp_path):

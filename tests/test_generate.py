@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -175,3 +176,161 @@ def test_other_settings_into_the_same_output_are_refused(setup, tmp_path):
         generate_dataset(gcfg(setup, tmp_path / "g", per_image=3), progress=False)
     generate_dataset(gcfg(setup, tmp_path / "g"), progress=False)   # the same settings continue
     assert len(read(tmp_path / "g")["images"]) == 10
+
+
+@pytest.fixture(scope="module")
+def warp_data(tmp_path_factory):
+    from posesynth.cli import main
+
+    root = tmp_path_factory.mktemp("warpgen")
+    assert main(["make-data", "--out", str(root / "data"), "--size", "128", "--num", "8", "--seed", "5",
+                 "--workers", "1"]) == 0
+    return root
+
+
+def _images(path):
+    return {f.name: f.read_bytes() for f in sorted((path / "images").iterdir())}
+
+
+def test_warp_generate_is_independent_of_sharding_and_interruption(warp_data, tmp_path):
+    """Issue 20.11: a warp render depends only on (seed, image, copy): the uninterrupted run,
+    two shards merged, and a run interrupted then resumed give identical bytes, although the
+    process's OpenCV random state differs between them (GrabCut's k-means start draws from it)."""
+    import cv2
+
+    from posesynth.cli import main
+
+    def run(out, *extra):
+        return main(["generate", "--renderer", "warp", "--data", str(warp_data / "data"), "--out", str(out),
+                     "--per-image", "2", "--seed", "4", "--device", "cpu", *extra])
+
+    assert run(tmp_path / "one") == 0
+    cv2.setRNGSeed(987)
+    cv2.randu(np.zeros((50, 50), np.uint8), 0, 255)        # another history of OpenCV's RNG
+    assert run(tmp_path / "sh", "--shard", "1/2") == 0
+    assert run(tmp_path / "sh", "--shard", "0/2") == 0
+    assert main(["generate", "--out", str(tmp_path / "sh"), "--merge"]) == 0
+    one, sh = read(tmp_path / "one"), read(tmp_path / "sh")
+    assert one["images"] == sh["images"] and one["annotations"] == sh["annotations"]
+    ref = _images(tmp_path / "one")
+    assert len(ref) == 16 and _images(tmp_path / "sh") == ref
+    # interrupted after 5 images (another RNG history again), then resumed
+    cfg = GenerateConfig(renderer="warp", data=str(warp_data / "data"), out=str(tmp_path / "part"), per_image=2,
+                         seed=4, device="cpu")
+    generate_dataset(cfg, progress=False, stop_after=5)
+    cv2.setRNGSeed(31)
+    assert run(tmp_path / "part") == 0
+    assert read(tmp_path / "part") == one and _images(tmp_path / "part") == ref
+
+
+def test_warp_render_ignores_opencv_random_state():
+    """Issue 20.11: the same render twice in one process, OpenCV's RNG disturbed in between."""
+    import cv2
+
+    from posesynth.augment.renderers import WarpRenderer
+    from posesynth.datasets.synthetic import render_scene, scene_rng
+    from posesynth.datasets.torch_dataset import image_to_tensor
+
+    for i in range(4):
+        s = render_scene(scene_rng(9, i), 128, "narrow", 0.3)
+        new = perturb_keypoints(s.keypoints, DRIVER9, (128, 128), np.random.default_rng(i), PerturbConfig())
+        args = (image_to_tensor(s.image)[None], torch.from_numpy(s.masks[None]).float(), s.keypoints[None], new[None])
+        a = WarpRenderer(DRIVER9)(*args)
+        cv2.setRNGSeed(1000 + i)
+        cv2.randu(np.zeros((20, 20), np.float32), 0, 1)
+        b = WarpRenderer(DRIVER9)(*args)
+        assert torch.equal(a.images, b.images) and torch.equal(a.masks, b.masks), i
+
+
+def test_train_posenet_with_warp_resumes_bit_for_bit(warp_data, tmp_path):
+    """Issue 20.11: train-posenet --renderer warp resumed (in a process whose OpenCV random state
+    is another) ends with the same weights as the uninterrupted run."""
+    import cv2
+
+    from posesynth.checkpoint import load_checkpoint
+    from posesynth.posenet.trainer import PoseNetTrainer, PoseTrainConfig
+
+    cfg = dict(data=str(warp_data / "data"), size=(128, 128), backbone="pvt_v2_b0", pretrained="none", heads="small",
+               batch_size=2, steps_per_epoch=3, renderer="warp", device="cpu", seed=1, fraction=1.0)
+    PoseNetTrainer(PoseTrainConfig(epochs=2, **cfg), tmp_path / "one", progress=False).fit()
+    PoseNetTrainer(PoseTrainConfig(epochs=1, **cfg), tmp_path / "two", progress=False).fit()
+    cv2.setRNGSeed(4242)
+    cv2.randu(np.zeros((64, 64), np.uint8), 0, 255)
+    PoseNetTrainer(PoseTrainConfig(epochs=2, **cfg), tmp_path / "two", progress=False, resume=True).fit()
+    a, ma = load_checkpoint(tmp_path / "one" / "checkpoints" / "latest")
+    b, mb = load_checkpoint(tmp_path / "two" / "checkpoints" / "latest")
+    assert ma["epoch"] == mb["epoch"] == 2 and a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_generate_appends_instead_of_rewriting(warp_data, tmp_path, monkeypatch):
+    """Issue 20.16: recording an image appends one journal line; the annotation file is written
+    once, at the end (it was rewritten every flush_every images: quadratic in the dataset)."""
+    import posesynth.io as pio
+
+    writes = []
+    real = pio.atomic_write_bytes
+
+    def counting(path, data):
+        writes.append((Path(path).name, len(data)))
+        return real(path, data)
+
+    monkeypatch.setattr(pio, "atomic_write_bytes", counting)
+    cfg = GenerateConfig(renderer="warp", data=str(warp_data / "data"), out=str(tmp_path / "g"), per_image=2,
+                         seed=4, device="cpu", flush_every=1)
+    generate_dataset(cfg, progress=False)
+    ann = [w for w in writes if w[0].startswith("annotations")]
+    assert [w[0] for w in ann] == ["annotations.json"]
+    data = read(tmp_path / "g")
+    assert len(data["images"]) == 16 and [im["id"] for im in data["images"]] == list(range(1, 17))
+    assert [a["id"] for a in data["annotations"]] == list(range(1, len(data["annotations"]) + 1))
+    assert not list((tmp_path / "g").glob("*.jsonl"))          # the journal is gone once the file is written
+
+
+def test_generate_after_kill_9_gives_the_uninterrupted_bytes(warp_data, tmp_path):
+    """Issues 20.13 and 20.16: kill -9 in the middle of a run, a journal line cut short and a
+    crashed atomic write's temporary file; the rerun removes the temporary file, continues,
+    and ends with the uninterrupted run's bytes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from posesynth.cli import main
+
+    args = ["generate", "--renderer", "warp", "--data", str(warp_data / "data"), "--per-image", "4", "--seed", "2",
+            "--device", "cpu", "--flush-every", "1000"]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    out = tmp_path / "killed"
+    journal = out / "annotations.journal.jsonl"
+    p = subprocess.Popen([sys.executable, "-m", "posesynth", *args, "--out", str(out)], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    t0 = time.time()
+    while p.poll() is None and time.time() - t0 < 120:
+        if journal.exists() and journal.read_bytes().count(b"\n") >= 4:
+            os.kill(p.pid, signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    p.wait()
+    if p.returncode == -signal.SIGKILL:           # killed mid-run (else it finished first: still compared)
+        assert 4 <= journal.read_bytes().count(b"\n") < 32 and not (out / "annotations.json").exists()
+        with open(journal, "ab") as f:
+            f.write(b'{"image": {"id": 31, "file_na')      # a line cut short
+    stale = out / ".annotations.json.abcd1234.tmp"
+    stale.write_text("{")
+    assert main([*args, "--out", str(out)]) == 0
+    assert not stale.exists() and not journal.exists()
+    assert (out / "annotations.json").read_bytes() == (tmp_path / "one" / "annotations.json").read_bytes()
+    assert _images(out) == _images(tmp_path / "one") and len(_images(out)) == 32
+
+
+def test_merge_refuses_an_unfinished_shard(warp_data, tmp_path):
+    cfg = dict(renderer="warp", data=str(warp_data / "data"), out=str(tmp_path / "sh"), per_image=2, seed=4,
+               device="cpu")
+    generate_dataset(GenerateConfig(shard="0/2", **cfg), progress=False)
+    generate_dataset(GenerateConfig(shard="1/2", **cfg), progress=False, stop_after=3)
+    with pytest.raises(PosesynthError, match=r"not finished \(annotations.shard-1-of-2.journal.jsonl\)"):
+        merge_shards(tmp_path / "sh", progress=False)
+    generate_dataset(GenerateConfig(shard="1/2", **cfg), progress=False)
+    assert len(json.loads(merge_shards(tmp_path / "sh", progress=False).read_text())["images"]) == 16

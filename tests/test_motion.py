@@ -290,7 +290,12 @@ def test_resume_continues_exactly(tmp_path):
     MotionTrainer(MotionConfig(steps=2, **cfg), tmp_path / "b", sequences=seqs, progress=False).fit()
     with pytest.raises(PosesynthError, match="already holds a run"):
         MotionTrainer(MotionConfig(steps=4, **cfg), tmp_path / "b", sequences=seqs, progress=False)
+    # issue 20.13: a crash's temporary files (a checkpoint-sized one, the CSV's) go at the next start
+    stale = [tmp_path / "b" / "checkpoints" / ".latest.safetensors.k2j3h4g5.tmp", tmp_path / "b" / ".losses.csv.q1w2e3r4.tmp"]
+    stale[0].write_bytes((tmp_path / "b" / "checkpoints" / "latest.safetensors").read_bytes()[:1000])
+    stale[1].write_text("step,")
     MotionTrainer(MotionConfig(steps=4, **cfg), tmp_path / "b", sequences=seqs, resume=True, progress=False).fit()
+    assert not any(p.exists() for p in stale)
     assert (tmp_path / "a" / "losses.csv").read_text() == (tmp_path / "b" / "losses.csv").read_text()
     a, b = load_motion(tmp_path / "a"), load_motion(tmp_path / "b")
     for pa, pb in zip(a.G.parameters(), b.G.parameters()):

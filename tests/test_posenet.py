@@ -27,7 +27,7 @@ def test_posenet_shapes(size):
     m = PoseNet(PoseNetConfig(9, 8, 1, "pvt_v2_b0", "none", "small"))
     hm, paf, mask = m(torch.rand(2, 3, *size) * 2 - 1)
     assert hm.shape == (2, 9, size[0] // 4, size[1] // 4) and paf.shape == (2, 16, size[0] // 4, size[1] // 4)
-    assert mask.shape == (2, 1, *size) and 0 <= mask.min() and mask.max() <= 1
+    assert mask.shape == (2, 1, *size) and mask.dtype == torch.float32  # logits
 
 
 def test_fpn_uses_every_level_once():
@@ -210,3 +210,79 @@ def test_no_detections_give_nan_error_not_zero():
     m.add(person(200, 100)[None], np.zeros((0, 9, 3), np.float32), np.zeros(0), (384, 384))
     r = m.result()
     assert r["PCK@0.2"] == 0 and np.isnan(r["mean_px_error"]) and r["AP"] == 0
+
+
+def test_mask_head_gets_gradient_under_bf16_where_most_wrong():
+    """Issue 20.3: a large positive mask logit (>= 8) on a background pixel is the most wrong
+    prediction there is; under bf16 autocast its loss gradient must not be 0 (a sigmoid in
+    bf16 rounds it to 1.0 and a clamp then cuts the gradient off).  The true gradient of
+    BCE-with-logits w.r.t. the logit is sigmoid(x) - t ~ 1 for t = 0."""
+    from posesynth.posenet.losses import PoseLossWeights, pose_loss
+
+    torch.manual_seed(0)
+    m = PoseNet(PoseNetConfig(9, 8, 1, "pvt_v2_b0", "none", "small"))
+    with torch.no_grad():
+        m.seg_out.weight.zero_()
+        m.seg_out.bias.fill_(12.0)          # every pixel: logit 12, sigmoid 0.999994
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    target = {"heatmaps": torch.zeros(2, 9, 16, 16), "pafs": torch.zeros(2, 16, 16, 16),
+              "masks": torch.zeros(2, 1, 64, 64)}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(x)
+        loss, _ = pose_loss(out, target, PoseLossWeights(heatmap=0.0, paf=0.0, mask=1.0))
+    loss.backward()
+    g = m.seg_out.bias.grad
+    assert g is not None and torch.isfinite(g).all()
+    # mean over pixels of d(BCE)/d(logit) = sigmoid(12) - 0, plus Dice's (small) share
+    assert float(g) == pytest.approx(1 / (1 + np.exp(-12.0)), rel=0.02)
+    assert out[2].dtype == torch.float32  # logits come out in fp32
+
+
+def test_oks_uses_the_annotation_area(tmp_path):
+    """Issue 20.7: OKS AP with COCO's definition, s^2 = the annotation's ``area``: the area goes
+    from the COCO file through the reader and the evaluation dataset to the metric.  One
+    person, one prediction, every keypoint off by the same d: the OKS is, by COCO's formula,
+    mean_k exp(-d^2 / (2 * area * (2 sigma_k)^2)), and COCOeval's AP over thresholds 0.50:0.95
+    is the share of the ten thresholds at or below it."""
+    import cv2
+
+    from posesynth.datasets.formats import open_dataset
+    from posesynth.datasets.torch_dataset import PoseMapDataset
+
+    kp = person(100, 40)                         # spans 140 x 150 px: tight box area 21000
+    area = 5200.0                                # the annotation's (segmentation) area
+    root = tmp_path / "ds"
+    (root / "images").mkdir(parents=True)
+    cv2.imwrite(str(root / "images" / "a.png"), np.zeros((256, 256, 3), np.uint8))
+    ann = {"id": 1, "image_id": 1, "category_id": 1, "keypoints": kp.reshape(-1).tolist(), "area": area,
+           "bbox": [30, 30, 150, 170], "iscrowd": 0, "num_keypoints": 9}
+    cat = {"id": 1, "name": "person", "keypoints": list(DRIVER9.keypoints),
+           "skeleton": [[a + 1, b + 1] for a, b in DRIVER9.limbs]}
+    (root / "annotations.json").write_text(json.dumps({"images": [{"id": 1, "file_name": "a.png", "width": 256,
+                                                                   "height": 256}],
+                                                       "annotations": [ann], "categories": [cat]}))
+    ds = open_dataset(root, layout="driver9")
+    assert ds[0].meta["areas"] == [area]
+    item = PoseMapDataset(ds, (128, 128), with_original=True, with_maps=False)[0]
+    sig = np.asarray(DRIVER9.sigmas, np.float64)
+    d = 6.0
+    pred = kp.copy()
+    pred[:, 0] += d * 0.6
+    pred[:, 1] += d * 0.8
+
+    def hand_oks(s2):
+        return float(np.mean(np.exp(-d ** 2 / (2 * s2 * (2 * sig) ** 2))))
+
+    def ap(oks):
+        return np.mean([oks >= t for t in np.linspace(0.5, 0.95, 10)])
+
+    want = hand_oks(area)
+    assert 0.5 < want < 0.95 and ap(want) != ap(hand_oks(140 * 150))   # the tight box would score otherwise
+    m = PoseMetrics(DRIVER9)
+    m.add(item["orig_keypoints"].numpy(), pred[None], np.array([1.0]), (256, 256),
+          areas=item["orig_areas"].numpy())
+    assert m.result()["AP"] == pytest.approx(ap(want), abs=1e-6)
+    # without an area: the documented fallback, the tight box of the labelled keypoints
+    m = PoseMetrics(DRIVER9)
+    m.add(kp[None], pred[None], np.array([1.0]), (256, 256))
+    assert m.result()["AP"] == pytest.approx(ap(hand_oks(140 * 150)), abs=1e-6)

@@ -141,6 +141,13 @@ class ExperimentConfig:
 
 
 def _check(c: ExperimentConfig) -> None:
+    from ..config import check_numbers
+
+    check_numbers(c, {"train_sizes": ">=1", "seeds": ">=1", "epochs": ">=1", "steps_per_epoch": ">=0",
+                      "batch_size": ">=1", "lr": ">=0", "plateau_patience": ">=0", "early_stop": ">=0",
+                      "fraction": "[0,1]", "post_scale": ">0", "post_translate": "[0,1)", "judge_pck": "[0,1]"})
+    if any(s % 32 or s < 64 for s in c.size):
+        raise ConfigError(f"--size {c.size} must be multiples of 32, at least 64")
     bad = [x for x in c.conditions if x not in CONDITIONS]
     if bad:
         raise ConfigError(f"unknown condition(s) {', '.join(bad)} (known: {', '.join(CONDITIONS)})")

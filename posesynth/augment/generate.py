@@ -8,13 +8,20 @@ batching, sharding or interruptions.
 
 - Renderers: ``warp`` (no GAN needed; at the source images' own resolution) or ``gan`` (the
   run's mode; at the generator's resolution, the sources letterboxed to it).
-- Resumable: the annotation file is rewritten atomically every ``flush_every`` images and at
-  the end, always valid on disk; a rerun of the same command skips what it lists.  The
-  settings are recorded in ``generate.json``; a rerun with other settings into the same
-  output is refused, naming the difference.
+- Resumable: each finished image is appended as one line to a journal,
+  ``annotations.journal.jsonl`` (:class:`~posesynth.datasets.coco.CocoJournalWriter`; fsynced
+  every ``flush_every`` images), so recording an image costs the same at the millionth as at
+  the first; the annotation file is written atomically from the journal at the end (and when
+  the run stops on an error), and the journal is then removed.  A rerun of the same command
+  (after a crash or kill -9, too) continues from the journal, dropping a line cut short, and
+  skips what it lists; the result is byte for byte the uninterrupted run's.  Temporary files
+  of an interrupted write are removed at the start.  The settings are recorded in
+  ``generate.json``; a rerun with other settings into the same output is refused, naming the
+  difference.
 - Sharded: ``--shard i/N`` (or each torchrun rank) takes items with ``id % N == i`` and
-  writes ``annotations.shard-i-of-N.json``; :func:`merge_shards` (``--merge``) writes one
-  ``annotations.json``.
+  writes ``annotations.shard-i-of-N.json`` (journal ``annotations.shard-i-of-N.journal.jsonl``);
+  :func:`merge_shards` (``--merge``) writes one ``annotations.json`` once every shard has
+  finished.
 - ``--with-source``: each source image (as it is) and its annotations are written too, as images
   ``N * K + i + 1`` after the renders, with provenance ``renderer: "source"``, so the output
   trains directly on real + rendered images.
@@ -37,7 +44,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..datasets.coco import CocoWriter, encode_image
+from ..datasets.coco import CocoJournalWriter, encode_image
 from ..datasets.formats import DataOptions, data_options, open_dataset, source_annotations
 from ..datasets.posemaps import PoseMapSpec, render_pose_maps_torch
 from ..datasets.sample import Sample, pad_people
@@ -83,14 +90,21 @@ class GenerateConfig:
         "help": "gan renderer: torch.compile the generator (Inductor, frozen weights): ~1.3-1.5x on CPU after ~40 s"})
     threads: int = field(default=2, metadata={
         "help": "threads that read and prepare source images and encode the outputs beside the renderer"})
-    flush_every: int = field(default=64, metadata={
-        "help": "rewrite the annotation file every N images (what an interrupted run keeps)"})
+    flush_every: int = field(default=64, metadata={"help": "fsync the journal every N images (a crash of the "
+                                                           "process loses nothing either way)"})
     limit: int = field(default=0, metadata={"help": "use only the first N source images (0: all)"})
     min_torso: float = field(default=20.0, metadata={
         "help": "people whose torso (shoulders to hips) is shorter than this many pixels keep their pose"})
     with_source: bool = field(default=False, metadata={
         "help": "also write each source image and its annotations into the output (ids after the renders'), so "
                 "it trains directly on real + rendered images"})
+
+    def validate(self) -> None:
+        """Refuse impossible numbers (one line, exit 2) before anything is read or written."""
+        from ..config import check_numbers
+
+        check_numbers(self, {"per_image": ">=1", "seed": ">=0", "batch_size": ">=1", "threads": ">=1",
+                             "flush_every": ">=1", "limit": ">=0", "min_torso": ">=0"})
 
     def settings(self) -> dict[str, Any]:
         """What determines the output (recorded in ``generate.json``; a rerun must match)."""
@@ -163,12 +177,11 @@ def generate_dataset(c: GenerateConfig, progress: bool = True, stop_after: "int 
 
     ``stop_after`` stops after that many new images (tests use it to simulate an interruption).
     """
-    if c.per_image < 1:
-        raise ConfigError("--per-image must be at least 1")
+    c.validate()
     check_mode(c.augment)
     renderer_name(c.renderer, c.gan)   # one line for a renderer that is unknown, or lacks or ignores --gan
     shard, nshards = parse_shard(c.shard)
-    device = resolve_device(c.device)
+    device = resolve_device(c.device, shared_ok=True)   # no collectives: ranks may share a GPU
     src = open_dataset(c.data, **data_options(c))
     layout = src.layout
     kps = source_annotations(src) if c.rare else None
@@ -207,11 +220,14 @@ def generate_dataset(c: GenerateConfig, progress: bool = True, stop_after: "int 
     else:   # warp, or the warp corrected by a refine-mode run: at each image's own size
         renderer = make_renderer(c.renderer_name, layout, c.gan, str(device))
     out = Path(c.out)
+    ann_name = _ann_name(shard, nshards)
+    # temporary files an interrupted write of this shard's own files left (other shards may be
+    # writing theirs now); generate.json is written by every shard, so only a single run cleans its
+    _remove_own_temps(out, [ann_name] + (["generate.json"] if nshards == 1 else []))
     try:
         _check_settings(out, c.settings())
-        writer = CocoWriter(out, layout, ".jpg", info={
-            "description": "posesynth generated dataset", **c.settings()}, ann_name=_ann_name(shard, nshards),
-            resume=True)
+        writer = CocoJournalWriter(out, layout, ".jpg", info={
+            "description": "posesynth generated dataset", **c.settings()}, ann_name=ann_name, resume=True)
     except OSError as e:
         raise PosesynthError(f"{out}: cannot write there ({e.strerror})") from None
     done = {int(im["id"]) for im in writer.images}
@@ -255,7 +271,7 @@ def generate_dataset(c: GenerateConfig, progress: bool = True, stop_after: "int 
             bar.update(len(ready))
             bar.set_postfix(img_s=f"{written / (time.perf_counter() - t0):.1f}")
             if written % c.flush_every < len(ready):
-                _flush(writer)
+                writer.sync()
             if stop_after is not None and written >= stop_after:
                 break
         for t in sources if stop_after is None or written < stop_after else []:
@@ -263,13 +279,14 @@ def generate_dataset(c: GenerateConfig, progress: bool = True, stop_after: "int 
             written += 1
             bar.update(1)
             if written % c.flush_every == 0:
-                _flush(writer)
+                writer.sync()
             if stop_after is not None and written >= stop_after:
                 break
-        _flush(writer)
+        # stopped early (stop_after, for tests): the annotation file lists what is done, the journal stays
+        writer.close(finished=written == len(todo) + len(sources))
     except OSError as e:
         try:
-            _flush(writer)
+            writer.close(finished=False)
         except OSError:
             pass
         kind = "the disk is full" if e.errno == errno.ENOSPC else f"cannot write ({e.strerror})"
@@ -296,7 +313,7 @@ def generate_dataset(c: GenerateConfig, progress: bool = True, stop_after: "int 
     return out / writer.ann_name
 
 
-def _write_source(writer: CocoWriter, src: Any, i: int, image_id: int) -> None:
+def _write_source(writer: CocoJournalWriter, src: Any, i: int, image_id: int) -> None:
     """Source image ``i`` as it is (its JPEG copied byte for byte; other files encoded as JPEG),
     with its keypoints and masks, as image ``image_id`` of the generated dataset."""
     s = src[i]
@@ -309,15 +326,23 @@ def _write_source(writer: CocoWriter, src: Any, i: int, image_id: int) -> None:
     writer.add(sample, image_id, entry=entry)
 
 
-def _flush(writer: CocoWriter) -> None:
-    order = np.argsort([im["id"] for im in writer.images])
-    writer.images = [writer.images[i] for i in order]
-    writer.close()
+def _remove_own_temps(out: Path, names: list[str]) -> None:
+    """Remove ``.NAME.*.tmp`` files an interrupted atomic write of ``names`` left in ``out``."""
+    if not out.is_dir():
+        return
+    for name in names:
+        for p in out.glob(f".{name}.*.tmp"):
+            p.unlink(missing_ok=True)
 
 
 def merge_shards(out: "str | Path", progress: bool = True) -> Path:
     """Combine ``annotations.shard-*-of-N.json`` into one ``annotations.json`` (all shards needed)."""
     out = Path(out)
+    _remove_own_temps(out, ["annotations.json"])
+    unfinished = sorted(out.glob("annotations.shard-*-of-*.journal.jsonl"))
+    if unfinished:
+        raise PosesynthError(f"{out}: shard(s) not finished ({', '.join(f.name for f in unfinished)}): rerun "
+                             "them with the same command to complete them, then --merge")
     files = sorted(out.glob("annotations.shard-*-of-*.json"))
     if not files:
         raise PosesynthError(f"{out}: no shard annotation files to merge")

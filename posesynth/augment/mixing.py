@@ -4,7 +4,8 @@ from the perturbed keypoints, and the same random resize and translation for eve
 :class:`BatchMixer` is the pose trainer's ``batch_hook``.  For each batch (on the training
 device) and step ``s``:
 
-1. it chooses the ``fraction`` of slots to replace (generator ``(seed, s, 1)``);
+1. it chooses the slots to replace (generator ``(seed, s, 1)``): ``fraction x batch`` of them
+   in expectation (``floor`` plus a Bernoulli draw on the remainder);
 2. it fills them (``fill``):
 
    - ``render``: the slots' keypoints are perturbed (:class:`~posesynth.augment.perturb.Perturber`,
@@ -66,7 +67,8 @@ class BatchMixer:
     Args:
         layout: keypoint layout of the batches.
         spec: the pose run's pose-map settings (labels are drawn with them).
-        fraction: share of each batch to replace (rounded; 0.5 of 8 is 4).
+        fraction: share of each batch to replace, in expectation: ``fraction x batch`` slots,
+            the remainder by a Bernoulli draw (0.5 of 8 is 4; 0.5 of 1 is 0 or 1, half the time each).
         fill: ``render``, ``real-dup`` or ``none``.
         renderer: draws the replaced slots (``fill="render"``).
         perturber: moves their arms (default: ``arms-angle``).
@@ -117,10 +119,23 @@ class BatchMixer:
         return d
 
     def choose(self, batch_size: int, step: int) -> np.ndarray:
-        """The slots replaced at ``step`` (the same for every condition with this seed)."""
-        n = int(round(self.fraction * batch_size))
+        """The slots replaced at ``step`` (the same for every condition with this seed and fraction).
+
+        The count is ``floor(fraction x batch)`` plus one more with probability equal to the
+        remainder, so its expectation is exactly ``fraction x batch`` (a batch of 1 at 0.5 is
+        replaced at every other step on average, not never).  The Bernoulli draw and the slots
+        come from the generator ``(seed, step, 1)``; returns sorted ``(n,)`` int64 slot indices."""
         rng = np.random.default_rng([self.seed, step, 1])
-        return np.sort(rng.choice(batch_size, n, replace=False)) if n else np.zeros(0, np.int64)
+        want = self.fraction * batch_size
+        lo = int(np.floor(want + 1e-9))
+        hi = min(lo + 1, batch_size) if want - lo > 1e-9 else lo
+        if not hi:
+            return np.zeros(0, np.int64)
+        # a random ordered draw of the larger count, then the Bernoulli: its prefix is a uniform
+        # subset, and where fraction x batch is whole the draws are what they always were
+        cand = rng.choice(batch_size, hi, replace=False)
+        n = hi if hi == lo or rng.random() < want - lo else lo
+        return np.sort(cand[:n]).astype(np.int64)
 
     def __call__(self, batch: dict, step: int) -> dict:
         """A new batch (copies of every tensor); ``batch`` itself is not modified."""

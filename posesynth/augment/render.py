@@ -341,6 +341,12 @@ copy: frame i unchanged (the baseline).</p>
 def _pct(v: "float | None") -> str:
     return "" if v is None else f"{100 * v:.0f}%"
 
+    def validate(self) -> None:
+        """Refuse impossible numbers before anything is read or written."""
+        from ..config import check_numbers
+
+        check_numbers(self, {"num": ">=1", "size": ">=0", "seed": ">=0", "picture_rows": ">=0"})
+
 
 def judge_pck(model: torch.nn.Module, images: list[np.ndarray], keypoints: list[np.ndarray], layout,
               size: tuple[int, int], multi_person: bool, device: str, alpha: float = 0.2, batch: int = 16,
@@ -376,6 +382,7 @@ def render_quality(c: QualityConfig, progress: bool = True) -> dict[str, Any]:
     """See the module docstring.  Returns the figures written to ``quality.json``."""
     if not c.out:
         raise ConfigError("--out is required")
+    c.validate()
     check_mode(c.augment)
     dev = str(resolve_device(c.device))
     t0 = time.perf_counter()

@@ -104,6 +104,17 @@ def telea_fill(img: np.ndarray, hole: np.ndarray, radius: float, max_radius: flo
     return np.where(hole[..., None] > 0, up, img)
 
 
+def _content_seed(*arrays: np.ndarray) -> int:
+    """A 31-bit seed from the bytes (and shapes) of ``arrays``: CRC-32, deterministic across
+    processes and platforms."""
+    crc = 0
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        crc = zlib.crc32(np.asarray(a.shape, np.int64).tobytes(), crc)
+        crc = zlib.crc32(a.view(np.uint8).reshape(-1), crc) if a.size else crc
+    return int(crc & 0x7FFFFFFF)
+
+
 def _seg_points(a: np.ndarray, b: np.ndarray, lo: float, hi: float, n: int = 9) -> np.ndarray:
     """``n`` points from ``lo`` to ``hi`` of the way along the segment ``a -> b``, ``(n, 2)``."""
     t = np.linspace(lo, hi, n)[:, None]
@@ -331,6 +342,12 @@ class WarpRenderer(Renderer):
         if (gc == cv2.GC_BGD).sum() + (gc == cv2.GC_PR_BGD).sum() < 8:
             out[y0:y1, x0:x1] = capsule
             return out
+        # GrabCut starts its colour models with k-means, which draws from OpenCV's RNG: seed it
+        # from this call's own inputs (the pixels and the seeds, i.e. the arm's geometry), so a
+        # render depends on (image, poses) alone, never on what the process did before.
+        # cv2.setRNGSeed sets the calling thread's RNG (thread-local in OpenCV), and k-means
+        # draws in the calling thread.
+        cv2.setRNGSeed(_content_seed(roi, gc))
         try:
             cv2.grabCut(roi, gc, None, np.zeros((1, 65)), np.zeros((1, 65)), self.grabcut_iters,
                         cv2.GC_INIT_WITH_MASK)
@@ -373,10 +390,6 @@ class WarpRenderer(Renderer):
         arms = self._arms(old, new)
         if not arms:
             return img.copy(), np.zeros((H, W), np.float32), np.zeros((H, W), bool), drawn
-        # GrabCut draws from OpenCV's global generator: seed it from the inputs, so a render
-        # depends only on its image and keypoints (not on what was rendered before)
-        cv2.setRNGSeed(zlib.crc32(np.ascontiguousarray(old, np.float32).tobytes()
-                                  + np.ascontiguousarray(new, np.float32).tobytes()) & 0x7FFFFFFF)
         # everything happens inside the box around the old and new arms (outside it nothing
         # changes), so the cost follows the arms' size, not the image's
         pts = np.concatenate([np.stack([a.s, a.e, a.w, a.w + (a.w - a.e) * self.region.hand, a.e2, a.w2,
@@ -473,14 +486,16 @@ class WarpRenderer(Renderer):
     def __call__(self, images: torch.Tensor, masks: torch.Tensor, old_kp: np.ndarray, new_kp: np.ndarray) -> Rendered:
         dev = images.device
         imgs = tensor_to_image(images)
-        outs, alphas, holes, drawn = zip(*(self.render_pose(im, o, n) for im, o, n in zip(imgs, old_kp, new_kp)))
-        self.last_limb = np.stack(alphas)
+        outs, alphas, _, drawn = zip(*(self.render_pose(im, o, n) for im, o, n in zip(imgs, old_kp, new_kp)))
         new_kp = np.stack(drawn)   # an arm the warp left where it was keeps its pose in the labels
         new = torch.from_numpy(np.stack(outs)).to(dev).permute(0, 3, 1, 2).float().div(127.5).sub(1)
-        changed = torch.from_numpy(np.maximum(np.stack(alphas), np.stack(holes).astype(np.float32))).to(dev)[:, None]
-        region = torch.maximum(change_region(old_kp, new_kp, self.layout, tuple(images.shape[-2:]), self.region, dev),
-                               changed)
-        new = torch.where(region > 0, new, images.float())   # outside the region: the source, exactly
+        # M, from the keypoints alone (the capsules around the moved bones, old and new); the
+        # warp's changes are clamped to it: the soft edge of a pasted part or a hole dilated at a
+        # capsule's rim can reach a pixel or so beyond, and outside M every pixel is the source's
+        region = change_region(old_kp, new_kp, self.layout, tuple(images.shape[-2:]), self.region, dev)
+        inside = region > 0
+        new = torch.where(inside, new, images.float())
+        self.last_limb = np.stack(alphas) * inside[:, 0].cpu().numpy()
         # the seatbelt (or any mask) is hidden under the pasted limb
         m = masks.float() * (1 - torch.from_numpy(self.last_limb).to(dev)[:, None].clamp(0, 1).round())
         return Rendered(new.to(images.dtype), region, m, new_kp)

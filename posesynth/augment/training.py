@@ -22,12 +22,13 @@ from pathlib import Path
 
 import torch
 
+from ..config import check_numbers
 from ..datasets.formats import KeypointSource, data_options, open_dataset, source_annotations
 from ..datasets.layouts import KeypointLayout
 from ..datasets.posemaps import PoseMapSpec
 from ..errors import ConfigError, PosesynthError
 from ..posenet.load import load_posenet
-from ..posenet.trainer import PoseNetTrainer, PoseTrainConfig, init_distributed
+from ..posenet.trainer import POSE_NUMBERS, PoseNetTrainer, PoseTrainConfig, init_distributed
 from ..runs import resolve_gan_device
 from ..spade.load import check_same_maps
 from .mixing import BatchMixer
@@ -36,6 +37,11 @@ from .renderers import GAN_RENDERERS, RENDERERS, Renderer, make_renderer
 
 __all__ = ["AugmentedPoseConfig", "build_pose_trainer", "build_mixer", "load_renderer", "load_judge",
            "renderer_name"]
+
+
+#: the augmentation options' allowed values (config.check_numbers), beside the pose network's
+AUGMENT_NUMBERS = {**POSE_NUMBERS, "fraction": "[0,1]", "judge_pck": "[0,1]", "post_scale": ">0",
+                   "post_translate": "[0,1)"}
 
 
 @dataclass
@@ -68,8 +74,9 @@ class AugmentedPoseConfig(PoseTrainConfig):
     def validate(self) -> None:
         super().validate()
         renderer_name(self.renderer, self.gan)
-        if not 0 <= self.fraction <= 1:
-            raise ConfigError(f"fraction must be in [0, 1], not {self.fraction}")
+        check_numbers(self, AUGMENT_NUMBERS)
+        if self.post_scale[0] > self.post_scale[1]:
+            raise ConfigError(f"--post-scale must be LOW,HIGH with LOW <= HIGH, not {self.post_scale}")
         if self.renderer or self.gan:
             check_mode(self.augment)
 

@@ -25,6 +25,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -39,10 +40,10 @@ from .layouts import (BUILTIN_LAYOUTS, COCO17, DEFAULT_SIGMA, KeypointLayout, ca
                       infer_flip_pairs, infer_sigmas)
 from .reading import (COORD_TOLERANCE, ErrorPolicy, ImageResolver, InfoNote, OutOfFramePolicy, OutOfFrameStats,
                       ProblemLog, ReaderBase, apply_out_of_frame, check_policies, image_size, out_of_frame_points,
-                      read_image, sizes_of)
+                      read_image, size_problem, sizes_of)
 from .sample import Sample
 
-__all__ = ["CocoKeypointDataset", "CocoWriter", "write_coco", "layout_from_category", "derive_layout",
+__all__ = ["CocoKeypointDataset", "CocoWriter", "CocoJournalWriter", "write_coco", "layout_from_category", "derive_layout",
            "resolve_layouts", "ErrorPolicy", "COORD_TOLERANCE"]
 
 log = logging.getLogger(__name__)
@@ -326,10 +327,17 @@ class CocoKeypointDataset(ReaderBase):
         that point to one of them; everything else is a problem under the error policy."""
         f = self.ann_file
         by_id: dict[Any, list[dict]] = {}
+        unsized: set = set()   # ids of entries dropped for their stated size: their annotations go quietly
         for i, im in enumerate(data["images"]):
             if not isinstance(im, dict) or not {"id", "file_name"} <= im.keys() or \
                     not isinstance(im["id"], (int, str)) or not isinstance(im["file_name"], str):
                 self._fail(f"{f}: images[{i}] needs an 'id' and a 'file_name': image dropped", "malformed image entry")
+                continue
+            why = size_problem(im)
+            if why:
+                self._fail(f"{f}: image {im['id']} ('{im['file_name']}'): {why}: image dropped with its annotations",
+                           "malformed image entry")
+                unsized.add(im["id"])
                 continue
             by_id.setdefault(im["id"], []).append(im)
         dups = {k for k, v in by_id.items() if len(v) > 1}
@@ -350,10 +358,14 @@ class CocoKeypointDataset(ReaderBase):
                 continue
             iid = a.get("image_id")
             aid = a.get("id", f"[{i}]")
-            if not isinstance(iid, (int, str)):
+            if not isinstance(iid, (int, str)) or isinstance(iid, bool):
                 self._fail(f"{f}: annotation {aid} has no usable 'image_id': dropped", "malformed annotation")
                 continue
-            if iid in dups:
+            if "id" in a and (not isinstance(a["id"], (int, str)) or isinstance(a["id"], bool)):
+                self._fail(f"{f}: annotations[{i}] has an 'id' that is not a number or a string ({a['id']!r}): "
+                           "dropped", "malformed annotation")
+                continue
+            if iid in dups or (iid in unsized and iid not in known):
                 continue
             if iid not in known:
                 self._fail(f"{f}: annotation {aid} refers to image id {iid}, which is not in 'images': "
@@ -362,13 +374,34 @@ class CocoKeypointDataset(ReaderBase):
             if a.get("category_id") != cat_id:
                 a = dict(a, category_id=cat_id)
             anns.append(a)
-        return images, anns
+        return self._drop_duplicate_annotation_ids(images, anns)
+
+    def _drop_duplicate_annotation_ids(self, images: list[dict], anns: list[dict]) -> tuple[list[dict], list[dict]]:
+        """An annotation id used more than once: references by id (the index, areas, track ids)
+        are ambiguous, and a person annotated twice is a phantom second person, so every image
+        holding one of those annotations is dropped with its annotations, one problem per id."""
+        by_id: dict[Any, list[dict]] = {}
+        for a in anns:
+            if "id" in a:
+                by_id.setdefault(a["id"], []).append(a)
+        dups = {k: v for k, v in by_id.items() if len(v) > 1}
+        if not dups:
+            return images, anns
+        drop: set = set()
+        for k in sorted(dups, key=str):
+            held = sorted({a["image_id"] for a in dups[k]}, key=str)
+            drop.update(held)
+            self._fail(f"{self.ann_file}: annotation id {k} is used by {len(dups[k])} annotations (of image"
+                       f"{'s' if len(held) > 1 else ''} {', '.join(str(h) for h in held[:5])}): "
+                       f"image{'s' if len(held) > 1 else ''} dropped with {'their' if len(held) > 1 else 'its'} "
+                       "annotations", "duplicate annotation id")
+        return ([im for im in images if im["id"] not in drop], [a for a in anns if a["image_id"] not in drop])
 
     def _collect(self, images: list[dict], anns: list[dict], cat_id: Any) -> list[_Entry]:
         k = self.source_layout.num_keypoints
         people: dict[Any, list[dict]] = {}
-        for a in anns:
-            if a.get("category_id") == cat_id and not a.get("iscrowd", 0):
+        for a in anns:   # crowd regions (iscrowd 1) are not people; an iscrowd that is not 0/1 is a bad annotation
+            if a.get("category_id") == cat_id and _crowd_flag(a) != 1:
                 people.setdefault(a["image_id"], []).append(a)
         # every annotation's keypoints in one array (checked at once); odd ones one by one
         images = sorted(images, key=lambda im: (isinstance(im["id"], str), im["id"]))
@@ -377,17 +410,25 @@ class CocoKeypointDataset(ReaderBase):
         bad: dict[int, str] = {}
         shaped = [j for j, a in enumerate(flat)
                   if isinstance(a.get("keypoints"), list) and len(a["keypoints"]) == 3 * k]
-        try:
-            if shaped:
-                arr[shaped] = np.asarray([flat[j]["keypoints"] for j in shaped], np.float64).reshape(-1, k, 3)
-        except (TypeError, ValueError):
+        # numbers only: numpy would turn "12.5" into 12.5 under a float dtype, so the values are
+        # read without one first (all numbers: a numeric array; any string or other value: not)
+        raw = _numeric_rows([flat[j]["keypoints"] for j in shaped], 3 * k)
+        if raw is not None:
+            arr[shaped] = raw.reshape(-1, k, 3)
+        else:
             for j in shaped:
-                try:
-                    arr[j] = np.asarray(flat[j]["keypoints"], np.float64).reshape(k, 3)
-                except (TypeError, ValueError):
-                    bad[j] = "keypoints must be numbers"
+                row = _numeric_rows([flat[j]["keypoints"]], 3 * k)
+                if row is None:
+                    odd = next(v for v in flat[j]["keypoints"]
+                               if isinstance(v, bool) or not isinstance(v, (int, float)))
+                    bad[j] = f"keypoints must be numbers, found {odd!r} ({type(odd).__name__})"
+                else:
+                    arr[j] = row.reshape(k, 3)
         for j, a in enumerate(flat):
             if j in bad:
+                continue
+            if _crowd_flag(a) is None:
+                bad[j] = f"iscrowd must be 0 or 1, not {a.get('iscrowd')!r}"
                 continue
             kp = a.get("keypoints")
             if "id" not in a:
@@ -562,6 +603,10 @@ class CocoKeypointDataset(ReaderBase):
             meta["video_id"] = vid
         if im.get("frame_id") is not None:
             meta["frame_id"] = im["frame_id"]
+        # each person's COCO area (OKS scale, pixels^2 of this image), None where the file has none
+        areas = [_area_of(self.coco.anns[a]) for a in ids] if ids else []
+        if any(a is not None for a in areas):
+            meta["areas"] = areas
         tracks = [self.coco.anns[a].get("track_id") for a in ids] if ids else []
         if any(t is not None for t in tracks):
             meta["track_ids"] = tracks
@@ -569,6 +614,38 @@ class CocoKeypointDataset(ReaderBase):
             meta.update(im["posesynth"])
         return Sample(rgb, kp.copy(), masks, int(im["id"]) if isinstance(im["id"], int) else im["id"],
                       im["file_name"], meta)
+
+
+def _crowd_flag(ann: dict[str, Any]) -> "int | None":
+    """An annotation's ``iscrowd`` as 0 or 1 (absent: 0; ``true``/``false`` accepted); None when
+    it is anything else (``"no"``, 2, a list...)."""
+    v = ann.get("iscrowd", 0)
+    if isinstance(v, bool):
+        return int(v)
+    return int(v) if isinstance(v, (int, float)) and v in (0, 1) else None
+
+
+def _numeric_rows(rows: list[list], n: int) -> "np.ndarray | None":
+    """``(len(rows), n)`` float64 when every value of ``rows`` (lists of ``n`` values) is a
+    number (booleans included, as JSON's ``true`` is 1), else None.  Vectorised: NumPy infers a
+    numeric dtype only when every value is one."""
+    if not rows:
+        return np.zeros((0, n))
+    try:
+        a = np.asarray(rows)
+    except (TypeError, ValueError):   # ragged: a nested list inside
+        return None
+    if a.dtype.kind not in "biuf" or a.shape != (len(rows), n):
+        return None
+    return a.astype(np.float64)
+
+
+def _area_of(ann: dict[str, Any]) -> "float | None":
+    """An annotation's ``area`` when it is a positive finite number (else None: unknown)."""
+    a = ann.get("area")
+    if isinstance(a, (int, float)) and not isinstance(a, bool) and np.isfinite(a) and a > 0:
+        return float(a)
+    return None
 
 
 def _bbox(kp: np.ndarray, width: int, height: int, pad: float = 0.1) -> list[float]:
@@ -589,7 +666,8 @@ class CocoWriter:
     Images go to ``DIR/images/NNNNNN.jpg`` (or .png), masks to ``DIR/masks/NNNNNN_<name>.png``
     and ``DIR/annotations.json`` is written atomically, so it is always valid on disk.
     Bounding boxes come from ``sample.meta["bboxes"]`` (``(P, 4)`` x, y, w, h) when present,
-    else from the labelled keypoints with 10% padding.
+    else from the labelled keypoints with 10% padding.  ``area`` is ``sample.meta["areas"][p]``
+    (the source annotation's) where known, else the box's area.
     """
 
     def __init__(self, root: "str | Path", layout: KeypointLayout, image_ext: str = ".jpg",
@@ -656,12 +734,16 @@ class CocoWriter:
             entry["posesynth"] = extra
         self.images.append(entry)
         boxes = sample.meta.get("bboxes")
+        areas = sample.meta.get("areas")
+        if areas is not None and len(areas) != sample.num_people:
+            areas = None
         for p, kp in enumerate(sample.keypoints):
             bbox = [round(float(v), 2) for v in boxes[p]] if boxes is not None else _bbox(kp, w, h)
             flat = [round(float(v), 3) if i % 3 < 2 else int(v) for i, v in enumerate(kp.reshape(-1))]
+            area = areas[p] if areas is not None and areas[p] is not None else bbox[2] * bbox[3]
             ann = {"id": len(self.annotations) + 1, "image_id": image_id, "category_id": 1,
                    "keypoints": flat, "num_keypoints": int((kp[:, 2] > 0).sum()), "bbox": bbox,
-                   "area": round(bbox[2] * bbox[3], 2), "iscrowd": 0}
+                   "area": round(float(area), 2), "iscrowd": 0}
             if sample.meta.get("provenance"):
                 ann["provenance"] = sample.meta["provenance"]
             self.annotations.append(ann)
@@ -675,6 +757,109 @@ class CocoWriter:
         """Write the annotation file atomically (may be called repeatedly to checkpoint)."""
         path = self.root / self.ann_name
         atomic_write_json(path, self.to_dict())
+        return path
+
+
+class CocoJournalWriter(CocoWriter):
+    """A :class:`CocoWriter` for long, resumable jobs: each :meth:`add` appends one line
+    ``{"image": entry, "annotations": [...]}`` to ``DIR/<ann stem>.journal.jsonl`` (flushed to
+    the OS at once, fsynced by :meth:`sync`), so the cost of recording an image does not grow
+    with the dataset.  :meth:`close` writes the annotation file atomically from the records
+    (images sorted by id, annotation ids 1..n in that order, so the file depends on the set of
+    records, not on the order or the sessions they were written in) and, with
+    ``finished=True``, removes the journal.
+
+    Resuming (``resume=True``) reads the journal, dropping a last line cut short by a crash
+    (and truncating the file there); without a journal it reads a finished annotation file.
+    Mutating ``images``/``annotations`` after :meth:`add` is not supported.
+    """
+
+    def __init__(self, root: "str | Path", layout: KeypointLayout, image_ext: str = ".jpg",
+                 jpeg_quality: int = 95, info: "dict[str, Any] | None" = None,
+                 ann_name: str = "annotations.json", resume: bool = False) -> None:
+        self.journal = Path(root) / (Path(ann_name).stem + ".journal.jsonl")
+        self._records: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
+        self._fh = None
+        have_journal = resume and self.journal.exists()
+        super().__init__(root, layout, image_ext, jpeg_quality, info, ann_name, resume and not have_journal)
+        if have_journal:
+            self._read_journal()
+        else:
+            by_image: dict[Any, list[dict[str, Any]]] = {}
+            for a in self.annotations:
+                by_image.setdefault(a["image_id"], []).append({k: v for k, v in a.items() if k != "id"})
+            self._records = [(im, by_image.get(im["id"], [])) for im in self.images]
+        self._seeded = have_journal   # a journal holding every record so far
+
+    def _read_journal(self) -> None:
+        path = self.journal
+        data = path.read_bytes()
+        end = data.rfind(b"\n") + 1        # a last line without its newline was cut short by a crash
+        for n, line in enumerate(data[:end].splitlines(), 1):
+            try:
+                rec = json.loads(line)
+                im, anns = rec["image"], rec["annotations"]
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+                raise DatasetError(f"{path}: cannot resume, line {n} is damaged ({e.__class__.__name__}); "
+                                   "remove the output folder and start again") from None
+            self._records.append((im, anns))
+            self.images.append(im)
+            self.annotations.extend(anns)
+        if end < len(data):
+            with open(path, "r+b") as f:
+                f.truncate(end)
+
+    def _append(self, lines: list[bytes]) -> None:
+        if self._fh is None:
+            self._fh = open(self.journal, "ab")
+        self._fh.write(b"".join(lines))
+        self._fh.flush()
+
+    @staticmethod
+    def _line(im: dict[str, Any], anns: list[dict[str, Any]]) -> bytes:
+        return (json.dumps({"image": im, "annotations": anns}) + "\n").encode("utf-8")
+
+    def add(self, sample: Sample, image_id: "int | None" = None, encoded: "bytes | None" = None,
+            entry: "dict[str, Any] | None" = None) -> int:
+        """Record one sample (its files are written unless ``entry`` says they are) with one
+        appended journal line; returns its image id."""
+        n_ann = len(self.annotations)
+        image_id = super().add(sample, image_id, encoded, entry)
+        anns = [{k: v for k, v in a.items() if k != "id"} for a in self.annotations[n_ann:]]
+        lines = [] if self._seeded else [self._line(im, a) for im, a in self._records]
+        self._seeded = True
+        self._records.append((self.images[-1], anns))
+        self._append(lines + [self._line(self.images[-1], anns)])
+        return image_id
+
+    def sync(self) -> None:
+        """Make the journal durable (fsync): what it lists survives a power cut."""
+        if self._fh is not None:
+            os.fsync(self._fh.fileno())
+
+    def to_dict(self) -> dict[str, Any]:
+        order = sorted(range(len(self._records)), key=lambda i: self._records[i][0]["id"])
+        images, anns = [], []
+        for i in order:
+            im, a = self._records[i]
+            images.append(im)
+            base = len(anns)
+            anns.extend([{"id": base + j + 1, **x} for j, x in enumerate(a)])
+        return {"info": self.info, "licenses": [], "categories": [self.category()], "images": images,
+                "annotations": anns}
+
+    def close(self, finished: bool = True) -> Path:
+        """Write the annotation file atomically from the records; with ``finished`` the journal
+        is then removed (else it stays, and a rerun continues from it)."""
+        if self._fh is not None:
+            self.sync()
+        path = super().close()
+        if finished:
+            if self._fh is not None:
+                self._fh.close()
+                self._fh = None
+            self.journal.unlink(missing_ok=True)
+            self._seeded = False
         return path
 
 

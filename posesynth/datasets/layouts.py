@@ -240,7 +240,9 @@ class KeypointLayout:
         except OSError as e:
             raise LayoutError(f"{path}: cannot read layout file ({e.strerror})") from None
         except yaml.YAMLError as e:
-            raise LayoutError(f"{path}: malformed YAML ({e})") from None
+            from ..config import yaml_error_line
+
+            raise LayoutError(yaml_error_line(path, e)) from None
         return cls.from_dict(data, source=str(path))
 
     def with_masks(self, masks: Sequence[str]) -> "KeypointLayout":

@@ -30,7 +30,8 @@ from ..errors import ConfigError, DatasetError
 
 __all__ = ["ErrorPolicy", "OutOfFramePolicy", "ON_ERROR_CHOICES", "OUT_OF_FRAME_CHOICES", "COORD_TOLERANCE",
            "MAX_LISTED", "InfoNote", "ProblemLog", "ImageResolver", "image_size", "read_image", "is_truncated",
-           "out_of_frame_points", "apply_out_of_frame", "OutOfFrameStats", "check_policies", "ReaderBase", "sizes_of"]
+           "out_of_frame_points", "apply_out_of_frame", "OutOfFrameStats", "check_policies", "ReaderBase", "sizes_of",
+           "size_problem"]
 
 log = logging.getLogger("posesynth.datasets")
 
@@ -409,6 +410,19 @@ class OutOfFrameStats:
         return (f"{source}: {_n(self.points, 'labelled keypoint')} of {_n(self.people, 'person', 'people')} in "
                 f"{_n(self.images, 'image')} {'lies' if self.points == 1 else 'lie'} more than {COORD_TOLERANCE:g} px "
                 f"outside the image: {what} (--out-of-frame {self.policy}; choices: {', '.join(OUT_OF_FRAME_CHOICES)})")
+
+
+def size_problem(im: dict) -> "str | None":
+    """What is wrong with an image entry's stated ``width``/``height`` (None when each is absent
+    or a positive whole number of pixels): ``"sixty-four"``, ``-64`` or ``64.5`` are refused
+    rather than ignored."""
+    for key in ("width", "height"):
+        v = im.get(key)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0 and float(v).is_integer()):
+            return f"'{key}' must be a positive whole number of pixels, not {v!r}"
+    return None
 
 
 def sizes_of(entries: Sequence[dict]) -> list["tuple[int, int] | None"]:

@@ -11,8 +11,9 @@ Each item is a dict:
 - ``index``: the sample's index.
 - with ``with_original=True`` (evaluation): ``orig_keypoints`` ``(max_people, K, 3)`` in the
   source image's pixels, ``to_input`` ``(2, 3)`` the matrix from the source image to the
-  network input, and ``orig_size`` ``(2,)`` its ``(H, W)``, so predictions can be scored in
-  the image's own frame.
+  network input, ``orig_size`` ``(2,)`` its ``(H, W)``, so predictions can be scored in
+  the image's own frame, and ``orig_areas`` ``(max_people,)`` float64 each person's annotation
+  ``area`` in source pixels^2 (``Sample.meta["areas"]``; NaN where unknown, and for padding).
 
 Augmentation runs in the worker with a generator seeded from ``(seed, epoch, index)``, so
 an epoch is reproducible whatever the number of workers.
@@ -31,7 +32,7 @@ from .sample import Sample, pad_people
 from .transforms import Fit, Transform
 
 __all__ = ["PoseMapDataset", "EpochBatchSampler", "sample_to_tensors", "image_to_tensor", "tensor_to_image",
-           "max_people_of"]
+           "max_people_of", "person_areas"]
 
 
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -62,6 +63,17 @@ def max_people_of(source, cap: int = 16) -> int:
                                             "(raise --max-people to keep more)", n, cap)
         n = cap
     return max(n, 1)
+
+
+def person_areas(sample: Sample, max_people: int) -> np.ndarray:
+    """``(max_people,)`` float64: ``sample.meta["areas"]`` (one per person, pixels^2 of the
+    sample's image), NaN where a person has none and for padding."""
+    out = np.full(max_people, np.nan)
+    areas = sample.meta.get("areas")
+    if areas is not None and len(areas) == sample.num_people:
+        a = np.array([np.nan if v is None else v for v in areas], np.float64)[:max_people]
+        out[:len(a)] = a
+    return out
 
 
 def sample_to_tensors(sample: Sample, layout, stride: int = 4, spec: PoseMapSpec = PoseMapSpec(),
@@ -134,6 +146,7 @@ class PoseMapDataset(torch.utils.data.Dataset):
                                                                 self.source.layout.num_keypoints))
             out["to_input"] = torch.from_numpy(np.asarray(sample.meta["to_input"], np.float64))
             out["orig_size"] = torch.tensor(original.image.shape[:2])
+            out["orig_areas"] = torch.from_numpy(person_areas(original, self.max_people))
         return out
 
 

@@ -263,7 +263,7 @@ class PoseNetDetector:
                    threshold: float = 0.1, multi_person: bool = False, max_people: int = 0, batch_size: int = 4,
                    device: str = "cpu") -> "PoseNetDetector":
         """A detector around a network already in memory: ``model(images (B, 3, H, W) in [-1, 1])``
-        returns ``(heatmaps, pafs, mask)`` like :class:`~posesynth.posenet.model.PoseNet`."""
+        returns ``(heatmaps, pafs, mask logits)`` like :class:`~posesynth.posenet.model.PoseNet`."""
         obj = cls.__new__(cls)
         obj._setup(model, layout, size, threshold, multi_person, max_people, batch_size, device)
         return obj

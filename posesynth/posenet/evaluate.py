@@ -227,7 +227,8 @@ def evaluate_dataset(model: torch.nn.Module, dataset: PoseMapDataset, layout, mu
             back = invert_affine(it["to_input"].numpy())
             pred = apply_affine(kps[i], back) if len(kps[i]) else kps[i]
             metrics.add(it["orig_keypoints"].numpy(), pred, scores[i], tuple(int(v) for v in it["orig_size"]),
-                        mask[i] if mask is not None else None, mgt[i] if mask is not None else None)
+                        mask[i] if mask is not None else None, mgt[i] if mask is not None else None,
+                        areas=it["orig_areas"].numpy() if "orig_areas" in it else None)
     model.train(was)
     if world > 1:
         import torch.distributed as dist

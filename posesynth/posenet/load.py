@@ -13,7 +13,7 @@ from ..datasets.layouts import KeypointLayout
 from ..datasets.posemaps import PoseMapSpec
 from ..errors import PosesynthError
 from .decode import decode_people, decode_single
-from .model import PoseNet, PoseNetConfig
+from .model import PoseNet, PoseNetConfig, mask_probabilities
 
 __all__ = ["load_posenet", "predict_batch"]
 
@@ -56,7 +56,8 @@ def load_posenet(run_dir: "str | Path", device: "str | torch.device" = "cpu", ch
 def predict_batch(model: torch.nn.Module, images: torch.Tensor, layout: KeypointLayout, multi_person: bool,
                   threshold: float = 0.1) -> tuple[list[np.ndarray], list[np.ndarray], "np.ndarray | None", tuple]:
     """Run the network and decode: per image ``(P, K, 3)`` keypoints in input pixels, person scores,
-    mask probabilities ``(B, M, H, W)`` and the raw outputs."""
+    mask probabilities ``(B, M, H, W)`` (float32 NumPy, the sigmoid of the network's logits) and the raw
+    outputs ``(heatmaps, pafs, mask logits)``."""
     hm, paf, mask = model(images)
     size = tuple(images.shape[-2:])
     hm_np, paf_np = hm.float().cpu().numpy(), paf.float().cpu().numpy()
@@ -69,4 +70,5 @@ def predict_batch(model: torch.nn.Module, images: torch.Tensor, layout: Keypoint
             sc = np.array([float(s[s > threshold].mean()) if (s > threshold).any() else 0.0], np.float32)
         kps.append(kp)
         scores.append(sc)
-    return kps, scores, (mask.float().cpu().numpy() if mask is not None else None), (hm, paf, mask)
+    prob = mask_probabilities(mask)
+    return kps, scores, (prob.cpu().numpy() if prob is not None else None), (hm, paf, mask)

@@ -1,4 +1,4 @@
-"""Pose-network loss: MSE on heatmaps and PAFs, Dice-BCE on the masks."""
+"""Pose-network loss: MSE on heatmaps and PAFs, Dice-BCE on the masks (from the network's fp32 mask logits)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..losses import dice_bce
+from ..losses import dice_bce_logits
 
 __all__ = ["PoseLossWeights", "pose_loss"]
 
@@ -23,6 +23,8 @@ class PoseLossWeights:
 
 
 def pose_loss(pred: tuple, target: dict[str, torch.Tensor], w: PoseLossWeights) -> tuple[torch.Tensor, dict[str, float]]:
+    """``pred`` is the network's output ``(heatmaps, pafs, mask logits or None)``; ``target`` holds
+    ``heatmaps``, ``pafs`` and ``masks`` (in [0, 1]).  Returns the weighted total and its parts."""
     hm, paf, mask = pred
     if w.reduction == "sum":
         n = hm.shape[0]
@@ -31,7 +33,7 @@ def pose_loss(pred: tuple, target: dict[str, torch.Tensor], w: PoseLossWeights) 
     else:
         l_hm = F.mse_loss(hm, target["heatmaps"])
         l_paf = F.mse_loss(paf, target["pafs"])
-    l_mask = dice_bce(mask, target["masks"]) if mask is not None and target["masks"].shape[1] else hm.new_zeros(())
+    l_mask = dice_bce_logits(mask, target["masks"]) if mask is not None and target["masks"].shape[1] else hm.new_zeros(())
     total = w.heatmap * l_hm + w.paf * l_paf + w.mask * l_mask
     return total, {"loss": float(total.detach()), "hm": float(l_hm.detach()), "paf": float(l_paf.detach()),
                    "mask": float(l_mask.detach())}

@@ -15,14 +15,24 @@ from ..datasets.layouts import KeypointLayout
 __all__ = ["coco_oks", "torso_size", "PoseMetrics", "oks_matrix", "image_pck", "match_people"]
 
 
-def _area(kp: np.ndarray, bbox: "np.ndarray | None" = None) -> float:
-    if bbox is not None:
-        return float(bbox[2] * bbox[3])
+def _area(kp: np.ndarray, area: "float | None" = None) -> float:
+    """A person's OKS scale ``s^2`` in pixels^2: the annotation's COCO ``area`` when it is a
+    positive finite number, else the area of the tight box around the labelled keypoints
+    (1 with fewer than two labelled keypoints, the smallest box there is)."""
+    if area is not None and np.isfinite(area) and area > 0:
+        return float(area)
     vis = kp[:, 2] > 0
     if vis.sum() < 2:
         return 1.0
     lo, hi = kp[vis, :2].min(0), kp[vis, :2].max(0)
     return float(max((hi - lo).prod(), 1.0))
+
+
+def _areas_of(gt: np.ndarray, areas: "np.ndarray | None") -> np.ndarray:
+    """``(G,)`` OKS areas of the people ``gt (G, K, 3)``; ``areas`` (``(G,)``, NaN = unknown) the
+    annotations' own."""
+    given = np.full(len(gt), np.nan) if areas is None else np.asarray(areas, np.float64).reshape(-1)
+    return np.array([_area(g, a) for g, a in zip(gt, given)], np.float64)
 
 
 def oks_matrix(gt: np.ndarray, pred: np.ndarray, sigmas, areas: np.ndarray) -> np.ndarray:
@@ -37,13 +47,17 @@ def oks_matrix(gt: np.ndarray, pred: np.ndarray, sigmas, areas: np.ndarray) -> n
 
 
 def coco_oks(gts: list[np.ndarray], preds: list[np.ndarray], scores: list[np.ndarray], layout: KeypointLayout,
-             sizes: list[tuple[int, int]], gt_boxes: "list[np.ndarray] | None" = None) -> dict[str, float]:
+             sizes: list[tuple[int, int]], gt_areas: "list[np.ndarray | None] | None" = None) -> dict[str, float]:
     """COCO keypoint AP/AR through pycocotools' COCOeval with ``layout.sigmas``.
 
     Args:
         gts, preds: per image, ``(P, K, 3)`` in input pixels.
         scores: per image, ``(P_pred,)`` confidence of each predicted person.
         sizes: per image ``(H, W)``.
+        gt_areas: per image, ``(P,)`` each ground-truth person's annotation ``area`` in pixels^2
+            (COCO's segmentation area, the OKS scale ``s^2``), NaN where the file has none; those
+            people (and every person when ``gt_areas`` is None) get the fallback of
+            :func:`_area`, the tight box of their labelled keypoints.
     """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
@@ -51,15 +65,13 @@ def coco_oks(gts: list[np.ndarray], preds: list[np.ndarray], scores: list[np.nda
     images, anns, dets = [], [], []
     for i, (g, p, s, hw) in enumerate(zip(gts, preds, scores, sizes)):
         images.append({"id": i + 1, "height": int(hw[0]), "width": int(hw[1]), "file_name": f"{i}"})
+        areas = _areas_of(g, gt_areas[i] if gt_areas is not None else None)
         for j, kp in enumerate(g):
             n = int((kp[:, 2] > 0).sum())
-            box = gt_boxes[i][j] if gt_boxes is not None else None
-            area = _area(kp, box)
             vis = kp[:, 2] > 0
-            bb = list(box) if box is not None else ([*kp[vis, :2].min(0), *(kp[vis, :2].max(0) - kp[vis, :2].min(0))]
-                                                    if vis.any() else [0, 0, 0, 0])
+            bb = [*kp[vis, :2].min(0), *(kp[vis, :2].max(0) - kp[vis, :2].min(0))] if vis.any() else [0, 0, 0, 0]
             anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": 1, "keypoints": kp.reshape(-1).tolist(),
-                         "num_keypoints": n, "area": area, "bbox": [float(v) for v in bb], "iscrowd": 0})
+                         "num_keypoints": n, "area": float(areas[j]), "bbox": [float(v) for v in bb], "iscrowd": 0})
         for kp, sc in zip(p, s):
             k = kp.copy()
             k[:, 2] = 1
@@ -84,23 +96,23 @@ def coco_oks(gts: list[np.ndarray], preds: list[np.ndarray], scores: list[np.nda
     return {"AP": float(s[0]), "AP50": float(s[1]), "AP75": float(s[2]), "AR": float(s[5])}
 
 
-def match_people(gt: np.ndarray, pred: np.ndarray, sigmas) -> dict[int, int]:
-    """Ground-truth person -> predicted person, by OKS with linear assignment (each used once)."""
+def match_people(gt: np.ndarray, pred: np.ndarray, sigmas, areas: "np.ndarray | None" = None) -> dict[int, int]:
+    """Ground-truth person -> predicted person, by OKS with linear assignment (each used once);
+    ``areas`` ``(G,)`` the annotations' areas (NaN = unknown, see :func:`_area`)."""
     if not len(gt) or not len(pred):
         return {}
-    areas = np.array([_area(g) for g in gt])
-    sim = oks_matrix(gt, pred, sigmas, areas)
+    sim = oks_matrix(gt, pred, sigmas, _areas_of(gt, areas))
     rows, cols = linear_sum_assignment(-sim)
     return dict(zip(rows, cols))
 
 
 def _pck_counts(gt: np.ndarray, pred: np.ndarray, layout: KeypointLayout, alpha: float,
-                select: "np.ndarray | None" = None):
+                select: "np.ndarray | None" = None, areas: "np.ndarray | None" = None):
     """Per keypoint: correct, counted, pixel-error sum, found (over every labelled person, and
     only the keypoints ``select`` ``(G, K)`` bool marks, when given)."""
     k = layout.num_keypoints
     correct, counted, err, found = np.zeros(k), np.zeros(k), np.zeros(k), np.zeros(k)
-    matched = match_people(gt, pred, layout.sigmas)
+    matched = match_people(gt, pred, layout.sigmas, areas)
     for gi, g in enumerate(gt):
         vis = (g[:, 2] > 0) & (select[gi] if select is not None else True)
         ts = torso_size(g, layout)
@@ -139,6 +151,7 @@ class PoseMetrics:
     preds: list = field(default_factory=list)
     scores: list = field(default_factory=list)
     sizes: list = field(default_factory=list)
+    areas: list = field(default_factory=list)
     correct: np.ndarray = None
     counted: np.ndarray = None
     err_sum: np.ndarray = None
@@ -152,14 +165,20 @@ class PoseMetrics:
         self.correct, self.counted, self.err_sum, self.found = np.zeros(k), np.zeros(k), np.zeros(k), np.zeros(k)
 
     def add(self, gt: np.ndarray, pred: np.ndarray, scores: np.ndarray, size: tuple[int, int],
-            mask_prob: "np.ndarray | None" = None, mask_gt: "np.ndarray | None" = None) -> None:
-        """One image: ground truth ``(G, K, 3)``, prediction ``(D, K, 3)`` with person scores."""
-        gt = gt[(gt[:, :, 2] > 0).any(-1)] if len(gt) else gt
+            mask_prob: "np.ndarray | None" = None, mask_gt: "np.ndarray | None" = None,
+            areas: "np.ndarray | None" = None) -> None:
+        """One image: ground truth ``(G, K, 3)``, prediction ``(D, K, 3)`` with person scores;
+        ``areas`` ``(G,)`` the ground-truth annotations' COCO areas in pixels^2 of this frame
+        (NaN where unknown), for OKS."""
+        labelled = (gt[:, :, 2] > 0).any(-1) if len(gt) else np.zeros(0, bool)
+        a = np.full(len(gt), np.nan) if areas is None else np.asarray(areas, np.float64).reshape(-1)[:len(gt)]
+        gt, a = gt[labelled], a[labelled]
         self.gts.append(gt)
         self.preds.append(pred)
         self.scores.append(scores)
         self.sizes.append(size)
-        c, n, e, f = _pck_counts(gt, pred, self.layout, self.pck_alpha)
+        self.areas.append(a)
+        c, n, e, f = _pck_counts(gt, pred, self.layout, self.pck_alpha, areas=a)
         self.correct += c
         self.counted += n
         self.err_sum += e
@@ -176,6 +195,7 @@ class PoseMetrics:
         self.preds += other.preds
         self.scores += other.scores
         self.sizes += other.sizes
+        self.areas += other.areas
         for a in ("correct", "counted", "err_sum", "found"):
             setattr(self, a, getattr(self, a) + getattr(other, a))
         self.inter += other.inter
@@ -185,7 +205,7 @@ class PoseMetrics:
     def result(self) -> dict[str, float]:
         found = self.found
         out = {f"PCK@{self.pck_alpha:g}": float(self.correct.sum() / max(self.counted.sum(), 1))}
-        out.update(coco_oks(self.gts, self.preds, self.scores, self.layout, self.sizes))
+        out.update(coco_oks(self.gts, self.preds, self.scores, self.layout, self.sizes, self.areas))
         per_kp = np.where(found > 0, self.err_sum / np.maximum(found, 1), np.nan)
         # nan, not 0, when nothing was found: an error of 0 px would read as perfect
         out["mean_px_error"] = float(self.err_sum.sum() / found.sum()) if found.sum() else float("nan")

@@ -1,9 +1,13 @@
 """NADS-Net-style pose network: PVT backbone, FPN, heatmap/PAF heads at 1/4 resolution and a
 seatbelt segmentation head at full resolution.
 
-``PoseNet(image) -> (heatmaps (B, K, H/4, W/4), pafs (B, 2L, H/4, W/4), mask (B, M, H, W))``
-with the image in [-1, 1]; the mask is a probability (sigmoid).  This is also the interface
-the GAN's pose-consistency loss expects of its judge.
+``PoseNet(image) -> (heatmaps (B, K, H/4, W/4), pafs (B, 2L, H/4, W/4), mask_logits (B, M, H, W))``
+with the image in [-1, 1].  The mask comes as float32 *logits*, whatever the autocast dtype:
+losses take them as they are (BCE-with-logits, :func:`posesynth.losses.dice_bce_logits`), and
+consumers that want probabilities apply ``torch.sigmoid`` (:func:`mask_probabilities`).  A
+sigmoid inside the network under bf16 autocast rounds every logit above about 8 to exactly
+1.0, where the loss then has no gradient.  This is also the interface the GAN's
+pose-consistency loss expects of its judge.
 
 The FPN uses each of the four levels exactly once (the original used one level twice and
 dropped another): lateral 1x1 convs, a top-down pathway, 3x3 smoothing, then all four
@@ -19,7 +23,7 @@ from torch import nn
 
 from .backbone import PVTBackbone
 
-__all__ = ["PoseNetConfig", "PoseNet", "FPN", "NAMED_HEADS"]
+__all__ = ["PoseNetConfig", "PoseNet", "FPN", "NAMED_HEADS", "mask_probabilities"]
 
 # head presets: (FPN width, heatmap/PAF head width, head depth, seatbelt head width)
 NAMED_HEADS = {
@@ -37,6 +41,11 @@ class PoseNetConfig:
     backbone: str = "pvt_v2_b1"
     pretrained: str = "auto"
     heads: str = "medium"
+
+
+def mask_probabilities(logits: "torch.Tensor | None") -> "torch.Tensor | None":
+    """``(B, M, H, W)`` mask probabilities in [0, 1] (float32) from the network's mask logits."""
+    return torch.sigmoid(logits.float()) if logits is not None else None
 
 
 def conv_bn_relu(cin: int, cout: int, k: int = 3) -> nn.Sequential:
@@ -95,5 +104,5 @@ class PoseNet(nn.Module):
         if self.num_masks:
             s = F.interpolate(self.seg_up1(x), scale_factor=2, mode="bilinear", align_corners=False)
             s = F.interpolate(self.seg_up2(s), size=image.shape[-2:], mode="bilinear", align_corners=False)
-            mask = torch.sigmoid(self.seg_out(s))
+            mask = self.seg_out(s).float()  # logits, fp32 under any autocast: no sigmoid here
         return hm, paf, mask

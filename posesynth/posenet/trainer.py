@@ -38,7 +38,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from ..checkpoint import load_checkpoint, load_module, module_tensors, optimizer_from_flat, optimizer_to_flat
-from ..config import to_dict
+from ..config import check_numbers, to_dict
 from ..datasets.formats import DataOptions, KeypointSource, data_options, open_dataset
 from ..datasets.posemaps import PoseMapSpec
 from ..datasets.torch_dataset import EpochBatchSampler, PoseMapDataset, max_people_of
@@ -50,9 +50,18 @@ from .load import load_posenet, predict_batch
 from .losses import PoseLossWeights, pose_loss
 from .model import NAMED_HEADS, PoseNet, PoseNetConfig
 
-__all__ = ["PoseTrainConfig", "PoseNetTrainer", "load_posenet", "predict_batch", "plot_curves", "init_distributed"]
+__all__ = ["PoseTrainConfig", "PoseNetTrainer", "load_posenet", "predict_batch", "plot_curves", "init_distributed",
+           "shutdown_distributed"]
 
 log = logging.getLogger(__name__)
+
+
+#: every numeric option's allowed values (config.check_numbers; other floats must be finite)
+POSE_NUMBERS = {"max_people": ">=0", "lr": ">=0", "weight_decay": ">=0", "epochs": ">=1", "batch_size": ">=1",
+                "w_heatmap": ">=0", "w_paf": ">=0", "w_mask": ">=0", "sigma": ">0", "paf_width": ">0",
+                "plateau_factor": "(0,1)", "plateau_patience": ">=0", "early_stop": ">=0", "pck_alpha": ">0",
+                "decode_threshold": "[0,1)", "seed": ">=0", "workers": ">=0", "time_limit_min": ">=0",
+                "steps_per_epoch": ">=0"}
 
 
 @dataclass
@@ -118,26 +127,41 @@ class PoseTrainConfig:
             raise ConfigError("loss_reduction must be mean or sum")
         if self.fit not in FIT_MODES:
             raise ConfigError(f"fit must be one of {FIT_MODES}, not {self.fit!r}")
+        check_numbers(self, POSE_NUMBERS)
 
     @property
     def posemaps(self) -> PoseMapSpec:
         return PoseMapSpec(self.sigma, self.paf_width, 4, tuple(self.size))
 
 
+_OWN_GROUP = False   # init_distributed created the process group (shutdown_distributed destroys it)
+
+
 def init_distributed(device_spec: str = "auto") -> tuple[int, int, int, torch.device]:
     """``(rank, world, local_rank, device)``: the device for this process (``auto``:
     ``cuda:LOCAL_RANK`` with CUDA, else cpu; made current on CUDA), and torch.distributed
     initialised when torchrun started us, with NCCL for CUDA devices and gloo otherwise."""
+    global _OWN_GROUP
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_spec, local)
+    device = resolve_device(device_spec, local, world)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        _OWN_GROUP = True
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size(), local, device
     return 0, 1, local, device
+
+
+def shutdown_distributed() -> None:
+    """Destroy the process group :func:`init_distributed` created (no-op otherwise): at the end
+    of ``train-posenet`` under torchrun, so ranks exit without NCCL's warnings."""
+    global _OWN_GROUP
+    if _OWN_GROUP and dist.is_initialized():
+        dist.destroy_process_group()
+    _OWN_GROUP = False
 
 
 class PoseNetTrainer:
@@ -229,6 +253,7 @@ class PoseNetTrainer:
             meta["opt"] = s
             meta["sched"] = {k: v for k, v in self.sched.state_dict().items() if not callable(v)}
             meta["history"] = self.history
+            meta["grad_scaler"] = self.precision.state_dict()   # fp16: the loss scale, for an exact resume
         self.dir.save(name, tensors, meta)
 
     def _load(self) -> None:
@@ -237,6 +262,7 @@ class PoseNetTrainer:
         load_module(self.model, tensors, "model", str(path))
         optimizer_from_flat(self.opt, tensors, meta["opt"], "opt")
         self.sched.load_state_dict(meta["sched"])
+        self.precision.load_state_dict(meta.get("grad_scaler"))
         self.epoch, self.best, self.stale = int(meta["epoch"]), float(meta["best"]), int(meta["stale"])
         self.best_epoch = int(meta.get("best_epoch", 0))
         self.skipped_steps = int(meta.get("skipped_steps", 0))

@@ -6,13 +6,14 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..config import check_numbers
 from ..datasets.formats import DataOptions
 from ..datasets.posemaps import PoseMapSpec
 from ..errors import ConfigError
 from .archs import ARCH_CLASSES, MODES, arch_class
 from .losses import GAN_MODES
 
-__all__ = ["GANConfig", "ARCH_DEFAULTS", "ARCHS", "MODES", "NETGS", "keep_saved_losses"]
+__all__ = ["GANConfig", "GAN_NUMBERS", "ARCH_DEFAULTS", "ARCHS", "MODES", "NETGS", "keep_saved_losses"]
 
 log = logging.getLogger(__name__)
 NETGS = ("unet", "resnet")
@@ -22,6 +23,15 @@ ARCHS = tuple(dict.fromkeys(c.name for c in ARCH_CLASSES))
 #: pix2pix's and vanilla's are pix2pix's (one 70x70 PatchGAN: ``num_d`` 1 with ``n_layers_d``
 #: 4; L1 x 100; no feature matching, no VGG).
 ARCH_DEFAULTS: dict[str, dict[str, Any]] = {c.name: dict(c.defaults) for c in ARCH_CLASSES}
+#: every numeric option's allowed values (config.check_numbers; other floats must be finite)
+GAN_NUMBERS = {"ngf": ">=1", "spade_hidden": ">=1", "ndf": ">=1", "num_d": ">=1", "n_layers_d": ">=1",
+               "z_dim": ">=0", "lambda_feat": ">=0", "lambda_vgg": ">=0", "lambda_gp": ">=0", "lambda_l1": ">=0",
+               "extra_regions": "[0,1]", "region_radius": ">0", "lambda_pose_hm": ">=0", "lambda_pose_paf": ">=0",
+               "lambda_pose_mask": ">=0", "sigma": ">0", "paf_width": ">0", "steps": ">=1", "batch_size": ">=1",
+               "lr_g": ">=0", "lr_d": ">=0", "beta1": "[0,1)", "beta2": "[0,1)", "decay_from": ">=-1", "seed": ">=0",
+               "workers": ">=0", "log_every": ">=1", "gallery_every": ">=1", "checkpoint_every": ">=1",
+               "time_limit_min": ">=0", "max_bad_steps": ">=1",
+               "crop_size": ">=64", "crop_margin": ">=0", "fill_share": "[0,1]"}
 
 
 @dataclass
@@ -153,6 +163,7 @@ class GANConfig:
             raise ConfigError(f"crop_size must be a multiple of 32 and at least 64, not {self.crop_size}")
         if self.crop_margin < 0:
             raise ConfigError("crop_margin must be 0 or more")
+        check_numbers(self, GAN_NUMBERS)
 
     @property
     def posemaps(self) -> PoseMapSpec:

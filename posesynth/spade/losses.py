@@ -14,7 +14,7 @@ from torch import nn
 from ..datasets.layouts import KeypointLayout
 from ..datasets.posemaps import PoseMapSpec
 from ..errors import ConfigError
-from ..losses import dice_bce
+from ..losses import dice_bce_logits
 from ..posenet.load import load_posenet
 from .load import check_same_maps
 
@@ -143,11 +143,11 @@ class PoseConsistencyLoss(nn.Module):
     """A frozen pose network judges the generated image against the target pose.
 
     ``judge(image)`` maps ``(B, 3, H, W)`` in [-1, 1] to ``(heatmaps (B, K, h, w), pafs
-    (B, 2L, h, w), mask (B, M, H, W) probabilities)``.  The judge is put in eval mode and its
+    (B, 2L, h, w), mask logits (B, M, H, W))``, like :class:`~posesynth.posenet.model.PoseNet`.  The judge is put in eval mode and its
     parameters stop receiving gradients; only the image does.
 
     Loss: ``w_hm * MSE(heatmaps) + w_paf * MSE(pafs) + w_mask * DiceBCE(mask)`` (100, 100, 1 as
-    in the original).  Targets are resized (bilinear) to the judge's output size if needed.
+    in the original; the mask term is BCE-with-logits + Dice on the logits in float32).  Targets are resized (bilinear) to the judge's output size if needed.
     """
 
     def __init__(self, judge: nn.Module, w_heatmap: float = 100.0, w_paf: float = 100.0, w_mask: float = 1.0) -> None:
@@ -173,7 +173,7 @@ class PoseConsistencyLoss(nn.Module):
 
         l_hm = F.mse_loss(hm, fit(heatmaps, hm))
         l_paf = F.mse_loss(paf, fit(pafs, paf))
-        l_mask = dice_bce(mask, fit(masks, mask)) if masks is not None and masks.shape[1] and mask is not None \
+        l_mask = dice_bce_logits(mask, fit(masks, mask)) if masks is not None and masks.shape[1] and mask is not None \
             else hm.new_zeros(())
         total = self.w[0] * l_hm + self.w[1] * l_paf + self.w[2] * l_mask
         return total, {"pose_hm": float(l_hm.detach()), "pose_paf": float(l_paf.detach()),

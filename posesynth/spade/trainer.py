@@ -151,6 +151,7 @@ class GANTrainer:
             td, meta["opt_d"] = optimizer_to_flat(self.opt_d, "opt_d")
             tensors.update(tg)
             tensors.update(td)
+            meta["grad_scaler"] = {"g": self.precision.state_dict(), "d": self.precision_d.state_dict()}
         return tensors, meta
 
     def save(self, name: str = "latest") -> None:
@@ -167,6 +168,8 @@ class GANTrainer:
             return
         load_module(self.G, tensors, "G", str(path))
         load_module(self.D, tensors, "D", str(path))
+        self.precision.load_state_dict(meta.get("grad_scaler", {}).get("g"))    # fp16: the loss scales
+        self.precision_d.load_state_dict(meta.get("grad_scaler", {}).get("d"))
         optimizer_from_flat(self.opt_g, tensors, meta["opt_g"], "opt_g")
         optimizer_from_flat(self.opt_d, tensors, meta["opt_d"], "opt_d")
         self.skipped_steps = int(meta.get("skipped_steps", 0))

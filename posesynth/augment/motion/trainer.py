@@ -23,9 +23,7 @@ continues exactly: on CPU the losses match an uninterrupted run.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import logging
 import time
 from dataclasses import dataclass, field
@@ -37,12 +35,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ...checkpoint import load_checkpoint, load_module, module_tensors, optimizer_from_flat, optimizer_to_flat, save_checkpoint
-from ...config import config_from_dict, save_config, to_dict
+from ...checkpoint import load_checkpoint, load_module, module_tensors, optimizer_from_flat, optimizer_to_flat
+from ...config import check_numbers, config_from_dict, to_dict
 from ...datasets.layouts import KeypointLayout
 from ...datasets.sequences import PoseSequence, load_sequences, split_sequences
 from ...errors import ConfigError, PosesynthError
-from ...io import atomic_write_json, atomic_write_text
+from ...io import atomic_write_json
+from ...runs import RunDir
 from .data import JointMap, Normaliser, arm_joints, bones_of, make_windows
 from .draw import draw_strips
 from .losses import bone_loss, consistency_loss, gradient_penalty
@@ -52,6 +51,16 @@ from .model import MotionGenerator, MotionModelConfig, SequenceCritic
 __all__ = ["MotionConfig", "MotionTrainer", "MotionRun", "TrainingError", "load_motion", "score_poses", "held_sequences"]
 
 log = logging.getLogger(__name__)
+
+
+#: every numeric option's allowed values (config.check_numbers; other floats must be finite)
+MOTION_NUMBERS = {"past": ">=1", "future": ">=1", "stride": ">=1", "val_fraction": "[0,1)", "hidden": ">=1",
+                  "z_dim": ">=0", "layers": ">=1", "critic_hidden": ">=1", "critic_layers": ">=1", "steps": ">=1",
+                  "batch_size": ">=1", "n_critic": ">=1", "lambda_gp": ">=0", "nda_fraction": "[0,1)",
+                  "nda_jitter": ">=0", "pose_nda_fraction": "[0,1]", "held_fraction": ">=0", "lambda_bone": ">=0",
+                  "lambda_consistency": ">=0", "lr_g": ">=0", "lr_d": ">=0", "beta1": "[0,1)", "beta2": "[0,1)",
+                  "threshold_quantile": "(0,1)", "seed": ">=0", "log_every": ">=1", "picture_every": ">=1",
+                  "checkpoint_every": ">=1", "time_limit_min": ">=0"}
 
 
 @dataclass
@@ -116,6 +125,7 @@ class MotionConfig:
             raise ConfigError(f"held_fraction must be at least 0, not {self.held_fraction}")
         if not 0 < self.threshold_quantile < 1:
             raise ConfigError(f"threshold_quantile must be in (0, 1), not {self.threshold_quantile}")
+        check_numbers(self, MOTION_NUMBERS)
 
     def model_config(self, layout: KeypointLayout) -> MotionModelConfig:
         return MotionModelConfig(layout.num_keypoints, self.past + self.future, self.hidden, self.z_dim, self.layers,
@@ -191,12 +201,12 @@ class MotionTrainer:
         self.opt_q = torch.optim.Adam(self.Q.parameters(), lr=cfg.lr_d, betas=betas)
         self.step = 0
         self.threshold: "dict[str, Any] | None" = None
+        # the run scaffold: refuses to overwrite a run (or resume nothing), removes the temporary
+        # files a crash left anywhere in the run folder, records the config
+        self.dir = RunDir(self.run)
+        self.dir.prepare(cfg, resume)
         if resume:
-            self._load(self.run / "checkpoints" / "latest")
-        elif (self.run / "checkpoints" / "latest.json").exists():
-            raise ConfigError(f"{self.run} already holds a run: pass --resume to continue it, or choose another --out")
-        self.run.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.run / "config.yaml")
+            self._load("latest")
 
     def _normalised(self, xy: np.ndarray) -> torch.Tensor:
         n, _ = self.norm.normalise(xy, xy[:, self.cfg.past - 1])[:2]
@@ -235,11 +245,12 @@ class MotionTrainer:
 
     def save(self, name: str = "latest") -> None:
         tensors, meta = self.state()
-        save_checkpoint(self.run / "checkpoints" / name, tensors, meta)
+        self.dir.save(name, tensors, meta)
         atomic_write_json(self.run / "plausibility.json", meta["plausibility"], indent=1)
 
-    def _load(self, path: Path) -> None:
-        tensors, meta = load_checkpoint(path)
+    def _load(self, name: str) -> None:
+        path = self.dir.ckpt / name
+        tensors, meta = self.dir.load(name)
         if meta.get("kind") != "posesynth-motion":
             raise PosesynthError(f"{path}: not a posesynth motion checkpoint")
         if meta.get("layout", {}).get("keypoints") != list(self.layout.keypoints):
@@ -393,8 +404,8 @@ class MotionTrainer:
     # ---- loop --------------------------------------------------------------------------
     def fit(self) -> dict[str, float]:
         c = self.cfg
-        csv_path = self.run / "losses.csv"
-        rows = self._read_csv(csv_path)
+        csv_name = "losses.csv"
+        rows = [r for r in self.dir.read_csv(csv_name) if int(r["step"]) <= self.step]   # none past the checkpoint
         last: dict[str, float] = {}
         bar = tqdm(total=c.steps, initial=self.step, desc="train-motion", unit="it", disable=not self.progress,
                    dynamic_ncols=True)
@@ -410,12 +421,12 @@ class MotionTrainer:
                 rows.append({"step": self.step, **{k: f"{v:.6g}" for k, v in last.items()}})
                 if self.step % c.log_every == 0 or self.step == c.steps:
                     bar.set_postfix({k: f"{last[k]:.3g}" for k in ("wasserstein", "g_bone", "bone_err_pct", "quality")})
-                    self._write_csv(csv_path, rows)
+                    self.dir.write_csv(csv_name, rows)
                 if self.step % c.picture_every == 0 or self.step == c.steps:
                     self.picture()
                 out_of_time = c.time_limit_min > 0 and time.perf_counter() - t0 > c.time_limit_min * 60
                 if self.step % c.checkpoint_every == 0 or self.step == c.steps or out_of_time:
-                    self._write_csv(csv_path, rows)
+                    self.dir.write_csv(csv_name, rows)
                     self.save()
                 bar.update()
                 if out_of_time:
@@ -425,7 +436,7 @@ class MotionTrainer:
                     break
         finally:
             bar.close()
-        self._write_csv(csv_path, rows)
+        self.dir.write_csv(csv_name, rows)
         last = dict(last)
         last["seconds_per_step"] = (time.perf_counter() - t0) / max(self.step - start, 1)
         if self.progress:
@@ -435,22 +446,6 @@ class MotionTrainer:
                   f"{last.get('bone_err_pct', float('nan')):.2f}%; plausibility threshold {thr:.4g}; "
                   f"pictures: {self.run / 'predictions.png'}")
         return last
-
-    def _read_csv(self, path: Path) -> list[dict[str, Any]]:
-        if not path.exists():
-            return []
-        with open(path, newline="") as f:
-            return [r for r in csv.DictReader(f) if int(r["step"]) <= self.step]
-
-    def _write_csv(self, path: Path, rows: list[dict[str, Any]]) -> None:
-        keys: list[str] = []
-        for r in rows:
-            keys += [k for k in r if k not in keys]
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=keys or ["step"])
-        w.writeheader()
-        w.writerows(rows)
-        atomic_write_text(path, buf.getvalue())
 
     @torch.no_grad()
     def picture(self, examples: int = 4, samples: int = 2) -> Path:
