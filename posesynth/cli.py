@@ -215,14 +215,17 @@ def _cmd_experiment(a: argparse.Namespace) -> None:
     print(f"report: {Path(cfg.out) / 'report.html'}")
     for r in s["rows"]:
         cs = r["conditions"]
-        line = ", ".join(f"{k} {v['test_PCK_best']['mean']:.3f} ± {v['test_PCK_best']['sd']:.3f}" for k, v in cs.items())
-        print(f"  {r['n']} training images, test PCK@0.2 (validation-selected epoch): {line}")
-        for k, v in r["compare"].items():
+        line = ", ".join(f"{k} {v['test_PCK_best']['mean']:.3f} ± {v['test_PCK_best']['sd']:.3f} "
+                         f"(train {v['train_PCK_best']['mean']:.3f})" for k, v in cs.items())
+        print(f"  {r['n']} training images, test PCK@0.2 at the validation-selected epoch, mean ± sd over seeds "
+              f"(training PCK): {line}")
+        for k, v in [*r["compare"].items(), *r.get("compare_real_dup", {}).items()]:
             share = v.get("oracle_share", float("nan"))
-            print(f"    {k} vs baseline: {v['diff_mean']:+.3f} ± {v['diff_sd']:.3f}, ahead on {v['ahead']} of "
-                  f"{v['seeds']} seeds" + (f", closes {100 * share:.0f}% of the oracle gap" if share == share else
-                                           ", no oracle gap to close (the oracle is not above the baseline)"
-                                           if "oracle_gap" in v else ""))
+            print("    " + v["verdict"] + (f"; closes {100 * share:.0f}% of the oracle gap" if share == share else
+                                            "; no oracle gap to close (the oracle is not above the baseline)"
+                                            if "oracle_gap" in v else ""))
+        if r.get("note"):
+            print(f"    note: {r['note']}")
 
 
 def _cmd_generate(a: argparse.Namespace) -> None:

@@ -22,7 +22,7 @@ def main(data: str, gan: str, out: Path) -> None:
     fit = trainer.PoseNetTrainer.fit
 
     def spy(self):   # the trainer the command builds, and every batch its mixer returns
-        hook = self.batch_hook
+        hook = self.batch_transform
 
         def watch(batch, step):
             b = hook(batch, step)
@@ -30,7 +30,7 @@ def main(data: str, gan: str, out: Path) -> None:
                                                  "keypoints": b["keypoints"][b["replaced"]].tolist()})
             return b
 
-        self.batch_hook = watch
+        self.batch_transform = watch
         seen.update(rank=self.rank, world=self.world, backend=dist.get_backend(), mixer=hook.describe(),
                     renderer=type(hook.renderer).__name__, mixer_seed=hook.seed)
         result = fit(self)

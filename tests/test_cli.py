@@ -144,7 +144,7 @@ BAD_NUMBERS = [  # (command and options before --out, OUT name, the option the m
     (["generate", "--flush-every", "0"], "gen", "--flush-every"),
     (["generate", "--threads", "0"], "gen", "--threads"),
     (["generate", "--limit", "-1"], "gen", "--limit"),
-    (["render-quality", "--num", "0"], "rq", "--num"),
+    (["render-quality", "--num", "-1"], "rq", "--num"),
     (["render-quality", "--size", "-64"], "rq", "--size"),
     (["render", "--num", "-1"], "rend", "--num"),
     (["render", "--size", "-1"], "rend", "--size"),

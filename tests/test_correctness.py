@@ -280,7 +280,7 @@ def test_other_architectures_render_new_poses(tmp_path, arch):
     assert out.images.shape == (1, 3, 64, 64) and torch.isfinite(out.images).all()
     assert main(["render", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "r"), "--gan", str(tmp_path / "g"),
                  "--num", "2", "--device", "cpu"]) == 0
-    assert len(list((tmp_path / "r").glob("*.png"))) == 2
+    assert len(list((tmp_path / "r").glob("00000?.png"))) == 2
     bad = tmp_path / "gen"
     assert main(["generate", "--data", str(tmp_path / "d"), "--out", str(bad), "--gan", str(tmp_path / "g"),
                  "--precision", "int8", "--device", "cpu"]) == 2

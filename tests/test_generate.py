@@ -247,16 +247,16 @@ def test_train_posenet_with_warp_resumes_bit_for_bit(warp_data, tmp_path):
     is another) ends with the same weights as the uninterrupted run."""
     import cv2
 
+    from posesynth.augment.training import AugmentedPoseConfig, build_pose_trainer
     from posesynth.checkpoint import load_checkpoint
-    from posesynth.posenet.trainer import PoseNetTrainer, PoseTrainConfig
 
     cfg = dict(data=str(warp_data / "data"), size=(128, 128), backbone="pvt_v2_b0", pretrained="none", heads="small",
                batch_size=2, steps_per_epoch=3, renderer="warp", device="cpu", seed=1, fraction=1.0)
-    PoseNetTrainer(PoseTrainConfig(epochs=2, **cfg), tmp_path / "one", progress=False).fit()
-    PoseNetTrainer(PoseTrainConfig(epochs=1, **cfg), tmp_path / "two", progress=False).fit()
+    build_pose_trainer(AugmentedPoseConfig(epochs=2, **cfg), tmp_path / "one", progress=False).fit()
+    build_pose_trainer(AugmentedPoseConfig(epochs=1, **cfg), tmp_path / "two", progress=False).fit()
     cv2.setRNGSeed(4242)
     cv2.randu(np.zeros((64, 64), np.uint8), 0, 255)
-    PoseNetTrainer(PoseTrainConfig(epochs=2, **cfg), tmp_path / "two", progress=False, resume=True).fit()
+    build_pose_trainer(AugmentedPoseConfig(epochs=2, **cfg), tmp_path / "two", progress=False, resume=True).fit()
     a, ma = load_checkpoint(tmp_path / "one" / "checkpoints" / "latest")
     b, mb = load_checkpoint(tmp_path / "two" / "checkpoints" / "latest")
     assert ma["epoch"] == mb["epoch"] == 2 and a.keys() == b.keys()

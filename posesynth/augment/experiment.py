@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from scipy import stats
 
 from ..config import to_dict
 from ..datasets.formats import DataOptions, KeypointSource, data_options, open_dataset, source_annotations
@@ -53,7 +54,8 @@ from .perturb import check_mode
 from .renderers import GAN_RENDERERS
 from .training import build_mixer, load_judge, load_renderer
 
-__all__ = ["ExperimentConfig", "run_experiment", "Subset", "CONDITIONS", "summarise"]
+__all__ = ["ExperimentConfig", "run_experiment", "Subset", "CONDITIONS", "summarise", "paired_stats", "verdict",
+           "best_renderer"]
 
 log = logging.getLogger(__name__)
 CONDITIONS = ("baseline", "real-dup", "warp", "gan", "refine", "oracle")
@@ -138,6 +140,12 @@ class ExperimentConfig:
         "help": "pose-network run that filters renders (unset: every render is kept)"})
     judge_pck: float = field(default=0.5, metadata={
         "help": "a render is kept when the judge's PCK@0.2 on it reaches this"})
+    init: str = field(default="", metadata={
+        "help": "start every pose run from this train-posenet run's weights (e.g. one trained on synthetic scenes); "
+                "its layout and pose maps must be the experiment's (unset: random or --pretrained)"})
+    overfit_gap: float = field(default=0.1, metadata={
+        "help": "a comparison means something only where the baseline's training PCK is at least this above its "
+                "test PCK"})
 
 
 def _check(c: ExperimentConfig) -> None:
@@ -145,7 +153,8 @@ def _check(c: ExperimentConfig) -> None:
 
     check_numbers(c, {"train_sizes": ">=1", "seeds": ">=1", "epochs": ">=1", "steps_per_epoch": ">=0",
                       "batch_size": ">=1", "lr": ">=0", "plateau_patience": ">=0", "early_stop": ">=0",
-                      "fraction": "[0,1]", "post_scale": ">0", "post_translate": "[0,1)", "judge_pck": "[0,1]"})
+                      "fraction": "[0,1]", "post_scale": ">0", "post_translate": "[0,1)", "judge_pck": "[0,1]",
+                      "overfit_gap": ">=0"})
     if any(s % 32 or s < 64 for s in c.size):
         raise ConfigError(f"--size {c.size} must be multiples of 32, at least 64")
     bad = [x for x in c.conditions if x not in CONDITIONS]
@@ -173,7 +182,8 @@ def _posecfg(c: ExperimentConfig, seed: int, multi_person: bool) -> PoseTrainCon
     return PoseTrainConfig(size=tuple(c.size), backbone=c.backbone, pretrained=c.pretrained, heads=c.heads,
                            lr=c.lr, epochs=c.epochs, batch_size=c.batch_size, steps_per_epoch=c.steps_per_epoch,
                            device=c.device, seed=seed, plateau_patience=c.plateau_patience,
-                           early_stop=c.early_stop, multi_person=multi_person, precision="auto", fit="letterbox")
+                           early_stop=c.early_stop, multi_person=multi_person, precision="auto", fit="letterbox",
+                           init=c.init)
 
 
 def _eval_set(source: KeypointSource, c: ExperimentConfig, spec: PoseMapSpec, max_people: int) -> PoseMapDataset:
@@ -188,7 +198,7 @@ def _settings(c: ExperimentConfig) -> dict[str, Any]:
     d = to_dict(c)
     for k in ("out", "conditions", "train_sizes", "seeds", "device", "gan_device"):
         d.pop(k, None)
-    for k in ("data", "val", "test", "oracle", "gan", "judge"):
+    for k in ("data", "val", "test", "oracle", "gan", "judge", "init"):
         if d.get(k):
             d[k] = str(Path(d[k]).resolve())
     return d
@@ -348,9 +358,43 @@ def _ms(v) -> tuple[float, float]:
     return float(v.mean()), (float(v.std(ddof=1)) if len(v) > 1 else 0.0)
 
 
+def paired_stats(diffs: "np.ndarray | list[float]", level: float = 0.95) -> dict[str, Any]:
+    """Paired per-seed differences: their count, mean, sample sd, standard error, the t-based
+    ``level`` confidence interval of the mean (``mean -+ t(1 - (1 - level)/2, n - 1) * sd / sqrt(n)``;
+    undefined, ``nan``, with fewer than two seeds), the seeds ahead, and whether the interval
+    excludes zero (``established``)."""
+    d = np.asarray([x for x in diffs if x is not None and np.isfinite(x)], float)
+    n = len(d)
+    mean = float(d.mean()) if n else float("nan")
+    sd = float(d.std(ddof=1)) if n > 1 else float("nan")
+    se = sd / np.sqrt(n) if n > 1 else float("nan")
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * se) if n > 1 else float("nan")
+    lo, hi = mean - half, mean + half
+    return {"seeds": n, "diffs": d.tolist(), "diff_mean": mean, "diff_sd": sd, "diff_se": float(se),
+            "ci_low": float(lo), "ci_high": float(hi), "level": level, "ahead": int((d > 0).sum()),
+            "established": bool(n > 1 and np.isfinite(half) and (lo > 0 or hi < 0))}
+
+
+def verdict(name: str, ref: str, e: dict[str, Any]) -> str:
+    """One sentence on a paired comparison: the mean difference, its t-based interval, the
+    seeds ahead, and "exceeds the spread" only when the interval excludes zero."""
+    if e["seeds"] < 2:
+        return (f"{name} - {ref}: {e['diff_mean']:+.3f} test PCK@0.2 on {e['seeds']} seed: not established "
+                "(a confidence interval needs at least 2 seeds)")
+    pct = round(100 * e["level"])
+    what = ("exceeds the spread (the interval excludes zero)" if e["established"] else
+            "not established (the interval contains zero)")
+    return (f"{name} - {ref}: {e['diff_mean']:+.3f} test PCK@0.2, {pct}% CI [{e['ci_low']:+.3f}, {e['ci_high']:+.3f}] "
+            f"over {e['seeds']} seeds, ahead on {e['ahead']} of {e['seeds']}: {what}")
+
+
 def summarise(results: list[dict[str, Any]], c: ExperimentConfig) -> dict[str, Any]:
-    """Per training size: each condition's mean and spread over seeds; for each renderer the
-    share of the oracle gap it closes and the paired comparison with the baseline per seed."""
+    """Per training size: each condition's mean and sample sd over seeds; for every other
+    condition the paired per-seed comparison with the baseline (and each renderer's with
+    real-dup), with a t-based 95% interval; each renderer's share of the oracle gap; and whether
+    the comparison means anything: the baseline must overfit (its training PCK at least
+    ``overfit_gap`` above its test PCK) and have converged (the selected epoch before the last
+    in most runs)."""
     rows = []
     for n in c.train_sizes:
         row: dict[str, Any] = {"n": n, "conditions": {}}
@@ -360,32 +404,51 @@ def summarise(results: list[dict[str, Any]], c: ExperimentConfig) -> dict[str, A
                 k: dict(zip(("mean", "sd"), _ms([r.get(k) for r in rs])))
                 for k in ("test_PCK_best", "test_PCK_final", "test_AP_best", "test_AP_final", "train_PCK_best",
                           "gap_PCK", "gap_loss", "best_epoch")}
-        base = {r["seed"]: r["test_PCK_best"] for r in results if r["n"] == n and r["cond"] == "baseline"}
-        orac = {r["seed"]: r["test_PCK_best"] for r in results if r["n"] == n and r["cond"] == "oracle"}
-        comp = {}
+        score = {cond: {r["seed"]: r["test_PCK_best"] for r in results if r["n"] == n and r["cond"] == cond}
+                 for cond in c.conditions}
+        comp: dict[str, Any] = {}
+        comp_dup: dict[str, Any] = {}
         for cond in c.conditions:
-            if cond in ("baseline", "oracle") or not base:
-                continue
-            mine = {r["seed"]: r["test_PCK_best"] for r in results if r["n"] == n and r["cond"] == cond}
-            seeds = sorted(set(base) & set(mine))
-            diffs = np.array([mine[s] - base[s] for s in seeds], float)
-            mean, sd = _ms(diffs)
-            # the paired difference "exceeds the spread over seeds" when it is more than twice its
-            # standard error (the seeds' sample sd of the differences over sqrt(seeds))
-            entry: dict[str, Any] = {"seeds": len(seeds), "ahead": int((diffs > 0).sum()), "diff_mean": mean,
-                                     "diff_sd": sd, "diff_se": float(sd / np.sqrt(len(seeds))) if seeds else float("nan")}
-            entry["exceeds_spread"] = bool(len(diffs) > 1 and abs(mean) > 2 * entry["diff_se"])
-            paired = [s for s in seeds if s in orac]   # oracle gap over the same seeds, paired
-            if paired:
-                gap = float(np.mean([orac[s] - base[s] for s in paired]))
-                closed = float(np.mean([mine[s] - base[s] for s in paired]))
-                entry["oracle_gap"] = gap
-                # a share of the gap means something only when the oracle is above the baseline
-                entry["oracle_share"] = closed / gap if gap > 1e-9 else float("nan")
-            comp[cond] = entry
-        row["compare"] = comp
+            for ref, table in (("baseline", comp), ("real-dup", comp_dup)):
+                if cond in (ref, "oracle", "baseline") or not score.get(ref) or (ref == "real-dup"
+                                                                                 and cond not in RENDERED):
+                    continue
+                seeds = sorted(set(score[ref]) & set(score[cond]))
+                entry = paired_stats([score[cond][s] - score[ref][s] for s in seeds])
+                entry["verdict"] = verdict(cond, ref, entry)
+                entry["exceeds_spread"] = entry["established"]
+                if ref == "baseline" and score.get("oracle"):
+                    paired = [s for s in seeds if s in score["oracle"]]   # oracle gap over the same seeds, paired
+                    if paired:
+                        gap = float(np.mean([score["oracle"][s] - score[ref][s] for s in paired]))
+                        closed = float(np.mean([score[cond][s] - score[ref][s] for s in paired]))
+                        entry["oracle_gap"] = gap
+                        # a share of the gap means something only when the oracle is above the baseline
+                        entry["oracle_share"] = closed / gap if gap > 1e-9 else float("nan")
+                table[cond] = entry
+        row["compare"], row["compare_real_dup"] = comp, comp_dup
+        last = [r["best_epoch"] >= len(r["history"]) for r in results if r["n"] == n and r.get("history")]
+        gap = row["conditions"].get("baseline", {}).get("gap_PCK", {}).get("mean", float("nan"))
+        row["baseline_overfits"] = bool(np.isfinite(gap) and gap >= c.overfit_gap)
+        row["selected_last_epoch"] = float(np.mean(last)) if last else float("nan")
+        row["converged"] = bool(last and np.mean(last) <= 0.5)
+        row["meaningful"] = row["baseline_overfits"] and row["converged"]
+        if not row["converged"]:
+            row["note"] = (f"the selected epoch is the last one in {100 * row['selected_last_epoch']:.0f}% of the runs: "
+                           "the networks had not converged, so no verdict")
+        elif not row["baseline_overfits"]:
+            row["note"] = (f"the baseline does not overfit (training PCK - test PCK {gap:+.3f}, below "
+                           f"{c.overfit_gap:g}): fitting, not overfitting, limits it, so no verdict")
+        else:
+            row["note"] = ""
         rows.append(row)
     return {"rows": rows, "metric": "test PCK@0.2 at the validation-selected epoch"}
+
+
+def best_renderer(row: dict[str, Any]) -> "str | None":
+    """The rendered condition with the highest mean paired difference from the baseline."""
+    cands = [(v["diff_mean"], k) for k, v in row["compare"].items() if k in RENDERED and np.isfinite(v["diff_mean"])]
+    return max(cands)[1] if cands else None
 
 
 # ---- report -------------------------------------------------------------------------------
@@ -473,18 +536,23 @@ def _report(summary: dict[str, Any], c: ExperimentConfig, out: Path, strips: lis
                                 "gap_loss"))
             + f"<td>{_f(cs[k]['best_epoch']['mean'], 1)}</td></tr>" for k in conds)
         comp = "".join(
-            f"<tr><td>{html.escape(k)}</td><td>{_f(v['diff_mean'])} ± {_f(v['diff_sd'])}</td>"
-            f"<td>{v['ahead']} of {v['seeds']}</td><td>{'yes' if v['exceeds_spread'] else 'no'}</td>"
+            f"<tr><td>{html.escape(k)} - {ref}</td><td>{_f(v['diff_mean'])} ± {_f(v['diff_sd'])}</td>"
+            f"<td>[{_f(v['ci_low'])}, {_f(v['ci_high'])}]</td><td>{v['ahead']} of {v['seeds']}</td>"
+            f"<td>{'exceeds the spread' if v['established'] else 'not established'}</td>"
             + (f"<td>{_f(100 * v['oracle_share'], 0)}%</td></tr>" if np.isfinite(v.get("oracle_share", np.nan)) else
                "<td>n/a: the oracle is not above the baseline</td></tr>" if "oracle_gap" in v else "<td>n/a</td></tr>")
-            for k, v in row["compare"].items())
+            for ref, table in (("baseline", row["compare"]), ("real-dup", row.get("compare_real_dup", {})))
+            for k, v in table.items())
+        note = (f"<p><b>No verdict:</b> {html.escape(row['note'])}.</p>" if row.get("note") else
+                "<p>The baseline overfits and the runs converged: the comparisons below are meaningful.</p>")
         parts.append(f"""<h2>{row['n']} training images</h2>
 <table><tr><th>condition</th><th>test PCK@0.2 (val-selected)</th><th>test PCK@0.2 (final)</th>
 <th>test AP (val-selected)</th><th>train PCK</th><th>gap: train - test PCK</th><th>gap: test - train loss</th>
-<th>selected epoch</th></tr>{body}</table>
-<p>Against the baseline, paired by seed (difference in test PCK@0.2 at the validation-selected epoch):</p>
-<table><tr><th>condition</th><th>mean difference ± sd over seeds</th><th>ahead on</th>
-<th>mean &gt; 2 standard errors (sd / &radic;seeds)?</th><th>share of the oracle gap closed</th></tr>{comp}</table>""")
+<th>selected epoch</th></tr>{body}</table>{note}
+<p>Paired by seed (difference in test PCK@0.2 at the validation-selected epoch), with the t-based 95% confidence
+interval of the mean difference; it "exceeds the spread" only when that interval excludes zero:</p>
+<table><tr><th>comparison</th><th>mean difference ± sd over seeds</th><th>95% CI</th><th>ahead on</th>
+<th>verdict</th><th>share of the oracle gap closed</th></tr>{comp}</table>""")
     strip_html = "".join(f"<h3>{html.escape(k)}: source | render (last replaced slots)</h3>"
                          f"<img src='rendered_{html.escape(k)}.png'>" for k in strips)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>posesynth: overfitting experiment</title>

@@ -1,7 +1,7 @@
 """Batch mixing: part of each training batch replaced by renders of perturbed poses, labelled
 from the perturbed keypoints, and the same random resize and translation for every condition.
 
-:class:`BatchMixer` is the pose trainer's ``batch_hook``.  For each batch (on the training
+:class:`BatchMixer` is the pose trainer's ``batch_transform`` (built by :mod:`~posesynth.augment.training`).  For each batch (on the training
 device) and step ``s``:
 
 1. it chooses the slots to replace (generator ``(seed, s, 1)``): ``fraction x batch`` of them

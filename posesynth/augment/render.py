@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..config import check_numbers
 from ..datasets.formats import DataOptions, data_options, open_dataset, source_annotations
 from ..datasets.geometry import limb_region
 from ..datasets.posemaps import PoseMapSpec, render_pose_maps
@@ -42,6 +43,7 @@ from ..datasets.visualize import maps_to_rgb
 from ..errors import ConfigError, PosesynthError
 from ..imagemetrics import psnr, ssim
 from ..io import atomic_write_json, atomic_write_text
+from ..posenet.detectors import make_detector, pose_consistency
 from ..runs import resolve_device
 from .perturb import PerturbConfig, Perturber, check_mode
 from .renderers import GAN_RENDERERS, Renderer, make_renderer
@@ -177,7 +179,8 @@ class QualityConfig:
                 "no pose consistency)"})
     augment: str = field(default="arms-angle", metadata={
         "help": "perturbation: arms-angle|arms-slight|arms-high|poses:FILE|learned:RUN"})
-    num: int = field(default=64, metadata={"help": "images to render: the first N of --data"})
+    num: int = field(default=64, metadata={"help": "images to render: the first N of --data (0: all); with "
+                                                     "--pairs, at most N pairs drawn at random (0: all)"})
     size: int = field(default=0, metadata={
         "help": "render at this square size (0: the GAN's size, else the images' own)"})
     seed: int = field(default=0, metadata={"help": "seed of the perturbations (image i uses (seed, i))"})
@@ -190,6 +193,14 @@ class QualityConfig:
         "help": "--pairs: every non-arm joint within this fraction of the torso size"})
     arm_min: float = field(default=0.30, metadata={
         "help": "--pairs: some arm joint moved by more than this fraction of the torso size"})
+    detector: str = field(default="", metadata={
+        "help": "--pairs: also score labels with this detector (mediapipe|keypointrcnn|posenet:RUN): its PCK@0.2 "
+                "on the renders against the poses drawn, beside its PCK on the real target frames (unset: none)"})
+
+    def validate(self) -> None:
+        """Refuse impossible numbers before anything is read or written."""
+        check_numbers(self, {"num": ">=0", "size": ">=0", "seed": ">=0", "picture_rows": ">=0", "body_tol": ">0",
+                             "arm_min": ">0"})
     picture_rows: int = field(default=8, metadata={"help": "rows in quality.png"})
 
 
@@ -238,6 +249,7 @@ def render_pairs(c: "QualityConfig", progress: bool = True) -> dict[str, Any]:
 
     if not c.out:
         raise ConfigError("--out is required")
+    c.validate()
     dev = str(resolve_device(c.device))
     t0 = time.perf_counter()
     src = open_dataset(c.pairs, **data_options(c))
@@ -259,6 +271,7 @@ def render_pairs(c: "QualityConfig", progress: bool = True) -> dict[str, Any]:
     per = {k: {"psnr": [], "ssim": []} for k in names}
     rows, picture = [], []
     cache: dict[int, Any] = {}
+    seen: dict[str, list] = {k: [] for k in [*rends, "real target"]}   # (image, keypoints) for the detector
 
     def frame(i: int):
         if i not in cache:
@@ -279,16 +292,25 @@ def render_pairs(c: "QualityConfig", progress: bool = True) -> dict[str, Any]:
         img_t = image_to_tensor(a.image)[None].to(dev)
         mask_t = torch.from_numpy(a.masks[None]).float().to(dev)
         for name, r in rends.items():
-            outs[name] = tensor_to_image(r(img_t, mask_t, old[None], new[None]).images)[0]
+            rd = r(img_t, mask_t, old[None], new[None])
+            outs[name] = tensor_to_image(rd.images)[0]
+            if c.detector:   # scored against the pose drawn (an arm the warp kept is where it was)
+                seen[name].append((outs[name], rd.keypoints[0] if rd.keypoints is not None else new))
+        if c.detector:
+            seen["real target"].append((b.image, first[j][None]))
         row = {"source": int(i), "target": int(j), "region_px": float(region.sum())}
+        # scored on the region's box (8 px wider than SSIM's window): the same figures, far cheaper
+        ys, xs = np.nonzero(region[0, 0].numpy() > 0)
+        y0, y1, x0, x1 = max(ys.min() - 8, 0), ys.max() + 9, max(xs.min() - 8, 0), xs.max() + 9
+        reg_c, tgt_c = region[..., y0:y1, x0:x1], b.image[y0:y1, x0:x1]
         for name, im in outs.items():
-            pv, sv = float(psnr(im, b.image, region)[0]), float(ssim(im, b.image, region)[0])
+            im_c = np.ascontiguousarray(im[y0:y1, x0:x1])
+            pv, sv = float(psnr(im_c, tgt_c, reg_c)[0]), float(ssim(im_c, tgt_c, reg_c)[0])
             per[name]["psnr"].append(pv)
             per[name]["ssim"].append(sv)
             row[f"{name}_psnr"], row[f"{name}_ssim"] = pv, sv
         rows.append(row)
         if len(picture) < c.picture_rows:
-            ys, xs = np.nonzero(region[0, 0].numpy() > 0)
             pad = 40
             y0, y1 = max(ys.min() - pad, 0), min(ys.max() + pad, hw[0])
             x0, x1 = max(xs.min() - pad, 0), min(xs.max() + pad, hw[1])
@@ -311,6 +333,19 @@ def render_pairs(c: "QualityConfig", progress: bool = True) -> dict[str, Any]:
         for name in rends:
             if name != "warp":
                 res["renderers"][name]["ahead_of_warp"] = float(np.mean(np.asarray(per[name]["psnr"], float) > w))
+    if c.detector:   # labels kept: the detector finds the drawn pose on the renders as well as on real frames
+        det = make_detector(c.detector, device=dev, max_people=1, every=0)
+        try:
+            pcks = {k: pose_consistency(det, [im for im, _ in v], np.stack([kp for _, kp in v]), layout)
+                    for k, v in seen.items() if v}
+        finally:
+            getattr(det, "close", lambda: None)()
+        real = pcks.get("real target", {}).get("PCK@0.2", float("nan"))
+        res["detector"] = {"name": c.detector, "PCK_real_targets": real}
+        for k in rends:
+            if k in pcks:
+                res["renderers"][k]["detector_PCK"] = pcks[k]["PCK@0.2"]
+                res["renderers"][k]["detector_PCK_ratio"] = pcks[k]["PCK@0.2"] / max(real, 1e-9)
     res["seconds"] = time.perf_counter() - t0
     out = Path(c.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -334,18 +369,14 @@ copy: frame i unchanged (the baseline).</p>
         print(f"render-quality on {len(rows)} pairs of {c.pairs}: " + "; ".join(
             f"{k} {v['psnr']:.2f} dB ({v['psnr_minus_copy']:+.2f} vs copy"
             + (f", ahead of warp on {100 * v['ahead_of_warp']:.0f}% of pairs" if "ahead_of_warp" in v else "") + ")"
+            + (f", detector PCK {v['detector_PCK']:.3f} ({100 * v['detector_PCK_ratio']:.0f}% of real "
+               f"{res['detector']['PCK_real_targets']:.3f})" if "detector_PCK" in v else "")
             for k, v in res["renderers"].items()) + f". Report: {out / 'index.html'}")
     return res
 
 
 def _pct(v: "float | None") -> str:
     return "" if v is None else f"{100 * v:.0f}%"
-
-    def validate(self) -> None:
-        """Refuse impossible numbers before anything is read or written."""
-        from ..config import check_numbers
-
-        check_numbers(self, {"num": ">=1", "size": ">=0", "seed": ">=0", "picture_rows": ">=0"})
 
 
 def judge_pck(model: torch.nn.Module, images: list[np.ndarray], keypoints: list[np.ndarray], layout,
@@ -394,7 +425,7 @@ def render_quality(c: QualityConfig, progress: bool = True) -> dict[str, Any]:
         raise ConfigError(f"the GAN runs render at different sizes {sorted(sizes)}; compare runs of one size")
     size = (c.size, c.size) if c.size else (sizes.pop() if sizes else None)
     perturber = Perturber(PerturbConfig(c.augment), layout)
-    n = min(c.num, len(src))
+    n = min(c.num, len(src)) if c.num else len(src)
     rows: list[dict[str, Any]] = []
     per: dict[str, dict[str, list]] = {k: {"psnr_M": [], "ssim_M": [], "psnr": [], "ssim": [], "images": [],
                                            "drawn": []} for k in rends}

@@ -248,7 +248,7 @@ class WarpRenderer(Renderer):
                 "skipped": dict(self.stats["skipped"])}
 
     # -- one image -------------------------------------------------------------------------
-    def _arms(self, old: np.ndarray, new: np.ndarray) -> list[_Arm]:
+    def _arms(self, old: np.ndarray, new: np.ndarray, every_arm: bool = False) -> list[_Arm]:
         arms = []
         for p in range(old.shape[0]):
             ts = torso_size(old[p], self.layout)
@@ -256,7 +256,10 @@ class WarpRenderer(Renderer):
                 continue
             r = (self.region.radius + self.region.dilate) * ts
             poly = torso_polygon(old[p].astype(np.float64), self.layout)
-            for s, e, w in moved_arms(old[p], new[p], self.layout):
+            chains = arm_chains(self.layout) if every_arm else moved_arms(old[p], new[p], self.layout)
+            for s, e, w in chains:
+                if (old[p, [s, e, w], 2] <= 0).any():
+                    continue
                 arms.append(_Arm(*(old[p, j, :2].astype(np.float64) for j in (s, e, w)),
                                  *(new[p, j, :2].astype(np.float64) for j in (s, e, w)), float(r), p, (s, e, w),
                                  bool((old[p, [s, e, w], 2] == 1).any()), poly))
@@ -405,8 +408,9 @@ class WarpRenderer(Renderer):
         masks = [self.limb_mask(img, a) for a in arms]
         keep = []
         self.stats["arms"] += len(arms)
+        every = [a.shifted(o) for a in self._arms(old, old, every_arm=True)]   # moved or not, at their old place
         for m, a in zip(masks, arms):
-            why = self.plausible(img, a, m, [o for o in arms if o is not a and o.person == a.person])
+            why = self.plausible(img, a, m, [b for b in every if b.person == a.person and b.joints != a.joints])
             if why is None:
                 keep.append((m, a))
                 continue

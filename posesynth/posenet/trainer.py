@@ -85,6 +85,10 @@ class PoseTrainConfig:
         "help": "backbone weights: auto (timm's ImageNet weights when they are in the local timm cache, "
                 "~/.cache/huggingface/hub; else random, with a note)|none|PATH (timm's model.safetensors of "
                 "timm/<backbone>.in1k)"})
+    init: str = field(default="", metadata={
+        "help": "start from this train-posenet run's weights (its best checkpoint, else its latest): fine-tuning, "
+                "e.g. from a network trained on synthetic scenes; its layout, pose maps and network must be this "
+                "run's (unset: random or --pretrained)"})
     heads: str = field(default="medium", metadata={"help": "|".join(NAMED_HEADS)})
     optimizer: str = field(default="adamw", metadata={"help": "adamw|sgd (sgd: momentum 0.9 as the original)"})
     lr: float = field(default=1e-3, metadata={"help": "learning rate (AdamW or SGD)"})
@@ -208,6 +212,8 @@ class PoseNetTrainer:
         self.model_cfg = PoseNetConfig(self.layout.num_keypoints, self.layout.num_limbs, self.layout.num_masks,
                                        cfg.backbone, cfg.pretrained, cfg.heads)
         self.model = PoseNet(self.model_cfg).to(self.device)
+        if cfg.init and not resume:
+            self._init_from(cfg.init)
         if self.device.type == "cuda":
             self.model.to(memory_format=torch.channels_last)
             torch.backends.cudnn.benchmark = True
@@ -255,6 +261,35 @@ class PoseNetTrainer:
             meta["history"] = self.history
             meta["grad_scaler"] = self.precision.state_dict()   # fp16: the loss scale, for an exact resume
         self.dir.save(name, tensors, meta)
+
+    def _init_from(self, run: str) -> None:
+        """Load another pose run's network weights (best, else latest), refusing a run with
+        another layout, masks, pose maps or network."""
+        path = Path(run) / "checkpoints" / "best"
+        if not path.with_suffix(".json").exists():
+            path = Path(run) / "checkpoints" / "latest"
+        if not path.with_suffix(".json").exists():
+            raise ConfigError(f"--init {run}: no pose-network checkpoint there (checkpoints/best or latest)")
+        tensors, meta = load_checkpoint(path)
+        if meta.get("kind") != "posesynth-posenet":
+            raise ConfigError(f"--init {run}: not a train-posenet run ({meta.get('kind', 'unknown kind')})")
+        lay = meta.get("layout", {})
+        if lay.get("keypoints") != list(self.layout.keypoints) or lay.get("masks", []) != list(self.layout.masks):
+            raise ConfigError(f"--init {run}: it predicts layout '{lay.get('name')}' ({len(lay.get('keypoints', []))} "
+                              f"keypoints, masks {lay.get('masks', [])}), this run '{self.layout.name}' "
+                              f"({self.layout.num_keypoints} keypoints, masks {list(self.layout.masks)})")
+        theirs = PoseMapSpec.from_meta(meta)
+        if not theirs.same_maps(self.spec):
+            raise ConfigError(f"--init {run}: it learned pose maps with sigma {theirs.sigma:g}, PAF width "
+                              f"{theirs.paf_width:g}, stride {theirs.stride}; this run draws sigma {self.spec.sigma:g}, "
+                              f"PAF width {self.spec.paf_width:g}, stride {self.spec.stride}")
+        mine = to_dict(self.model_cfg)
+        diff = [f"{k} {meta['model'].get(k)!r} there, {v!r} here" for k, v in mine.items()
+                if k != "pretrained" and meta["model"].get(k) != v]
+        if diff:
+            raise ConfigError(f"--init {run}: another network ({'; '.join(diff)})")
+        load_module(self.model, tensors, "model", str(path))
+        log.info("initialised from %s (epoch %s)", path, meta.get("epoch"))
 
     def _load(self) -> None:
         tensors, meta = self.dir.load("latest")

@@ -32,6 +32,7 @@ from ..datasets.torch_dataset import PoseMapDataset, tensor_to_image
 from ..errors import PosesynthError
 from ..imagemetrics import psnr, ssim
 from ..io import atomic_write_text
+from ..posenet.detectors import make_detector, pose_consistency
 from .load import check_compatible, load_render
 
 __all__ = ["evaluate_generator", "format_generator_metrics"]
@@ -66,7 +67,6 @@ def evaluate_generator(run: "str | Path", data: "str | Path", detector: "str | A
         ``{"run", "arch", "data", "frames", "size", "psnr", "psnr_sd", "ssim", "ssim_sd",
         "detector", "pose" (pose_consistency's dict, or None), "pose_real", "per_frame"}``.
     """
-    from ..posenet.detectors import make_detector, pose_consistency
 
     render, layout, meta = load_render(run, device)
     size = tuple(int(v) for v in meta["generator"]["size"])
@@ -96,10 +96,9 @@ def evaluate_generator(run: "str | Path", data: "str | Path", detector: "str | A
     pose = pose_real = None
     det_name = detector if isinstance(detector, str) else getattr(detector, "name", type(detector).__name__)
     if not (isinstance(detector, str) and detector == "none"):
-        pose = _consistency(detector, renders_a, kps_a, layout, device, weights, make_detector, pose_consistency)
+        pose = _consistency(detector, renders_a, kps_a, layout, device, weights)
         if reference:
-            pose_real = _consistency(detector, reals_a, kps_a, layout, device, weights, make_detector,
-                                     pose_consistency)
+            pose_real = _consistency(detector, reals_a, kps_a, layout, device, weights)
     (pm, psd), (sm, ssd) = _stats(p_a), _stats(s_a)
     res = {"run": str(run), "arch": meta["arch"], "data": str(data), "frames": int(len(p_a)), "size": list(size),
            "psnr": pm, "psnr_sd": psd, "ssim": sm, "ssim_sd": ssd, "detector": det_name, "pose": pose,
@@ -113,7 +112,7 @@ def evaluate_generator(run: "str | Path", data: "str | Path", detector: "str | A
     return res
 
 
-def _consistency(detector, images, kps, layout, device, weights, make_detector, pose_consistency) -> dict[str, float]:
+def _consistency(detector, images, kps, layout, device, weights) -> dict[str, float]:
     det = make_detector(detector, device=device, weights=weights, max_people=1, every=0) \
         if isinstance(detector, str) else detector
     try:

@@ -1,0 +1,221 @@
+"""Refine mode (issue 18): the generator corrects the warp on crops; the warp on real people;
+realism measured on frame pairs of a clip."""
+import numpy as np
+import pytest
+import torch
+
+from posesynth.augment.refine import RefineCropDataset, refine_trainer
+from posesynth.augment.renderers import RefineRenderer, WarpRenderer
+from posesynth.datasets.crops import crop, crop_box, to_crop
+from posesynth.datasets.geometry import RegionSpec
+from posesynth.datasets.layouts import DRIVER9
+from posesynth.datasets.posemaps import PoseMapSpec
+from posesynth.datasets.sample import Sample
+from posesynth.datasets.synthetic import render_scene, scene_rng
+from posesynth.datasets.torch_dataset import image_to_tensor
+from posesynth.spade.archs.refine import RefineArch
+from posesynth.spade.config import GANConfig
+
+
+class Scenes:
+    layout = DRIVER9
+
+    def __init__(self, n=4, size=128, seed=7):
+        self.s = [render_scene(scene_rng(seed, i), size, "narrow", 0.0) for i in range(n)]
+
+    def __len__(self):
+        return len(self.s)
+
+    def __getitem__(self, i):
+        return self.s[i]
+
+
+def _moved(s, dx=18.0):
+    new = s.keypoints.copy()
+    for n in ("right_wrist", "left_wrist"):
+        new[0, DRIVER9.index(n), 0] += dx
+    return new
+
+
+def _refiner(generator=None, crop_size=64):
+    cfg = GANConfig(mode="refine", crop_size=crop_size, ngf=8, spade_hidden=16, vgg="off").resolve()
+    G = generator if generator is not None else RefineArch(cfg, DRIVER9, cfg.posemaps).build_generator()
+    return RefineRenderer(G, DRIVER9, PoseMapSpec(size=(crop_size, crop_size)), crop_size, 0.25)
+
+
+class _Constant(torch.nn.Module):
+    """A 'refiner' whose correction is the same everywhere."""
+
+    def __init__(self, value):
+        super().__init__()
+        self.value = value
+        self.p = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        return torch.full((x.shape[0], 3, *x.shape[-2:]), self.value)
+
+
+def test_an_untrained_refiner_returns_the_warp_bit_for_bit():
+    s = Scenes(1)[0]
+    r = _refiner()
+    img, masks = image_to_tensor(s.image)[None], torch.from_numpy(s.masks[None]).float()
+    out = r(img, masks, s.keypoints[None], _moved(s)[None])
+    warp = WarpRenderer(DRIVER9)(img, masks, s.keypoints[None], _moved(s)[None])
+    assert torch.equal(out.images, warp.images)
+    assert not torch.equal(out.images, img)   # the warp did move something
+
+
+def test_crop_and_paste_is_exact():
+    """A zero correction pastes back nothing; a constant one c adds exactly M * c inside M (the
+    crop, its resizing and the paste add no error), and outside M the output is the source."""
+    s = Scenes(1)[0]
+    img, masks = image_to_tensor(s.image)[None], torch.from_numpy(s.masks[None]).float()
+    new = _moved(s)[None]
+    warp = WarpRenderer(DRIVER9)(img, masks, s.keypoints[None], new)
+    zero = _refiner(_Constant(0.0))(img, masks, s.keypoints[None], new)
+    assert torch.equal(zero.images, warp.images)
+    c = 0.25
+    out = _refiner(_Constant(c))(img, masks, s.keypoints[None], new)
+    M = warp.region
+    want = torch.where(M > 0, (warp.images + M * c).clamp(-1, 1), warp.images)
+    assert torch.allclose(out.images, want, atol=1e-6)
+    assert torch.equal(out.images[(M == 0).expand_as(img)], img[(M == 0).expand_as(img)])   # the source, exactly
+
+
+def test_outside_the_region_a_trained_refiner_leaves_the_source():
+    s = Scenes(1)[0]
+    torch.manual_seed(0)
+    cfg = GANConfig(mode="refine", crop_size=64, ngf=8, spade_hidden=16, vgg="off").resolve()
+    G = RefineArch(cfg, DRIVER9, cfg.posemaps).build_generator()
+    torch.nn.init.normal_(G.conv_img.weight, std=0.3)   # any non-zero correction
+    img, masks = image_to_tensor(s.image)[None], torch.from_numpy(s.masks[None]).float()
+    out = _refiner(G)(img, masks, s.keypoints[None], _moved(s)[None])
+    outside = (out.region == 0).expand_as(img)
+    assert torch.equal(out.images[outside], img[outside])
+    assert not torch.equal(out.images[~outside], WarpRenderer(DRIVER9)(img, masks, s.keypoints[None],
+                                                                      _moved(s)[None]).images[~outside])
+
+
+def test_a_round_trip_sample_has_the_original_crop_as_its_truth():
+    src = Scenes(3)
+    ds = RefineCropDataset(src, crop_size=64, fill_share=0.0, spec=PoseMapSpec(size=(64, 64)), flip=False,
+                           seed=1)
+    for i in range(3):
+        item = ds[(i, 0)]
+        # the same draws as the dataset's: the perturbation, then the box jitter
+        rng = np.random.default_rng([1, 0, i])
+        s = src[i]
+        rng.random()
+        new = ds.perturber(s.keypoints, s.image.shape[:2], rng, s.file_name)
+        x0, y0, side = crop_box(s.keypoints, new, DRIVER9, ds.region, ds.margin)
+        jit = rng.uniform(-0.05, 0.05, 2) * side
+        side2 = max(int(round(side * rng.uniform(0.95, 1.1))), 8)
+        box = (int(round(x0 + (side - side2) / 2 + jit[0])), int(round(y0 + (side - side2) / 2 + jit[1])), side2)
+        truth = crop(s.image, box, 64)
+        assert torch.equal(item["image"], image_to_tensor(truth))   # the truth is the original (cropped) image
+        changed = (item["warped"] != item["image"]).any(0)
+        assert changed.any()                                         # the warp's artifacts are in W
+        assert (item["region"][0][changed] > 0).all()                # ... all inside M
+
+
+def test_crop_keypoints_follow_the_pixels():
+    """A bright dot at a keypoint stays under the keypoint in the crop (pixel-centre mapping)."""
+    img = np.zeros((300, 400, 3), np.uint8)
+    kp = np.array([[[123.0, 87.0, 2]]], np.float32)
+    img[85:90, 121:126] = 255
+    box = (60, 20, 200)
+    c = crop(img, box, 64)
+    k = to_crop(kp, box, 64)[0, 0]
+    y, x = np.unravel_index(np.argmax(c[..., 0]), c.shape[:2])
+    assert abs(x - k[0]) <= 1 and abs(y - k[1]) <= 1
+
+
+def test_refine_trainer_trains_and_reloads_as_a_renderer(tmp_path):
+    from posesynth.augment.renderers import make_renderer
+
+    cfg = GANConfig(mode="refine", crop_size=64, ngf=8, ndf=8, spade_hidden=16, batch_size=2, steps=2, vgg="off",
+                    device="cpu", gallery_every=1)
+    t = refine_trainer(cfg, tmp_path / "r", source=Scenes(2), progress=False)
+    t.fit()
+    assert (tmp_path / "r" / "web" / "index.html").exists()
+    r = make_renderer("refine", DRIVER9, str(tmp_path / "r"))
+    s = Scenes(1)[0]
+    out = r(image_to_tensor(s.image)[None], torch.from_numpy(s.masks[None]).float(), s.keypoints[None],
+            _moved(s)[None])
+    assert out.images.shape == (1, 3, 128, 128) and out.keypoints is not None
+    from posesynth.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="refine-mode run"):
+        make_renderer("gan", DRIVER9, str(tmp_path / "r"))
+
+
+# ---- the warp on real people ----------------------------------------------------------------------
+def test_an_occluded_arm_is_not_moved():
+    s = Scenes(1)[0]
+    kp = s.keypoints.copy()
+    rw, re = DRIVER9.index("right_wrist"), DRIVER9.index("right_elbow")
+    kp[0, rw, 2] = 1   # labelled but occluded
+    new = kp.copy()
+    new[0, rw, 0] += 15
+    new[0, re, 0] += 8
+    w = WarpRenderer(DRIVER9)
+    out = w(image_to_tensor(s.image)[None], torch.from_numpy(s.masks[None]).float(), kp[None], new[None])
+    assert torch.equal(out.images, image_to_tensor(s.image)[None])
+    np.testing.assert_array_equal(out.keypoints[0], kp)   # the labels keep the pose drawn
+    assert w.stats["skipped"] == {"occluded": 1}
+
+
+def test_crossed_arms_are_not_moved():
+    """Two forearms over each other: one hides the other, so neither is cut out and moved."""
+    s = Scenes(1)[0]
+    kp = s.keypoints.copy()
+    L = DRIVER9
+    for side, sign in (("right", 1), ("left", -1)):
+        sh = kp[0, L.index(f"{side}_shoulder"), :2]
+        kp[0, L.index(f"{side}_elbow"), :2] = sh + np.array([sign * 4.0, 30.0])
+        kp[0, L.index(f"{side}_wrist"), :2] = kp[0, L.index("neck"), :2] + np.array([0.0, 45.0])
+    new = kp.copy()
+    new[0, L.index("right_wrist"), 0] += 12
+    w = WarpRenderer(L)
+    out = w(image_to_tensor(s.image)[None], torch.from_numpy(s.masks[None]).float(), kp[None], new[None])
+    assert w.stats["skipped"].get("crossed", 0) >= 1
+    np.testing.assert_array_equal(out.keypoints[0], kp)
+
+
+# ---- pairs of a clip --------------------------------------------------------------------------------
+def test_pairs_are_found_where_bodies_match_and_arms_differ():
+    from posesynth.augment.render import find_pairs
+
+    base = render_scene(scene_rng(2, 0), 128, "narrow", 0.0).keypoints[0]
+    L = DRIVER9
+    ts = float(np.linalg.norm(base[L.index("neck"), :2] - base[[L.index("left_hip"), L.index("right_hip")], :2].mean(0)))
+    frames = [base.copy() for _ in range(4)]
+    frames[1][L.index("right_wrist"), 0] += 0.5 * ts     # the arms differ from frame 0
+    frames[2][L.index("right_wrist"), 0] += 0.1 * ts     # too little arm motion
+    frames[3][L.index("right_wrist"), 0] += 0.5 * ts     # arms differ, but the body moved too
+    frames[3][L.index("left_hip"), 1] += 0.2 * ts
+    pairs = set(find_pairs(np.stack(frames), L))
+    assert pairs == {(0, 1), (1, 0), (1, 2), (2, 1)}
+
+
+def test_render_quality_pairs_on_a_clip(tmp_path):
+    """End to end on a tiny clip of one synthetic driver: the copy baseline and the warp scored
+    against the real target frames inside the arm region."""
+    from posesynth.augment.render import QualityConfig, render_pairs
+    from posesynth.datasets.coco import write_coco
+
+    from posesynth.datasets.synthetic import SceneSpec, redraw_scene
+
+    spec = SceneSpec(2, 0, 128, "narrow", 0.0)
+    s0 = spec.render()
+    L = DRIVER9
+    moved = s0.keypoints.copy()
+    moved[0, L.index("right_wrist"), 0] += 20
+    moved[0, L.index("right_elbow"), 0] += 10
+    frames = [s0, redraw_scene(spec, moved)]
+    write_coco(tmp_path / "clip", frames, L)
+    res = render_pairs(QualityConfig(pairs=str(tmp_path / "clip"), out=str(tmp_path / "q"), renderer=("warp",),
+                                     num=0, device="cpu"), progress=False)
+    assert res["pairs"] == 2
+    assert set(res["renderers"]) == {"copy", "warp"}
+    assert (tmp_path / "q" / "pairs.png").exists() and (tmp_path / "q" / "index.html").exists()
