@@ -31,11 +31,16 @@ from posesynth.spade.trainer import GANTrainer
 ROOT = Path(__file__).resolve().parents[1]
 
 
-class _Src:   # the steps are fed directly: no data needed
+class _Src:   # the steps are fed directly: one scene for the trainer's set-up
     layout = DRIVER9
 
     def __len__(self):
         return 1
+
+    def __getitem__(self, i):
+        from posesynth.datasets.synthetic import render_scene, scene_rng
+
+        return render_scene(scene_rng(0, i), 128, passenger_prob=0.0)
 
 
 def _trainer(cfg: GANConfig, dataset=None) -> GANTrainer:

@@ -413,8 +413,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--data", required=True, help="dataset to render (folder or annotation JSON; several: A,B)")
     r.add_argument("--out", required=True, help="output folder: one picture per image (source | perturbed pose maps "
                                                  "| render, plain and with keypoints) and index.html")
-    r.add_argument("--renderer", default="", help="warp|gan (default: gan when --gan is given, else warp)")
-    r.add_argument("--gan", default="", help="train-gan run folder, in its mode: full or inpaint (unset: none)")
+    r.add_argument("--renderer", default="", help="warp|gan|refine (default: gan when --gan is given, else warp)")
+    r.add_argument("--gan", default="", help="train-gan run folder: for --renderer gan in its mode (full or inpaint; "
+                                             "any arch in full mode), for --renderer refine a refine-mode run "
+                                             "(unset: none)")
     r.add_argument("--num", type=int, default=16, help="images to render: the first N of --data")
     r.add_argument("--augment", default="arms-angle",
                    help="perturbation (arms-angle|arms-slight|arms-high|poses:FILE|learned:RUN), or none for the "

@@ -48,8 +48,10 @@ def test_demo_quick(tmp_path):
     last = r.stdout.strip().splitlines()[-1]
     import re
 
-    assert re.fullmatch(r"demo done in [\d.]+ min: test PCK@0\.2 baseline \S+, (warp|gan-inpaint) \S+, oracle \S+; "
-                        r"\S+ closes \S+% of the oracle gap( \(the oracle is not above the baseline\))?; ahead on \d of 2 seeds\. Report: \S+report\.html", last), last
+    assert re.fullmatch(r"demo done in [\d.]+ min: test PCK@0\.2 baseline \S+, (warp|refine) \S+, oracle \S+; "
+                        r"\S+ closes \S+% of the oracle gap( \(the oracle is not above the baseline\))?; "
+                        r"(warp|refine) - baseline [+-]\S+, 95% CI \[\S+, \S+\] over 2 seeds, ahead on \d of 2: "
+                        r"(exceeds the spread|not established)\. Report: \S+report\.html", last), last
 
 
 def test_train_gan_resume_and_render(tmp_path):

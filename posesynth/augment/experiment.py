@@ -293,9 +293,12 @@ def run_experiment(c: ExperimentConfig, progress: bool = True) -> dict[str, Any]
                           f"{n} training images, seed {seed}, {cond}", flush=True)
                 t = PoseNetTrainer(pcfg, run, source=src, val_source=val, progress=progress, batch_transform=mixer,
                                    resume=_resumable(run, pcfg))
+                before = _render_counts(renderers.get(cond))
                 if t.epoch < pcfg.epochs:
                     t.fit()
                 results.append(_score(t, src, test, c, spec, max_people, n, seed, cond, mixer))
+                if cond in renderers:   # this run's arms moved and left (the renderer is shared by the runs)
+                    results[-1]["render_counts"] = _count_diff(_render_counts(renderers[cond]), before)
                 if cond in RENDERED and cond not in strips and mixer.last is not None:
                     strips[cond] = _strip(mixer.last)
     summary = summarise(results, c)
@@ -323,7 +326,8 @@ def _score(t: PoseNetTrainer, src: Subset, test: KeypointSource, c: ExperimentCo
     train_ds = _eval_set(src, c, spec, max_people)
     final = {k: v.detach().clone() for k, v in t.model.state_dict().items()}
     row: dict[str, Any] = {"n": n, "seed": seed, "cond": cond, "history": t.history, "best_epoch": t.best_epoch,
-                           "mix": vars(mixer.stats), "mixer": mixer.describe()}
+                           "mix": vars(mixer.stats),
+                           "mixer": {k: v for k, v in mixer.describe().items() if k not in ("arms", "moved", "skipped")}}
     args = dict(layout=t.layout, multi_person=t.cfg.multi_person, threshold=t.cfg.decode_threshold,
                 pck_alpha=t.cfg.pck_alpha, weights=weights, batch_size=c.batch_size, device=t.device)
     key = f"PCK@{t.cfg.pck_alpha:g}"
@@ -341,6 +345,18 @@ def _score(t: PoseNetTrainer, src: Subset, test: KeypointSource, c: ExperimentCo
             row["gap_loss"] = te.get("loss", np.nan) - tr.get("loss", np.nan)
     t.model.load_state_dict(final)
     return row
+
+
+def _render_counts(r: Any) -> dict[str, Any]:
+    """A renderer's running counts of arms asked to move, moved and left (warp, refine)."""
+    st = getattr(r, "stats", None) or {}
+    return {"arms": st.get("arms", 0), "moved": st.get("moved", 0), "skipped": dict(st.get("skipped", {}))}
+
+
+def _count_diff(now: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
+    return {"arms": now["arms"] - before["arms"], "moved": now["moved"] - before["moved"],
+            "skipped": {k: v - before["skipped"].get(k, 0) for k, v in now["skipped"].items()
+                        if v - before["skipped"].get(k, 0)}}
 
 
 def _strip(last: dict[str, torch.Tensor], n: int = 6) -> np.ndarray:

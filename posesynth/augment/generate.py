@@ -6,8 +6,9 @@ keypoints perturbed with a generator seeded by ``(seed, i, k)`` and the chosen r
 Item ``i * K + k`` becomes image id ``i * K + k + 1``, so the dataset does not depend on
 batching, sharding or interruptions.
 
-- Renderers: ``warp`` (no GAN needed; at the source images' own resolution) or ``gan`` (the
-  run's mode; at the generator's resolution, the sources letterboxed to it).
+- Renderers: ``warp`` (no GAN needed; at the source images' own resolution), ``refine`` (the
+  warp corrected on crops by a refine-mode run; also at the images' own resolution) or ``gan``
+  (the run's mode; at the generator's resolution, the sources letterboxed to it).
 - Resumable: each finished image is appended as one line to a journal,
   ``annotations.journal.jsonl`` (:class:`~posesynth.datasets.coco.CocoJournalWriter`; fsynced
   every ``flush_every`` images), so recording an image costs the same at the millionth as at
@@ -218,6 +219,9 @@ def generate_dataset(c: GenerateConfig, progress: bool = True, stop_after: "int 
         renderer = _gan_renderer(c, layout, device, calib)
         size = renderer.size
     else:   # warp, or the warp corrected by a refine-mode run: at each image's own size
+        if c.precision != "fp32" or c.compile:
+            raise ConfigError(f"--precision {c.precision}{' and --compile' if c.compile else ''} apply to the gan "
+                              f"renderer's spade generator; the {c.renderer_name} renderer runs in fp32")
         renderer = make_renderer(c.renderer_name, layout, c.gan, str(device))
     out = Path(c.out)
     ann_name = _ann_name(shard, nshards)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..datasets.crops import crop, crop_box, to_crop
-from ..datasets.formats import KeypointSource, data_options, open_dataset
+from ..datasets.formats import KeypointSource, data_options, open_dataset, source_annotations
 from ..datasets.geometry import RegionSpec, limb_region, torso_size
 from ..datasets.layouts import KeypointLayout
 from ..datasets.posemaps import PoseMapSpec
@@ -108,15 +108,17 @@ class RefineCropDataset(torch.utils.data.Dataset):
         hw = (self.size, self.size)
         if not fill:   # p -> p' -> p; an arm the warp leaves where it is makes no round trip
             w1, a1, h1, drawn = self.warp.render_pose(img, kc, nc)
-            warped, a2, h2, _ = self.warp.render_pose(w1, drawn, kc)
+            warped, a2, h2, back = self.warp.render_pose(w1, drawn, kc)
             region = limb_region(kc[None], drawn[None], self.layout, hw, self.region)[0, 0].numpy()
             region = np.maximum.reduce([region, a1, a2, h1.astype(np.float32), h2.astype(np.float32)])
-            fill = not (region > 0).any()
+            # the way back must bring every arm home, or W shows an arm where the truth has none
+            fill = not (region > 0).any() or not np.array_equal(back[..., :2], kc[..., :2])
         if fill:
             region = limb_region(kc[None], None, self.layout, hw, self.region)[0, 0].numpy()
             if not (region > 0).any():
                 return None
-            r = max((torso_size(p, self.layout) for p in kc), default=np.nan)
+            sizes = [t for t in (torso_size(p, self.layout) for p in kc) if np.isfinite(t)]
+            r = max(sizes) if sizes else np.nan
             warped = telea_fill(img, (region > 0).astype(np.uint8), (self.region.radius + self.region.dilate) *
                                 (r if np.isfinite(r) else self.size / 4))
         out = sample_to_tensors(Sample(img, kc, masks), self.layout, self.spec.stride, self.spec, self.max_people,
@@ -139,6 +141,10 @@ def refine_trainer(cfg: GANConfig, run_dir: "str | Path", resume: bool = False, 
     cfg.validate()
     if source is None:
         source = open_dataset(cfg.data, layout=cfg.layout or None, **data_options(cfg))
+    if not any(crop_box(k, None, source.layout, RegionSpec(radius=cfg.region_radius), 0.0) is not None
+               for k in source_annotations(source)):
+        raise ConfigError(f"{cfg.data or 'the data'}: no person has a labelled arm (shoulder, elbow and wrist) and a "
+                          "torso (neck or shoulders, and hips) to crop around: refine mode has nothing to learn from")
     ds = RefineCropDataset(source, cfg.crop_size, cfg.crop_margin, cfg.fill_share, cfg.posemaps,
                            RegionSpec(radius=cfg.region_radius), seed=cfg.seed, flip=cfg.augment)
     return GANTrainer(cfg, run_dir, source=source, resume=resume, progress=progress, dataset=ds)

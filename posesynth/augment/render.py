@@ -196,12 +196,12 @@ class QualityConfig:
     detector: str = field(default="", metadata={
         "help": "--pairs: also score labels with this detector (mediapipe|keypointrcnn|posenet:RUN): its PCK@0.2 "
                 "on the renders against the poses drawn, beside its PCK on the real target frames (unset: none)"})
+    picture_rows: int = field(default=8, metadata={"help": "rows in quality.png"})
 
     def validate(self) -> None:
         """Refuse impossible numbers before anything is read or written."""
         check_numbers(self, {"num": ">=0", "size": ">=0", "seed": ">=0", "picture_rows": ">=0", "body_tol": ">0",
                              "arm_min": ">0"})
-    picture_rows: int = field(default=8, metadata={"help": "rows in quality.png"})
 
 
 # ---- realism on real video: frame pairs -------------------------------------------------------------
@@ -215,26 +215,34 @@ def arm_joint_mask(layout) -> np.ndarray:
 
 def find_pairs(keypoints: np.ndarray, layout, body_tol: float = 0.05, arm_min: float = 0.30
                ) -> list[tuple[int, int]]:
-    """Frame pairs ``(i, j)`` of a clip (``keypoints``: ``(N, K, 3)``, one person per frame)
-    whose bodies match and whose arms differ: every labelled non-arm joint of ``j`` within
-    ``body_tol`` x frame ``i``'s torso size of ``i``'s, and some arm joint (elbow, wrist,
-    hand) labelled in both moved by more than ``arm_min`` x that torso size.  So rendering
-    frame ``i`` with frame ``j``'s arms should give frame ``j``."""
-    from ..datasets.geometry import torso_size
+    """Frame pairs ``(i, j)`` of a clip (``keypoints``: ``(N, K, 3)``, one person per frame, one
+    frame size) whose bodies match and whose arms differ: every labelled non-arm joint of ``j``
+    within ``body_tol`` x frame ``i``'s torso size of ``i``'s, and, for some arm whose shoulder,
+    elbow and wrist are labelled in both frames, its elbow or wrist moved by more than
+    ``arm_min`` x that torso size.  So rendering frame ``i`` with frame ``j``'s arms should give
+    frame ``j``.  Memory stays ``(N, K)`` (one source frame at a time)."""
+    from ..datasets.geometry import arm_chains, torso_size
 
     kp = np.asarray(keypoints, np.float64)
     arm = arm_joint_mask(layout)
+    chains = arm_chains(layout)
     ts = np.array([torso_size(k, layout) for k in kp])
     vis = kp[..., 2] > 0
-    d = np.linalg.norm(kp[:, None, :, :2] - kp[None, :, :, :2], axis=-1)          # (N, N, K)
-    both = vis[:, None] & vis[None]
-    with np.errstate(invalid="ignore"):
-        rel = d / ts[:, None, None]
-    body_ok = np.where(both[..., ~arm], rel[..., ~arm] <= body_tol, True).all(-1) & both[..., ~arm].any(-1)
-    arm_moved = np.where(both[..., arm], rel[..., arm] > arm_min, False).any(-1)
-    ok = body_ok & arm_moved & np.isfinite(ts)[:, None]
-    np.fill_diagonal(ok, False)
-    return [(int(i), int(j)) for i, j in zip(*np.nonzero(ok))]
+    pairs = []
+    for i in range(len(kp)):
+        if not np.isfinite(ts[i]):
+            continue
+        rel = np.linalg.norm(kp[:, :, :2] - kp[i, None, :, :2], axis=-1) / ts[i]          # (N, K)
+        both = vis & vis[i][None]
+        body_ok = np.where(both[:, ~arm], rel[:, ~arm] <= body_tol, True).all(-1) & both[:, ~arm].any(-1)
+        moved = np.zeros(len(kp), bool)
+        for s, e, w in chains:
+            full = both[:, [s, e, w]].all(-1)
+            moved |= full & (rel[:, [e, w]] > arm_min).any(-1)
+        ok = body_ok & moved
+        ok[i] = False
+        pairs += [(i, int(j)) for j in np.nonzero(ok)[0]]
+    return pairs
 
 
 def render_pairs(c: "QualityConfig", progress: bool = True) -> dict[str, Any]:
@@ -258,6 +266,12 @@ def render_pairs(c: "QualityConfig", progress: bool = True) -> dict[str, Any]:
         raise ConfigError(f"{c.pairs}: layout '{layout.name}' has no elbows or wrists to move")
     kps = source_annotations(src)
     first = np.stack([k[0] if len(k) else np.zeros((layout.num_keypoints, 3), np.float32) for k in kps])
+    sizes = {tuple(sz) for sz in getattr(src, "sizes", []) or [] if sz is not None}
+    if not sizes:   # readers that do not state their images' sizes: the first and last frames
+        sizes = {src[0].image.shape[:2][::-1], src[len(src) - 1].image.shape[:2][::-1]}
+    if len(sizes) > 1:
+        raise ConfigError(f"{c.pairs}: frames of {len(sizes)} sizes ({', '.join(f'{w}x{h}' for w, h in sorted(sizes))}); "
+                          "--pairs compares frames of one clip, of one size")
     pairs = find_pairs(first, layout, c.body_tol, c.arm_min)
     if not pairs:
         raise PosesynthError(f"{c.pairs}: no frame pairs whose bodies match (every non-arm joint within "
@@ -279,15 +293,20 @@ def render_pairs(c: "QualityConfig", progress: bool = True) -> dict[str, Any]:
             cache[i] = src[i]
         return cache[i]
 
+    skipped = 0
     for i, j in tqdm(pairs, desc="render-quality pairs", disable=not progress):
         a, b = frame(i), frame(j)
         if a.image.shape != b.image.shape:
-            continue
+            raise ConfigError(f"{c.pairs}: frames {i} and {j} have sizes {a.image.shape[1]}x{a.image.shape[0]} and "
+                              f"{b.image.shape[1]}x{b.image.shape[0]}; --pairs compares frames of one size")
         old = first[i][None]
         new = old.copy()
         new[0, arm] = np.where(first[j][arm, 2:] > 0, first[j][arm], old[0, arm])
         hw = a.image.shape[:2]
         region = limb_region(old[None], new[None], layout, hw)
+        if not bool((region > 0).any()):   # no arm both frames label fully: nothing to compare
+            skipped += 1
+            continue
         outs = {"copy": a.image}
         img_t = image_to_tensor(a.image)[None].to(dev)
         mask_t = torch.from_numpy(a.masks[None]).float().to(dev)
@@ -318,8 +337,10 @@ def render_pairs(c: "QualityConfig", progress: bool = True) -> dict[str, Any]:
             cells = [cv2.resize(np.ascontiguousarray(x[y0:y1, x0:x1]), (240, int(240 * (y1 - y0) / max(x1 - x0, 1))))
                      for x in cells]
             picture.append(np.concatenate(cells, 1))
-    res: dict[str, Any] = {"clip": str(c.pairs), "pairs": len(rows), "body_tol": c.body_tol, "arm_min": c.arm_min,
-                           "renderers": {}}
+    if not rows:
+        raise PosesynthError(f"{c.pairs}: none of the {len(pairs)} pairs has an arm region to compare")
+    res: dict[str, Any] = {"clip": str(c.pairs), "pairs": len(rows), "skipped_pairs": skipped,
+                           "body_tol": c.body_tol, "arm_min": c.arm_min, "renderers": {}}
     base = np.asarray(per["copy"]["psnr"], float)
     for name in names:
         pv, sv = np.asarray(per[name]["psnr"], float), np.asarray(per[name]["ssim"], float)

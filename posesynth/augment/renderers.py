@@ -18,7 +18,10 @@ Renderers:
   new bones (rotation about the proximal joint, scale along the bone, one ``cv2.warpAffine``
   each), the area the old arm covered is filled (OpenCV Telea inpainting, or an inpainting
   generator), and the moved parts are pasted with a soft edge.
-- :class:`GANRenderer` (``gan``): a trained SPADE generator, in the run's mode.  ``full``
+- :class:`RefineRenderer` (``refine``): the warp, corrected on a square crop around the changed
+  region by a refine-mode generator: ``out = W + M * R`` (outside M, the warp, i.e. the source).
+- :class:`GANRenderer` (``gan``): a trained generator, in the run's mode (any architecture in
+  full mode; spade also in inpaint mode).  ``full``
   draws the whole image from the new pose maps (the original method; the region is the whole
   image).  ``inpaint`` removes the region around the old and new arms, draws it from the new
   pose maps and the rest of the image, and composites: ``out = M * G + (1 - M) * image``.
@@ -192,7 +195,7 @@ class _Arm:
 
 
 #: Why the warp leaves an arm where it is (counted in ``WarpRenderer.stats``).
-SKIP_REASONS = ("occluded", "crossed", "empty cut-out", "no boundary", "not the arm's colour")
+SKIP_REASONS = ("occluded", "crossed", "empty cut-out", "no boundary", "not the arm's colour", "behind the body")
 
 
 def _common_colour(img: np.ndarray, part: np.ndarray, reference: np.ndarray, bin_size: float = 10.0,
@@ -231,14 +234,15 @@ class WarpRenderer(Renderer):
     def __init__(self, layout: KeypointLayout, region: RegionSpec = RegionSpec(), fill: Any = "telea",
                  grabcut_iters: int = 3, feather_px: float = 1.0, fg_frac: float = 0.6, axis_frac: float = 0.3,
                  blend: float = 0.35, feather: float = 0.12, shoulder_keep: float = 0.6,
-                 arm_colour: float = 0.5) -> None:
+                 arm_colour: float = 0.5, torso_colour: float = 0.4) -> None:
         if not arm_chains(layout):
             raise ConfigError(f"layout '{layout.name}' names no arms (right/left shoulder, elbow, wrist): "
                               "the warp renderer has nothing to move")
         self.layout, self.region, self.fill = layout, region, fill
         self.grabcut_iters, self.feather_px = grabcut_iters, feather_px
         self.fg_frac, self.axis_frac = fg_frac, axis_frac
-        self.blend, self.feather, self.shoulder_keep, self.arm_colour = blend, feather, shoulder_keep, arm_colour
+        self.blend, self.feather, self.shoulder_keep = blend, feather, shoulder_keep
+        self.arm_colour, self.torso_colour = arm_colour, torso_colour
         self.last_limb: "np.ndarray | None" = None   # (B, H, W) alpha of the pasted limbs (for tests, reports)
         self.stats: dict[str, Any] = {"arms": 0, "moved": 0, "skipped": {}}   # arms asked to move, moved, left
 
@@ -276,7 +280,11 @@ class WarpRenderer(Renderer):
         - ``no boundary``: the cut-out fills nearly the whole capsule (no edge between the arm
           and what is around it, so what would travel is background or torso);
         - ``not the arm's colour``: less than half of the cut-out has the colours of the bone
-          axis (certainly arm): it caught something else.
+          axis (certainly arm): it caught something else;
+        - ``behind the body``: ``torso_colour`` (0.4) of the cut-out lies over the torso (its
+          shoulder-hip quadrilateral grown by half the radius) in the colours of the torso away
+          from the arm: what would travel is shirt, not arm (an arm hidden behind the body, or in
+          front of a torso it cannot be told from).
         """
         if arm.occluded:
             return "occluded"
@@ -298,12 +306,22 @@ class WarpRenderer(Renderer):
         ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float64)
         dist = np.minimum.reduce([_seg_dist(xs, ys, arm.s, arm.e), _seg_dist(xs, ys, arm.e, arm.w),
                                   _seg_dist(xs, ys, arm.w, hand)])
-        if m[y0:y1, x0:x1][dist <= arm.radius].mean() > 0.9:
+        if self.grabcut_iters > 0 and m[y0:y1, x0:x1][dist <= arm.radius].mean() > 0.9:
             return "no boundary"
         core = np.zeros((h, w), bool)
         core[y0:y1, x0:x1] = dist <= max(self.axis_frac * arm.radius, 1.0)
         if m.sum() >= 20 and _common_colour(img, m, core & m).mean() < self.arm_colour:
             return "not the arm's colour"
+        if arm.torso is not None and m.sum() >= 20:
+            torso = np.zeros((h, w), np.uint8)
+            cv2.fillPoly(torso, [np.round(arm.torso).astype(np.int32)], 1)
+            k = max(int(round(arm.radius)) | 1, 3)
+            over = cv2.dilate(torso, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))) > 0   # + r/2 around it
+            capsule = np.zeros((h, w), bool)
+            capsule[y0:y1, x0:x1] = dist <= arm.radius
+            body = (torso > 0) & ~capsule   # the torso away from this arm
+            if (over[m] & _common_colour(img, m, body)).mean() >= self.torso_colour:
+                return "behind the body"
         return None
 
     def limb_mask(self, img: np.ndarray, arm: _Arm, max_radius: float = 20.0) -> np.ndarray:
@@ -389,7 +407,12 @@ class WarpRenderer(Renderer):
         """:meth:`render_one`, plus the ``(P, K, 3)`` keypoints drawn: ``new``, except that an
         arm the warp does not move (:meth:`plausible`) keeps its old elbow and wrist."""
         H, W = img.shape[:2]
+        # the pose drawn: every arm asked to move starts at its old place, and gets its new one only
+        # when it is moved (an arm with an unlabelled joint or no torso to size it is not)
         drawn = np.array(new, np.float32, copy=True)
+        for p in range(old.shape[0]):
+            for _, e, w in moved_arms(old[p], new[p], self.layout):
+                drawn[p, [e, w], :2] = old[p, [e, w], :2]
         arms = self._arms(old, new)
         if not arms:
             return img.copy(), np.zeros((H, W), np.float32), np.zeros((H, W), bool), drawn
@@ -413,9 +436,9 @@ class WarpRenderer(Renderer):
             why = self.plausible(img, a, m, [b for b in every if b.person == a.person and b.joints != a.joints])
             if why is None:
                 keep.append((m, a))
+                drawn[a.person, list(a.joints[1:]), :2] = new[a.person, list(a.joints[1:]), :2]   # moved
                 continue
-            self.stats["skipped"][why] = self.stats["skipped"].get(why, 0) + 1
-            drawn[a.person, list(a.joints[1:]), :2] = old[a.person, list(a.joints[1:]), :2]   # keeps its pose
+            self.stats["skipped"][why] = self.stats["skipped"].get(why, 0) + 1   # it keeps its pose
         if not keep:
             return full.copy(), np.zeros((H, W), np.float32), np.zeros((H, W), bool), drawn
         self.stats["moved"] += len(keep)
@@ -658,13 +681,13 @@ class RefineRenderer(Renderer):
                  run: str = "", warp: "WarpRenderer | None" = None, dtype: torch.dtype = torch.float32) -> None:
         self.device = torch.device(device)
         self.G = generator.to(self.device).eval().requires_grad_(False)
-        self.layout, self.maps_spec, self.size, self.margin = layout, spec, int(crop_size), float(margin)
+        self.layout, self.maps_spec, self.crop_size, self.margin = layout, spec, int(crop_size), float(margin)
         self.region, self.run, self.dtype = region, run, dtype
         self.warp = warp if warp is not None else WarpRenderer(layout, region)
         self.last_warp: "torch.Tensor | None" = None   # the uncorrected warp of the last call (reports)
 
     def describe(self) -> dict[str, Any]:
-        return {"renderer": "refine", "gan": self.run, "crop_size": self.size, **{
+        return {"renderer": "refine", "gan": self.run, "crop_size": self.crop_size, **{
             k: v for k, v in self.warp.describe().items() if k != "renderer"}}
 
     @property
@@ -687,19 +710,19 @@ class RefineRenderer(Renderer):
                 continue
             box = union_box(crop_box(old_kp[i], new_eff[i], self.layout, self.region, self.margin), m, self.margin)
             boxes.append(box)
-            crops_w.append(crop(tensor_to_image(W[i]), box, self.size))
-            crops_m.append(crop(m, box, self.size, cv2.INTER_AREA))
-            crops_kp.append(to_crop(new_eff[i], box, self.size))
+            crops_w.append(crop(tensor_to_image(W[i]), box, self.crop_size))
+            crops_m.append(crop(m, box, self.crop_size, cv2.INTER_AREA))
+            crops_kp.append(to_crop(new_eff[i], box, self.crop_size))
             mm = rd.masks[i].float().cpu().numpy()
-            crops_masks.append(np.stack([crop(x, box, self.size, cv2.INTER_NEAREST) for x in mm]) if len(mm) else
-                               np.zeros((0, self.size, self.size), np.float32))
+            crops_masks.append(np.stack([crop(x, box, self.crop_size, cv2.INTER_NEAREST) for x in mm]) if len(mm) else
+                               np.zeros((0, self.crop_size, self.crop_size), np.float32))
         out = W.clone()
         if crops_w:
             dev = self.device
             wc = torch.from_numpy(np.stack(crops_w)).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(dev)
             mc = torch.from_numpy(np.stack(crops_m).astype(np.float32))[:, None].to(dev)
             kpc = torch.from_numpy(pad_people(crops_kp, num_keypoints=self.layout.num_keypoints)).to(dev)
-            maps = render_pose_maps_torch(kpc, self.layout, (self.size, self.size), (self.size, self.size),
+            maps = render_pose_maps_torch(kpc, self.layout, (self.crop_size, self.crop_size), (self.crop_size, self.crop_size),
                                           torch.from_numpy(np.stack(crops_masks).astype(np.float32)).to(dev),
                                           self.maps_spec)
             x = refine_input(maps, wc, mc).to(self.dtype).contiguous(memory_format=torch.channels_last)
@@ -718,7 +741,8 @@ def _paste_residual(W: torch.Tensor, M: torch.Tensor, res: torch.Tensor, box: tu
     there; outside M (and outside the box) exactly ``W``."""
     x0, y0, side = box
     _, h, w = W.shape
-    up = F.interpolate(res[None], size=(side, side), mode="bilinear", align_corners=False)[0]
+    up = F.interpolate(res[None], size=(side, side), mode="bilinear", align_corners=False,
+                       antialias=side < res.shape[-1])[0]
     full = torch.zeros_like(W)
     ya, yb, xa, xb = max(y0, 0), min(y0 + side, h), max(x0, 0), min(x0 + side, w)
     full[:, ya:yb, xa:xb] = up[:, ya - y0:yb - y0, xa - x0:xb - x0]

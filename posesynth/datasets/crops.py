@@ -12,7 +12,7 @@ __all__ = ["crop_box", "crop", "to_crop", "union_box"]
 
 
 def crop_box(old_kp: np.ndarray, new_kp: "np.ndarray | None", layout: KeypointLayout, spec: RegionSpec,
-             margin: float, arms_only_moved: bool = True) -> "tuple[int, int, int] | None":
+             margin: float) -> "tuple[int, int, int] | None":
     """``(x0, y0, side)`` in pixels: the square around the capsules of the moved arms of one
     image (``(P, K, 3)`` old and new keypoints; with ``new_kp`` None, around every labelled
     arm of ``old_kp``), each capsule ``(radius + dilate + feather) x torso`` wide, grown by

@@ -52,7 +52,7 @@ def source_annotations(source: Any) -> list[np.ndarray]:
     else, for a plain sequence of samples, read from the samples."""
     fn = getattr(source, "annotations", None)
     if callable(fn):
-        return fn()
+        return [np.asarray(a, np.float32) for a in fn()]
     return [np.asarray(source[i].keypoints, np.float32) for i in range(len(source))]
 
 

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import ConfigError, DatasetError
-from .convert import convert_keypoints
+from .formats import source_annotations
 from .layouts import KeypointLayout
 from .reading import ErrorPolicy, ProblemLog, ReaderBase, check_policies
 from .sample import Sample
@@ -89,22 +89,6 @@ def data_name(spec: "str | Path") -> str:
             q.parent.name if q.suffix.lower() == ".json" else q.name)
         names.append(re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "data")
     return "+".join(names)
-
-
-def source_annotations(source: Any) -> list[np.ndarray]:
-    """Every item's ``(P, K, 3)`` float32 keypoints in ``source.layout``, without decoding images
-    where the source keeps its annotations: ``source.annotations()`` when it has one, else its
-    ``entries`` (COCO: converted from the file's layout as :meth:`CocoKeypointDataset.load` does),
-    else by loading each sample."""
-    fn = getattr(source, "annotations", None)
-    if callable(fn):
-        return [np.asarray(a, np.float32) for a in fn()]
-    entries = getattr(source, "entries", None)
-    if entries is not None and hasattr(source, "source_layout"):
-        conv = getattr(source, "_convert", False)
-        return [convert_keypoints(e.keypoints, source.source_layout, source.layout).astype(np.float32) if conv
-                else np.array(e.keypoints, np.float32) for e in entries]
-    return [np.asarray(source[i].keypoints, np.float32) for i in range(len(source))]
 
 
 @dataclass

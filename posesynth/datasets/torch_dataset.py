@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .formats import KeypointSource
+from .formats import KeypointSource, source_annotations
 from .posemaps import PoseMapSpec, render_pafs, render_heatmaps, render_pose_maps, resize_masks
 from .sample import Sample, pad_people
 from .transforms import Fit, Transform
@@ -52,11 +52,7 @@ def max_people_of(source, cap: int = 16) -> int:
     keeps them, else from the samples), at least 1 and at most ``cap`` (with a warning)."""
     import logging
 
-    entries = getattr(source, "entries", None)
-    if entries is not None:
-        counts = [len(e.keypoints) for e in entries]
-    else:
-        counts = [source[i].num_people for i in range(len(source))]
+    counts = [len(k) for k in source_annotations(source)]
     n = max(counts, default=1)
     if n > cap:
         logging.getLogger(__name__).warning("an image holds %d people; only the first %d of each image are used "

@@ -29,6 +29,7 @@ from ..datasets.layouts import KeypointLayout
 from ..datasets.posemaps import PoseMapSpec, render_pose_maps
 from ..datasets.stickfigure import render_stick_figures
 from ..errors import ConfigError
+from .discriminator import MultiscaleDiscriminator
 from .pix2pix import Pix2PixConfig, build_pix2pix, patchgan70
 from .vanilla import VanillaConfig, VanillaGenerator, keypoint_vector
 
@@ -80,11 +81,15 @@ def generator_from_config(arch: str, config: dict[str, Any]) -> nn.Module:
     raise ConfigError(f"generator_from_config rebuilds pix2pix and vanilla generators, not {arch!r}")
 
 
-def build_discriminator(arch: str, layout: KeypointLayout, ndf: int = 64) -> nn.Module:
-    """The 70x70 PatchGAN on ``[stick figure, image]`` for ``pix2pix`` and ``vanilla``."""
+def build_discriminator(arch: str, layout: KeypointLayout, ndf: int = 64, n_layers: int = 4, num_d: int = 1
+                        ) -> nn.Module:
+    """The PatchGAN on ``[stick figure, image]`` for ``pix2pix`` and ``vanilla``: pix2pix's 70x70
+    one (:func:`patchgan70`) with the defaults, else ``num_d`` scales of ``n_layers``."""
     _check(arch)
     if arch in ("pix2pix", "vanilla"):
-        return patchgan70(3 + 3, ndf)
+        if n_layers == 4 and num_d == 1:
+            return patchgan70(3 + 3, ndf)
+        return MultiscaleDiscriminator(3 + 3, ndf, n_layers, num_d)
     raise ConfigError(f"build_discriminator is for pix2pix and vanilla, not {arch!r} (spade keeps its "
                       "MultiscaleDiscriminator; nearest has none)")
 

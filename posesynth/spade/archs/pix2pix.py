@@ -12,7 +12,7 @@ from ...checkpoint import load_module
 from ...datasets.layouts import KeypointLayout
 from ...datasets.posemaps import PoseMapSpec
 from ...errors import PosesynthError
-from ..baselines import build_generator, d_condition, generator_config, generator_from_config, generator_input, \
+from ..baselines import build_discriminator, build_generator, d_condition, generator_config, generator_from_config, generator_input, \
     make_render
 from .base import GeneratorArch, RenderFn
 
@@ -38,6 +38,10 @@ class Pix2PixArch(GeneratorArch):
 
     def d_condition_channels(self) -> int:
         return 3   # the stick figure
+
+    def build_discriminator(self) -> nn.Module:
+        c = self.cfg
+        return build_discriminator(self.name, self.layout, c.ndf, c.n_layers_d, c.num_d)
 
     def generator_meta(self, generator: nn.Module) -> dict[str, Any]:
         return generator_config(self.name, generator)
