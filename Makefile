@@ -51,6 +51,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_posenet.py
 	$(PY) benchmarks/bench_mixing.py
 	$(PY) benchmarks/bench_generate.py
+	$(PY) benchmarks/bench_refine.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -117,3 +117,29 @@ def ensure_writable_dir(path: "str | Path", what: str = "output folder") -> Path
         where = Path(e.filename) if e.filename and not str(e.filename).startswith(str(path / ".posesynth")) else path
         raise OutputError(f"{where}: cannot use as {what} ({e.strerror or e.__class__.__name__})") from None
     return path
+
+
+def record_settings(out: "str | Path", name: str, settings: dict, what: str, foreign: "str | None" = None) -> None:
+    """An output folder made by one command with one set of settings (``out/name``, JSON): a
+    rerun with the same settings continues it; other settings are refused, naming every
+    difference; a folder that holds ``foreign`` (a glob) but no settings file is refused; a new
+    folder gets the settings recorded.  ``what`` names the output in the messages."""
+    from .errors import ConfigError
+
+    out = Path(out)
+    path = out / name
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            old = None
+        if isinstance(old, dict):
+            diff = [f"{k}: {old.get(k)!r} there, {v!r} now" for k, v in settings.items() if old.get(k) != v]
+            if diff:
+                raise ConfigError(f"{out} holds {what} made with other settings ({'; '.join(diff)}); choose another "
+                                  "--out, or rerun with the same settings to continue it")
+            return
+    elif foreign and any(out.glob(foreign)):
+        raise ConfigError(f"{out} already holds {what} that recorded no settings; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, settings, indent=1)

@@ -228,8 +228,9 @@ def test_renders_change_nothing_outside_the_capsules(inpaint_generator):
     for r in (GANRenderer(inpaint_generator, "inpaint", DRIVER9, PoseMapSpec(), (64, 64)), WarpRenderer(DRIVER9)):
         out = r(imgs, masks, old, new)
         assert not torch.equal(out.images, imgs), r.name
+        drawn = new if out.keypoints is None else out.keypoints   # an arm the warp skips keeps its pose
         for i in range(len(ss)):
-            d = _capsules(old[i], new[i], DRIVER9, (64, 64))
+            d = _capsules(old[i], drawn[i], DRIVER9, (64, 64))
             far = torch.from_numpy(d > 1e-3)
             assert torch.equal(out.images[i][:, far], imgs[i][:, far]), (r.name, i)
             assert bool((out.region[i, 0][far] == 0).all()), (r.name, i)

@@ -27,7 +27,6 @@ slots, the share of the oracle gap each renderer closes, a paired comparison per
 from __future__ import annotations
 
 import html
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -44,7 +43,7 @@ from ..datasets.formats import DataOptions, KeypointSource, data_options, open_d
 from ..datasets.posemaps import PoseMapSpec
 from ..datasets.torch_dataset import PoseMapDataset, max_people_of, tensor_to_image
 from ..errors import ConfigError, PosesynthError
-from ..io import atomic_write_json, atomic_write_text
+from ..io import atomic_write_json, atomic_write_text, record_settings
 from ..posenet.evaluate import evaluate_dataset
 from ..posenet.losses import PoseLossWeights
 from ..posenet.trainer import PoseNetTrainer, PoseTrainConfig
@@ -206,23 +205,7 @@ def _settings(c: ExperimentConfig) -> dict[str, Any]:
 
 def _check_out(out: Path, c: ExperimentConfig) -> None:
     """Refuse an ``--out`` that holds an experiment with other settings, naming the difference."""
-    path = out / "experiment.json"
-    new = _settings(c)
-    if path.exists():
-        try:
-            old = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            old = None
-        if isinstance(old, dict):
-            diff = [f"{k}: {old.get(k)!r} there, {v!r} now" for k, v in new.items() if old.get(k) != v]
-            if diff:
-                raise ConfigError(f"{out} holds an experiment run with other settings ({'; '.join(diff)}); choose "
-                                  "another --out, or rerun with the same settings to continue it")
-            return
-    elif any(out.glob("n*_seed*_*/checkpoints/latest.json")):
-        raise ConfigError(f"{out} holds pose runs of an experiment that recorded no settings; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, new, indent=1)
+    record_settings(out, "experiment.json", _settings(c), "an experiment", "n*_seed*_*/checkpoints/latest.json")
 
 
 def _resumable(run: Path, pcfg: PoseTrainConfig) -> bool:

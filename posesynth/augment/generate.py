@@ -52,7 +52,7 @@ from ..datasets.sample import Sample, pad_people
 from ..datasets.torch_dataset import image_to_tensor, tensor_to_image
 from ..datasets.transforms import Fit
 from ..errors import ConfigError, PosesynthError
-from ..io import atomic_write_json
+from ..io import atomic_write_json, record_settings
 from ..runs import resolve_device
 from ..spade.inference import optimize_generator
 from .perturb import MODES, PerturbConfig, Perturber, check_mode
@@ -140,22 +140,7 @@ def _ann_name(i: int, n: int) -> str:
 
 def _check_settings(out: Path, settings: dict[str, Any]) -> None:
     """Refuse to continue into an output made with other settings; record them otherwise."""
-    path = out / "generate.json"
-    if path.exists():
-        try:
-            old = json.loads(path.read_text())
-        except (json.JSONDecodeError, OSError):
-            old = None
-        if old is not None:
-            diff = [f"{k}: {old.get(k)!r} there, {v!r} now" for k, v in settings.items() if old.get(k) != v]
-            if diff:
-                raise PosesynthError(f"{out} holds a dataset generated with other settings ({'; '.join(diff)}); "
-                                     "choose another --out, or rerun with the same settings to continue it")
-            return
-    elif any(out.glob("annotations*.json")):
-        raise PosesynthError(f"{out} already holds a dataset not made by this command; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, settings, indent=1)
+    record_settings(out, "generate.json", settings, "a dataset generated", "annotations*.json")
 
 
 def _gan_renderer(c: GenerateConfig, layout, device: torch.device, calib_maps) -> GANRenderer:

@@ -284,7 +284,9 @@ class WarpRenderer(Renderer):
         - ``behind the body``: ``torso_colour`` (0.4) of the cut-out lies over the torso (its
           shoulder-hip quadrilateral grown by half the radius) in the colours of the torso away
           from the arm: what would travel is shirt, not arm (an arm hidden behind the body, or in
-          front of a torso it cannot be told from).
+          front of a torso it cannot be told from).  Not where the person's arms are the torso's
+          colour wherever they are clear of it (sleeves of the shirt's colour, as in the drawn
+          scenes): colour then cannot tell in front from behind.
         """
         if arm.occluded:
             return "occluded"
@@ -320,9 +322,28 @@ class WarpRenderer(Renderer):
             capsule = np.zeros((h, w), bool)
             capsule[y0:y1, x0:x1] = dist <= arm.radius
             body = (torso > 0) & ~capsule   # the torso away from this arm
-            if (over[m] & _common_colour(img, m, body)).mean() >= self.torso_colour:
+            if (over[m] & _common_colour(img, m, body)).mean() >= self.torso_colour \
+                    and not self._torso_coloured_arms(img, [arm, *others], over, body):
                 return "behind the body"
         return None
+
+    @staticmethod
+    def _torso_coloured_arms(img: np.ndarray, arms: "list[_Arm]", over: np.ndarray, body: np.ndarray) -> bool:
+        """Whether the person's arms, where they lie clear of the torso (bone axes outside
+        ``over``), mostly have the torso's colours (sleeves of the shirt's colour): colour then
+        cannot tell an arm in front of the torso from one behind it, and the torso-colour test
+        says nothing.  ``False`` when fewer than 10 such axis pixels are seen."""
+        h, w = over.shape
+        pts = np.concatenate([np.concatenate([_seg_points(a.s, a.e, 0.1, 0.9, 25), _seg_points(a.e, a.w, 0.1, 0.9, 25)])
+                              for a in arms])
+        xi, yi = np.round(pts[:, 0]).astype(int), np.round(pts[:, 1]).astype(int)
+        ok = (xi >= 0) & (yi >= 0) & (xi < w) & (yi < h)
+        clear = np.zeros((h, w), bool)
+        clear[yi[ok], xi[ok]] = True
+        clear &= ~over
+        if clear.sum() < 10:
+            return False
+        return bool(_common_colour(img, clear, body).mean() >= 0.5)
 
     def limb_mask(self, img: np.ndarray, arm: _Arm, max_radius: float = 20.0) -> np.ndarray:
         """``(H, W)`` bool: the arm's own pixels (upper arm, forearm, hand), cut from their
