@@ -10,9 +10,11 @@ autocast, a GradScaler for fp16, channels-last on CUDA):
   one D update through ``GANTrainer.train_step``) at ``--gan-size`` px, ngf ``--gan-ngf``,
   batch ``--gan-batch``: images/s;
 - the whole augmented training step (pose network at ``--whole-size`` px, batch
-  ``--whole-batch``, half of every batch rendered by a SPADE generator of ngf ``--gan-ngf``
-  in inpaint mode on the same device, in fp32 outside autocast as ``train-posenet --gan``
-  runs it): s/step.
+  ``--whole-batch``, half of every batch rendered on the same device, in fp32 outside
+  autocast as ``train-posenet`` runs it), for each of ``--whole-renderers``: a SPADE
+  generator of ngf ``--gan-ngf`` in inpaint mode (``gan``), the limb warp (``warp``, on the
+  CPU by nature), and the warp corrected by a refiner of ngf ``--gan-ngf`` at 128 px crops
+  (``refine``): s/step.
 - generation (``generate``'s inference path, ``optimize_generator``: the weights themselves
   cast to fp16/bf16, no autocast) at the GAN's size, ngf and batch: images/s, and each reduced
   precision's PSNR against fp32.
@@ -38,7 +40,7 @@ from pathlib import Path
 import torch
 
 from posesynth.augment.mixing import BatchMixer
-from posesynth.augment.renderers import GANRenderer
+from posesynth.augment.renderers import GANRenderer, RefineRenderer, WarpRenderer
 from posesynth.datasets.layouts import DRIVER9
 from posesynth.datasets.posemaps import PoseMapSpec
 from posesynth.datasets.synthetic import render_scene, scene_rng
@@ -147,6 +149,9 @@ def main() -> None:
     ap.add_argument("--gan-batch", type=int, default=8)
     ap.add_argument("--whole-size", type=int, default=384)
     ap.add_argument("--whole-batch", type=int, default=4)
+    ap.add_argument("--whole-renderers", default="gan,warp,refine",
+                    help="renderers of the whole augmented step: gan (inpaint SPADE), warp, refine (warp + "
+                         "refiner at 128 px crops)")
     a = ap.parse_args()
     dev = torch.device(a.device)
     precisions = a.precisions.split(",") if a.precisions else (["fp32", "bf16", "fp16"] if dev.type == "cuda"
@@ -165,18 +170,29 @@ def main() -> None:
              lambda p: _gan_step(dev, p, a.gan_size, a.gan_ngf, a.gan_batch, Path(td))),
         ]
 
-        def whole(p: str):
-            prec = Precision(p, dev)
-            spec = PoseMapSpec(size=(a.whole_size, a.whole_size))
-            # the generator as train-posenet --gan loads it: fp32, eval, outside the pose network's autocast
-            g = SPADEGenerator(GeneratorConfig(26 + 4, (a.whole_size, a.whole_size), a.gan_ngf,
-                                               area_channels=4)).to(dev).eval()
-            renderer = GANRenderer(g, "inpaint", DRIVER9, spec, (a.whole_size, a.whole_size), dev)
-            mixer = BatchMixer(DRIVER9, spec, 0.5, "render", renderer, device=dev)
-            return _posenet_step(dev, prec, _batch(a.whole_size, a.whole_batch, dev), mixer)
+        def whole(kind: str):
+            def build(p: str):
+                prec = Precision(p, dev)
+                spec = PoseMapSpec(size=(a.whole_size, a.whole_size))
+                # the generator as train-posenet loads it: fp32, eval, outside the pose network's autocast
+                if kind == "gan":
+                    g = SPADEGenerator(GeneratorConfig(26 + 4, (a.whole_size, a.whole_size), a.gan_ngf,
+                                                       area_channels=4)).to(dev).eval()
+                    renderer = GANRenderer(g, "inpaint", DRIVER9, spec, (a.whole_size, a.whole_size), dev)
+                elif kind == "refine":   # the refiner's generator (residual output) at its 128 px crop
+                    g = SPADEGenerator(GeneratorConfig(26 + 4, (128, 128), a.gan_ngf, "normal", "instance", True, 0,
+                                                       area_channels=4, output="residual")).to(dev).eval()
+                    renderer = RefineRenderer(g, DRIVER9, PoseMapSpec(size=(128, 128)), 128, 0.25, dev)
+                else:
+                    renderer = WarpRenderer(DRIVER9)
+                mixer = BatchMixer(DRIVER9, spec, 0.5, "render", renderer, device=dev)
+                return _posenet_step(dev, prec, _batch(a.whole_size, a.whole_batch, dev), mixer)
+            return build
 
-        rows.append((f"augmented training, {a.whole_size} px, batch {a.whole_batch}, GAN ngf {a.gan_ngf}",
-                     a.whole_batch, whole))
+        for kind in [k for k in a.whole_renderers.split(",") if k]:
+            what = {"gan": f"GAN ngf {a.gan_ngf}", "warp": "warp", "refine": f"refine ngf {a.gan_ngf}"}[kind]
+            rows.append((f"augmented training, {a.whole_size} px, batch {a.whole_batch}, {what}", a.whole_batch,
+                         whole(kind)))
         outputs: dict[str, torch.Tensor] = {}
 
         def generation(p: str):

@@ -39,9 +39,9 @@ class DemoPlan:
     size: int = 96
     refine_steps: int = 0
     refine_ngf: int = 16
-    pretrain_epochs: int = 10
+    pretrain_epochs: int = 30
     pretrain_steps: int = 16
-    pose_epochs: int = 8
+    pose_epochs: int = 20
     steps_per_epoch: int = 8
     batch_size: int = 8
     seeds: int = 3

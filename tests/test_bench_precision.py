@@ -14,7 +14,8 @@ def test_bench_precision_smoke():
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [line.split() for line in r.stdout.splitlines() if line.rstrip().endswith(" -")]
-    assert [row[0] for row in rows] == ["pose", "GAN", "augmented", "generation,"]
+    assert [row[0] for row in rows] == ["pose", "GAN", "augmented", "augmented", "augmented", "generation,"]
+    assert [row[6] for row in rows[2:5]] == ["GAN", "warp", "refine"]   # the augmented step per renderer
     assert all(row[-5] == "fp32" and row[-2] == "1.00x" and float(row[-4]) > 0 for row in rows)
 
 
@@ -32,7 +33,7 @@ def test_bench_precision_bf16_rows_run(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["bench_precision.py", "--device", "cpu", "--precisions", "fp32,bf16",
                                       "--posenet-size", "64", "--posenet-batch", "2", "--gan-size", "64",
                                       "--gan-ngf", "8", "--gan-batch", "2", "--whole-size", "64", "--whole-batch", "2",
-                                      "--iters", "1"])
+                                      "--whole-renderers", "gan", "--iters", "1"])
     bench_precision.main()
     rows = [line for line in capsys.readouterr().out.splitlines() if " bf16 " in line]
     assert len(rows) == 4
