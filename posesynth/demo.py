@@ -45,6 +45,9 @@ class DemoPlan:
     steps_per_epoch: int = 8
     batch_size: int = 8
     seeds: int = 3
+    ema: float = 0.98
+    lr_schedule: str = "cosine"
+    rare: bool = True
 
 
 QUICK = DemoPlan(n_pretrain=8, n_train=8, n_val=6, n_test=6, n_oracle=8, n_quality=3, size=64, refine_steps=2,
@@ -124,7 +127,8 @@ def run_demo(out: Path, quick: bool = False, plan: "DemoPlan | None" = None) -> 
                             conditions=("baseline", cond, "oracle"), out=str(out / "experiment"),
                             train_sizes=(p.n_train,), seeds=p.seeds, epochs=p.pose_epochs,
                             steps_per_epoch=p.steps_per_epoch, batch_size=p.batch_size, size=(p.size, p.size),
-                            pretrained="none", plateau_patience=3, init=str(out / "pretrain"))
+                            pretrained="none", plateau_patience=3, init=str(out / "pretrain"), ema=p.ema,
+                            lr_schedule=p.lr_schedule, rare=p.rare)
     summary = run_experiment(ecfg)
 
     stage(6, "report")
@@ -171,7 +175,8 @@ PSNR in M: <b>{html.escape(cond)}</b>.</p>
 <h2>2. Does rendering new poses help?</h2>
 <p>A pose network (pvt_v2_b0, small heads, {p.size} px) pre-trained on {p.n_pretrain} synthetic scenes with driving
 poses, then fine-tuned on {p.n_train} training images with driving poses: {p.pose_epochs} epochs x {p.steps_per_epoch}
-steps x batch {p.batch_size} in every condition, the same transforms; {html.escape(cond)} renders half of every batch.
+steps x batch {p.batch_size} in every condition ({html.escape(p.lr_schedule)} learning rate{
+f", weights averaged with decay {p.ema:g}" if p.ema else ""}), the same transforms; {html.escape(cond)} renders half of every batch.
 Test: {p.n_test} images with wide arm poses; checkpoints selected on {p.n_val} other wide-pose images; oracle:
 {p.n_oracle} real wide-pose training images (the upper bound). {p.seeds} seeds; mean ± sd.</p>
 <table><tr><th>condition</th><th>test PCK@0.2 (val-selected)</th><th>training PCK</th><th>test PCK@0.2 (final)</th>

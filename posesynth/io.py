@@ -119,11 +119,13 @@ def ensure_writable_dir(path: "str | Path", what: str = "output folder") -> Path
     return path
 
 
-def record_settings(out: "str | Path", name: str, settings: dict, what: str, foreign: "str | None" = None) -> None:
+def record_settings(out: "str | Path", name: str, settings: dict, what: str, foreign: "str | None" = None,
+                    defaults: "dict | None" = None) -> None:
     """An output folder made by one command with one set of settings (``out/name``, JSON): a
     rerun with the same settings continues it; other settings are refused, naming every
     difference; a folder that holds ``foreign`` (a glob) but no settings file is refused; a new
-    folder gets the settings recorded.  ``what`` names the output in the messages."""
+    folder gets the settings recorded.  ``what`` names the output in the messages; a setting
+    the file lacks (an option added since) counts as its value in ``defaults``."""
     from .errors import ConfigError
 
     out = Path(out)
@@ -134,7 +136,9 @@ def record_settings(out: "str | Path", name: str, settings: dict, what: str, for
         except (OSError, json.JSONDecodeError):
             old = None
         if isinstance(old, dict):
-            diff = [f"{k}: {old.get(k)!r} there, {v!r} now" for k, v in settings.items() if old.get(k) != v]
+            defaults = defaults or {}
+            diff = [f"{k}: {old.get(k, defaults.get(k))!r} there, {v!r} now" for k, v in settings.items()
+                    if old.get(k, defaults.get(k)) != v]
             if diff:
                 raise ConfigError(f"{out} holds {what} made with other settings ({'; '.join(diff)}); choose another "
                                   "--out, or rerun with the same settings to continue it")

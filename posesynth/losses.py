@@ -7,7 +7,8 @@ import torch.nn.functional as F
 __all__ = ["dice_bce_logits"]
 
 
-def dice_bce_logits(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+def dice_bce_logits(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0,
+                    valid: "torch.Tensor | None" = None) -> torch.Tensor:
     """Dice + binary cross-entropy for a mask, from logits.
 
     Both terms are computed in float32 from the logits: BCE with logits (never saturates: a
@@ -18,11 +19,24 @@ def dice_bce_logits(logits: torch.Tensor, target: torch.Tensor, smooth: float = 
     Args:
         logits: ``(B, M, H, W)`` mask logits (any float dtype; cast to float32).
         target: same shape, in [0, 1].
+        valid: optional ``(B, M)``, 1 where the sample's mask channel is labelled: the loss is
+            averaged over those (sample, channel) pairs only, and is 0 (with a zero gradient)
+            when there is none.  An unlabelled mask (a dataset without seatbelt masks) says
+            nothing about the pixels, so it must not teach "no seatbelt".
     Returns:
         scalar: ``BCE + (1 - Dice)``, the Dice computed per sample and channel, then averaged.
     """
     x = logits.float()
     t = target.float()
+    if valid is not None and not bool((valid > 0).all()):
+        w = (valid > 0).float().reshape(x.shape[:2])
+        if not bool(w.any()):
+            return x.sum() * 0.0
+        bce_bm = F.binary_cross_entropy_with_logits(x, t, reduction="none").flatten(2).mean(-1)
+        p = torch.sigmoid(x)
+        inter = (p * t).flatten(2).sum(-1)
+        dice_bm = (2 * inter + smooth) / (p.flatten(2).sum(-1) + t.flatten(2).sum(-1) + smooth)
+        return ((bce_bm + 1 - dice_bm) * w).sum() / w.sum()
     bce = F.binary_cross_entropy_with_logits(x, t)
     p = torch.sigmoid(x)
     inter = (p * t).flatten(2).sum(-1)

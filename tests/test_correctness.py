@@ -116,6 +116,14 @@ def test_an_experiment_with_other_settings_is_refused(tmp_path, monkeypatch):
         run_experiment(_exp(tmp_path, lr=2e-3), progress=False)
     with pytest.raises(_Stop):   # the same settings (and more seeds) continue
         run_experiment(_exp(tmp_path, lr=1e-3, seeds=2), progress=False)
+    # made before --ema existed: a missing setting is its default, so the default continues it
+    rec = json.loads((tmp_path / "exp" / "experiment.json").read_text())
+    rec.pop("ema")
+    (tmp_path / "exp" / "experiment.json").write_text(json.dumps(rec))
+    with pytest.raises(_Stop):
+        run_experiment(_exp(tmp_path, lr=1e-3), progress=False)
+    with pytest.raises(ConfigError, match=r"ema: 0.0 there, 0.98 now"):
+        run_experiment(_exp(tmp_path, lr=1e-3, ema=0.98), progress=False)
 
 
 def test_a_pose_run_with_other_settings_is_not_resumed(tmp_path):
@@ -132,6 +140,11 @@ def test_a_pose_run_with_other_settings_is_not_resumed(tmp_path):
         _resumable(run, _posecfg(c, 0, False))
     (run / "config.yaml").write_text(yaml.safe_dump(saved))
     assert _resumable(run, _posecfg(c, 0, False))
+    old = {k: v for k, v in saved.items() if k not in ("ema", "lr_schedule")}   # made before those options
+    (run / "config.yaml").write_text(yaml.safe_dump(old))
+    assert _resumable(run, _posecfg(c, 0, False))
+    with pytest.raises(ConfigError, match=r"lr_schedule: 'plateau' there, 'cosine' now"):
+        _resumable(run, _posecfg(_exp(tmp_path, lr_schedule="cosine"), 0, False))
 
 
 # ---- 5. the test split does not influence selection -------------------------------------------------
@@ -287,3 +300,71 @@ def test_other_architectures_render_new_poses(tmp_path, arch):
     assert main(["generate", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "gen2"), "--gan",
                  str(tmp_path / "g"), "--device", "cpu"]) == 0
     assert len(json.loads((tmp_path / "gen2" / "annotations.json").read_text())["images"]) == 4
+
+
+# ---- masks a dataset does not label (real frames without a seatbelt mask) ---------------------
+def test_an_unlabelled_mask_adds_no_loss_and_no_gradient():
+    """dice_bce_logits with ``valid``: the loss is the mean over the labelled (sample, channel)
+    pairs of BCE + 1 - Dice, each computed here by hand; the unlabelled ones get no gradient."""
+    from posesynth.losses import dice_bce_logits
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 2, 8, 8, generator=g).requires_grad_(True)
+    t = (torch.rand(3, 2, 8, 8, generator=g) > 0.7).float()
+    valid = torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0]])
+    loss = dice_bce_logits(x, t, valid=valid)
+    want = []
+    for b, m in [(0, 0), (2, 0), (2, 1)]:
+        p = torch.sigmoid(x[b, m])
+        bce = -(t[b, m] * torch.log(p) + (1 - t[b, m]) * torch.log(1 - p)).mean()
+        dice = (2 * (p * t[b, m]).sum() + 1) / (p.sum() + t[b, m].sum() + 1)
+        want.append(bce + 1 - dice)
+    assert torch.allclose(loss, torch.stack(want).mean(), atol=1e-6)
+    loss.backward()
+    assert x.grad[0, 1].abs().max() == 0 and x.grad[1].abs().max() == 0 and x.grad[2].abs().max() > 0
+    none = dice_bce_logits(x, t, valid=torch.zeros(3, 2))
+    assert float(none.detach()) == 0.0 and none.requires_grad
+    assert torch.allclose(dice_bce_logits(x, t, valid=torch.ones(3, 2)), dice_bce_logits(x, t))
+
+
+def test_a_dataset_without_mask_files_trains_no_seatbelt_and_generate_keeps_it_unlabelled(tmp_path):
+    """A driver9 COCO dataset whose images name no seatbelt file (as ../shared/fixtures/buffy):
+    the items say the mask is unlabelled (mask_valid 0), a drawn scene's says labelled, and a
+    dataset generated from it writes no mask file, so it stays unlabelled when read back."""
+    from posesynth.augment.generate import GenerateConfig, generate_dataset
+    from posesynth.datasets.formats import open_dataset
+    from posesynth.datasets.torch_dataset import PoseMapDataset
+
+    src = tmp_path / "scenes"
+    make_synthetic_dataset(src, num=4, size=96, seed=2, workers=1)
+    ann = json.loads((src / "annotations.json").read_text())
+    labelled = PoseMapDataset(open_dataset(src), (96, 96), None)[0]
+    assert labelled["mask_valid"].tolist() == [1.0] and labelled["masks"].sum() > 0
+    for im in ann["images"]:
+        im.pop("masks")
+    ann["categories"][0].pop("masks", None)
+    (src / "annotations.json").write_text(json.dumps(ann))
+    ds = open_dataset(src)
+    assert list(ds.layout.masks) == ["seatbelt"]
+    item = PoseMapDataset(ds, (96, 96), None)[0]
+    assert item["mask_valid"].tolist() == [0.0] and item["masks"].sum() == 0
+    out = tmp_path / "gen"
+    generate_dataset(GenerateConfig(renderer="warp", data=str(src), out=str(out), per_image=1, seed=1, device="cpu"),
+                     progress=False)
+    gen = json.loads((out / "annotations.json").read_text())
+    assert all(not im.get("masks") for im in gen["images"]) and not list(out.glob("masks/*.png"))
+    assert PoseMapDataset(open_dataset(out), (96, 96), None)[0]["mask_valid"].tolist() == [0.0]
+    # convert keeps both kinds: unlabelled stays unlabelled, and a labelled empty mask stays labelled
+    from posesynth.datasets.export import convert_dataset
+
+    convert_dataset(src, tmp_path / "conv")
+    assert PoseMapDataset(open_dataset(tmp_path / "conv"), (96, 96), None)[0]["mask_valid"].tolist() == [0.0]
+    empty = tmp_path / "empty"
+    make_synthetic_dataset(empty, num=1, size=96, seed=2, workers=1)
+    belt = next((empty / "masks").glob("*.png"))
+    import cv2
+
+    cv2.imwrite(str(belt), np.zeros((96, 96), np.uint8))
+    convert_dataset(empty, tmp_path / "conv2")
+    item = PoseMapDataset(open_dataset(tmp_path / "conv2"), (96, 96), None)[0]
+    assert item["mask_valid"].tolist() == [1.0] and item["masks"].sum() == 0

@@ -286,3 +286,54 @@ def test_oks_uses_the_annotation_area(tmp_path):
     m = PoseMetrics(DRIVER9)
     m.add(kp[None], pred[None], np.array([1.0]), (256, 256))
     assert m.result()["AP"] == pytest.approx(ap(hand_oks(140 * 150)), abs=1e-6)
+
+
+def test_ema_is_the_moving_average_of_the_trained_weights_and_resumes_exactly(tmp_path):
+    """--ema D: the saved ``model`` is e_{n+1} = d_n e_n + (1 - d_n) w_{n+1} with
+    d_n = min(D, (1 + n) / (10 + n)), computed here from snapshots of the trained weights after
+    every step; --lr-schedule cosine gives lr x (0.01 + 0.99 (1 + cos(pi e / E)) / 2) in epoch
+    e + 1; and a run killed in its second epoch and resumed ends with the same bytes."""
+    import math
+
+    from posesynth.checkpoint import load_checkpoint
+    from posesynth.posenet.trainer import PoseNetTrainer, PoseTrainConfig
+
+    data = make_data(tmp_path)
+    decay = 0.9
+    cfg = dict(data=str(data), val=str(data), size=(64, 64), backbone="pvt_v2_b0", pretrained="none", heads="small",
+               batch_size=2, steps_per_epoch=3, device="cpu", seed=3, ema=decay, lr_schedule="cosine", lr=2e-3,
+               data_augment=False)
+    snaps = []
+
+    def snapshot(batch, step):   # called before step `step`: the weights after the previous step
+        snaps.append({k: v.detach().clone() for k, v in t.model.named_parameters()})
+        return batch
+
+    t = PoseNetTrainer(PoseTrainConfig(epochs=3, **cfg), tmp_path / "one", progress=False, batch_transform=snapshot)
+    t.fit()
+    snaps.append({k: v.detach().clone() for k, v in t.model.named_parameters()})
+    ema = dict(snaps[0])
+    for n, w in enumerate(snaps[1:]):
+        d = min(decay, (1 + n) / (10 + n))
+        ema = {k: d * ema[k] + (1 - d) * w[k] for k in ema}
+    saved, meta = load_checkpoint(tmp_path / "one" / "checkpoints" / "latest")
+    assert meta["ema_updates"] == 9
+    for k, v in ema.items():
+        assert torch.allclose(saved[f"model.{k}"], v, atol=1e-6), k
+        assert torch.equal(saved[f"train_model.{k}"], snaps[-1][k]), k
+    assert any(not torch.allclose(ema[k], snaps[-1][k]) for k in ema), "the average is the trained weights"
+    lrs = [r["lr"] for r in t.history]
+    want = [2e-3 * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * e / 3))) for e in range(3)]
+    assert np.allclose(lrs, want, rtol=1e-9)
+
+    def crash(batch, step):   # the process dies at the first step of epoch 2
+        if step == 3:
+            raise KeyboardInterrupt
+        return batch
+
+    with pytest.raises(KeyboardInterrupt):
+        PoseNetTrainer(PoseTrainConfig(epochs=3, **cfg), tmp_path / "two", progress=False, batch_transform=crash).fit()
+    PoseNetTrainer(PoseTrainConfig(epochs=3, **cfg), tmp_path / "two", progress=False, resume=True).fit()
+    b, mb = load_checkpoint(tmp_path / "two" / "checkpoints" / "latest")
+    assert mb["epoch"] == 3 and saved.keys() == b.keys()
+    assert all(torch.equal(saved[k], b[k]) for k in saved), "resumed run differs"

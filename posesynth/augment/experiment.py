@@ -118,6 +118,10 @@ class ExperimentConfig:
                                                                "the learning rate drops"})
     early_stop: int = field(default=0, metadata={"help": "stop after this many epochs without a better "
                                                          "validation PCK (0: off)"})
+    lr_schedule: str = field(default="plateau", metadata={
+        "help": "plateau|cosine (per epoch to 1% of --lr at the last epoch)"})
+    ema: float = field(default=0.0, metadata={
+        "help": "moving average of the weights, validated and tested (0: off; e.g. 0.99)"})
     fraction: float = field(default=0.5, metadata={
         "help": "share of each batch replaced (renders or, for real-dup, other real images)"})
     augment: str = field(default="arms-angle", metadata={"help": "perturbation: arms-angle|arms-slight|arms-high|"
@@ -151,11 +155,13 @@ def _check(c: ExperimentConfig) -> None:
     from ..config import check_numbers
 
     check_numbers(c, {"train_sizes": ">=1", "seeds": ">=1", "epochs": ">=1", "steps_per_epoch": ">=0",
-                      "batch_size": ">=1", "lr": ">=0", "plateau_patience": ">=0", "early_stop": ">=0",
+                      "batch_size": ">=1", "lr": ">=0", "plateau_patience": ">=0", "early_stop": ">=0", "ema": "[0,1)",
                       "fraction": "[0,1]", "post_scale": ">0", "post_translate": "[0,1)", "judge_pck": "[0,1]",
                       "overfit_gap": ">=0"})
     if any(s % 32 or s < 64 for s in c.size):
         raise ConfigError(f"--size {c.size} must be multiples of 32, at least 64")
+    if c.lr_schedule not in ("plateau", "cosine"):
+        raise ConfigError(f"--lr-schedule must be plateau or cosine, not {c.lr_schedule!r}")
     bad = [x for x in c.conditions if x not in CONDITIONS]
     if bad:
         raise ConfigError(f"unknown condition(s) {', '.join(bad)} (known: {', '.join(CONDITIONS)})")
@@ -182,7 +188,7 @@ def _posecfg(c: ExperimentConfig, seed: int, multi_person: bool) -> PoseTrainCon
                            lr=c.lr, epochs=c.epochs, batch_size=c.batch_size, steps_per_epoch=c.steps_per_epoch,
                            device=c.device, seed=seed, plateau_patience=c.plateau_patience,
                            early_stop=c.early_stop, multi_person=multi_person, precision="auto", fit="letterbox",
-                           init=c.init)
+                           init=c.init, lr_schedule=c.lr_schedule, ema=c.ema)
 
 
 def _eval_set(source: KeypointSource, c: ExperimentConfig, spec: PoseMapSpec, max_people: int) -> PoseMapDataset:
@@ -205,7 +211,8 @@ def _settings(c: ExperimentConfig) -> dict[str, Any]:
 
 def _check_out(out: Path, c: ExperimentConfig) -> None:
     """Refuse an ``--out`` that holds an experiment with other settings, naming the difference."""
-    record_settings(out, "experiment.json", _settings(c), "an experiment", "n*_seed*_*/checkpoints/latest.json")
+    record_settings(out, "experiment.json", _settings(c), "an experiment", "n*_seed*_*/checkpoints/latest.json",
+                    defaults=_settings(ExperimentConfig()))
 
 
 def _resumable(run: Path, pcfg: PoseTrainConfig) -> bool:
@@ -215,8 +222,11 @@ def _resumable(run: Path, pcfg: PoseTrainConfig) -> bool:
         return False
     saved = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").exists() else None
     now = to_dict(pcfg)
+    default = to_dict(PoseTrainConfig())
     if isinstance(saved, dict):
-        diff = [f"{k}: {saved.get(k)!r} there, {v!r} now" for k, v in now.items() if saved.get(k) != v]
+        # an option added since that run was made counts as its default there
+        diff = [f"{k}: {saved.get(k, default.get(k))!r} there, {v!r} now" for k, v in now.items()
+                if saved.get(k, default.get(k)) != v]
         if diff:
             raise ConfigError(f"{run} is a pose run with other settings ({'; '.join(diff)}); choose another --out")
     return True
@@ -307,7 +317,8 @@ def _score(t: PoseNetTrainer, src: Subset, test: KeypointSource, c: ExperimentCo
     test_people = max_people_of(test)   # every labelled test person is scored
     test_ds = _eval_set(test, c, spec, test_people)
     train_ds = _eval_set(src, c, spec, max_people)
-    final = {k: v.detach().clone() for k, v in t.model.state_dict().items()}
+    model = t.eval_model   # the moving average with --ema: what was validated and saved
+    final = {k: v.detach().clone() for k, v in model.state_dict().items()}
     row: dict[str, Any] = {"n": n, "seed": seed, "cond": cond, "history": t.history, "best_epoch": t.best_epoch,
                            "mix": vars(mixer.stats),
                            "mixer": {k: v for k, v in mixer.describe().items() if k not in ("arms", "moved", "skipped")}}
@@ -317,16 +328,16 @@ def _score(t: PoseNetTrainer, src: Subset, test: KeypointSource, c: ExperimentCo
     for when in ("final", "best"):
         if when == "best":
             tensors, _ = load_checkpoint(t.run / "checkpoints" / "best")
-            load_module(t.model, tensors, "model", str(t.run))
-        te = evaluate_dataset(t.model, test_ds, **{**args, "multi_person": t.cfg.multi_person or test_people > 1})
+            load_module(model, tensors, "model", str(t.run))
+        te = evaluate_dataset(model, test_ds, **{**args, "multi_person": t.cfg.multi_person or test_people > 1})
         row[f"test_PCK_{when}"], row[f"test_AP_{when}"] = te[key], te["AP"]
         row[f"test_loss_{when}"] = te.get("loss")
         if when == "best":
-            tr = evaluate_dataset(t.model, train_ds, **args)
+            tr = evaluate_dataset(model, train_ds, **args)
             row["train_PCK_best"], row["train_loss_best"] = tr[key], tr.get("loss")
             row["gap_PCK"] = tr[key] - te[key]
             row["gap_loss"] = te.get("loss", np.nan) - tr.get("loss", np.nan)
-    t.model.load_state_dict(final)
+    model.load_state_dict(final)
     return row
 
 
@@ -558,7 +569,9 @@ interval of the mean difference; it "exceeds the spread" only when that interval
 <style>body{{font-family:sans-serif;max-width:1400px;margin:auto}}td,th{{padding:4px 8px;border-bottom:1px solid #ddd}}
 img{{max-width:100%}}</style></head><body><h1>Does rendering new poses reduce overfitting?</h1>
 <p>Pose network {html.escape(c.backbone)} ({html.escape(c.heads)} heads) at {c.size[0]}x{c.size[1]}, {c.epochs} epochs x
-{c.steps_per_epoch} steps x batch {c.batch_size} in every condition, {c.seeds} seed(s) each, the same data transforms and
+{c.steps_per_epoch} steps x batch {c.batch_size} ({html.escape(c.lr_schedule)} learning rate from {c.lr:g}{
+f", weights averaged with decay {c.ema:g}" if c.ema else ""}{f", from {html.escape(c.init)}" if c.init else ""}) in every
+condition, {c.seeds} seed(s) each, the same data transforms and
 the same post-mix resize and translation. Rendered conditions replace {c.fraction:.0%} of every batch with renders of
 <b>{html.escape(c.augment)}</b> poses; real-dup fills the same slots with other real training images; the oracle trains
 on as many real images from the held-out pose distribution. Checkpoints are selected on {html.escape(c.val)}; the test set

@@ -185,7 +185,8 @@ def generate_dataset(c: GenerateConfig, progress: bool = True, stop_after: "int 
         kp = perturber(s.keypoints, s.image.shape[:2], rng, s.file_name)
         prov = {"source_image_id": int(s.image_id), "source_file": s.file_name, "perturbation": c.augment,
                 "renderer": c.renderer_name, "seed": int(c.seed), "copy": int(k)}
-        return item, Sample(s.image, s.keypoints, s.masks, meta={"provenance": prov}), kp
+        meta = {"provenance": prov, **({"mask_labelled": s.meta["mask_labelled"]} if "mask_labelled" in s.meta else {})}
+        return item, Sample(s.image, s.keypoints, s.masks, meta=meta), kp
 
     renderer: Renderer
     if c.renderer_name == "gan":
@@ -310,7 +311,8 @@ def _write_source(writer: CocoJournalWriter, src: Any, i: int, image_id: int) ->
     data = path.read_bytes() if path is not None and path.suffix.lower() in (".jpg", ".jpeg") else None
     prov = {"source_image_id": int(s.image_id) if isinstance(s.image_id, (int, np.integer)) else s.image_id,
             "source_file": s.file_name, "perturbation": "none", "renderer": "source"}
-    sample = Sample(s.image, s.keypoints, s.masks, meta={"provenance": prov})
+    meta = {"provenance": prov, **({"mask_labelled": s.meta["mask_labelled"]} if "mask_labelled" in s.meta else {})}
+    sample = Sample(s.image, s.keypoints, s.masks, meta=meta)
     entry = writer.write_files(sample, image_id, data if data is not None else encode_image(s.image, ".jpg", 95))
     writer.add(sample, image_id, entry=entry)
 

@@ -191,7 +191,9 @@ class BatchMixer:
         picks = rng.integers(0, len(self.dataset), len(idx))
         # augmented like the rest, with an epoch key of its own so the draw is new
         items = [self.dataset[(int(j), 1_000_003 + step)] for j in picks]
-        for k in ("image", "heatmaps", "pafs", "masks", "keypoints"):
+        for k in ("image", "heatmaps", "pafs", "masks", "mask_valid", "keypoints"):
+            if k not in out:
+                continue
             v = torch.stack([it[k] for it in items]).to(out[k].device, out[k].dtype)
             out[k][torch.as_tensor(idx, device=out[k].device)] = v
 

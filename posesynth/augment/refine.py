@@ -121,7 +121,8 @@ class RefineCropDataset(torch.utils.data.Dataset):
             r = max(sizes) if sizes else np.nan
             warped = telea_fill(img, (region > 0).astype(np.uint8), (self.region.radius + self.region.dilate) *
                                 (r if np.isfinite(r) else self.size / 4))
-        out = sample_to_tensors(Sample(img, kc, masks), self.layout, self.spec.stride, self.spec, self.max_people,
+        meta = {k: s.meta[k] for k in ("mask_labelled",) if k in s.meta}
+        out = sample_to_tensors(Sample(img, kc, masks, meta=meta), self.layout, self.spec.stride, self.spec, self.max_people,
                                 with_maps=True)
         out["warped"] = image_to_tensor(np.ascontiguousarray(warped))
         out["region"] = torch.from_numpy(np.ascontiguousarray(region, np.float32))[None]

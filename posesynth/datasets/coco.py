@@ -598,6 +598,8 @@ class CocoKeypointDataset(ReaderBase):
         if self._convert:
             kp = convert_keypoints(kp, self.source_layout, self.layout)
         meta: dict[str, Any] = {"ann_ids": ids}
+        if self.layout.num_masks:   # a mask the image names no file for is unlabelled, not empty
+            meta["mask_labelled"] = [p is not None for p in self._mask_paths(im)]
         vid = im.get("video_id", im.get("vid_id"))
         if vid is not None:
             meta["video_id"] = vid
@@ -713,7 +715,10 @@ class CocoWriter:
         entry: dict[str, Any] = {"id": image_id, "file_name": fname, "width": sample.width, "height": sample.height}
         if self.layout.num_masks:
             refs = {}
-            for name, m in zip(self.layout.masks, sample.masks):
+            flags = sample.meta.get("mask_labelled") or [True] * len(self.layout.masks)
+            for name, m, labelled in zip(self.layout.masks, sample.masks, flags):
+                if not labelled:   # unlabelled in the source: no file, so it stays unlabelled
+                    continue
                 rel = f"masks/{stem}_{name}.png"
                 ok, buf = cv2.imencode(".png", (np.asarray(m) > 0).astype(np.uint8) * 255)
                 (self.root / rel).write_bytes(buf.tobytes())

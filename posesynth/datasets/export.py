@@ -172,8 +172,9 @@ def _write_coco(ds: Any, indices: Sequence[int], out: Path, src_name: str, info:
             fname = _write_image(reader, j, s, out / "images", stem)
             entry: dict[str, Any] = {"id": image_id, "file_name": fname, "width": s.width, "height": s.height}
             refs = {}
-            for mname, m in zip(ds.layout.masks, s.masks):
-                if m.any():
+            labelled = s.meta.get("mask_labelled") or [True] * len(ds.layout.masks)
+            for mname, m, lab in zip(ds.layout.masks, s.masks, labelled):
+                if lab:   # an empty labelled mask stays labelled ("no seatbelt"); an unlabelled one gets no file
                     rel = f"masks/{stem}_{mname}.png"
                     (out / "masks").mkdir(exist_ok=True)
                     ok, buf = cv2.imencode(".png", (np.asarray(m) > 0).astype(np.uint8) * 255)

@@ -198,8 +198,8 @@ class MpiiDataset(ReaderBase):
                 kp[out] = 0.0
         if self._convert:
             kp = convert_keypoints(kp, self.source_layout, self.layout)
-        masks = np.zeros((self.layout.num_masks, h, w), np.uint8)
-        return Sample(rgb, kp.copy(), masks, index + 1, name)
+        masks = np.zeros((self.layout.num_masks, h, w), np.uint8)   # this format has no masks: unlabelled
+        return Sample(rgb, kp.copy(), masks, index + 1, name, {"mask_labelled": [False] * self.layout.num_masks})
 
 
 class BlazePoseVideoDataset(ReaderBase):
@@ -345,7 +345,7 @@ class BlazePoseVideoDataset(ReaderBase):
         if self._convert:
             kp = convert_keypoints(kp, self.source_layout, self.layout)
         masks = np.zeros((self.layout.num_masks, h, w), np.uint8)
-        meta = {"video_id": self.video.stem, "frame_id": frame}
+        meta = {"video_id": self.video.stem, "frame_id": frame, "mask_labelled": [False] * self.layout.num_masks}
         return Sample(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), kp.copy(), masks, frame + 1, f"frame_{frame:04d}", meta)
 
     def iter_frames(self, indices: "Sequence[int] | None" = None) -> Iterator[tuple[int, "Sample | DatasetError"]]:

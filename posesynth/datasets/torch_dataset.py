@@ -7,6 +7,8 @@ Each item is a dict:
 - ``maps``: ``(C, H, W)`` float32 pose maps at the input resolution (GAN conditioning).
 - ``heatmaps``: ``(K, h, w)``, ``pafs``: ``(2L, h, w)`` at ``1/stride`` resolution (pose targets).
 - ``masks``: ``(M, H, W)`` float32 in [0, 1] at full resolution.
+- ``mask_valid``: ``(M,)`` float32, 1 where the mask is labelled (0: the dataset has no such
+  mask for this image, e.g. real frames without a seatbelt mask; the loss ignores it).
 - ``keypoints``: ``(max_people, K, 3)`` in input pixels, padded with ``v = 0``.
 - ``index``: the sample's index.
 - with ``with_original=True`` (evaluation): ``orig_keypoints`` ``(max_people, K, 3)`` in the
@@ -72,6 +74,14 @@ def person_areas(sample: Sample, max_people: int) -> np.ndarray:
     return out
 
 
+def mask_labelled(sample: Sample) -> list[bool]:
+    """``(M,)``: whether each of the sample's masks is labelled (``meta["mask_labelled"]``, set
+    by a reader whose image names no file for a mask; absent: all labelled)."""
+    m = sample.masks.shape[0]
+    flags = sample.meta.get("mask_labelled")
+    return [bool(f) for f in flags] if isinstance(flags, (list, tuple)) and len(flags) == m else [True] * m
+
+
 def sample_to_tensors(sample: Sample, layout, stride: int = 4, spec: PoseMapSpec = PoseMapSpec(),
                       max_people: int = 4, with_maps: bool = True) -> dict[str, Any]:
     """Tensors for one (already resized) sample; see the module docstring for the keys."""
@@ -84,6 +94,7 @@ def sample_to_tensors(sample: Sample, layout, stride: int = 4, spec: PoseMapSpec
         "heatmaps": torch.from_numpy(render_heatmaps(kp, (h, w), small, spec.sigma)),
         "pafs": torch.from_numpy(render_pafs(kp, layout.limbs, (h, w), small, spec.paf_width)),
         "masks": torch.from_numpy(resize_masks(sample.masks, (h, w))),
+        "mask_valid": torch.tensor(mask_labelled(sample), dtype=torch.float32),
         "keypoints": torch.from_numpy(padded),
     }
     if with_maps:

@@ -215,7 +215,8 @@ def evaluate_dataset(model: torch.nn.Module, dataset: PoseMapDataset, layout, mu
     dev = torch.device(device)
     for s in tqdm(range(0, len(idx), batch_size), desc="evaluate", disable=not progress, leave=False):
         items = [dataset[i] for i in idx[s:s + batch_size]]
-        batch = {k: torch.stack([it[k] for it in items]).to(dev) for k in ("image", "heatmaps", "pafs", "masks")}
+        batch = {k: torch.stack([it[k] for it in items]).to(dev) for k in ("image", "heatmaps", "pafs", "masks", "mask_valid")
+                 if k in items[0]}
         kps, scores, mask, raw = predict_batch(model, batch["image"], layout, multi_person, threshold)
         if weights is not None:
             _, parts = pose_loss(tuple(r.float() if r is not None else None for r in raw), batch, weights)
@@ -223,11 +224,13 @@ def evaluate_dataset(model: torch.nn.Module, dataset: PoseMapDataset, layout, mu
                 sums[k] = sums.get(k, 0.0) + v * len(items)
         n += len(items)
         mgt = batch["masks"].cpu().numpy()
+        labelled = batch["mask_valid"].bool().all(1).tolist() if "mask_valid" in batch else [True] * len(items)
         for i, it in enumerate(items):
             back = invert_affine(it["to_input"].numpy())
             pred = apply_affine(kps[i], back) if len(kps[i]) else kps[i]
             metrics.add(it["orig_keypoints"].numpy(), pred, scores[i], tuple(int(v) for v in it["orig_size"]),
-                        mask[i] if mask is not None else None, mgt[i] if mask is not None else None,
+                        mask[i] if mask is not None and labelled[i] else None,
+                        mgt[i] if mask is not None and labelled[i] else None,
                         areas=it["orig_areas"].numpy() if "orig_areas" in it else None)
     model.train(was)
     if world > 1:

@@ -24,7 +24,9 @@ class PoseLossWeights:
 
 def pose_loss(pred: tuple, target: dict[str, torch.Tensor], w: PoseLossWeights) -> tuple[torch.Tensor, dict[str, float]]:
     """``pred`` is the network's output ``(heatmaps, pafs, mask logits or None)``; ``target`` holds
-    ``heatmaps``, ``pafs`` and ``masks`` (in [0, 1]).  Returns the weighted total and its parts."""
+    ``heatmaps``, ``pafs`` and ``masks`` (in [0, 1]), and optionally ``mask_valid`` ``(B, M)`` (1
+    where a mask is labelled; unlabelled masks add no loss).  Returns the weighted total and its
+    parts."""
     hm, paf, mask = pred
     if w.reduction == "sum":
         n = hm.shape[0]
@@ -33,7 +35,7 @@ def pose_loss(pred: tuple, target: dict[str, torch.Tensor], w: PoseLossWeights) 
     else:
         l_hm = F.mse_loss(hm, target["heatmaps"])
         l_paf = F.mse_loss(paf, target["pafs"])
-    l_mask = dice_bce_logits(mask, target["masks"]) if mask is not None and target["masks"].shape[1] else hm.new_zeros(())
+    l_mask = dice_bce_logits(mask, target["masks"], valid=target.get("mask_valid")) if mask is not None and target["masks"].shape[1] else hm.new_zeros(())
     total = w.heatmap * l_hm + w.paf * l_paf + w.mask * l_mask
     return total, {"loss": float(total.detach()), "hm": float(l_hm.detach()), "paf": float(l_paf.detach()),
                    "mask": float(l_mask.detach())}

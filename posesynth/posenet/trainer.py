@@ -10,6 +10,15 @@ Run directory::
     RUN/curves.png             the curves
     RUN/tb/                    TensorBoard (when installed)
 
+With ``--ema D`` the weights validated, selected and saved as ``model`` (what ``evaluate``,
+``predict`` and ``--init`` load) are an exponential moving average of the trained ones
+(decay ``min(D, (1 + n) / (10 + n))`` after ``n`` steps; BatchNorm statistics copied); the
+trained weights travel in ``latest`` as ``train_model`` for an exact resume.  It smooths the
+step-to-step jitter of a small-batch run, so the selected epoch depends less on luck.
+``--lr-schedule cosine`` decays the learning rate per epoch from ``--lr`` to ``--lr x 0.01``
+at the last epoch (the plateau scheduler is then unused).  The schedule spans ``--epochs``:
+resuming with more epochs stretches what is left of it.
+
 A ``batch_transform(batch, step) -> batch``, given by whoever builds the trainer (``posesynth
 augment`` gives one for ``train-posenet --renderer/--gan`` and the experiment), may replace
 part of each batch.  Replaced
@@ -23,6 +32,7 @@ broadcasts it; validation metrics are gathered over ranks.
 """
 from __future__ import annotations
 
+import copy
 import io
 import logging
 import math
@@ -61,7 +71,7 @@ POSE_NUMBERS = {"max_people": ">=0", "lr": ">=0", "weight_decay": ">=0", "epochs
                 "w_heatmap": ">=0", "w_paf": ">=0", "w_mask": ">=0", "sigma": ">0", "paf_width": ">0",
                 "plateau_factor": "(0,1)", "plateau_patience": ">=0", "early_stop": ">=0", "pck_alpha": ">0",
                 "decode_threshold": "[0,1)", "seed": ">=0", "workers": ">=0", "time_limit_min": ">=0",
-                "steps_per_epoch": ">=0"}
+                "steps_per_epoch": ">=0", "ema": "[0,1)"}
 
 
 @dataclass
@@ -107,6 +117,12 @@ class PoseTrainConfig:
     plateau_patience: int = field(default=4, metadata={
         "help": "epochs without a better validation metric before the learning rate drops"})
     early_stop: int = field(default=0, metadata={"help": "stop after this many epochs without improvement (0: off)"})
+    lr_schedule: str = field(default="plateau", metadata={
+        "help": "plateau (drop by --plateau-factor when validation stalls)|cosine (per epoch to 1% of --lr at the "
+                "last epoch)"})
+    ema: float = field(default=0.0, metadata={
+        "help": "decay of an exponential moving average of the weights, which is what is validated and saved "
+                "(0: off; e.g. 0.99)"})
     best_metric: str = field(default="PCK@0.2", metadata={"help": "validation metric that selects the best checkpoint"})
     pck_alpha: float = field(default=0.2, metadata={"help": "PCK threshold as a fraction of the torso size"})
     multi_person: bool = field(default=False, metadata={"help": "decode several people with PAFs (else fast single-person)"})
@@ -127,6 +143,8 @@ class PoseTrainConfig:
             raise ConfigError(f"optimizer must be adamw or sgd, not {self.optimizer!r}")
         if self.heads not in NAMED_HEADS:
             raise ConfigError(f"heads must be one of {list(NAMED_HEADS)}")
+        if self.lr_schedule not in ("plateau", "cosine"):
+            raise ConfigError(f"lr_schedule must be plateau or cosine, not {self.lr_schedule!r}")
         if self.loss_reduction not in ("mean", "sum"):
             raise ConfigError("loss_reduction must be mean or sum")
         if self.fit not in FIT_MODES:
@@ -217,6 +235,8 @@ class PoseNetTrainer:
         if self.device.type == "cuda":
             self.model.to(memory_format=torch.channels_last)
             torch.backends.cudnn.benchmark = True
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False) if cfg.ema > 0 else None
+        self.ema_updates = 0
         self.ddp = (torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device] if
                     self.device.type == "cuda" else None) if self.world > 1 else self.model)
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -224,8 +244,13 @@ class PoseNetTrainer:
             self.opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
         else:
             self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(self.opt, mode="max", factor=cfg.plateau_factor,
-                                                                patience=cfg.plateau_patience)
+        if cfg.lr_schedule == "cosine":
+            total = cfg.epochs
+            self.sched = torch.optim.lr_scheduler.LambdaLR(
+                self.opt, lambda e: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(e, total) / total)))
+        else:
+            self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(self.opt, mode="max", factor=cfg.plateau_factor,
+                                                                    patience=cfg.plateau_patience)
         self.weights = PoseLossWeights(cfg.w_heatmap, cfg.w_paf, cfg.w_mask, cfg.loss_reduction)
         self.batch_transform = batch_transform
         if batch_transform is not None and hasattr(batch_transform, "attach"):
@@ -240,10 +265,29 @@ class PoseNetTrainer:
         if resume:
             self._load()
 
+    @property
+    def eval_model(self) -> PoseNet:
+        """The weights that are validated and saved as ``model``: the moving average with
+        ``--ema``, else the trained ones."""
+        return self.ema if self.ema is not None else self.model
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        if self.ema is None:
+            return
+        d = min(self.cfg.ema, (1 + self.ema_updates) / (10 + self.ema_updates))
+        self.ema_updates += 1
+        mine = [p for p in self.ema.parameters()]
+        theirs = [p.detach() for p in self.model.parameters()]
+        torch._foreach_lerp_(mine, theirs, 1.0 - d)
+        for b, src in zip(self.ema.buffers(), self.model.buffers()):
+            b.copy_(src)
+
     # ---- checkpoints -------------------------------------------------------------------
     def _meta(self) -> dict[str, Any]:
         return {"kind": "posesynth-posenet", "epoch": self.epoch, "step": self.epoch, "best": self.best,
                 "best_epoch": self.best_epoch, "stale": self.stale, "skipped_steps": self.skipped_steps,
+                "ema_updates": self.ema_updates,
                 "config": to_dict(self.cfg), "model": to_dict(self.model_cfg), "layout": self.layout.to_dict(),
                 "posemaps": self.spec.to_dict(), "max_people": self.max_people,
                 "sigma": self.cfg.sigma, "paf_width": self.cfg.paf_width}
@@ -251,9 +295,11 @@ class PoseNetTrainer:
     def save(self, name: str, with_optimizer: bool = True) -> None:
         if not self.main:
             return
-        tensors = module_tensors(self.model, "model")
+        tensors = module_tensors(self.eval_model, "model")
         meta = self._meta()
         if with_optimizer:
+            if self.ema is not None:
+                tensors.update(module_tensors(self.model, "train_model"))
             t, s = optimizer_to_flat(self.opt, "opt")
             tensors.update(t)
             meta["opt"] = s
@@ -294,7 +340,17 @@ class PoseNetTrainer:
     def _load(self) -> None:
         tensors, meta = self.dir.load("latest")
         path = self.dir.ckpt / "latest"
-        load_module(self.model, tensors, "model", str(path))
+        if self.ema is not None:
+            if not any(k.startswith("train_model.") for k in tensors):
+                raise ConfigError(f"{path}: saved without --ema; resume it without --ema")
+            load_module(self.model, tensors, "train_model", str(path))
+            load_module(self.ema, tensors, "model", str(path))
+        elif any(k.startswith("train_model.") for k in tensors):
+            raise ConfigError(f"{path}: saved with --ema (its 'model' is the average, not the trained weights); "
+                              "resume it with the same --ema")
+        else:
+            load_module(self.model, tensors, "model", str(path))
+        self.ema_updates = int(meta.get("ema_updates", 0))
         optimizer_from_flat(self.opt, tensors, meta["opt"], "opt")
         self.sched.load_state_dict(meta["sched"])
         self.precision.load_state_dict(meta.get("grad_scaler"))
@@ -367,7 +423,8 @@ class PoseNetTrainer:
                 continue
             self.opt.zero_grad(set_to_none=True)
             self.precision.backward(loss)
-            self.precision.step(self.opt)
+            if self.precision.step(self.opt):
+                self._update_ema()
             for k, v in self._split_losses(pred, batch, parts).items():
                 sums[k] = sums.get(k, 0.0) + v[0]
                 counts[k] = counts.get(k, 0.0) + v[1]
@@ -388,7 +445,7 @@ class PoseNetTrainer:
             if m == 0:
                 continue
             sub_pred = tuple(p[sel].float() if p is not None else None for p in pred)
-            sub_t = {k: batch[k][sel] for k in ("heatmaps", "pafs", "masks")}
+            sub_t = {k: batch[k][sel] for k in ("heatmaps", "pafs", "masks", "mask_valid") if k in batch}
             _, sp = pose_loss(sub_pred, sub_t, self.weights)
             out.update({k + name: (v * m, m) for k, v in sp.items()})
         return out
@@ -420,9 +477,9 @@ class PoseNetTrainer:
         if self.world > 1:
             # BatchNorm running statistics are updated by each rank's own last forward pass;
             # score every shard with rank 0's (the ones checkpointed), as one process would
-            for b in self.model.buffers():
+            for b in self.eval_model.buffers():
                 dist.broadcast(b.data, 0)
-        res = evaluate_dataset(self.model, self.val_dataset, self.layout, self.cfg.multi_person,
+        res = evaluate_dataset(self.eval_model, self.val_dataset, self.layout, self.cfg.multi_person,
                                self.cfg.decode_threshold, self.cfg.pck_alpha, self.weights, self.cfg.batch_size,
                                self.device, self.rank, self.world)
         return {f"val_{k}": v for k, v in res.items() if not k.startswith("px_error/")}
@@ -464,7 +521,10 @@ class PoseNetTrainer:
             score = val[key] if val else -train.get("loss", math.inf)
             if not np.isfinite(score):
                 score = -math.inf
-            self.sched.step(score)
+            if c.lr_schedule == "cosine":
+                self.sched.step()
+            else:
+                self.sched.step(score)
             improved = score > self.best
             if improved:
                 self.best, self.stale, self.best_epoch = score, 0, self.epoch

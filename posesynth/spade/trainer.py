@@ -216,7 +216,7 @@ class GANTrainer:
                 losses["g_vgg"] = self.vgg(fake, real) * c.lambda_vgg
             extra: dict[str, float] = {}
             if self.pose_loss is not None:
-                losses["g_pose"], extra = self.pose_loss(fake, b["heatmaps"], b["pafs"], b["masks"])
+                losses["g_pose"], extra = self.pose_loss(fake, b["heatmaps"], b["pafs"], b["masks"], b.get("mask_valid"))
             region = self.arch.l1_region(b)
             if region is not None:
                 w = region.float()
