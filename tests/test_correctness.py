@@ -338,6 +338,9 @@ def test_a_dataset_without_mask_files_trains_no_seatbelt_and_generate_keeps_it_u
     src = tmp_path / "scenes"
     make_synthetic_dataset(src, num=4, size=96, seed=2, workers=1)
     ann = json.loads((src / "annotations.json").read_text())
+    import shutil
+
+    shutil.copytree(src, tmp_path / "empty0")   # a labelled copy, for the IoU check below
     labelled = PoseMapDataset(open_dataset(src), (96, 96), None)[0]
     assert labelled["mask_valid"].tolist() == [1.0] and labelled["masks"].sum() > 0
     for im in ann["images"]:
@@ -352,8 +355,18 @@ def test_a_dataset_without_mask_files_trains_no_seatbelt_and_generate_keeps_it_u
     generate_dataset(GenerateConfig(renderer="warp", data=str(src), out=str(out), per_image=1, seed=1, device="cpu"),
                      progress=False)
     gen = json.loads((out / "annotations.json").read_text())
-    assert all(not im.get("masks") for im in gen["images"]) and not list(out.glob("masks/*.png"))
+    assert all(im["masks"] == {"seatbelt": None} for im in gen["images"]) and not list(out.glob("masks/*.png"))
     assert PoseMapDataset(open_dataset(out), (96, 96), None)[0]["mask_valid"].tolist() == [0.0]
+    # mask IoU is scored only where the mask is labelled
+    from posesynth.datasets.layouts import DRIVER9
+    from posesynth.posenet.evaluate import evaluate_dataset
+    from posesynth.posenet.model import PoseNet, PoseNetConfig
+
+    net = PoseNet(PoseNetConfig(9, 8, 1, "pvt_v2_b0", "none", "small"))
+    ev = dict(layout=DRIVER9, multi_person=False, threshold=0.1, pck_alpha=0.2, weights=None, batch_size=4, device="cpu")
+    assert "mask_IoU" not in evaluate_dataset(net, PoseMapDataset(ds, (96, 96), None, with_original=True), **ev)
+    assert "mask_IoU" in evaluate_dataset(net, PoseMapDataset(open_dataset(tmp_path / "empty0"), (96, 96), None,
+                                                              with_original=True), **ev)
     # convert keeps both kinds: unlabelled stays unlabelled, and a labelled empty mask stays labelled
     from posesynth.datasets.export import convert_dataset
 
@@ -366,5 +379,6 @@ def test_a_dataset_without_mask_files_trains_no_seatbelt_and_generate_keeps_it_u
 
     cv2.imwrite(str(belt), np.zeros((96, 96), np.uint8))
     convert_dataset(empty, tmp_path / "conv2")
+    assert not list((tmp_path / "conv2").glob("masks/*.png"))   # an empty mask has no file there ...
     item = PoseMapDataset(open_dataset(tmp_path / "conv2"), (96, 96), None)[0]
-    assert item["mask_valid"].tolist() == [1.0] and item["masks"].sum() == 0
+    assert item["mask_valid"].tolist() == [1.0] and item["masks"].sum() == 0   # ... and reads as empty, labelled

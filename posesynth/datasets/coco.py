@@ -230,6 +230,11 @@ class CocoKeypointDataset(ReaderBase):
         data = self._read_json()
         cat = self._person_category(data)
         self._setup_layouts(cat, layout)
+        # masks the file's category declares (posesynth writes them): an image without a file for
+        # one has it empty; a mask it does not declare, or an image entry's explicit null, is
+        # unlabelled (real frames without a seatbelt mask)
+        self._declared_masks = {m for m in cat.get("masks") or [] if isinstance(m, str)} \
+            if isinstance(cat.get("masks"), list) else set()
         images, anns = self._clean(data, cat.get("id"))
         self.coco = self._index({"images": images, "annotations": [a for a in anns if "id" in a],
                                  "categories": [c for c in data["categories"] if isinstance(c, dict) and "id" in c]})
@@ -504,6 +509,13 @@ class CocoKeypointDataset(ReaderBase):
             refs = {}
         return [self.root / refs[name] if isinstance(refs.get(name), str) else None for name in self.layout.masks]
 
+    def _mask_labelled(self, im: dict[str, Any]) -> list[bool]:
+        """Per mask of the layout: labelled (a file, or none where the category declares the
+        mask: empty) or not (an explicit ``null``, or a mask the category does not declare)."""
+        refs = im.get("masks") if isinstance(im.get("masks"), dict) else {}
+        return [isinstance(refs.get(n), str) or (n not in refs and n in self._declared_masks)
+                for n in self.layout.masks]
+
     def _where(self, im: dict[str, Any]) -> str:
         return f"image {im['id']} ('{im['file_name']}') of {self.ann_file}"
 
@@ -598,8 +610,8 @@ class CocoKeypointDataset(ReaderBase):
         if self._convert:
             kp = convert_keypoints(kp, self.source_layout, self.layout)
         meta: dict[str, Any] = {"ann_ids": ids}
-        if self.layout.num_masks:   # a mask the image names no file for is unlabelled, not empty
-            meta["mask_labelled"] = [p is not None for p in self._mask_paths(im)]
+        if self.layout.num_masks:
+            meta["mask_labelled"] = self._mask_labelled(im)
         vid = im.get("video_id", im.get("vid_id"))
         if vid is not None:
             meta["video_id"] = vid
@@ -717,7 +729,8 @@ class CocoWriter:
             refs = {}
             flags = sample.meta.get("mask_labelled") or [True] * len(self.layout.masks)
             for name, m, labelled in zip(self.layout.masks, sample.masks, flags):
-                if not labelled:   # unlabelled in the source: no file, so it stays unlabelled
+                if not labelled:   # unlabelled in the source: an explicit null keeps it unlabelled
+                    refs[name] = None
                     continue
                 rel = f"masks/{stem}_{name}.png"
                 ok, buf = cv2.imencode(".png", (np.asarray(m) > 0).astype(np.uint8) * 255)

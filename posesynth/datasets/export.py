@@ -8,7 +8,8 @@ COCO output (:func:`convert_dataset`, :func:`merge_datasets`): ``annotations.jso
 
 - Image files are copied byte for byte (no re-encoding); video frames are read in order,
   never by seeking, and written as JPEG (quality 95).  Non-empty masks are written as 8-bit
-  PNG (0 or 255).
+  PNG (0 or 255); an empty one has no entry (the category declares the mask, so it reads as
+  empty); a mask the source does not label gets an explicit ``null`` (it reads as unlabelled).
 - Keypoints are converted to ``layout`` (by keypoint name); the category records the layout's
   limbs, flip pairs, OKS sigmas and masks.
 - ``convert`` keeps a COCO source's image ids (``merge`` numbers the images 1..N in order), and
@@ -174,7 +175,9 @@ def _write_coco(ds: Any, indices: Sequence[int], out: Path, src_name: str, info:
             refs = {}
             labelled = s.meta.get("mask_labelled") or [True] * len(ds.layout.masks)
             for mname, m, lab in zip(ds.layout.masks, s.masks, labelled):
-                if lab:   # an empty labelled mask stays labelled ("no seatbelt"); an unlabelled one gets no file
+                if not lab:   # unlabelled: an explicit null (no entry would read as empty: the category declares it)
+                    refs[mname] = None
+                elif m.any():
                     rel = f"masks/{stem}_{mname}.png"
                     (out / "masks").mkdir(exist_ok=True)
                     ok, buf = cv2.imencode(".png", (np.asarray(m) > 0).astype(np.uint8) * 255)

@@ -224,13 +224,14 @@ def evaluate_dataset(model: torch.nn.Module, dataset: PoseMapDataset, layout, mu
                 sums[k] = sums.get(k, 0.0) + v * len(items)
         n += len(items)
         mgt = batch["masks"].cpu().numpy()
-        labelled = batch["mask_valid"].bool().all(1).tolist() if "mask_valid" in batch else [True] * len(items)
+        labelled = (batch["mask_valid"] > 0).cpu().numpy() if "mask_valid" in batch else \
+            np.ones((len(items), mgt.shape[1]), bool)
         for i, it in enumerate(items):
             back = invert_affine(it["to_input"].numpy())
             pred = apply_affine(kps[i], back) if len(kps[i]) else kps[i]
             metrics.add(it["orig_keypoints"].numpy(), pred, scores[i], tuple(int(v) for v in it["orig_size"]),
-                        mask[i] if mask is not None and labelled[i] else None,
-                        mgt[i] if mask is not None and labelled[i] else None,
+                        mask[i][labelled[i]] if mask is not None and labelled[i].any() else None,
+                        mgt[i][labelled[i]] if mask is not None and labelled[i].any() else None,
                         areas=it["orig_areas"].numpy() if "orig_areas" in it else None)
     model.train(was)
     if world > 1:

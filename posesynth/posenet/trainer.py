@@ -15,8 +15,8 @@ With ``--ema D`` the weights validated, selected and saved as ``model`` (what ``
 (decay ``min(D, (1 + n) / (10 + n))`` after ``n`` steps; BatchNorm statistics copied); the
 trained weights travel in ``latest`` as ``train_model`` for an exact resume.  It smooths the
 step-to-step jitter of a small-batch run, so the selected epoch depends less on luck.
-``--lr-schedule cosine`` decays the learning rate per epoch from ``--lr`` to ``--lr x 0.01``
-at the last epoch (the plateau scheduler is then unused).  The schedule spans ``--epochs``:
+``--lr-schedule cosine`` decays the learning rate per epoch from ``--lr`` in the first epoch
+to ``--lr x 0.01`` in the last (the plateau scheduler is then unused).  The schedule spans ``--epochs``:
 resuming with more epochs stretches what is left of it.
 
 A ``batch_transform(batch, step) -> batch``, given by whoever builds the trainer (``posesynth
@@ -245,9 +245,9 @@ class PoseNetTrainer:
         else:
             self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         if cfg.lr_schedule == "cosine":
-            total = cfg.epochs
+            last = max(cfg.epochs - 1, 1)   # epoch index e (from 0) trains at lr x f(e); f(epochs - 1) = 0.01
             self.sched = torch.optim.lr_scheduler.LambdaLR(
-                self.opt, lambda e: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(e, total) / total)))
+                self.opt, lambda e: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(e, last) / last)))
         else:
             self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(self.opt, mode="max", factor=cfg.plateau_factor,
                                                                     patience=cfg.plateau_patience)
@@ -340,6 +340,10 @@ class PoseNetTrainer:
     def _load(self) -> None:
         tensors, meta = self.dir.load("latest")
         path = self.dir.ckpt / "latest"
+        theirs = (meta.get("config") or {}).get("lr_schedule", "plateau")
+        if theirs != self.cfg.lr_schedule:
+            raise ConfigError(f"{path}: trained with --lr-schedule {theirs}; resume it with the same schedule, "
+                              f"not {self.cfg.lr_schedule}")
         if self.ema is not None:
             if not any(k.startswith("train_model.") for k in tensors):
                 raise ConfigError(f"{path}: saved without --ema; resume it without --ema")
