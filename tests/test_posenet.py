@@ -291,8 +291,8 @@ def test_oks_uses_the_annotation_area(tmp_path):
 def test_ema_is_the_moving_average_of_the_trained_weights_and_resumes_exactly(tmp_path):
     """--ema D: the saved ``model`` is e_{n+1} = d_n e_n + (1 - d_n) w_{n+1} with
     d_n = min(D, (1 + n) / (10 + n)), computed here from snapshots of the trained weights after
-    every step; --lr-schedule cosine gives lr x (0.01 + 0.99 (1 + cos(pi e / (E - 1))) / 2) in epoch
-    e + 1 (1% in the last); and a run killed in its second epoch and resumed ends with the same bytes."""
+    every step; --lr-schedule cosine gives lr x (0.01 + 0.99 (1 + cos(pi e / E)) / 2) in epoch
+    e + 1; and a run killed in its second epoch and resumed ends with the same bytes."""
     import math
 
     from posesynth.checkpoint import load_checkpoint
@@ -323,7 +323,7 @@ def test_ema_is_the_moving_average_of_the_trained_weights_and_resumes_exactly(tm
         assert torch.equal(saved[f"train_model.{k}"], snaps[-1][k]), k
     assert any(not torch.allclose(ema[k], snaps[-1][k]) for k in ema), "the average is the trained weights"
     lrs = [r["lr"] for r in t.history]
-    want = [2e-3 * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * e / 2))) for e in range(3)]   # 1% in the last
+    want = [2e-3 * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * e / 3))) for e in range(3)]
     assert np.allclose(lrs, want, rtol=1e-9)
 
     def crash(batch, step):   # the process dies at the first step of epoch 2

@@ -119,7 +119,7 @@ class ExperimentConfig:
     early_stop: int = field(default=0, metadata={"help": "stop after this many epochs without a better "
                                                          "validation PCK (0: off)"})
     lr_schedule: str = field(default="plateau", metadata={
-        "help": "plateau|cosine (per epoch to 1% of --lr at the last epoch)"})
+        "help": "plateau|cosine (per epoch, from --lr towards 1% of it after the last epoch)"})
     ema: float = field(default=0.0, metadata={
         "help": "moving average of the weights, validated and tested (0: off; e.g. 0.99)"})
     fraction: float = field(default=0.5, metadata={

@@ -15,8 +15,9 @@ With ``--ema D`` the weights validated, selected and saved as ``model`` (what ``
 (decay ``min(D, (1 + n) / (10 + n))`` after ``n`` steps; BatchNorm statistics copied); the
 trained weights travel in ``latest`` as ``train_model`` for an exact resume.  It smooths the
 step-to-step jitter of a small-batch run, so the selected epoch depends less on luck.
-``--lr-schedule cosine`` decays the learning rate per epoch from ``--lr`` in the first epoch
-to ``--lr x 0.01`` in the last (the plateau scheduler is then unused).  The schedule spans ``--epochs``:
+``--lr-schedule cosine`` sets the learning rate of epoch ``e + 1`` (``e`` from 0) to
+``--lr x (0.01 + 0.99 (1 + cos(pi e / epochs)) / 2)``: ``--lr`` in the first epoch, falling
+towards 1% (1.3% in the last of 30); the plateau scheduler is then unused.  The schedule spans ``--epochs``:
 resuming with more epochs stretches what is left of it.
 
 A ``batch_transform(batch, step) -> batch``, given by whoever builds the trainer (``posesynth
@@ -118,8 +119,8 @@ class PoseTrainConfig:
         "help": "epochs without a better validation metric before the learning rate drops"})
     early_stop: int = field(default=0, metadata={"help": "stop after this many epochs without improvement (0: off)"})
     lr_schedule: str = field(default="plateau", metadata={
-        "help": "plateau (drop by --plateau-factor when validation stalls)|cosine (per epoch to 1% of --lr at the "
-                "last epoch)"})
+        "help": "plateau (drop by --plateau-factor when validation stalls)|cosine (per epoch, from --lr towards 1% "
+                "of it after the last epoch)"})
     ema: float = field(default=0.0, metadata={
         "help": "decay of an exponential moving average of the weights, which is what is validated and saved "
                 "(0: off; e.g. 0.99)"})
@@ -245,9 +246,9 @@ class PoseNetTrainer:
         else:
             self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         if cfg.lr_schedule == "cosine":
-            last = max(cfg.epochs - 1, 1)   # epoch index e (from 0) trains at lr x f(e); f(epochs - 1) = 0.01
+            total = cfg.epochs   # epoch index e (from 0) trains at lr x f(e); f reaches 0.01 at e = epochs
             self.sched = torch.optim.lr_scheduler.LambdaLR(
-                self.opt, lambda e: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(e, last) / last)))
+                self.opt, lambda e: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(e, total) / total)))
         else:
             self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(self.opt, mode="max", factor=cfg.plateau_factor,
                                                                     patience=cfg.plateau_patience)
