@@ -28,17 +28,13 @@ def dice_bce_logits(logits: torch.Tensor, target: torch.Tensor, smooth: float = 
     """
     x = logits.float()
     t = target.float()
-    if valid is not None and not bool((valid > 0).all()):
-        w = (valid > 0).float().reshape(x.shape[:2])
-        if not bool(w.any()):
-            return x.sum() * 0.0
-        bce_bm = F.binary_cross_entropy_with_logits(x, t, reduction="none").flatten(2).mean(-1)
-        p = torch.sigmoid(x)
-        inter = (p * t).flatten(2).sum(-1)
-        dice_bm = (2 * inter + smooth) / (p.flatten(2).sum(-1) + t.flatten(2).sum(-1) + smooth)
-        return ((bce_bm + 1 - dice_bm) * w).sum() / w.sum()
-    bce = F.binary_cross_entropy_with_logits(x, t)
     p = torch.sigmoid(x)
     inter = (p * t).flatten(2).sum(-1)
-    dice = (2 * inter + smooth) / (p.flatten(2).sum(-1) + t.flatten(2).sum(-1) + smooth)
-    return bce + (1 - dice).mean()
+    dice = (2 * inter + smooth) / (p.flatten(2).sum(-1) + t.flatten(2).sum(-1) + smooth)   # (B, M)
+    if valid is None or bool((valid > 0).all()):
+        return F.binary_cross_entropy_with_logits(x, t) + (1 - dice).mean()
+    w = (valid > 0).float().reshape(x.shape[:2])
+    if not bool(w.any()):
+        return x.sum() * 0.0
+    bce = F.binary_cross_entropy_with_logits(x, t, reduction="none").flatten(2).mean(-1)   # (B, M)
+    return ((bce + 1 - dice) * w).sum() / w.sum()

@@ -48,7 +48,7 @@ from tqdm import tqdm
 from ..datasets.coco import CocoJournalWriter, encode_image
 from ..datasets.formats import DataOptions, data_options, open_dataset, source_annotations
 from ..datasets.posemaps import PoseMapSpec, render_pose_maps_torch
-from ..datasets.sample import Sample, pad_people
+from ..datasets.sample import Sample, label_meta, pad_people
 from ..datasets.torch_dataset import image_to_tensor, tensor_to_image
 from ..datasets.transforms import Fit
 from ..errors import ConfigError, PosesynthError
@@ -185,7 +185,7 @@ def generate_dataset(c: GenerateConfig, progress: bool = True, stop_after: "int 
         kp = perturber(s.keypoints, s.image.shape[:2], rng, s.file_name)
         prov = {"source_image_id": int(s.image_id), "source_file": s.file_name, "perturbation": c.augment,
                 "renderer": c.renderer_name, "seed": int(c.seed), "copy": int(k)}
-        meta = {"provenance": prov, **({"mask_labelled": s.meta["mask_labelled"]} if "mask_labelled" in s.meta else {})}
+        meta = {"provenance": prov, **label_meta(s)}
         return item, Sample(s.image, s.keypoints, s.masks, meta=meta), kp
 
     renderer: Renderer
@@ -311,7 +311,7 @@ def _write_source(writer: CocoJournalWriter, src: Any, i: int, image_id: int) ->
     data = path.read_bytes() if path is not None and path.suffix.lower() in (".jpg", ".jpeg") else None
     prov = {"source_image_id": int(s.image_id) if isinstance(s.image_id, (int, np.integer)) else s.image_id,
             "source_file": s.file_name, "perturbation": "none", "renderer": "source"}
-    meta = {"provenance": prov, **({"mask_labelled": s.meta["mask_labelled"]} if "mask_labelled" in s.meta else {})}
+    meta = {"provenance": prov, **label_meta(s)}
     sample = Sample(s.image, s.keypoints, s.masks, meta=meta)
     entry = writer.write_files(sample, image_id, data if data is not None else encode_image(s.image, ".jpg", 95))
     writer.add(sample, image_id, entry=entry)

@@ -31,7 +31,7 @@ from ..datasets.formats import KeypointSource, data_options, open_dataset, sourc
 from ..datasets.geometry import RegionSpec, limb_region, torso_size
 from ..datasets.layouts import KeypointLayout
 from ..datasets.posemaps import PoseMapSpec
-from ..datasets.sample import Sample
+from ..datasets.sample import Sample, label_meta
 from ..datasets.torch_dataset import image_to_tensor, max_people_of, sample_to_tensors
 from ..errors import ConfigError
 from ..spade.config import GANConfig
@@ -121,9 +121,8 @@ class RefineCropDataset(torch.utils.data.Dataset):
             r = max(sizes) if sizes else np.nan
             warped = telea_fill(img, (region > 0).astype(np.uint8), (self.region.radius + self.region.dilate) *
                                 (r if np.isfinite(r) else self.size / 4))
-        meta = {k: s.meta[k] for k in ("mask_labelled",) if k in s.meta}
-        out = sample_to_tensors(Sample(img, kc, masks, meta=meta), self.layout, self.spec.stride, self.spec, self.max_people,
-                                with_maps=True)
+        out = sample_to_tensors(Sample(img, kc, masks, meta=label_meta(s)), self.layout, self.spec.stride, self.spec,
+                                self.max_people, with_maps=True)
         out["warped"] = image_to_tensor(np.ascontiguousarray(warped))
         out["region"] = torch.from_numpy(np.ascontiguousarray(region, np.float32))[None]
         return out

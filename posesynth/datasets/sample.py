@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Sample", "pad_people"]
+__all__ = ["Sample", "pad_people", "label_meta"]
 
 
 @dataclass
@@ -53,6 +53,12 @@ class Sample:
         """A deep copy: no array is shared with the original."""
         return Sample(self.image.copy(), self.keypoints.copy(), self.masks.copy(),
                       self.image_id, self.file_name, dict(self.meta))
+
+
+def label_meta(sample: Sample) -> dict[str, Any]:
+    """What of ``sample.meta`` says how it is labelled (``mask_labelled``), for a new sample
+    made from it (a render, a crop, a copy written elsewhere): ``{}`` when it has none."""
+    return {"mask_labelled": sample.meta["mask_labelled"]} if "mask_labelled" in sample.meta else {}
 
 
 def pad_people(keypoints: "np.ndarray | list[np.ndarray]", people: "int | None" = None,

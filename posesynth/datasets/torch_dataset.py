@@ -76,7 +76,8 @@ def person_areas(sample: Sample, max_people: int) -> np.ndarray:
 
 def mask_labelled(sample: Sample) -> list[bool]:
     """``(M,)``: whether each of the sample's masks is labelled (``meta["mask_labelled"]``, set
-    by a reader whose image names no file for a mask; absent: all labelled)."""
+    by the readers: a COCO mask its category does not declare or an image entry sets to null,
+    or a format without masks; absent: all labelled)."""
     m = sample.masks.shape[0]
     flags = sample.meta.get("mask_labelled")
     return [bool(f) for f in flags] if isinstance(flags, (list, tuple)) and len(flags) == m else [True] * m

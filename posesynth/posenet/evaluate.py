@@ -215,8 +215,8 @@ def evaluate_dataset(model: torch.nn.Module, dataset: PoseMapDataset, layout, mu
     dev = torch.device(device)
     for s in tqdm(range(0, len(idx), batch_size), desc="evaluate", disable=not progress, leave=False):
         items = [dataset[i] for i in idx[s:s + batch_size]]
-        batch = {k: torch.stack([it[k] for it in items]).to(dev) for k in ("image", "heatmaps", "pafs", "masks", "mask_valid")
-                 if k in items[0]}
+        keys = [k for k in ("image", "heatmaps", "pafs", "masks", "mask_valid") if k in items[0]]
+        batch = {k: torch.stack([it[k] for it in items]).to(dev) for k in keys}
         kps, scores, mask, raw = predict_batch(model, batch["image"], layout, multi_person, threshold)
         if weights is not None:
             _, parts = pose_loss(tuple(r.float() if r is not None else None for r in raw), batch, weights)

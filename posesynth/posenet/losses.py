@@ -35,7 +35,8 @@ def pose_loss(pred: tuple, target: dict[str, torch.Tensor], w: PoseLossWeights) 
     else:
         l_hm = F.mse_loss(hm, target["heatmaps"])
         l_paf = F.mse_loss(paf, target["pafs"])
-    l_mask = dice_bce_logits(mask, target["masks"], valid=target.get("mask_valid")) if mask is not None and target["masks"].shape[1] else hm.new_zeros(())
+    l_mask = (dice_bce_logits(mask, target["masks"], valid=target.get("mask_valid"))
+              if mask is not None and target["masks"].shape[1] else hm.new_zeros(()))
     total = w.heatmap * l_hm + w.paf * l_paf + w.mask * l_mask
     return total, {"loss": float(total.detach()), "hm": float(l_hm.detach()), "paf": float(l_paf.detach()),
                    "mask": float(l_mask.detach())}

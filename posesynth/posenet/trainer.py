@@ -17,8 +17,8 @@ trained weights travel in ``latest`` as ``train_model`` for an exact resume.  It
 step-to-step jitter of a small-batch run, so the selected epoch depends less on luck.
 ``--lr-schedule cosine`` sets the learning rate of epoch ``e + 1`` (``e`` from 0) to
 ``--lr x (0.01 + 0.99 (1 + cos(pi e / epochs)) / 2)``: ``--lr`` in the first epoch, falling
-towards 1% (1.3% in the last of 30); the plateau scheduler is then unused.  The schedule spans ``--epochs``:
-resuming with more epochs stretches what is left of it.
+towards 1% (1.3% in the last of 30); the plateau scheduler is then unused.  The schedule
+spans ``--epochs``: resuming with more epochs stretches what is left of it.
 
 A ``batch_transform(batch, step) -> batch``, given by whoever builds the trainer (``posesynth
 augment`` gives one for ``train-posenet --renderer/--gan`` and the experiment), may replace
@@ -278,9 +278,7 @@ class PoseNetTrainer:
             return
         d = min(self.cfg.ema, (1 + self.ema_updates) / (10 + self.ema_updates))
         self.ema_updates += 1
-        mine = [p for p in self.ema.parameters()]
-        theirs = [p.detach() for p in self.model.parameters()]
-        torch._foreach_lerp_(mine, theirs, 1.0 - d)
+        torch._foreach_lerp_(list(self.ema.parameters()), [p.detach() for p in self.model.parameters()], 1.0 - d)
         for b, src in zip(self.ema.buffers(), self.model.buffers()):
             b.copy_(src)
 

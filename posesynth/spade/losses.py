@@ -174,8 +174,8 @@ class PoseConsistencyLoss(nn.Module):
 
         l_hm = F.mse_loss(hm, fit(heatmaps, hm))
         l_paf = F.mse_loss(paf, fit(pafs, paf))
-        l_mask = dice_bce_logits(mask, fit(masks, mask), valid=mask_valid) if masks is not None and masks.shape[1] and mask is not None \
-            else hm.new_zeros(())
+        l_mask = (dice_bce_logits(mask, fit(masks, mask), valid=mask_valid)
+                  if masks is not None and masks.shape[1] and mask is not None else hm.new_zeros(()))
         total = self.w[0] * l_hm + self.w[1] * l_paf + self.w[2] * l_mask
         return total, {"pose_hm": float(l_hm.detach()), "pose_paf": float(l_paf.detach()),
                        "pose_mask": float(l_mask.detach())}
