@@ -15,6 +15,7 @@ returned as they came.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import albumentations as A
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from ..datasets.layouts import KeypointLayout, get_layout
+from ..datasets.plate import background_option
 from ..datasets.torch_dataset import image_to_tensor, tensor_to_image
 from ..errors import ConfigError
 from .perturb import PerturbConfig, Perturber, check_mode
@@ -57,6 +59,10 @@ class Augmenter:
         gan: a ``train-gan`` run folder for ``renderer="gan"``.
         device: where the renderer runs (``"cpu"``, ``"cuda"``).
         min_torso: people whose torso is smaller (pixels) keep their pose.
+        background: a static camera's background plate for the warp (and a refiner's warp): a
+            clip of the camera (dataset folder or file), a PNG of the empty scene, or a
+            :class:`~posesynth.datasets.plate.BackgroundPlate` (``None``: inpainting, but a refine
+            run's own plate; ``"none"`` or ``False``: no plate at all).
 
     Example::
 
@@ -66,14 +72,18 @@ class Augmenter:
 
     def __init__(self, layout: "str | KeypointLayout", renderer: "str | Renderer" = "warp",
                  perturb: str = "arms-angle", fraction: float = 1.0, seed: "int | None" = 0, gan: str = "",
-                 device: str = "cpu", min_torso: float = 20.0) -> None:
+                 device: str = "cpu", min_torso: float = 20.0, background: Any = None) -> None:
         self.layout = get_layout(layout)
         if not 0.0 <= fraction <= 1.0:
             raise ConfigError(f"fraction must be in [0, 1], not {fraction}")
         check_mode(perturb)
         self.perturber = Perturber(PerturbConfig(perturb, min_torso), self.layout, device=device)
+        if isinstance(background, (str, Path)):
+            background = background_option(str(background))
+        if background is not None and (isinstance(renderer, Renderer) or renderer == "gan"):
+            raise ConfigError("background is for the warp and refine renderers made here by name")
         self.renderer = renderer if isinstance(renderer, Renderer) else make_renderer(renderer, self.layout, gan,
-                                                                                      device)
+                                                                                      device, background)
         self.fraction = float(fraction)
         self.device = torch.device(device)
         self.rng = np.random.default_rng(seed)

@@ -47,6 +47,7 @@ from tqdm import tqdm
 
 from ..datasets.coco import CocoJournalWriter, encode_image
 from ..datasets.formats import DataOptions, data_options, open_dataset, source_annotations
+from ..datasets.plate import background_option
 from ..datasets.posemaps import PoseMapSpec, render_pose_maps_torch
 from ..datasets.sample import Sample, label_meta, pad_people
 from ..datasets.torch_dataset import image_to_tensor, tensor_to_image
@@ -74,6 +75,10 @@ class GenerateConfig:
     data_options: DataOptions = field(default_factory=DataOptions, metadata={"help": "how the data is read"})
     gan: str = field(default="", metadata={"help": "train-gan run for --renderer gan or refine (unset: none)"})
     per_image: int = field(default=1, metadata={"help": "new images rendered from each source image"})
+    background: str = field(default="", metadata={
+        "help": "warp or refine, a static camera: a clip of it or a PNG of the empty scene; the area an arm "
+                "leaves is filled from what the camera saw there (unset: inpainting, but a refine run uses its own; "
+                "none: no plate at all)"})
     augment: str = field(default="arms-angle", metadata={"help": "|".join(MODES) + "|poses:FILE|learned:RUN"})
     rare: bool = field(default=False, metadata={"help": "draw new arm angles where the source data is thin"})
     plausibility: str = field(default="", metadata={
@@ -115,7 +120,9 @@ class GenerateConfig:
                 "gan": str(Path(self.gan).resolve()) if self.gan else "", "per_image": self.per_image,
                 "augment": self.augment, "rare": self.rare, "plausibility": self.plausibility, "seed": self.seed,
                 "limit": self.limit, "min_torso": self.min_torso, "precision": self.precision,
-                **({"with_source": True} if self.with_source else {})}   # absent when off: older outputs resume
+                **({"with_source": True} if self.with_source else {}),   # absent when off: older outputs resume
+                **({"background": self.background if self.background.lower() == "none" else
+                    str(Path(self.background).resolve())} if self.background else {})}
 
     @property
     def renderer_name(self) -> str:
@@ -166,6 +173,9 @@ def generate_dataset(c: GenerateConfig, progress: bool = True, stop_after: "int 
     c.validate()
     check_mode(c.augment)
     renderer_name(c.renderer, c.gan)   # one line for a renderer that is unknown, or lacks or ignores --gan
+    if c.background and c.renderer_name == "gan":
+        raise ConfigError("--background (a static camera's background plate) is for the warp and refine renderers; "
+                          "the gan renderer draws the region itself")
     shard, nshards = parse_shard(c.shard)
     device = resolve_device(c.device, shared_ok=True)   # no collectives: ranks may share a GPU
     src = open_dataset(c.data, **data_options(c))
@@ -208,7 +218,8 @@ def generate_dataset(c: GenerateConfig, progress: bool = True, stop_after: "int 
         if c.precision != "fp32" or c.compile:
             raise ConfigError(f"--precision {c.precision}{' and --compile' if c.compile else ''} apply to the gan "
                               f"renderer's spade generator; the {c.renderer_name} renderer runs in fp32")
-        renderer = make_renderer(c.renderer_name, layout, c.gan, str(device))
+        plate = background_option(c.background, **data_options(c))
+        renderer = make_renderer(c.renderer_name, layout, c.gan, str(device), plate)
     out = Path(c.out)
     ann_name = _ann_name(shard, nshards)
     # temporary files an interrupted write of this shard's own files left (other shards may be

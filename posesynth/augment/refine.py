@@ -25,6 +25,7 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+import yaml
 
 from ..datasets.crops import crop, crop_box, to_crop
 from ..datasets.formats import KeypointSource, data_options, open_dataset, source_annotations
@@ -38,6 +39,7 @@ from ..spade.config import GANConfig
 from ..spade.trainer import GANTrainer
 from .perturb import PerturbConfig, Perturber
 from .renderers import WarpRenderer, telea_fill
+from ..datasets.plate import BACKGROUND_FILE, BackgroundPlate, arm_part_indices, load_background, person_mask
 
 __all__ = ["RefineCropDataset", "refine_trainer"]
 
@@ -54,11 +56,13 @@ class RefineCropDataset(torch.utils.data.Dataset):
 
     def __init__(self, source: KeypointSource, crop_size: int = 128, margin: float = 0.25, fill_share: float = 0.3,
                  spec: PoseMapSpec = PoseMapSpec(), region: RegionSpec = RegionSpec(), perturb: str = "arms-angle",
-                 seed: int = 0, flip: bool = True, max_people: "int | None" = None) -> None:
+                 seed: int = 0, flip: bool = True, max_people: "int | None" = None,
+                 background: "BackgroundPlate | None" = None) -> None:
         self.source, self.layout = source, source.layout
         self.size, self.margin, self.fill_share = int(crop_size), float(margin), float(fill_share)
         self.spec, self.region, self.seed, self.flip = spec, region, seed, flip
         self.warp = WarpRenderer(self.layout, region)
+        self.background = background   # a static camera's plate: the warp fills from its crop
         self.perturber = Perturber(PerturbConfig(perturb), self.layout)
         self.max_people = max_people or max_people_of(source)
         self.epoch = 0
@@ -101,11 +105,15 @@ class RefineCropDataset(torch.utils.data.Dataset):
             np.zeros((0, self.size, self.size), np.uint8)
         kc = to_crop(kp, box, self.size)
         nc = to_crop(new, box, self.size) if new is not None else None
-        if self.flip and rng.random() < 0.5:
+        flipped = self.flip and rng.random() < 0.5
+        if flipped:
             img, masks = img[:, ::-1].copy(), masks[:, :, ::-1].copy()
             kc = _flip(kc, self.layout, self.size)
             nc = _flip(nc, self.layout, self.size) if nc is not None else None
         hw = (self.size, self.size)
+        bg = self.background
+        bg = bg.crop(box, self.size, flipped) if bg is not None and bg.size == s.image.shape[:2] else None
+        self.warp.background = bg
         if not fill:   # p -> p' -> p; an arm the warp leaves where it is makes no round trip
             w1, a1, h1, drawn = self.warp.render_pose(img, kc, nc)
             warped, a2, h2, back = self.warp.render_pose(w1, drawn, kc)
@@ -121,6 +129,12 @@ class RefineCropDataset(torch.utils.data.Dataset):
             r = max(sizes) if sizes else np.nan
             warped = telea_fill(img, (region > 0).astype(np.uint8), (self.region.radius + self.region.dilate) *
                                 (r if np.isfinite(r) else self.size / 4))
+            if bg is not None:   # what the plate saw behind the arms, away from the rest of the body
+                body = np.array(kc, np.float64, copy=True)
+                for side in ("right", "left"):
+                    body[:, arm_part_indices(self.layout, side), 2] = 0
+                seen = (region > 0) & bg.known & ~person_mask(body, self.layout, hw)
+                warped = np.where(seen[..., None], bg.image, warped)
         out = sample_to_tensors(Sample(img, kc, masks, meta=label_meta(s)), self.layout, self.spec.stride, self.spec,
                                 self.max_people, with_maps=True)
         out["warped"] = image_to_tensor(np.ascontiguousarray(warped))
@@ -145,8 +159,32 @@ def refine_trainer(cfg: GANConfig, run_dir: "str | Path", resume: bool = False, 
                for k in source_annotations(source)):
         raise ConfigError(f"{cfg.data or 'the data'}: no person has a labelled arm (shoulder, elbow and wrist) and a "
                           "torso (neck or shoulders, and hips) to crop around: refine mode has nothing to learn from")
+    plate_file = Path(run_dir) / BACKGROUND_FILE
+    if resume and (Path(run_dir) / "config.yaml").exists():   # a run keeps the plate it was trained with
+        saved = yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}
+        before = str(saved.get("background", "") or "") if isinstance(saved, dict) else ""
+        if before != (cfg.background or ""):
+            raise ConfigError(f"{run_dir} was trained with --background {before or '(none)'}, not "
+                              f"{cfg.background or '(none)'}: resume it with the same, or choose another --out")
+    plate = None
+    if cfg.background and cfg.background != "none":
+        plate = BackgroundPlate.load(plate_file) if resume and plate_file.exists() else \
+            load_background(cfg.background, **data_options(cfg))
+        first_last = {source[0].image.shape[:2], source[len(source) - 1].image.shape[:2]}
+        if plate.size not in first_last:
+            raise ConfigError(f"--background {cfg.background}: {plate.size[1]}x{plate.size[0]}, but the training "
+                              f"images are {', '.join(f'{w}x{h}' for h, w in sorted(first_last))}; a background "
+                              "plate serves frames of its own camera")
     ds = RefineCropDataset(source, cfg.crop_size, cfg.crop_margin, cfg.fill_share, cfg.posemaps,
-                           RegionSpec(radius=cfg.region_radius), seed=cfg.seed, flip=cfg.augment)
-    return GANTrainer(cfg, run_dir, source=source, resume=resume, progress=progress, dataset=ds)
+                           RegionSpec(radius=cfg.region_radius), seed=cfg.seed, flip=cfg.augment, background=plate)
+    trainer = GANTrainer(cfg, run_dir, source=source, resume=resume, progress=progress, dataset=ds)
+    if plate is None:   # a new run leaves no plate of an earlier attempt in its folder
+        for f in (plate_file, plate_file.with_suffix(".json")):
+            f.unlink(missing_ok=True)
+    elif not (resume and plate_file.exists()):
+        plate.save(plate_file)
+        log.info("background plate of %d frames (%.1f grey levels from the frames outside the person, %.0f%% of the "
+                 "frame known) saved to %s", plate.frames, plate.residual, 100 * plate.known.mean(), plate_file)
+    return trainer
 
 

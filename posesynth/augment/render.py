@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from ..config import check_numbers
 from ..datasets.formats import DataOptions, data_options, open_dataset, source_annotations
+from ..datasets.plate import background_option
 from ..datasets.geometry import limb_region
 from ..datasets.posemaps import PoseMapSpec, render_pose_maps
 from ..datasets.sample import Sample, pad_people
@@ -52,7 +53,7 @@ from .training import renderer_name
 __all__ = ["render_dataset", "QualityConfig", "render_quality", "render_pairs", "find_pairs", "judge_pck"]
 
 
-def _renderers(names: list[str], gans: list[str], layout, device: str) -> dict[str, Renderer]:
+def _renderers(names: list[str], gans: list[str], layout, device: str, background: Any = None) -> dict[str, Renderer]:
     out: dict[str, Renderer] = {}
     gi = 0
     for name in names:
@@ -60,12 +61,12 @@ def _renderers(names: list[str], gans: list[str], layout, device: str) -> dict[s
             if gi >= len(gans):
                 raise ConfigError(f"each {' and '.join(GAN_RENDERERS)} renderer needs a run: --gan RUN (comma-separated "
                                   "for several, in the order of --renderer)")
-            r = make_renderer(name, layout, gans[gi], device)
+            r = make_renderer(name, layout, gans[gi], device, background)
             label = r.name if r.name not in out else f"{r.name}-{gi}"
             out[label] = r
             gi += 1
         else:
-            out[name] = make_renderer(name, layout, device=device)
+            out[name] = make_renderer(name, layout, device=device, background=background)
     if gi < len(gans):
         raise ConfigError(f"{len(gans)} --gan runs for {gi} gan or refine renderers: give one run per such renderer")
     return out
@@ -197,6 +198,10 @@ class QualityConfig:
         "help": "--pairs: also score labels with this detector (mediapipe|keypointrcnn|posenet:RUN): its PCK@0.2 "
                 "on the renders against the poses drawn, beside its PCK on the real target frames (unset: none)"})
     picture_rows: int = field(default=8, metadata={"help": "rows in quality.png"})
+    background: str = field(default="", metadata={
+        "help": "a static camera: a clip of it or a PNG of the empty scene; the warp (and a refiner's warp) fills "
+                "the area an arm leaves from what the camera saw there (unset: inpainting, but a refine run uses the "
+                "plate it was trained with; none: no plate at all)"})
 
     def validate(self) -> None:
         """Refuse impossible numbers before anything is read or written."""
@@ -279,7 +284,7 @@ def render_pairs(c: "QualityConfig", progress: bool = True) -> dict[str, Any]:
     rng = np.random.default_rng(c.seed)
     if c.num and len(pairs) > c.num:
         pairs = [pairs[k] for k in np.sort(rng.choice(len(pairs), c.num, replace=False))]
-    rends = _renderers(list(c.renderer), list(c.gan), layout, dev)
+    rends = _renderers(list(c.renderer), list(c.gan), layout, dev, _background(c))
     arm = arm_joint_mask(layout)
     names = ["copy", *rends]
     per = {k: {"psnr": [], "ssim": []} for k in names}
@@ -396,6 +401,13 @@ copy: frame i unchanged (the baseline).</p>
     return res
 
 
+def _background(c: "QualityConfig") -> Any:
+    """``--background``'s plate, or ``None``."""
+    if c.background and not {"warp", "refine"} & set(c.renderer):
+        raise ConfigError("--background (a static camera's background plate) is for the warp and refine renderers")
+    return background_option(c.background, **data_options(c))
+
+
 def _pct(v: "float | None") -> str:
     return "" if v is None else f"{100 * v:.0f}%"
 
@@ -440,7 +452,7 @@ def render_quality(c: QualityConfig, progress: bool = True) -> dict[str, Any]:
     t0 = time.perf_counter()
     src = open_dataset(c.data, **data_options(c))
     layout = src.layout
-    rends = _renderers(list(c.renderer), list(c.gan), layout, dev)
+    rends = _renderers(list(c.renderer), list(c.gan), layout, dev, _background(c))
     sizes = {tuple(r.size) for r in rends.values() if hasattr(r, "size")}
     if len(sizes) > 1:
         raise ConfigError(f"the GAN runs render at different sizes {sorted(sizes)}; compare runs of one size")

@@ -17,7 +17,8 @@ Renderers:
   (GrabCut seeded by the skeleton), its upper arm, forearm and hand are moved rigidly to the
   new bones (rotation about the proximal joint, scale along the bone, one ``cv2.warpAffine``
   each), the area the old arm covered is filled (OpenCV Telea inpainting, or an inpainting
-  generator), and the moved parts are pasted with a soft edge.
+  generator; for a static camera, from its background plate where that saw the scene), and the
+  moved parts are pasted with a soft edge.
 - :class:`RefineRenderer` (``refine``): the warp, corrected on a square crop around the changed
   region by a refine-mode generator: ``out = W + M * R`` (outside M, the warp, i.e. the source).
 - :class:`GANRenderer` (``gan``): a trained generator, in the run's mode (any architecture in
@@ -28,8 +29,10 @@ Renderers:
 """
 from __future__ import annotations
 
+import logging
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -41,6 +44,7 @@ from ..datasets.crops import crop, crop_box, to_crop, union_box
 from ..datasets.geometry import (RegionSpec, arm_chains, limb_region, moved_arms, moved_limb_cover,
                                  torso_polygon, torso_size)
 from ..datasets.layouts import KeypointLayout
+from ..datasets.plate import BACKGROUND_FILE, MAX_RESIDUAL, BackgroundPlate, arm_part_indices, person_mask
 from ..datasets.posemaps import PoseMapSpec, render_pose_maps_torch, rescale_keypoints
 from ..datasets.sample import pad_people
 from ..datasets.torch_dataset import tensor_to_image
@@ -51,6 +55,8 @@ from ..spade.load import check_compatible, load_generator
 
 __all__ = ["Rendered", "Renderer", "WarpRenderer", "GANRenderer", "RefineRenderer", "change_region", "make_renderer",
            "load_gan_renderer", "load_refine_renderer", "telea_fill", "RENDERERS", "GAN_RENDERERS"]
+
+log = logging.getLogger(__name__)
 
 RENDERERS = ("warp", "gan", "refine")
 GAN_RENDERERS = ("gan", "refine")        # the renderers that take a train-gan run (--gan)
@@ -227,6 +233,9 @@ class WarpRenderer(Renderer):
         fill: ``"telea"`` (OpenCV inpainting) or a callable ``fill(images uint8 (H, W, 3), hole
             (H, W) uint8, new_kp (P, K, 3)) -> (H, W, 3) uint8`` (e.g. an inpainting generator).
         grabcut_iters: GrabCut iterations per arm (0: the whole capsule is the limb).
+        background: a static camera's plate (:class:`~posesynth.datasets.plate.BackgroundPlate`):
+            on images of its size, the area an arm leaves is filled from it where it saw the
+            scene and no other part of a person lies (the torso an arm covered stays inpainted).
     """
 
     name = "warp"
@@ -234,7 +243,8 @@ class WarpRenderer(Renderer):
     def __init__(self, layout: KeypointLayout, region: RegionSpec = RegionSpec(), fill: Any = "telea",
                  grabcut_iters: int = 3, feather_px: float = 1.0, fg_frac: float = 0.6, axis_frac: float = 0.3,
                  blend: float = 0.35, feather: float = 0.12, shoulder_keep: float = 0.6,
-                 arm_colour: float = 0.5, torso_colour: float = 0.4) -> None:
+                 arm_colour: float = 0.5, torso_colour: float = 0.4,
+                 background: "BackgroundPlate | None" = None) -> None:
         if not arm_chains(layout):
             raise ConfigError(f"layout '{layout.name}' names no arms (right/left shoulder, elbow, wrist): "
                               "the warp renderer has nothing to move")
@@ -243,11 +253,17 @@ class WarpRenderer(Renderer):
         self.fg_frac, self.axis_frac = fg_frac, axis_frac
         self.blend, self.feather, self.shoulder_keep = blend, feather, shoulder_keep
         self.arm_colour, self.torso_colour = arm_colour, torso_colour
+        self.background = background
         self.last_limb: "np.ndarray | None" = None   # (B, H, W) alpha of the pasted limbs (for tests, reports)
         self.stats: dict[str, Any] = {"arms": 0, "moved": 0, "skipped": {}}   # arms asked to move, moved, left
 
     def describe(self) -> dict[str, Any]:
-        return {"renderer": "warp", "fill": self.fill if isinstance(self.fill, str) else "generator",
+        bg = self.background
+        plate = {} if bg is None else {"background": {
+            "size": f"{bg.size[1]}x{bg.size[0]}", "frames": bg.frames, "residual": round(bg.residual, 2),
+            "known": round(float(bg.known.mean()), 3), "disagrees": self.stats.get("plate_disagrees", 0),
+            "other_size": self.stats.get("plate_other_size", 0)}}
+        return {"renderer": "warp", "fill": self.fill if isinstance(self.fill, str) else "generator", **plate,
                 "grabcut_iters": self.grabcut_iters, "arms": self.stats["arms"], "moved": self.stats["moved"],
                 "skipped": dict(self.stats["skipped"])}
 
@@ -477,6 +493,11 @@ class WarpRenderer(Renderer):
             base = telea_fill(img, hole, float(np.mean([a.radius for _, a in keep])))
         else:
             base = self.fill(img, hole, new_rel)
+        if self.background is not None:
+            if self.background.size == (H, W):
+                base = self._plate_fill(img, base, hole, old, o, [a for _, a in keep], (y0, y1, x0, x1))
+            else:   # another camera's frame size: inpainted, and counted
+                self.stats["plate_other_size"] = self.stats.get("plate_other_size", 0) + 1
         out = base.astype(np.float32)
         alpha_all = np.zeros((h, w), np.float32)
         for m, a in keep:
@@ -490,6 +511,32 @@ class WarpRenderer(Renderer):
         hole_f = np.zeros((H, W), bool)
         hole_f[y0:y1, x0:x1] = hole > 0
         return res, alpha_f, hole_f, drawn
+
+    def _plate_fill(self, img: np.ndarray, base: np.ndarray, hole: np.ndarray, old: np.ndarray, o: np.ndarray,
+                    moved: "list[_Arm]", box: tuple[int, int, int, int]) -> np.ndarray:
+        """``base`` (the inpainted crop) with the hole filled from the background plate where
+        the plate saw the scene and no other part of a person lies (an arm over the torso
+        leaves torso, which the plate may have seen as wall).  The plate is not used on an
+        image whose scene around the hole (known, uncovered, within a radius of it) differs
+        from it by more than :data:`~posesynth.datasets.plate.MAX_RESIDUAL` grey levels:
+        another scene or another light (counted in ``stats["plate_disagrees"]``)."""
+        bg, (y0, y1, x0, x1) = self.background, box
+        h, w = hole.shape
+        plate, known = bg.image[y0:y1, x0:x1], bg.known[y0:y1, x0:x1]
+        everyone = old.astype(np.float64, copy=True)
+        everyone[..., :2] -= o
+        body = everyone.copy()
+        for a in moved:
+            side = self.layout.keypoints[a.joints[1]].split("_")[0]
+            body[a.person, arm_part_indices(self.layout, side), 2] = 0
+        k = max(int(round(max(a.radius for a in moved))) | 1, 3)
+        ring = cv2.dilate(hole, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))) > 0
+        ring &= (hole == 0) & known & ~person_mask(everyone, self.layout, (h, w))
+        if ring.sum() >= 20 and np.abs(img[ring].astype(np.int16) - plate[ring]).mean() > MAX_RESIDUAL:
+            self.stats["plate_disagrees"] = self.stats.get("plate_disagrees", 0) + 1
+            return base
+        seen = (hole > 0) & known & ~person_mask(body, self.layout, (h, w))
+        return np.where(seen[..., None], plate, base)
 
     def _moved_arm(self, img: np.ndarray, m: np.ndarray, a: _Arm, xs: np.ndarray, ys: np.ndarray
                    ) -> tuple[np.ndarray, np.ndarray]:
@@ -644,20 +691,23 @@ def inpaint_forward(G: torch.nn.Module, maps: torch.Tensor, images: torch.Tensor
     return G(x.to(dtype).contiguous(memory_format=torch.channels_last)).float()
 
 
-def make_renderer(name: str, layout: KeypointLayout, gan: str = "", device: str = "cpu") -> Renderer:
+def make_renderer(name: str, layout: KeypointLayout, gan: str = "", device: str = "cpu",
+                  background: "BackgroundPlate | bool | None" = None) -> Renderer:
     """A renderer by name: ``warp`` (no training), ``gan`` (the run ``gan``, in its own mode:
     any architecture in full mode, spade in inpaint mode) or ``refine`` (the warp corrected by
-    the refine-mode run ``gan``)."""
+    the refine-mode run ``gan``).  ``background``: a static camera's plate the warp (and the
+    refiner's warp) fills from (:mod:`posesynth.datasets.plate`); ``None``: none, except the
+    plate a refine run was trained with; ``False``: none at all."""
     if name == "warp":
         if gan:
             raise ConfigError("the warp renderer needs no GAN run (leave out --gan, or choose --renderer gan)")
-        return WarpRenderer(layout)
+        return WarpRenderer(layout, background=background or None)
     if name in GAN_RENDERERS and not gan:
         raise ConfigError(f"--renderer {name} needs --gan RUN (a train-gan run folder)")
     if name == "gan":
         return load_gan_renderer(gan, layout, device)
     if name == "refine":
-        return load_refine_renderer(gan, layout, device)
+        return load_refine_renderer(gan, layout, device, background)
     raise ConfigError(f"renderer must be one of {', '.join(RENDERERS)}, not {name!r}")
 
 
@@ -770,14 +820,24 @@ def _paste_residual(W: torch.Tensor, M: torch.Tensor, res: torch.Tensor, box: tu
     return torch.where(M > 0, (W + M * full).clamp(-1, 1), W)
 
 
-def load_refine_renderer(run: str, layout: KeypointLayout, device: str = "cpu") -> RefineRenderer:
-    """A refine-mode GAN run as ``--renderer refine`` (refused, in one line, for another mode)."""
+def load_refine_renderer(run: str, layout: KeypointLayout, device: str = "cpu",
+                         background: "BackgroundPlate | bool | None" = None) -> RefineRenderer:
+    """A refine-mode GAN run as ``--renderer refine`` (refused, in one line, for another mode).
+    Its warp fills from ``background``; with ``None``, from the plate the run was trained with
+    (``background.png`` in the run folder, when it has one), on frames of the plate's size;
+    with ``False``, from no plate."""
     gen, gan_layout, meta = load_generator(run, device)
     check_compatible(gan_layout, layout, run, "the data")
     if meta.get("mode") != "refine":
         raise ConfigError(f"{run} is a {meta.get('mode', 'full')}-mode run; --renderer refine needs a refine-mode "
                           "run (train-gan --mode refine), or use --renderer gan")
     crop_meta = meta.get("crop", {})
+    region = RegionSpec.from_meta(meta)
+    if background is None and (Path(run) / BACKGROUND_FILE).exists():
+        background = BackgroundPlate.load(Path(run) / BACKGROUND_FILE)
+        log.info("%s: filling from the background plate it was trained with (%dx%d; --background none: without)",
+                 run, background.size[1], background.size[0])
     return RefineRenderer(gen, gan_layout, PoseMapSpec.from_dict(meta["posemaps"]),
                           int(crop_meta.get("size", meta["generator"]["size"][0])), float(crop_meta.get("margin", 0.25)),
-                          device, region=RegionSpec.from_meta(meta), run=str(run))
+                          device, region=region, run=str(run),
+                          warp=WarpRenderer(gan_layout, region, background=background or None))

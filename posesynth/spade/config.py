@@ -84,6 +84,10 @@ class GANConfig:
     fill_share: float = field(default=0.3, metadata={
         "help": "refine mode: share of training samples that erase the arms and draw them back (the rest are "
                 "warp round trips p -> p' -> p)"})
+    background: str = field(default="", metadata={
+        "help": "refine mode, a static camera: a clip of it (dataset folder or file) or a PNG of the empty scene; "
+                "the warp fills the area an arm leaves with what the camera saw there (saved with the run as "
+                "background.png and used when it renders frames of that size; unset: inpainting only)"})
     vgg: str = field(default="auto", metadata={"help": "auto (use if weights are found)|on (required)|off"})
     vgg_weights: str = field(default="", metadata={
         "help": "VGG19 weights file (unset: ~/.cache/torch/hub/checkpoints/vgg19-dcbb9e9d.pth)"})
@@ -157,6 +161,9 @@ class GANConfig:
             raise ConfigError("ngf, ndf, num_d, n_layers_d and spade_hidden must be at least 1")
         if not 0 <= self.extra_regions <= 1:
             raise ConfigError("extra_regions must be in [0, 1]")
+        if self.background and self.mode != "refine":
+            raise ConfigError("--background (a static camera's background plate) applies to --mode refine; the "
+                              f"{self.mode} mode draws the region itself")
         if not 0 <= self.fill_share <= 1:
             raise ConfigError("fill_share must be in [0, 1]")
         if self.crop_size % 32 or self.crop_size < 64:

@@ -1,0 +1,283 @@
+"""A static camera's background plate (issue 18): built from a clip's uncovered pixels, refused
+for frames that are not one camera's, and used by the warp to fill the area an arm leaves with
+what the camera saw there."""
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from posesynth.augment.renderers import WarpRenderer
+from posesynth.datasets.crops import crop, crop_box, to_crop
+from posesynth.datasets.layouts import DRIVER9
+from posesynth.datasets.plate import BackgroundPlate, build_plate, load_background, person_mask
+from posesynth.errors import ConfigError
+
+L = DRIVER9
+SIZE = 160
+
+
+def _background(seed=0):
+    """A textured scene no inpainting can guess: random 8 px blocks, lightly blurred."""
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(30, 226, (SIZE // 8, SIZE // 8, 3)).astype(np.uint8)
+    return cv2.GaussianBlur(cv2.resize(blocks, (SIZE, SIZE), interpolation=cv2.INTER_NEAREST), (3, 3), 0)
+
+
+def _person(dx=0.0, arm_angle=0.0):
+    """driver9 keypoints ``(1, 9, 3)`` of an upright person shifted ``dx`` px, the left arm out to
+    the side and turned down by ``arm_angle`` degrees."""
+    pts = {"neck": (70, 40), "right_shoulder": (52, 48), "left_shoulder": (88, 48), "right_hip": (55, 108),
+           "left_hip": (85, 108), "right_elbow": (50, 80), "right_wrist": (56, 104)}
+    a = np.deg2rad(arm_angle)
+    el = np.array([88 + 28 * np.cos(a), 48 + 28 * np.sin(a)])
+    wr = el + [26 * np.cos(a), 26 * np.sin(a)]
+    pts["left_elbow"], pts["left_wrist"] = tuple(el), tuple(wr)
+    kp = np.zeros((1, 9, 3), np.float32)
+    for n, (x, y) in pts.items():
+        kp[0, L.index(n)] = (x + dx, y, 2)
+    return kp
+
+
+def _draw(bg, kp):
+    """The person of ``kp`` drawn over ``bg``: a shirt, a head, skin-coloured arms."""
+    img = bg.copy()
+    p = {n: tuple(int(round(v)) for v in kp[0, L.index(n), :2]) for n in L.keypoints}
+    torso = np.array([p[n] for n in ("right_shoulder", "left_shoulder", "left_hip", "right_hip")], np.int32)
+    cv2.fillPoly(img, [torso], (30, 60, 170))
+    cv2.circle(img, (p["neck"][0], p["neck"][1] - 14), 11, (200, 160, 130), -1)
+    for side in ("right", "left"):
+        cv2.line(img, p[f"{side}_shoulder"], p[f"{side}_elbow"], (225, 175, 140), 9)
+        cv2.line(img, p[f"{side}_elbow"], p[f"{side}_wrist"], (225, 175, 140), 9)
+    return img
+
+
+def _clip(n=10, step=4.0):
+    bg = _background()
+    kps = [_person(dx=step * t, arm_angle=(t % 4) * 25.0) for t in range(n)]
+    return bg, [(_draw(bg, k), k) for k in kps]
+
+
+def test_the_plate_is_the_scene_where_the_person_ever_left_it():
+    bg, frames = _clip()
+    plate = build_plate(frames, L, min_count=3)
+    drawn = np.stack([(im != bg).any(-1) for im, _ in frames])   # where the person really is, per frame
+    assert plate.known.any() and plate.residual < 1.0
+    assert np.array_equal(plate.image[plate.known], bg[plate.known])     # the scene itself, bit for bit
+    assert not (plate.known & drawn.all(0)).any()                        # never seen: not known
+    assert ((~drawn).sum(0)[plate.known] >= 3).all()
+    # the person masks cover what is drawn (so no person leaks into the median)
+    for (im, kp), d in zip(frames, drawn):
+        assert not (d & ~person_mask(kp, L, im.shape[:2])).any()
+
+
+def test_frames_of_no_static_camera_are_refused():
+    _, frames = _clip(6)
+    moving = [(_draw(_background(seed=t), k), k) for t, (_, k) in enumerate(frames)]   # another scene each time
+    with pytest.raises(ConfigError, match="static camera"):
+        build_plate(moving, L)
+    with pytest.raises(ConfigError, match="sizes"):
+        build_plate([frames[0], (frames[1][0][:100], frames[1][1])], L)
+    with pytest.raises(ConfigError, match="no such file"):
+        load_background("/nonexistent/clip")
+
+
+def test_the_plate_saves_loads_and_crops_with_its_frames(tmp_path):
+    bg, frames = _clip()
+    plate = build_plate(frames, L)
+    plate.save(tmp_path / "b.png")
+    back = load_background(str(tmp_path / "b.png"))
+    assert np.array_equal(back.known, plate.known) and np.array_equal(back.image, plate.image)
+    box = (100, -20, 80)                                   # reaches above the frame and past its right edge
+    c = plate.crop(box, 40, flip=True)
+    scene = cv2.resize(np.pad(bg, ((20, 0), (0, 20), (0, 0)))[0:80, 100:180], (40, 40),
+                       interpolation=cv2.INTER_AREA)[:, ::-1]    # the scene itself, cropped by hand
+    assert c.known.sum() > 100 and np.abs(c.image[c.known].astype(int) - scene[c.known]).max() <= 1
+    assert not c.known[:10].any() and c.known[10:].any()   # rows above the frame are not known
+    assert not c.known[:, :10].any()                       # nor columns past its right edge (mirrored: left)
+    with open(tmp_path / "bad.png", "w") as f:
+        f.write("not an image")
+    with pytest.raises(ConfigError, match="bad.png"):
+        load_background(str(tmp_path / "bad.png"))
+
+
+def test_the_body_mask_drops_only_the_arm_below_the_shoulder():
+    from posesynth.datasets.layouts import BLAZEPOSE33
+    from posesynth.datasets.plate import arm_part_indices
+
+    names = [BLAZEPOSE33.keypoints[i] for i in arm_part_indices(BLAZEPOSE33, "left")]
+    assert sorted(names) == ["left_elbow", "left_index", "left_pinky", "left_thumb", "left_wrist"]
+    assert [L.keypoints[i] for i in arm_part_indices(L, "right")] == ["right_wrist", "right_elbow"]
+
+
+def test_the_warp_fills_what_the_arm_left_from_the_plate_and_keeps_the_body_inpainted():
+    """Moving the left arm up: the background the arm uncovers is the scene's own where the plate
+    saw it; the torso and the other arm are never filled from the plate; without a plate, the
+    inpainting cannot guess the texture."""
+    bg, frames = _clip()
+    plate = build_plate(frames, L)
+    kp = _person(dx=8.0, arm_angle=40.0)
+    img = _draw(bg, kp)
+    new = kp.copy()
+    new[0, L.index("left_elbow"), :2] = kp[0, L.index("left_shoulder"), :2] + (20, -20)
+    new[0, L.index("left_wrist"), :2] = kp[0, L.index("left_shoulder"), :2] + (38, -40)
+    with_plate, without = WarpRenderer(L, background=plate), WarpRenderer(L)
+    out, alpha, hole, drawn = with_plate.render_pose(img, kp, new)
+    ref, _, hole_ref, _ = without.render_pose(img, kp, new)
+    assert with_plate.stats["moved"] == 1 and np.array_equal(hole, hole_ref)
+    body = kp.copy()
+    body[0, [L.index("left_elbow"), L.index("left_wrist")], 2] = 0
+    on_body = person_mask(body, L, img.shape[:2])
+    free = hole & (alpha == 0)
+    seen = free & plate.known & ~on_body
+    assert seen.sum() > 100
+    assert np.array_equal(out[seen], bg[seen])                            # the scene itself
+    assert np.abs(ref[seen].astype(int) - bg[seen]).mean() > 10          # inpainting guesses
+    assert np.array_equal(out[free & on_body], ref[free & on_body])      # the body: inpainted as before
+    assert np.array_equal(out[~hole & (alpha == 0)], img[~hole & (alpha == 0)])
+
+
+def test_a_plate_of_another_size_is_not_used():
+    bg, frames = _clip()
+    plate = build_plate(frames, L)
+    kp = _person(dx=8.0, arm_angle=40.0)
+    big = cv2.resize(_draw(bg, kp), (2 * SIZE, 2 * SIZE))
+    k2 = kp.copy()
+    k2[..., :2] *= 2
+    new = k2.copy()
+    new[0, L.index("left_wrist"), 1] -= 60
+    a = WarpRenderer(L, background=plate).render_pose(big, k2, new)[0]
+    b = WarpRenderer(L).render_pose(big, k2, new)[0]
+    assert np.array_equal(a, b)
+
+
+def test_a_refine_run_keeps_its_plate_and_renders_with_it(tmp_path):
+    from posesynth.augment.refine import refine_trainer
+    from posesynth.augment.renderers import make_renderer
+    from posesynth.datasets.coco import write_coco
+    from posesynth.datasets.sample import Sample
+    from posesynth.spade.config import GANConfig
+
+    bg, frames = _clip(8)
+    write_coco(tmp_path / "clip", [Sample(im, kp, np.zeros((1, SIZE, SIZE), np.uint8)) for im, kp in frames], L)
+    cfg = GANConfig(mode="refine", data=str(tmp_path / "clip"), background=str(tmp_path / "clip"), crop_size=64,
+                    ngf=8, ndf=8, spade_hidden=16, batch_size=2, steps=1, vgg="off", device="cpu")
+    t = refine_trainer(cfg, tmp_path / "r", progress=False)
+    assert (tmp_path / "r" / "background.png").exists()
+    t.fit()
+    r = make_renderer("refine", L, str(tmp_path / "r"))
+    assert r.warp.background is not None and r.describe()["background"]["frames"] == 8
+    assert np.array_equal(r.warp.background.known, build_plate(frames, L).known)
+    assert make_renderer("refine", L, str(tmp_path / "r"), background=False).warp.background is None
+    # resumed with another plate, or none: refused; a plate of another size: refused
+    from dataclasses import replace
+
+    with pytest.raises(ConfigError, match="trained with --background"):
+        refine_trainer(replace(cfg, background="", steps=2), tmp_path / "r", resume=True, progress=False)
+    cv2.imwrite(str(tmp_path / "small.png"), np.zeros((50, 60, 3), np.uint8))
+    with pytest.raises(ConfigError, match="60x50, but the training images are 160x160"):
+        refine_trainer(replace(cfg, background=str(tmp_path / "small.png")), tmp_path / "r2", progress=False)
+
+
+def test_refine_training_fills_from_the_plate_cropped_with_each_sample():
+    """Erase-and-reconstruct samples of a static clip: inside M, away from the body, W is the
+    scene the plate saw (cropped, resized and flipped with the sample), not an inpainting."""
+    from posesynth.augment.refine import RefineCropDataset
+    from posesynth.datasets.posemaps import PoseMapSpec
+    from posesynth.datasets.sample import Sample
+    from posesynth.datasets.torch_dataset import tensor_to_image
+
+    bg, frames = _clip()
+
+    class Clip:
+        layout = L
+
+        def __len__(self):
+            return len(frames)
+
+        def __getitem__(self, i):
+            return Sample(frames[i][0], frames[i][1], np.zeros((1, SIZE, SIZE), np.uint8))
+
+    plate = build_plate(frames, L)
+    errs = {}
+    for name, p in (("plate", plate), ("none", None)):
+        ds = RefineCropDataset(Clip(), crop_size=64, fill_share=1.0, spec=PoseMapSpec(size=(64, 64)), seed=3,
+                               background=p)
+        e = []
+        for i in range(len(frames)):
+            item = ds[(i, 0)]
+            w, truth = tensor_to_image(item["warped"][None])[0], tensor_to_image(item["image"][None])[0]
+            # the sample's crop, drawn as the dataset draws it, to find where the truth is the scene
+            rng = np.random.default_rng([3, 0, i])
+            rng.random()
+            x0, y0, side = crop_box(frames[i][1], None, L, ds.region, ds.margin)
+            jit = rng.uniform(-0.05, 0.05, 2) * side
+            side2 = max(int(round(side * rng.uniform(0.95, 1.1))), 8)
+            box = (int(round(x0 + (side - side2) / 2 + jit[0])), int(round(y0 + (side - side2) / 2 + jit[1])), side2)
+            person = cv2.dilate((frames[i][0] != bg).any(-1).astype(np.float32), np.ones((5, 5), np.uint8))
+            scene = crop(person, box, 64) == 0      # area averaging, as the image: no person in the footprint
+            flip = rng.random() < 0.5
+            if flip:
+                scene = scene[:, ::-1]
+            # away from the torso and head (where the plate is not used), where the plate saw the scene
+            body = to_crop(frames[i][1], box, 64)
+            if flip:
+                body = body[:, L.flip_index]
+                body[..., 0] = 63 - body[..., 0]
+            body[:, [L.index(n) for n in ("right_elbow", "right_wrist", "left_elbow", "left_wrist")], 2] = 0
+            far = ~person_mask(body, L, (64, 64)) & plate.crop(box, 64, flip).known
+            m = (item["region"][0].numpy() > 0) & scene & far
+            e.append(np.abs(w[m].astype(int) - truth[m]).mean(-1))
+        errs[name] = np.concatenate(e)
+    # where the erased area shows the scene in the truth, the plate gives it back; inpainting guesses
+    assert len(errs["plate"]) >= 200
+    assert np.mean(errs["plate"] <= 2) >= 0.9 and np.mean(errs["none"] <= 2) <= 0.2, {
+        k: np.mean(v <= 2) for k, v in errs.items()}
+
+
+def test_a_plate_of_another_scene_is_not_used():
+    """Same size, another scene (a refine run's plate on another camera's video): the scene
+    around the hole disagrees with the plate, so the warp inpaints as without one, and says so."""
+    bg, frames = _clip()
+    plate = build_plate(frames, L)
+    kp = _person(dx=8.0, arm_angle=40.0)
+    img = _draw(_background(seed=5), kp)
+    new = kp.copy()
+    new[0, L.index("left_wrist"), 1] -= 30
+    r = WarpRenderer(L, background=plate)
+    a = r.render_pose(img, kp, new)[0]
+    assert np.array_equal(a, WarpRenderer(L).render_pose(img, kp, new)[0])
+    assert r.stats["moved"] == 1 and r.describe()["background"]["disagrees"] == 1
+
+
+def test_generate_renders_a_static_clip_with_its_plate(tmp_path):
+    """``generate --background CLIP`` end to end: the plate is built from the clip, recorded with
+    the settings, and refused where it cannot serve (the gan renderer)."""
+    import json
+
+    from posesynth.augment.generate import GenerateConfig, generate_dataset
+    from posesynth.datasets.coco import write_coco
+    from posesynth.datasets.sample import Sample
+
+    bg, frames = _clip(6)
+    write_coco(tmp_path / "clip", [Sample(im, kp, np.zeros((1, SIZE, SIZE), np.uint8)) for im, kp in frames], L)
+    outs = {}
+    for name, b in (("plate", str(tmp_path / "clip")), ("none", "")):
+        outs[name] = generate_dataset(GenerateConfig(data=str(tmp_path / "clip"), out=str(tmp_path / name),
+                                                     per_image=1, background=b, device="cpu"), progress=False)
+    info = json.loads(Path(outs["plate"]).read_text())
+    assert len(info["images"]) == 6 and info["info"]["background"] == str((tmp_path / "clip").resolve())
+    # where the two renders differ, the one with the plate is the scene (up to JPEG)
+    err = {k: [] for k in outs}
+    for im in info["images"]:
+        a, b = (cv2.cvtColor(cv2.imread(str(Path(outs[k]).parent / "images" / im["file_name"].split("/")[-1])),
+                             cv2.COLOR_BGR2RGB).astype(int) for k in ("plate", "none"))
+        d = np.abs(a - b).max(-1) > 30
+        err["plate"].append(np.abs(a[d] - bg[d]).mean() if d.any() else 0.0)
+        err["none"].append(np.abs(b[d] - bg[d]).mean() if d.any() else 0.0)
+    assert np.mean(err["plate"]) < 0.4 * np.mean(err["none"]) and np.mean(err["none"]) > 25, err
+    with pytest.raises(ConfigError, match="warp and refine"):
+        generate_dataset(GenerateConfig(data=str(tmp_path / "clip"), out=str(tmp_path / "g2"), renderer="gan",
+                                        gan=str(tmp_path / "nothing"), background=str(tmp_path / "clip")),
+                         progress=False)
