@@ -31,10 +31,8 @@ def dice_bce_logits(logits: torch.Tensor, target: torch.Tensor, smooth: float = 
     p = torch.sigmoid(x)
     inter = (p * t).flatten(2).sum(-1)
     dice = (2 * inter + smooth) / (p.flatten(2).sum(-1) + t.flatten(2).sum(-1) + smooth)   # (B, M)
-    if valid is None or bool((valid > 0).all()):
-        return F.binary_cross_entropy_with_logits(x, t) + (1 - dice).mean()
-    w = (valid > 0).float().reshape(x.shape[:2])
-    if not bool(w.any()):
-        return x.sum() * 0.0
     bce = F.binary_cross_entropy_with_logits(x, t, reduction="none").flatten(2).mean(-1)   # (B, M)
-    return ((bce + 1 - dice) * w).sum() / w.sum()
+    if valid is None:   # every (sample, channel) has the same pixel count: the plain means
+        return bce.mean() + (1 - dice).mean()
+    w = (valid > 0).float().reshape(x.shape[:2])
+    return ((bce + 1 - dice) * w).sum() / w.sum().clamp_min(1.0)   # none labelled: 0, zero gradient

@@ -41,7 +41,7 @@ from .layouts import (BUILTIN_LAYOUTS, COCO17, DEFAULT_SIGMA, KeypointLayout, ca
 from .reading import (COORD_TOLERANCE, ErrorPolicy, ImageResolver, InfoNote, OutOfFramePolicy, OutOfFrameStats,
                       ProblemLog, ReaderBase, apply_out_of_frame, check_policies, image_size, out_of_frame_points,
                       read_image, size_problem, sizes_of)
-from .sample import Sample
+from .sample import Sample, mask_labelled
 
 __all__ = ["CocoKeypointDataset", "CocoWriter", "CocoJournalWriter", "write_coco", "layout_from_category", "derive_layout",
            "resolve_layouts", "ErrorPolicy", "COORD_TOLERANCE"]
@@ -727,8 +727,7 @@ class CocoWriter:
         entry: dict[str, Any] = {"id": image_id, "file_name": fname, "width": sample.width, "height": sample.height}
         if self.layout.num_masks:
             refs = {}
-            flags = sample.meta.get("mask_labelled") or [True] * len(self.layout.masks)
-            for name, m, labelled in zip(self.layout.masks, sample.masks, flags):
+            for name, m, labelled in zip(self.layout.masks, sample.masks, mask_labelled(sample)):
                 if not labelled:   # unlabelled in the source: an explicit null keeps it unlabelled
                     refs[name] = None
                     continue

@@ -53,7 +53,7 @@ from .formats import BlazePoseVideoDataset, open_dataset
 from .layouts import KeypointLayout
 from .multi import MultiSource
 from .reading import ErrorPolicy, OutOfFramePolicy
-from .sample import Sample
+from .sample import Sample, mask_labelled
 
 __all__ = ["convert_dataset", "merge_datasets", "export_yolo", "flip_index", "yolo_label_lines"]
 
@@ -173,8 +173,7 @@ def _write_coco(ds: Any, indices: Sequence[int], out: Path, src_name: str, info:
             fname = _write_image(reader, j, s, out / "images", stem)
             entry: dict[str, Any] = {"id": image_id, "file_name": fname, "width": s.width, "height": s.height}
             refs = {}
-            labelled = s.meta.get("mask_labelled") or [True] * len(ds.layout.masks)
-            for mname, m, lab in zip(ds.layout.masks, s.masks, labelled):
+            for mname, m, lab in zip(ds.layout.masks, s.masks, mask_labelled(s)):
                 if not lab:   # unlabelled: an explicit null (no entry would read as empty: the category declares it)
                     refs[mname] = None
                 elif m.any():

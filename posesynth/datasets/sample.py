@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Sample", "pad_people", "label_meta"]
+__all__ = ["Sample", "pad_people", "label_meta", "mask_labelled"]
 
 
 @dataclass
@@ -59,6 +59,15 @@ def label_meta(sample: Sample) -> dict[str, Any]:
     """What of ``sample.meta`` says how it is labelled (``mask_labelled``), for a new sample
     made from it (a render, a crop, a copy written elsewhere): ``{}`` when it has none."""
     return {"mask_labelled": sample.meta["mask_labelled"]} if "mask_labelled" in sample.meta else {}
+
+
+def mask_labelled(sample: Sample) -> list[bool]:
+    """``(M,)``: whether each of the sample's masks is labelled (``meta["mask_labelled"]``, set
+    by the readers: a COCO mask its category does not declare or an image entry sets to null,
+    or a format without masks; absent: all labelled)."""
+    m = sample.masks.shape[0]
+    flags = sample.meta.get("mask_labelled")
+    return [bool(f) for f in flags] if isinstance(flags, (list, tuple)) and len(flags) == m else [True] * m
 
 
 def pad_people(keypoints: "np.ndarray | list[np.ndarray]", people: "int | None" = None,

@@ -30,7 +30,7 @@ import torch
 
 from .formats import KeypointSource, source_annotations
 from .posemaps import PoseMapSpec, render_pafs, render_heatmaps, render_pose_maps, resize_masks
-from .sample import Sample, pad_people
+from .sample import Sample, mask_labelled, pad_people
 from .transforms import Fit, Transform
 
 __all__ = ["PoseMapDataset", "EpochBatchSampler", "sample_to_tensors", "image_to_tensor", "tensor_to_image",
@@ -72,15 +72,6 @@ def person_areas(sample: Sample, max_people: int) -> np.ndarray:
         a = np.array([np.nan if v is None else v for v in areas], np.float64)[:max_people]
         out[:len(a)] = a
     return out
-
-
-def mask_labelled(sample: Sample) -> list[bool]:
-    """``(M,)``: whether each of the sample's masks is labelled (``meta["mask_labelled"]``, set
-    by the readers: a COCO mask its category does not declare or an image entry sets to null,
-    or a format without masks; absent: all labelled)."""
-    m = sample.masks.shape[0]
-    flags = sample.meta.get("mask_labelled")
-    return [bool(f) for f in flags] if isinstance(flags, (list, tuple)) and len(flags) == m else [True] * m
 
 
 def sample_to_tensors(sample: Sample, layout, stride: int = 4, spec: PoseMapSpec = PoseMapSpec(),
