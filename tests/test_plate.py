@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from posesynth.augment.renderers import WarpRenderer
-from posesynth.datasets.crops import crop, crop_box, to_crop
+from posesynth.datasets.crops import crop, to_crop
 from posesynth.datasets.layouts import DRIVER9
 from posesynth.datasets.plate import BackgroundPlate, build_plate, load_background, person_mask
 from posesynth.errors import ConfigError
@@ -208,16 +208,13 @@ def test_refine_training_fills_from_the_plate_cropped_with_each_sample():
         for i in range(len(frames)):
             item = ds[(i, 0)]
             w, truth = tensor_to_image(item["warped"][None])[0], tensor_to_image(item["image"][None])[0]
-            # the sample's crop, drawn as the dataset draws it, to find where the truth is the scene
-            rng = np.random.default_rng([3, 0, i])
-            rng.random()
-            x0, y0, side = crop_box(frames[i][1], None, L, ds.region, ds.margin)
-            jit = rng.uniform(-0.05, 0.05, 2) * side
-            side2 = max(int(round(side * rng.uniform(0.95, 1.1))), 8)
-            box = (int(round(x0 + (side - side2) / 2 + jit[0])), int(round(y0 + (side - side2) / 2 + jit[1])), side2)
+            assert item["source_index"] == i   # a fill sample is made of the image asked for
+            box = tuple(int(v) for v in item["crop_box"])   # where the sample's crop came from
+            flip = bool(item["flipped"])
+            real = crop(frames[i][0], box, 64)      # the truth is the frame's crop there
+            assert np.abs(truth.astype(int) - (real[:, ::-1] if flip else real)).max() <= 1
             person = cv2.dilate((frames[i][0] != bg).any(-1).astype(np.float32), np.ones((5, 5), np.uint8))
             scene = crop(person, box, 64) == 0      # area averaging, as the image: no person in the footprint
-            flip = rng.random() < 0.5
             if flip:
                 scene = scene[:, ::-1]
             # away from the torso and head (where the plate is not used), where the plate saw the scene

@@ -6,7 +6,7 @@ import torch
 
 from posesynth.augment.refine import RefineCropDataset, refine_trainer
 from posesynth.augment.renderers import RefineRenderer, WarpRenderer
-from posesynth.datasets.crops import crop, crop_box, to_crop
+from posesynth.datasets.crops import crop, to_crop
 from posesynth.datasets.geometry import RegionSpec
 from posesynth.datasets.layouts import DRIVER9
 from posesynth.datasets.posemaps import PoseMapSpec
@@ -102,20 +102,53 @@ def test_a_round_trip_sample_has_the_original_crop_as_its_truth():
                            seed=1)
     for i in range(3):
         item = ds[(i, 0)]
-        # the same draws as the dataset's: the perturbation, then the box jitter
-        rng = np.random.default_rng([1, 0, i])
-        s = src[i]
-        rng.random()
-        new = ds.perturber(s.keypoints, s.image.shape[:2], rng, s.file_name)
-        x0, y0, side = crop_box(s.keypoints, new, DRIVER9, ds.region, ds.margin)
-        jit = rng.uniform(-0.05, 0.05, 2) * side
-        side2 = max(int(round(side * rng.uniform(0.95, 1.1))), 8)
-        box = (int(round(x0 + (side - side2) / 2 + jit[0])), int(round(y0 + (side - side2) / 2 + jit[1])), side2)
+        s = src[item["source_index"]]
+        box = tuple(int(v) for v in item["crop_box"])   # where the crop came from
+        x0, y0, side = box
+
+        def inside(k):
+            return (k[:, 0] >= x0) & (k[:, 0] < x0 + side) & (k[:, 1] >= y0) & (k[:, 1] < y0 + side)
+
+        arms = [s.keypoints[0, [DRIVER9.index(f"{a}_{j}") for j in ("shoulder", "elbow", "wrist")]] for a in
+                ("right", "left")]
+        assert any(inside(k).all() for k in arms)   # the crop is around an arm of the person
         truth = crop(s.image, box, 64)
         assert torch.equal(item["image"], image_to_tensor(truth))   # the truth is the original (cropped) image
         changed = (item["warped"] != item["image"]).any(0)
         assert changed.any()                                         # the warp's artifacts are in W
         assert (item["region"][0][changed] > 0).all()                # ... all inside M
+
+
+class _HalfOccluded(Scenes):
+    """Scenes whose even images have every arm joint labelled occluded: the warp moves no arm
+    there, so no round trip can be made of them (a fill still can)."""
+
+    def __getitem__(self, i):
+        s = self.s[i]
+        if i % 2 == 0:
+            s = Sample(s.image, s.keypoints.copy(), s.masks)
+            for n in ("shoulder", "elbow", "wrist"):
+                for a in ("right", "left"):
+                    s.keypoints[:, DRIVER9.index(f"{a}_{n}"), 2] = 1
+        return s
+
+
+def test_an_image_with_no_round_trip_gives_a_fill_of_itself():
+    """Even images allow no round trip (every arm occluded): a round trip drawn there becomes a
+    fill of that image, counted as such; odd images give round trips (and fills where a drawn
+    p' crosses the arms)."""
+    src = _HalfOccluded(8, size=96)
+    ds = RefineCropDataset(src, crop_size=64, fill_share=0.3, spec=PoseMapSpec(size=(64, 64)), seed=2)
+    kinds = {0: set(), 1: set()}
+    for i in range(48):
+        before = dict(ds.counts)
+        item = ds[(i % 8, i // 8)]
+        assert item["source_index"] == i % 8   # the image asked for, not another
+        kind, = [k for k in ds.counts if ds.counts[k] != before[k]]
+        kinds[i % 2].add(kind)
+    assert "round trip" not in kinds[0] and "fill (no round trip)" in kinds[0]
+    assert "round trip" in kinds[1]
+    assert sum(ds.counts.values()) == 48
 
 
 def test_crop_keypoints_follow_the_pixels():

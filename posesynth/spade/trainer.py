@@ -310,12 +310,12 @@ class GANTrainer:
         finally:
             bar.close()
         self.dir.write_csv("losses.csv", rows)
-        dt = time.perf_counter() - t0
-        last = dict(last)
-        last["seconds_per_step"] = dt / max(self.step - start, 1)
-        if self.progress:
+        last = {**last, "seconds_per_step": (time.perf_counter() - t0) / max(self.step - start, 1)}
+        if self.progress:   # with the samples by kind of a dataset that counts them (refine; workers 0)
+            kinds = {k: v for k, v in (getattr(self.dataset, "counts", None) or {}).items() if v}
             print(f"train-gan ({self.arch.describe(c)}): {self.step} steps, {last['seconds_per_step']:.2f} s/step, "
-                  f"{self.skipped_steps} skipped; gallery: {self.run / 'web' / 'index.html'}")
+                  f"{self.skipped_steps} skipped{'; samples: ' if kinds else ''}"
+                  f"{', '.join(f'{k} {v}' for k, v in kinds.items())}; gallery: {self.run / 'web' / 'index.html'}")
         return last
 
     def _index(self) -> dict[str, float]:
