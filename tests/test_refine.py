@@ -102,7 +102,8 @@ def test_a_round_trip_sample_has_the_original_crop_as_its_truth():
                            seed=1)
     for i in range(3):
         item = ds[(i, 0)]
-        s = src[item["source_index"]]
+        assert item["source_index"] == i
+        s = src[i]
         box = tuple(int(v) for v in item["crop_box"])   # where the crop came from
         x0, y0, side = box
 
@@ -135,20 +136,28 @@ class _HalfOccluded(Scenes):
 
 def test_an_image_with_no_round_trip_gives_a_fill_of_itself():
     """Even images allow no round trip (every arm occluded): a round trip drawn there becomes a
-    fill of that image, counted as such; odd images give round trips (and fills where a drawn
-    p' crosses the arms)."""
+    fill of that image, counted as such; a fill drawn is counted as a fill, wherever; odd
+    images give round trips (and fills where a drawn p' crosses the arms).  An image with no
+    arm gives no item and is not counted."""
     src = _HalfOccluded(8, size=96)
+    src.s[3] = Sample(src.s[3].image, src.s[3].keypoints[:, :0].reshape(0, len(DRIVER9.keypoints), 3), src.s[3].masks)
     ds = RefineCropDataset(src, crop_size=64, fill_share=0.3, spec=PoseMapSpec(size=(64, 64)), seed=2)
     kinds = {0: set(), 1: set()}
-    for i in range(48):
-        before = dict(ds.counts)
-        item = ds[(i % 8, i // 8)]
-        assert item["source_index"] == i % 8   # the image asked for, not another
-        kind, = [k for k in ds.counts if ds.counts[k] != before[k]]
-        kinds[i % 2].add(kind)
-    assert "round trip" not in kinds[0] and "fill (no round trip)" in kinds[0]
+    for i in range(64):
+        index, epoch = i % 8, i // 8
+        before = dict(ds.sample_counts)
+        item = ds[(index, epoch)]
+        changed = [k for k in ds.sample_counts if ds.sample_counts[k] != before[k]]
+        assert len(changed) == 1 and ds.sample_counts[changed[0]] == before[changed[0]] + 1   # counted once
+        kind = changed[0]
+        got = int(item["source_index"])
+        assert got == index or (index == 3 and got == 4)   # the image asked for; one with no person: the next
+        drawn_fill = np.random.default_rng([2, epoch, got]).random() < 0.3   # the draw of fill or round trip
+        assert (kind == "fill") == drawn_fill, (index, epoch, kind)
+        kinds[got % 2].add(kind)
+    assert kinds[0] == {"fill", "fill (no round trip)"}
     assert "round trip" in kinds[1]
-    assert sum(ds.counts.values()) == 48
+    assert sum(ds.sample_counts.values()) == 64
 
 
 def test_crop_keypoints_follow_the_pixels():

@@ -10,7 +10,7 @@ own images (``train-gan --mode refine``, ``--renderer refine --gan RUN``).
   original pose, and the original crop is the truth.  A share ``fill_share`` of the samples
   instead has its arms erased and filled (OpenCV Telea), to be drawn back; so does an image of
   which the warp can make no round trip (arms crossed or behind the body), so every image
-  teaches something (:attr:`RefineCropDataset.counts`).  Items: ``image`` (truth), ``warped``
+  teaches something (:attr:`RefineCropDataset.sample_counts`).  Items: ``image`` (truth), ``warped``
   (W), ``region`` (M), ``maps`` (the truth's pose maps), and the pose targets, all at
   ``S x S``; ``source_index`` (the image), ``crop_box`` (``(x0, y0, side)`` in its pixels,
   int64) and ``flipped`` (bool) say where the crop came from.
@@ -72,7 +72,7 @@ class RefineCropDataset(torch.utils.data.Dataset):
         self.fit = "crop"
         #: this process's samples by kind: "round trip", "fill" (drawn as one) and "fill (no
         #: round trip)" (a round trip drawn that the warp could not make)
-        self.counts = {"round trip": 0, "fill": 0, "fill (no round trip)": 0}
+        self.sample_counts = {"round trip": 0, "fill": 0, "fill (no round trip)": 0}
 
     def __len__(self) -> int:
         return len(self.source)
@@ -154,7 +154,7 @@ class RefineCropDataset(torch.utils.data.Dataset):
         # where the crop came from: (x0, y0, side) in the image's pixels, and whether it was mirrored
         out["crop_box"] = torch.tensor(box, dtype=torch.int64)
         out["flipped"] = torch.tensor(flipped)
-        self.counts["fill" if drawn_fill else "fill (no round trip)" if fill else "round trip"] += 1
+        self.sample_counts["fill" if drawn_fill else "fill (no round trip)" if fill else "round trip"] += 1
         return out
 
 

@@ -311,8 +311,8 @@ class GANTrainer:
             bar.close()
         self.dir.write_csv("losses.csv", rows)
         last = {**last, "seconds_per_step": (time.perf_counter() - t0) / max(self.step - start, 1)}
-        if self.progress:   # with the samples by kind of a dataset that counts them (refine; workers 0)
-            kinds = {k: v for k, v in (getattr(self.dataset, "counts", None) or {}).items() if v}
+        if self.progress:   # with the samples by kind of a dataset that counts them (refine; in-process only)
+            kinds = {k: v for k, v in getattr(self.dataset, "sample_counts", {}).items() if v and not c.workers}
             print(f"train-gan ({self.arch.describe(c)}): {self.step} steps, {last['seconds_per_step']:.2f} s/step, "
                   f"{self.skipped_steps} skipped{'; samples: ' if kinds else ''}"
                   f"{', '.join(f'{k} {v}' for k, v in kinds.items())}; gallery: {self.run / 'web' / 'index.html'}")
