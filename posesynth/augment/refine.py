@@ -10,9 +10,9 @@ own images (``train-gan --mode refine``, ``--renderer refine --gan RUN``).
   original pose, and the original crop is the truth.  A share ``fill_share`` of the samples
   instead has its arms erased and filled (OpenCV Telea), to be drawn back; so does an image of
   which the warp can make no round trip (arms crossed or behind the body), so every image
-  teaches something (:attr:`RefineCropDataset.sample_counts`).  Items: ``image`` (truth), ``warped``
-  (W), ``region`` (M), ``maps`` (the truth's pose maps), and the pose targets, all at
-  ``S x S``; ``source_index`` (the image), ``crop_box`` (``(x0, y0, side)`` in its pixels,
+  teaches something (:attr:`RefineCropDataset.sample_counts`).  Items: ``image`` (truth),
+  ``warped`` (W), ``region`` (M), ``maps`` (the truth's pose maps), and the pose targets, all
+  at ``S x S``; ``source_index`` (the image), ``crop_box`` (``(x0, y0, side)`` in its pixels,
   int64) and ``flipped`` (bool) say where the crop came from.
 - :class:`RefineRenderer`: warp at the image's own resolution, then, on the crop around M,
   ``R = G(maps(p'), W, M)``, upsampled into the crop's box: ``out = W + M * R``.  Outside M
@@ -34,6 +34,7 @@ from ..datasets.crops import crop, crop_box, to_crop
 from ..datasets.formats import KeypointSource, data_options, open_dataset, source_annotations
 from ..datasets.geometry import RegionSpec, limb_region, torso_size
 from ..datasets.layouts import KeypointLayout
+from ..datasets.plate import BACKGROUND_FILE, BackgroundPlate, arm_part_indices, load_background, person_mask
 from ..datasets.posemaps import PoseMapSpec
 from ..datasets.sample import Sample, label_meta
 from ..datasets.torch_dataset import image_to_tensor, max_people_of, sample_to_tensors
@@ -42,7 +43,6 @@ from ..spade.config import GANConfig
 from ..spade.trainer import GANTrainer
 from .perturb import PerturbConfig, Perturber
 from .renderers import WarpRenderer, telea_fill
-from ..datasets.plate import BACKGROUND_FILE, BackgroundPlate, arm_part_indices, load_background, person_mask
 
 __all__ = ["RefineCropDataset", "refine_trainer"]
 
