@@ -3,7 +3,8 @@ perturbed poses) against the plain step on one device, for each renderer.
 
 The plain step already includes the post-mix resize and translation that every condition
 gets (labels re-rendered in torch on the device), so the ratio is the renderer's own cost.
-Targets (issue 11): mixed at most 1.3x plain on a GPU with an ngf-64 generator at 256 px;
+The warp is timed on one thread and on its default, one thread per core (the images of a
+batch rendered at once).  Targets (issue 11): mixed at most 1.3x plain on a GPU with an ngf-64 generator at 256 px;
 the CPU figure is reported too.
 
     python benchmarks/bench_mixing.py [--size 128] [--batch 8] [--iters 3] [--ngf 16,32,64]
@@ -78,7 +79,8 @@ def main() -> None:
 
         plain_mixer = BatchMixer(DRIVER9, spec, 0.5, "none", device=dev)
         plain = timed(lambda i: step(plain_mixer(batch, i)))
-        renderers = [("warp", WarpRenderer(DRIVER9))]
+        # the warp renders on the CPU: on one thread, and on one per core (its default)
+        renderers = [("warp 1 thread", WarpRenderer(DRIVER9, threads=1)), ("warp", WarpRenderer(DRIVER9))]
         for ngf in (int(v) for v in a.ngf.split(",")):
             for mode in ("full", "inpaint"):
                 g = SPADEGenerator(GeneratorConfig(26 + (4 if mode == "inpaint" else 0), (a.size, a.size), ngf,

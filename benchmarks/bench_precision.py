@@ -79,20 +79,25 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def _timed(fn, iters: int, dev: torch.device) -> tuple[float, "float | None"]:
-    """Seconds per call after one warm-up call, and the peak GPU memory in GiB (None on CPU)."""
+def _timed(fn, iters: int, dev: torch.device) -> tuple[float, "float | None", "float | None"]:
+    """Seconds per call after one warm-up call, and the peak GPU memory in GiB of the warm-up call
+    (where cuDNN's autotuning tries its algorithms, with their workspaces) and of the timed calls
+    (None on CPU)."""
     gc.collect()   # the previous row's models (a trainer holds reference cycles) leave the device first
     if dev.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(dev)
     fn()
     _sync(dev)
+    first = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
     t = time.perf_counter()
     for _ in range(iters):
         fn()
     _sync(dev)
     sec = (time.perf_counter() - t) / iters
-    return sec, (torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None)
+    return sec, first, (torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None)
 
 
 def _posenet_step(dev: torch.device, prec: Precision, batch: dict[str, torch.Tensor], mixer=None):
@@ -152,6 +157,8 @@ def main() -> None:
     ap.add_argument("--whole-renderers", default="gan,warp,refine",
                     help="renderers of the whole augmented step: gan (inpaint SPADE), warp, refine (warp + "
                          "refiner at 128 px crops)")
+    ap.add_argument("--rows", default="posenet,gan,whole,generation",
+                    help="which rows: posenet, gan, whole (the augmented step), generation")
     a = ap.parse_args()
     dev = torch.device(a.device)
     precisions = a.precisions.split(",") if a.precisions else (["fp32", "bf16", "fp16"] if dev.type == "cuda"
@@ -160,7 +167,8 @@ def main() -> None:
     print(f"{name}; {a.iters} timed iterations after one warm-up; peak = max GPU memory allocated")
     if dev.type == "cuda":
         print(f"fp32 matmul TF32 {torch.backends.cuda.matmul.allow_tf32}, cuDNN TF32 {torch.backends.cudnn.allow_tf32}")
-    print(f"{'what':<52}{'precision':>10}{'img/s':>10}{'s/step':>10}{'vs fp32':>9}{'peak GiB':>10}")
+    print("first GiB: the warm-up step's peak (cuDNN autotuning included); peak GiB: the timed steps' peak")
+    print(f"{'what':<52}{'precision':>10}{'img/s':>10}{'s/step':>10}{'vs fp32':>9}{'first GiB':>10}{'peak GiB':>10}")
     gib = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     with tempfile.TemporaryDirectory() as td:
         rows = [
@@ -211,10 +219,14 @@ def main() -> None:
             return step
 
         rows.append((f"generation, {a.gan_size} px, ngf {a.gan_ngf}, batch {a.gan_batch}", a.gan_batch, generation))
-        for what, n, build in rows:
+        chosen = set(a.rows.split(","))
+        kinds = ["posenet", "gan"] + ["whole"] * (len(rows) - 3) + ["generation"]   # rows in that order
+        for kind, (what, n, build) in zip(kinds, rows):
+            if kind not in chosen:
+                continue
             base = None
             for p in precisions:
-                sec, peak = _timed(build(p), a.iters, dev)
+                sec, first, peak = _timed(build(p), a.iters, dev)
                 base = sec if p == "fp32" else base
                 ratio = f"{base / sec:.2f}x" if base else "-"
                 note = ""
@@ -223,7 +235,8 @@ def main() -> None:
                 if build is generation and p != "fp32" and "fp32" in outputs:
                     mse = float(((outputs[p] - outputs["fp32"]) ** 2).mean())
                     note = f"  PSNR vs fp32 {10 * math.log10(4.0 / max(mse, 1e-12)):.1f} dB"
-                print(f"{what:<52}{p:>10}{n / sec:>10.1f}{sec:>10.3f}{ratio:>9}{gib(peak):>10}{note}", flush=True)
+                print(f"{what:<52}{p:>10}{n / sec:>10.1f}{sec:>10.3f}{ratio:>9}{gib(first):>10}{gib(peak):>10}{note}",
+                      flush=True)
 
 
 if __name__ == "__main__":

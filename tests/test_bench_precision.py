@@ -16,7 +16,15 @@ def test_bench_precision_smoke():
     rows = [line.split() for line in r.stdout.splitlines() if line.rstrip().endswith(" -")]
     assert [row[0] for row in rows] == ["pose", "GAN", "augmented", "augmented", "augmented", "generation,"]
     assert [row[6] for row in rows[2:5]] == ["GAN", "warp", "refine"]   # the augmented step per renderer
-    assert all(row[-5] == "fp32" and row[-2] == "1.00x" and float(row[-4]) > 0 for row in rows)
+    # precision, img/s, s/step, vs fp32, first GiB, peak GiB
+    assert all(row[-6] == "fp32" and row[-3] == "1.00x" and float(row[-5]) > 0 and row[-2:] == ["-", "-"]
+               for row in rows)
+    # --rows picks rows by kind, in the table's order
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_precision.py"), *args, "--rows",
+                        "generation,whole", "--whole-renderers", "warp"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [line.split() for line in r.stdout.splitlines() if line.rstrip().endswith(" -")]
+    assert [(row[0], row[6]) for row in rows] == [("augmented", "warp"), ("generation,", "2")]   # ngf 8, batch 2
 
 
 def test_bench_precision_bf16_rows_run(monkeypatch, capsys):

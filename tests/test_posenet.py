@@ -152,6 +152,11 @@ def test_train_evaluate_predict_resume(tmp_path):
     assert r.returncode == 0, r.stderr
     hist = (run / "history.csv").read_text().splitlines()
     assert len(hist) == 3 and "val_PCK@0.2" in hist[0]
+    # resumed with no epoch left: says so, trains nothing
+    r = subprocess.run([sys.executable, "-m", "posesynth", "train-posenet", "--out", str(run), "--resume",
+                        "--epochs", "2"], capture_output=True, text=True)
+    assert r.returncode == 0 and "already trained 2 of 2 epochs; nothing to train" in r.stdout, r.stdout + r.stderr
+    assert (run / "history.csv").read_text().splitlines() == hist
     assert (run / "curves.png").exists() and (run / "checkpoints" / "best.safetensors").exists()
     r = subprocess.run([sys.executable, "-m", "posesynth", "evaluate", "--posenet", str(run), "--data", str(data)],
                        capture_output=True, text=True)

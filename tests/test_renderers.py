@@ -237,6 +237,40 @@ def test_renders_change_nothing_outside_the_capsules(inpaint_generator):
             assert bool((out.region[i, 0][torch.from_numpy(d < -1.0 - 0.05 * 64)] == 1).all()), (r.name, i)
 
 
+def test_warp_on_threads_gives_the_bytes_and_counts_of_one_thread():
+    """A batch rendered on several threads (the default on a machine with several cores) gives
+    the images, labels, pasted-limb alphas and skip counts of the same batch rendered one image
+    after another: each image's GrabCut seeds OpenCV's RNG of its own thread, and each thread
+    counts into its own statistics, added in order."""
+    ss = [render_scene(scene_rng(7, i), 128, "narrow", 0.3) for i in range(8)]
+    p = max(s.num_people for s in ss)
+    old = np.zeros((len(ss), p, 9, 3), np.float32)
+    for i, s in enumerate(ss):
+        old[i, :s.num_people] = s.keypoints
+    new = np.stack([perturb_keypoints(k, DRIVER9, (128, 128), np.random.default_rng(i), PerturbConfig("arms-high"))
+                    for i, k in enumerate(old)])
+    imgs = torch.stack([image_to_tensor(s.image) for s in ss])
+    masks = torch.from_numpy(np.stack([s.masks for s in ss])).float()
+    one, many = WarpRenderer(DRIVER9, threads=1), WarpRenderer(DRIVER9, threads=4)
+    a, b = one(imgs, masks, old, new), many(imgs, masks, old, new)
+    assert not torch.equal(a.images, imgs)
+    for x, y in ((a.images, b.images), (a.region, b.region), (a.masks, b.masks)):
+        assert torch.equal(x, y)
+    assert np.array_equal(a.keypoints, b.keypoints) and np.array_equal(one.last_limb, many.last_limb)
+    assert one.stats == many.stats and one.stats["moved"] > 0
+    # image by image, outside the batch call: the same again, and the counts add up
+    solo = WarpRenderer(DRIVER9)
+    for i in range(len(ss)):
+        img, _, _, drawn = solo.render_pose(np.ascontiguousarray(ss[i].image), old[i], new[i])
+        assert np.array_equal(drawn, a.keypoints[i])
+        inside = a.region[i, 0].numpy() > 0
+        assert np.array_equal(img[inside], ((a.images[i].permute(1, 2, 0).numpy() + 1) * 127.5).round()
+                              .astype(np.uint8)[inside])
+    assert solo.stats == one.stats
+    with pytest.raises(Exception, match="threads"):
+        WarpRenderer(DRIVER9, threads=0)
+
+
 def test_warp_puts_the_arm_where_the_scene_draws_it():
     """The pasted limbs cover the moved arms where the scene draws them in the pose drawn (an arm
     the warp leaves where it is is drawn there too).  Around each shoulder (within the radius the

@@ -589,6 +589,28 @@ def test_import_posesynth_stays_light():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def test_the_python_api_reaches_no_network():
+    """albumentations asks PyPI for updates when it is imported unless NO_ALBUMENTATIONS_UPDATE
+    is set: through posesynth (the Python API, the photometric transforms) no connection is
+    opened.  Every way urllib opens a URL is replaced by one that records the call."""
+    code = ("import os, urllib.request as u\n"
+            "os.environ.pop('NO_ALBUMENTATIONS_UPDATE', None)\n"
+            "calls = []\n"
+            "class Opener:\n"
+            "    def open(self, url, *a, **k): calls.append(url); raise OSError('no network in this test')\n"
+            "u.build_opener = lambda *a, **k: Opener()\n"
+            "u.urlopen = lambda url, *a, **k: Opener().open(url)\n"
+            "import posesynth\n"
+            "posesynth.PerturbPose\n"
+            "from posesynth.datasets.transforms import Photometric\n"
+            "Photometric()\n"
+            "print(calls); assert not calls, calls\n")
+    env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "update" not in r.stderr.lower(), r.stderr
+
+
 # ---- render's page -------------------------------------------------------------------------------
 def test_render_page_scales_captions_and_toggles_keypoints(synth, tmp_path, capsys):
     from html.parser import HTMLParser

@@ -30,7 +30,9 @@ Renderers:
 from __future__ import annotations
 
 import logging
+import os
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,6 +113,11 @@ def telea_fill(img: np.ndarray, hole: np.ndarray, radius: float, max_radius: flo
     filled = cv2.inpaint(small, sh, max(int(round(max_radius * 0.3)), 3), cv2.INPAINT_TELEA)
     up = cv2.resize(filled, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
     return np.where(hole[..., None] > 0, up, img)
+
+
+def _usable_cores() -> int:
+    """CPU cores this process may run on (its affinity where the OS tells it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _content_seed(*arrays: np.ndarray) -> int:
@@ -236,6 +243,11 @@ class WarpRenderer(Renderer):
         background: a static camera's plate (:class:`~posesynth.datasets.plate.BackgroundPlate`):
             on images of its size, the area an arm leaves is filled from it where it saw the
             scene and no other part of a person lies (the torso an arm covered stays inpainted).
+        threads: images of a batch rendered at once (OpenCV releases the GIL; each image's
+            GrabCut seeds OpenCV's thread-local RNG, so the result is the same bytes for any
+            number). ``None``: one per CPU core this process may use, at most the batch size.
+            The warp runs on the CPU even when the pose network trains on a GPU, where one
+            thread made it 90% of the training step (README, "GPU figures").
     """
 
     name = "warp"
@@ -244,7 +256,7 @@ class WarpRenderer(Renderer):
                  grabcut_iters: int = 3, feather_px: float = 1.0, fg_frac: float = 0.6, axis_frac: float = 0.3,
                  blend: float = 0.35, feather: float = 0.12, shoulder_keep: float = 0.6,
                  arm_colour: float = 0.5, torso_colour: float = 0.4,
-                 background: "BackgroundPlate | None" = None) -> None:
+                 background: "BackgroundPlate | None" = None, threads: "int | None" = None) -> None:
         if not arm_chains(layout):
             raise ConfigError(f"layout '{layout.name}' names no arms (right/left shoulder, elbow, wrist): "
                               "the warp renderer has nothing to move")
@@ -254,8 +266,24 @@ class WarpRenderer(Renderer):
         self.blend, self.feather, self.shoulder_keep = blend, feather, shoulder_keep
         self.arm_colour, self.torso_colour = arm_colour, torso_colour
         self.background = background
+        if threads is not None and threads < 1:
+            raise ConfigError(f"threads must be >= 1 (got {threads})")
+        self.threads = threads
         self.last_limb: "np.ndarray | None" = None   # (B, H, W) alpha of the pasted limbs (for tests, reports)
-        self.stats: dict[str, Any] = {"arms": 0, "moved": 0, "skipped": {}}   # arms asked to move, moved, left
+        self.stats: dict[str, Any] = self.new_stats()   # arms asked to move, moved, left
+
+    @staticmethod
+    def new_stats() -> dict[str, Any]:
+        return {"arms": 0, "moved": 0, "skipped": {}}
+
+    def add_stats(self, st: dict[str, Any]) -> None:
+        """Adds one call's counts (:meth:`render_pose` with ``stats=``) to :attr:`stats`."""
+        for k, v in st.items():
+            if isinstance(v, dict):
+                for why, n in v.items():
+                    self.stats[k][why] = self.stats[k].get(why, 0) + n
+            else:
+                self.stats[k] = self.stats.get(k, 0) + v
 
     def describe(self) -> dict[str, Any]:
         bg = self.background
@@ -439,10 +467,13 @@ class WarpRenderer(Renderer):
         :meth:`render_pose` also gives the pose drawn."""
         return self.render_pose(img, old, new)[:3]
 
-    def render_pose(self, img: np.ndarray, old: np.ndarray, new: np.ndarray
+    def render_pose(self, img: np.ndarray, old: np.ndarray, new: np.ndarray, stats: "dict | None" = None
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`render_one`, plus the ``(P, K, 3)`` keypoints drawn: ``new``, except that an
-        arm the warp does not move (:meth:`plausible`) keeps its old elbow and wrist."""
+        arm the warp does not move (:meth:`plausible`) keeps its old elbow and wrist.  The arms
+        moved and skipped are counted in ``stats`` (default :attr:`stats`; a thread passes its
+        own, :meth:`new_stats`, and the caller adds it with :meth:`add_stats`)."""
+        st = self.stats if stats is None else stats
         H, W = img.shape[:2]
         # the pose drawn: every arm asked to move starts at its old place, and gets its new one only
         # when it is moved (an arm with an unlabelled joint or no torso to size it is not)
@@ -467,7 +498,7 @@ class WarpRenderer(Renderer):
         h, w = img.shape[:2]
         masks = [self.limb_mask(img, a) for a in arms]
         keep = []
-        self.stats["arms"] += len(arms)
+        st["arms"] += len(arms)
         every = [a.shifted(o) for a in self._arms(old, old, every_arm=True)]   # moved or not, at their old place
         for m, a in zip(masks, arms):
             why = self.plausible(img, a, m, [b for b in every if b.person == a.person and b.joints != a.joints])
@@ -475,10 +506,10 @@ class WarpRenderer(Renderer):
                 keep.append((m, a))
                 drawn[a.person, list(a.joints[1:]), :2] = new[a.person, list(a.joints[1:]), :2]   # moved
                 continue
-            self.stats["skipped"][why] = self.stats["skipped"].get(why, 0) + 1   # it keeps its pose
+            st["skipped"][why] = st["skipped"].get(why, 0) + 1   # it keeps its pose
         if not keep:
             return full.copy(), np.zeros((H, W), np.float32), np.zeros((H, W), bool), drawn
-        self.stats["moved"] += len(keep)
+        st["moved"] += len(keep)
         new_rel = drawn.copy()
         new_rel[..., :2] -= o.astype(np.float32)
         ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
@@ -495,9 +526,9 @@ class WarpRenderer(Renderer):
             base = self.fill(img, hole, new_rel)
         if self.background is not None:
             if self.background.size == (H, W):
-                base = self._plate_fill(img, base, hole, old, o, [a for _, a in keep], (y0, y1, x0, x1))
+                base = self._plate_fill(img, base, hole, old, o, [a for _, a in keep], (y0, y1, x0, x1), st)
             else:   # another camera's frame size: inpainted, and counted
-                self.stats["plate_other_size"] = self.stats.get("plate_other_size", 0) + 1
+                st["plate_other_size"] = st.get("plate_other_size", 0) + 1
         out = base.astype(np.float32)
         alpha_all = np.zeros((h, w), np.float32)
         for m, a in keep:
@@ -513,7 +544,7 @@ class WarpRenderer(Renderer):
         return res, alpha_f, hole_f, drawn
 
     def _plate_fill(self, img: np.ndarray, base: np.ndarray, hole: np.ndarray, old: np.ndarray, o: np.ndarray,
-                    moved: "list[_Arm]", box: tuple[int, int, int, int]) -> np.ndarray:
+                    moved: "list[_Arm]", box: tuple[int, int, int, int], st: dict) -> np.ndarray:
         """``base`` (the inpainted crop) with the hole filled from the background plate where
         the plate saw the scene and no other part of a person lies (an arm over the torso
         leaves torso, which the plate may have seen as wall).  The plate is not used on an
@@ -533,7 +564,7 @@ class WarpRenderer(Renderer):
         ring = cv2.dilate(hole, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))) > 0
         ring &= (hole == 0) & known & ~person_mask(everyone, self.layout, (h, w))
         if ring.sum() >= 20 and np.abs(img[ring].astype(np.int16) - plate[ring]).mean() > MAX_RESIDUAL:
-            self.stats["plate_disagrees"] = self.stats.get("plate_disagrees", 0) + 1
+            st["plate_disagrees"] = st.get("plate_disagrees", 0) + 1
             return base
         seen = (hole > 0) & known & ~person_mask(body, self.layout, (h, w))
         return np.where(seen[..., None], plate, base)
@@ -578,10 +609,32 @@ class WarpRenderer(Renderer):
             alpha = np.minimum(alpha, cv2.GaussianBlur(alpha, (0, 0), sigma) * 1.5)
         return colour, np.clip(alpha, 0, 1)
 
+    def render_batch(self, imgs: "list[np.ndarray] | np.ndarray", old_kp: np.ndarray, new_kp: np.ndarray
+                     ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """:meth:`render_pose` of every image (``(H, W, 3)`` uint8 each, with ``(P, K, 3)`` old
+        and new keypoints), on :attr:`threads` threads, in order; counts added to :attr:`stats`."""
+        jobs = list(zip(imgs, old_kp, new_kp))
+        n = self.threads or _usable_cores()
+        n = max(1, min(n, len(jobs)))
+        if not isinstance(self.fill, str):
+            n = 1   # a generator as the fill runs its own batch on its device: one image at a time
+
+        def one(job):
+            st = self.new_stats()
+            return self.render_pose(*job, stats=st), st
+        if n == 1:
+            done = [one(j) for j in jobs]
+        else:
+            with ThreadPoolExecutor(n, thread_name_prefix="warp") as ex:
+                done = list(ex.map(one, jobs))
+        for _, st in done:
+            self.add_stats(st)
+        return [r for r, _ in done]
+
     def __call__(self, images: torch.Tensor, masks: torch.Tensor, old_kp: np.ndarray, new_kp: np.ndarray) -> Rendered:
         dev = images.device
         imgs = tensor_to_image(images)
-        outs, alphas, _, drawn = zip(*(self.render_pose(im, o, n) for im, o, n in zip(imgs, old_kp, new_kp)))
+        outs, alphas, _, drawn = zip(*self.render_batch(imgs, old_kp, new_kp))
         new_kp = np.stack(drawn)   # an arm the warp left where it was keeps its pose in the labels
         new = torch.from_numpy(np.stack(outs)).to(dev).permute(0, 3, 1, 2).float().div(127.5).sub(1)
         # M, from the keypoints alone (the capsules around the moved bones, old and new); the

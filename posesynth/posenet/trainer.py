@@ -507,7 +507,13 @@ class PoseNetTrainer:
         t0 = time.perf_counter()
         last: dict[str, Any] = {}
         if c.early_stop and self.stale >= c.early_stop:
+            if self.progress:
+                print(f"{self.run}: stopped early at epoch {self.epoch} ({self.stale} epochs without a better "
+                      f"{c.best_metric}); nothing to train")
             return last   # resumed from a run that had already stopped early
+        if self.epoch >= c.epochs and self.progress:
+            print(f"{self.run}: already trained {self.epoch} of {c.epochs} epochs; nothing to train "
+                  f"(--epochs N with N > {self.epoch} continues it)")
         while self.epoch < c.epochs:
             te = time.perf_counter()
             train = self.train_epoch()
