@@ -160,7 +160,12 @@ def main() -> None:
     ap.add_argument("--rows", default="posenet,gan,whole,generation",
                     help="which rows: posenet, gan, whole (the augmented step), generation")
     a = ap.parse_args()
+    kinds_known = ("posenet", "gan", "whole", "generation")
+    if not set(a.rows.split(",")) <= set(kinds_known):
+        ap.error(f"--rows: {a.rows!r}: choose from {', '.join(kinds_known)}")
     dev = torch.device(a.device)
+    if dev.type == "cuda":   # as both trainers run on CUDA: cuDNN picks its algorithms on the first step
+        torch.backends.cudnn.benchmark = True
     precisions = a.precisions.split(",") if a.precisions else (["fp32", "bf16", "fp16"] if dev.type == "cuda"
                                                                 else ["fp32"])
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"

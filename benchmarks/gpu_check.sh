@@ -36,8 +36,8 @@ if [ "$TOY" = 1 ]; then
 else
     PREC=""
     MIX="--size 256 --ngf 64"
-    # sized so that the whole script, tests included, runs in about 8 minutes on one GPU with
-    # 16 CPU cores: the warp renders on the CPU (in the main process for train-posenet)
+    # steps 1-3 took about 8 minutes on one H200 with 16 CPU cores (bench_precision about 3.5 of
+    # them; the warp renders on the CPU, in the main process for train-posenet); the tests come after
     N=256; SIZE=256; EPOCH="--steps-per-epoch 20 --batch-size 16"; GSTEPS=200; GNGF=32
 fi
 # 1. mixed precision: pose network, GAN iteration, the whole augmented step, generation

@@ -224,6 +224,11 @@ def _cmd_experiment(a: argparse.Namespace) -> None:
             print("    " + v["verdict"] + (f"; closes {100 * share:.0f}% of the oracle gap" if share == share else
                                             "; no oracle gap to close (the oracle is not above the baseline)"
                                             if "oracle_gap" in v else ""))
+        arms = [v for table in r.get("compare_arms", {}).values() for v in table.values() if v["seeds"]]
+        if arms:
+            print("    secondary, the elbows and wrists alone (the joints the renders move):")
+        for v in arms:
+            print("      " + v["verdict"])
         if r.get("note"):
             print(f"    note: {r['note']}")
 

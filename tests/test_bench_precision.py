@@ -21,10 +21,13 @@ def test_bench_precision_smoke():
                for row in rows)
     # --rows picks rows by kind, in the table's order
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_precision.py"), *args, "--rows",
-                        "generation,whole", "--whole-renderers", "warp"], capture_output=True, text=True, timeout=300)
+                        "gan,generation", "--whole-renderers", "warp"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [line.split() for line in r.stdout.splitlines() if line.rstrip().endswith(" -")]
-    assert [(row[0], row[6]) for row in rows] == [("augmented", "warp"), ("generation,", "2")]   # ngf 8, batch 2
+    assert [row[0] for row in rows] == ["GAN", "generation,"]
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_precision.py"), "--rows", "gans"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "choose from posenet, gan, whole, generation" in r.stderr
 
 
 def test_bench_precision_bf16_rows_run(monkeypatch, capsys):

@@ -140,6 +140,15 @@ def test_a_pose_run_with_other_settings_is_not_resumed(tmp_path):
         _resumable(run, _posecfg(c, 0, False))
     (run / "config.yaml").write_text(yaml.safe_dump(saved))
     assert _resumable(run, _posecfg(c, 0, False))
+    # the same kind of device under another name continues (--device cpu, then auto on a machine
+    # without CUDA); another kind (a GPU run on the CPU: its precision would change) does not
+    now_cpu = _posecfg(_exp(tmp_path, device="auto"), 0, False)
+    (run / "config.yaml").write_text(yaml.safe_dump({**to_dict(now_cpu), "device": "cpu"}))
+    if not torch.cuda.is_available():
+        assert _resumable(run, now_cpu)
+    (run / "config.yaml").write_text(yaml.safe_dump({**to_dict(now_cpu), "device": "cuda:0"}))
+    with pytest.raises(ConfigError, match=r"device: 'cuda:0' there, 'cpu' now"):
+        _resumable(run, _posecfg(_exp(tmp_path, device="cpu"), 0, False))
     old = {k: v for k, v in saved.items() if k not in ("ema", "lr_schedule")}   # made before those options
     (run / "config.yaml").write_text(yaml.safe_dump(old))
     assert _resumable(run, _posecfg(c, 0, False))

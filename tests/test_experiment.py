@@ -1,4 +1,6 @@
 """The experiment's controls and measurement (issue 10)."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -190,6 +192,14 @@ def test_selection_never_reads_the_test_split(tmp_path, monkeypatch):
     assert set(summary["rows"][0]["conditions"]) == {"baseline", "real-dup", "warp", "oracle"}
     page = (tmp_path / "exp" / "report.html").read_text()
     assert "share of the oracle gap" in page and (tmp_path / "exp" / "comparison.png").exists()
+    # the first table's cells sit under their headers: the selected epoch, then the arm joints' PCK
+    head = re.findall(r"<th>(.*?)</th>", page.split("</tr>", 1)[0])
+    first = page.split("</table>", 1)[0]
+    base = re.search(r"<tr><td>baseline</td>(.*?)</tr>", first).group(1)
+    cells = dict(zip(head[1:], re.findall(r"<td>(.*?)</td>", base)))
+    cb = summary["rows"][0]["conditions"]["baseline"]
+    assert cells["selected epoch"] == f"{cb['best_epoch']['mean']:.1f}"
+    assert cells["test PCK@0.2, elbows and wrists"].startswith(f"{cb['test_PCK_arms_best']['mean']:.3f}")
 
 
 def test_the_experiment_refuses_overlapping_splits(tmp_path):

@@ -271,6 +271,17 @@ def test_warp_on_threads_gives_the_bytes_and_counts_of_one_thread():
         WarpRenderer(DRIVER9, threads=0)
 
 
+def test_warp_threads_are_shared_among_torchrun_processes(monkeypatch):
+    from posesynth.augment import renderers
+
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    alone = renderers._usable_cores()
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert renderers._usable_cores() == max(1, alone // 2)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(10 * alone))
+    assert renderers._usable_cores() == 1
+
+
 def test_warp_puts_the_arm_where_the_scene_draws_it():
     """The pasted limbs cover the moved arms where the scene draws them in the pose drawn (an arm
     the warp leaves where it is is drawn there too).  Around each shoulder (within the radius the

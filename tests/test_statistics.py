@@ -3,6 +3,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from posesynth.augment.experiment import ExperimentConfig, paired_stats, summarise, verdict
 from posesynth.errors import ConfigError
@@ -64,6 +65,45 @@ def test_summary_compares_with_baseline_and_real_dup_and_says_when_it_means_noth
     fit = [dict(r, train_PCK_best=r["test_PCK_best"] + 0.02, gap_PCK=0.02) for r in runs]
     row = summarise(fit, c)["rows"][0]
     assert not row["baseline_overfits"] and "does not overfit" in row["note"]
+
+
+def test_the_arm_joints_are_compared_as_a_second_measure():
+    """The elbows-and-wrists PCK of each run is compared seed by seed like the main figure,
+    from its own values (here the arms favour warp over real-dup while all joints do not)."""
+    c = ExperimentConfig(conditions=("baseline", "real-dup", "warp"), train_sizes=(8,), seeds=3)
+    arms = {"baseline": [0.30, 0.32, 0.31], "real-dup": [0.31, 0.30, 0.33], "warp": [0.40, 0.43, 0.41]}
+    runs = [dict(_run(8, s, k, 0.5), test_PCK_arms_best=arms[k][s]) for s in range(3) for k in arms]
+    row = summarise(runs, c)["rows"][0]
+    assert row["compare"]["warp"]["diff_mean"] == pytest.approx(0.0)
+    e = row["compare_arms"]["real-dup"]["warp"]
+    d = np.array(arms["warp"]) - arms["real-dup"]
+    half = stats.t.ppf(0.975, 2) * d.std(ddof=1) / np.sqrt(3)
+    assert e["diff_mean"] == pytest.approx(d.mean()) and e["ci_low"] == pytest.approx(d.mean() - half)
+    assert e["established"] and "elbows and wrists" in e["verdict"]
+    assert row["conditions"]["warp"]["test_PCK_arms_best"]["mean"] == pytest.approx(np.mean(arms["warp"]))
+
+
+def test_pck_per_joint_and_over_the_arm_joints():
+    """PoseMetrics: PCK of each joint and of the elbows and wrists, against a count by hand."""
+    from posesynth.datasets.layouts import DRIVER9
+    from posesynth.posenet.metrics import PoseMetrics
+
+    names = DRIVER9.keypoints
+    gt = np.zeros((1, 9, 3), np.float32)
+    xy = {"right_wrist": (20, 80), "right_elbow": (25, 60), "right_shoulder": (35, 40), "neck": (50, 38),
+          "left_shoulder": (65, 40), "left_elbow": (75, 60), "left_wrist": (80, 80), "right_hip": (40, 90),
+          "left_hip": (60, 90)}
+    for j, n in enumerate(names):
+        gt[0, j] = (*xy[n], 2)
+    pred = gt.copy()
+    pred[0, names.index("left_wrist"), :2] += 60     # far off: wrong at any alpha here
+    pred[0, names.index("right_shoulder"), :2] += 60
+    m = PoseMetrics(DRIVER9, 0.2)
+    m.add(gt, pred, np.ones(1), (128, 128))
+    out = m.result()
+    assert out["PCK@0.2"] == pytest.approx(7 / 9)
+    assert out["PCK@0.2/arms"] == pytest.approx(3 / 4)          # elbows and wrists: the left wrist is wrong
+    assert out["PCK@0.2/left_wrist"] == 0 and out["PCK@0.2/right_shoulder"] == 0 and out["PCK@0.2/neck"] == 1
 
 
 # ---- --init --------------------------------------------------------------------------------------

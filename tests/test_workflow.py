@@ -400,6 +400,8 @@ def test_training_on_two_datasets_and_evaluate_outputs(coco_run, fixtures_dir, t
     assert "nan" in line and "no labelled nose in the data" in line
     m = json.loads((coco_run / "metrics_test_mpii.json").read_text().replace("NaN", "null"))
     assert m["checkpoint"].endswith("latest") and m["nan_reasons"]["px_error/left_eye"] == "no labelled left_eye in the data"
+    assert m["PCK@0.2/nose"] is None and m["nan_reasons"]["PCK@0.2/nose"] == "no labelled nose in the data"
+    assert 0 <= m["PCK@0.2/arms"] <= 1 and 0 <= m["PCK@0.2/left_wrist"] <= 1   # MPII labels arms
     # a checkpoint file, and one that is not there
     ck = coco_run / "checkpoints" / "latest.safetensors"
     assert main(["evaluate", "--posenet", str(coco_run), "--data", str(coco), "--checkpoint", str(ck),

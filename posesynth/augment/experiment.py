@@ -215,9 +215,17 @@ def _check_out(out: Path, c: ExperimentConfig) -> None:
                     defaults=_settings(ExperimentConfig()))
 
 
+def _device_kind(spec: Any) -> str:
+    """``cpu`` or ``cuda`` (or another torch device type) for a ``--device`` value here."""
+    spec = str(spec)
+    return resolve_device("auto").type if spec == "auto" else spec.split(":")[0]
+
+
 def _resumable(run: Path, pcfg: PoseTrainConfig) -> bool:
-    """Whether ``run`` holds this pose run to continue (its config equal to ``pcfg``); a run
-    with other settings is refused, naming the difference."""
+    """Whether ``run`` holds this pose run to continue (its config equal to ``pcfg``; the device
+    may be named differently if it is the same kind here: ``cpu`` and ``auto`` on a machine
+    without CUDA); a run with other settings is refused, naming the difference (a CPU run is not
+    continued on a GPU: its precision would change half way)."""
     if not (run / "checkpoints" / "latest.json").exists():
         return False
     saved = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").exists() else None
@@ -226,7 +234,8 @@ def _resumable(run: Path, pcfg: PoseTrainConfig) -> bool:
     if isinstance(saved, dict):
         # an option added since that run was made counts as its default there
         diff = [f"{k}: {saved.get(k, default.get(k))!r} there, {v!r} now" for k, v in now.items()
-                if saved.get(k, default.get(k)) != v]
+                if saved.get(k, default.get(k)) != v
+                and not (k == "device" and _device_kind(saved.get(k, default.get(k))) == _device_kind(v))]
         if diff:
             raise ConfigError(f"{run} is a pose run with other settings ({'; '.join(diff)}); choose another --out")
     return True
@@ -331,6 +340,7 @@ def _score(t: PoseNetTrainer, src: Subset, test: KeypointSource, c: ExperimentCo
             load_module(model, tensors, "model", str(t.run))
         te = evaluate_dataset(model, test_ds, **{**args, "multi_person": t.cfg.multi_person or test_people > 1})
         row[f"test_PCK_{when}"], row[f"test_AP_{when}"] = te[key], te["AP"]
+        row[f"test_PCK_arms_{when}"] = te.get(f"{key}/arms", float("nan"))   # elbows and wrists
         row[f"test_loss_{when}"] = te.get("loss")
         if when == "best":
             tr = evaluate_dataset(model, train_ds, **args)
@@ -385,17 +395,17 @@ def paired_stats(diffs: "np.ndarray | list[float]", level: float = 0.95) -> dict
             "established": bool(n > 1 and np.isfinite(half) and (lo > 0 or hi < 0))}
 
 
-def verdict(name: str, ref: str, e: dict[str, Any]) -> str:
+def verdict(name: str, ref: str, e: dict[str, Any], what: str = "test PCK@0.2") -> str:
     """One sentence on a paired comparison: the mean difference, its t-based interval, the
     seeds ahead, and "exceeds the spread" only when the interval excludes zero."""
     if e["seeds"] < 2:
-        return (f"{name} - {ref}: {e['diff_mean']:+.3f} test PCK@0.2 on {e['seeds']} seed: not established "
+        return (f"{name} - {ref}: {e['diff_mean']:+.3f} {what} on {e['seeds']} seed: not established "
                 "(a confidence interval needs at least 2 seeds)")
     pct = round(100 * e["level"])
-    what = ("exceeds the spread (the interval excludes zero)" if e["established"] else
+    said = ("exceeds the spread (the interval excludes zero)" if e["established"] else
             "not established (the interval contains zero)")
-    return (f"{name} - {ref}: {e['diff_mean']:+.3f} test PCK@0.2, {pct}% CI [{e['ci_low']:+.3f}, {e['ci_high']:+.3f}] "
-            f"over {e['seeds']} seeds, ahead on {e['ahead']} of {e['seeds']}: {what}")
+    return (f"{name} - {ref}: {e['diff_mean']:+.3f} {what}, {pct}% CI [{e['ci_low']:+.3f}, {e['ci_high']:+.3f}] "
+            f"over {e['seeds']} seeds, ahead on {e['ahead']} of {e['seeds']}: {said}")
 
 
 def summarise(results: list[dict[str, Any]], c: ExperimentConfig) -> dict[str, Any]:
@@ -413,30 +423,13 @@ def summarise(results: list[dict[str, Any]], c: ExperimentConfig) -> dict[str, A
             row["conditions"][cond] = {
                 k: dict(zip(("mean", "sd"), _ms([r.get(k) for r in rs])))
                 for k in ("test_PCK_best", "test_PCK_final", "test_AP_best", "test_AP_final", "train_PCK_best",
-                          "gap_PCK", "gap_loss", "best_epoch")}
-        score = {cond: {r["seed"]: r["test_PCK_best"] for r in results if r["n"] == n and r["cond"] == cond}
-                 for cond in c.conditions}
-        comp: dict[str, Any] = {}
-        comp_dup: dict[str, Any] = {}
-        for cond in c.conditions:
-            for ref, table in (("baseline", comp), ("real-dup", comp_dup)):
-                if cond in (ref, "oracle", "baseline") or not score.get(ref) or (ref == "real-dup"
-                                                                                 and cond not in RENDERED):
-                    continue
-                seeds = sorted(set(score[ref]) & set(score[cond]))
-                entry = paired_stats([score[cond][s] - score[ref][s] for s in seeds])
-                entry["verdict"] = verdict(cond, ref, entry)
-                entry["exceeds_spread"] = entry["established"]
-                if ref == "baseline" and score.get("oracle"):
-                    paired = [s for s in seeds if s in score["oracle"]]   # oracle gap over the same seeds, paired
-                    if paired:
-                        gap = float(np.mean([score["oracle"][s] - score[ref][s] for s in paired]))
-                        closed = float(np.mean([score[cond][s] - score[ref][s] for s in paired]))
-                        entry["oracle_gap"] = gap
-                        # a share of the gap means something only when the oracle is above the baseline
-                        entry["oracle_share"] = closed / gap if gap > 1e-9 else float("nan")
-                table[cond] = entry
-        row["compare"], row["compare_real_dup"] = comp, comp_dup
+                          "gap_PCK", "gap_loss", "best_epoch", "test_PCK_arms_best")}
+        rs = [r for r in results if r["n"] == n]
+        row["compare"], row["compare_real_dup"] = _comparisons(rs, c.conditions, "test_PCK_best")
+        # a secondary measure: the same comparisons on the elbows and wrists alone (the joints
+        # the renders move); the verdicts are on all joints
+        arms = _comparisons(rs, c.conditions, "test_PCK_arms_best", "test PCK@0.2 of the elbows and wrists")
+        row["compare_arms"] = {"baseline": arms[0], "real-dup": arms[1]}
         last = [r["best_epoch"] >= len(r["history"]) for r in results if r["n"] == n and r.get("history")]
         gap = row["conditions"].get("baseline", {}).get("gap_PCK", {}).get("mean", float("nan"))
         row["baseline_overfits"] = bool(np.isfinite(gap) and gap >= c.overfit_gap)
@@ -453,6 +446,34 @@ def summarise(results: list[dict[str, Any]], c: ExperimentConfig) -> dict[str, A
             row["note"] = ""
         rows.append(row)
     return {"rows": rows, "metric": "test PCK@0.2 at the validation-selected epoch"}
+
+
+def _comparisons(rs: list[dict[str, Any]], conditions: "list[str] | tuple[str, ...]", key: str,
+                 what: str = "test PCK@0.2") -> tuple[dict[str, Any], dict[str, Any]]:
+    """Paired per-seed comparisons of ``key`` over the runs ``rs`` (one training size): every
+    condition but the oracle against the baseline (with the share of the oracle gap closed),
+    and every rendered condition against real-dup."""
+    score = {cond: {r["seed"]: r.get(key, float("nan")) for r in rs if r["cond"] == cond} for cond in conditions}
+    comp: dict[str, Any] = {}
+    comp_dup: dict[str, Any] = {}
+    for cond in conditions:
+        for ref, table in (("baseline", comp), ("real-dup", comp_dup)):
+            if cond in (ref, "oracle", "baseline") or not score.get(ref) or (ref == "real-dup" and cond not in RENDERED):
+                continue
+            seeds = sorted(set(score[ref]) & set(score[cond]))
+            entry = paired_stats([score[cond][s] - score[ref][s] for s in seeds])
+            entry["verdict"] = verdict(cond, ref, entry, what)
+            entry["exceeds_spread"] = entry["established"]
+            if ref == "baseline" and score.get("oracle"):
+                paired = [s for s in seeds if s in score["oracle"]]   # oracle gap over the same seeds, paired
+                if paired:
+                    gap = float(np.mean([score["oracle"][s] - score[ref][s] for s in paired]))
+                    closed = float(np.mean([score[cond][s] - score[ref][s] for s in paired]))
+                    entry["oracle_gap"] = gap
+                    # a share of the gap means something only when the oracle is above the baseline
+                    entry["oracle_share"] = closed / gap if gap > 1e-9 else float("nan")
+            table[cond] = entry
+    return comp, comp_dup
 
 
 def best_renderer(row: dict[str, Any]) -> "str | None":
@@ -544,7 +565,9 @@ def _report(summary: dict[str, Any], c: ExperimentConfig, out: Path, strips: lis
             + "".join(f"<td>{_f(cs[k][m]['mean'])} ± {_f(cs[k][m]['sd'])}</td>"
                       for m in ("test_PCK_best", "test_PCK_final", "test_AP_best", "train_PCK_best", "gap_PCK",
                                 "gap_loss"))
-            + f"<td>{_f(cs[k]['best_epoch']['mean'], 1)}</td></tr>" for k in conds)
+            + f"<td>{_f(cs[k]['best_epoch']['mean'], 1)}</td>"
+            + f"<td>{_f(cs[k]['test_PCK_arms_best']['mean'])} ± {_f(cs[k]['test_PCK_arms_best']['sd'])}</td></tr>"
+            for k in conds)
         comp = "".join(
             f"<tr><td>{html.escape(k)} - {ref}</td><td>{_f(v['diff_mean'])} ± {_f(v['diff_sd'])}</td>"
             f"<td>[{_f(v['ci_low'])}, {_f(v['ci_high'])}]</td><td>{v['ahead']} of {v['seeds']}</td>"
@@ -553,16 +576,25 @@ def _report(summary: dict[str, Any], c: ExperimentConfig, out: Path, strips: lis
                "<td>n/a: the oracle is not above the baseline</td></tr>" if "oracle_gap" in v else "<td>n/a</td></tr>")
             for ref, table in (("baseline", row["compare"]), ("real-dup", row.get("compare_real_dup", {})))
             for k, v in table.items())
+        arms = "".join(
+            f"<tr><td>{html.escape(k)} - {ref}</td><td>{_f(v['diff_mean'])} ± {_f(v['diff_sd'])}</td>"
+            f"<td>[{_f(v['ci_low'])}, {_f(v['ci_high'])}]</td><td>{v['ahead']} of {v['seeds']}</td>"
+            f"<td>{'exceeds the spread' if v['established'] else 'not established'}</td></tr>"
+            for ref, table in row.get("compare_arms", {}).items() for k, v in table.items())
         note = (f"<p><b>No verdict:</b> {html.escape(row['note'])}.</p>" if row.get("note") else
                 "<p>The baseline overfits and the runs converged: the comparisons below are meaningful.</p>")
         parts.append(f"""<h2>{row['n']} training images</h2>
 <table><tr><th>condition</th><th>test PCK@0.2 (val-selected)</th><th>test PCK@0.2 (final)</th>
 <th>test AP (val-selected)</th><th>train PCK</th><th>gap: train - test PCK</th><th>gap: test - train loss</th>
-<th>selected epoch</th></tr>{body}</table>{note}
+<th>selected epoch</th><th>test PCK@0.2, elbows and wrists</th></tr>{body}</table>{note}
 <p>Paired by seed (difference in test PCK@0.2 at the validation-selected epoch), with the t-based 95% confidence
 interval of the mean difference; it "exceeds the spread" only when that interval excludes zero:</p>
 <table><tr><th>comparison</th><th>mean difference ± sd over seeds</th><th>95% CI</th><th>ahead on</th>
-<th>verdict</th><th>share of the oracle gap closed</th></tr>{comp}</table>""")
+<th>verdict</th><th>share of the oracle gap closed</th></tr>{comp}</table>
+<p>A secondary measure, the same pairs on the elbows and wrists alone (the joints the renders move; the verdicts
+above are on all joints):</p>
+<table><tr><th>comparison</th><th>mean difference ± sd over seeds</th><th>95% CI</th><th>ahead on</th>
+<th>verdict</th></tr>{arms}</table>""")
     strip_html = "".join(f"<h3>{html.escape(k)}: source | render (last replaced slots)</h3>"
                          f"<img src='rendered_{html.escape(k)}.png'>" for k in strips)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>posesynth: overfitting experiment</title>

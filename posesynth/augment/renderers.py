@@ -116,8 +116,14 @@ def telea_fill(img: np.ndarray, hole: np.ndarray, radius: float, max_radius: flo
 
 
 def _usable_cores() -> int:
-    """CPU cores this process may run on (its affinity where the OS tells it)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    """CPU cores this process may run on (its affinity where the OS tells it), divided among the
+    processes torchrun started on this machine."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    except ValueError:
+        ranks = 1
+    return max(1, n // max(ranks, 1))
 
 
 def _content_seed(*arrays: np.ndarray) -> int:
@@ -245,9 +251,10 @@ class WarpRenderer(Renderer):
             scene and no other part of a person lies (the torso an arm covered stays inpainted).
         threads: images of a batch rendered at once (OpenCV releases the GIL; each image's
             GrabCut seeds OpenCV's thread-local RNG, so the result is the same bytes for any
-            number). ``None``: one per CPU core this process may use, at most the batch size.
-            The warp runs on the CPU even when the pose network trains on a GPU, where one
-            thread made it 90% of the training step (README, "GPU figures").
+            number). ``None``: the CPU cores this process may use, shared among torchrun's
+            processes on this machine (``LOCAL_WORLD_SIZE``), at most the batch size.  The warp
+            runs on the CPU even when the pose network trains on a GPU, where on one thread it
+            was 84-99% of the mixed training step (README, "GPU figures").
     """
 
     name = "warp"
@@ -266,8 +273,8 @@ class WarpRenderer(Renderer):
         self.blend, self.feather, self.shoulder_keep = blend, feather, shoulder_keep
         self.arm_colour, self.torso_colour = arm_colour, torso_colour
         self.background = background
-        if threads is not None and threads < 1:
-            raise ConfigError(f"threads must be >= 1 (got {threads})")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ConfigError(f"threads must be a whole number >= 1 or None (got {threads!r})")
         self.threads = threads
         self.last_limb: "np.ndarray | None" = None   # (B, H, W) alpha of the pasted limbs (for tests, reports)
         self.stats: dict[str, Any] = self.new_stats()   # arms asked to move, moved, left

@@ -42,6 +42,10 @@ def nan_reasons(res: dict, labelled: np.ndarray, found: np.ndarray, layout) -> d
         if key in res and res[key] != res[key]:
             out[key] = (f"no labelled {name} in the data" if n == 0 else
                         f"the network found none of the {int(n)} labelled {name} points")
+        for key in [k for k in res if k.startswith("PCK@") and k.endswith(f"/{name}") and res[k] != res[k]]:
+            out[key] = f"no labelled {name} in the data"
+    for key in [k for k in res if k.startswith("PCK@") and k.endswith("/arms") and res[k] != res[k]]:
+        out[key] = "no labelled elbow or wrist in the data"
     if res.get("mean_px_error", 0.0) != res.get("mean_px_error", 0.0):
         out["mean_px_error"] = "no labelled point was found by the network"
     return out

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from ..datasets.geometry import torso_size
+from ..datasets.geometry import arm_chains, torso_size
 from ..datasets.layouts import KeypointLayout
 
 __all__ = ["coco_oks", "torso_size", "PoseMetrics", "oks_matrix", "image_pck", "match_people"]
@@ -204,7 +204,16 @@ class PoseMetrics:
 
     def result(self) -> dict[str, float]:
         found = self.found
-        out = {f"PCK@{self.pck_alpha:g}": float(self.correct.sum() / max(self.counted.sum(), 1))}
+        key = f"PCK@{self.pck_alpha:g}"
+        out = {key: float(self.correct.sum() / max(self.counted.sum(), 1))}
+        # per joint, and over the elbows and wrists (the joints the arm renderers move): nan where
+        # no such joint is labelled
+        for name, c, n in zip(self.layout.keypoints, self.correct, self.counted):
+            out[f"{key}/{name}"] = float(c / n) if n else float("nan")
+        arms = [j for chain in arm_chains(self.layout) for j in chain[1:]]
+        if arms:
+            n = self.counted[arms].sum()
+            out[f"{key}/arms"] = float(self.correct[arms].sum() / n) if n else float("nan")
         out.update(coco_oks(self.gts, self.preds, self.scores, self.layout, self.sizes, self.areas))
         per_kp = np.where(found > 0, self.err_sum / np.maximum(found, 1), np.nan)
         # nan, not 0, when nothing was found: an error of 0 px would read as perfect

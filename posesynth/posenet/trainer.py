@@ -485,7 +485,8 @@ class PoseNetTrainer:
         res = evaluate_dataset(self.eval_model, self.val_dataset, self.layout, self.cfg.multi_person,
                                self.cfg.decode_threshold, self.cfg.pck_alpha, self.weights, self.cfg.batch_size,
                                self.device, self.rank, self.world)
-        return {f"val_{k}": v for k, v in res.items() if not k.startswith("px_error/")}
+        # per-joint figures (px_error/<joint>, PCK@a/<joint>, PCK@a/arms) stay out of the history
+        return {f"val_{k}": v for k, v in res.items() if "/" not in k}
 
     def _decide_stop(self, t0: float) -> "str | None":
         """Rank 0 decides whether to stop (early stop or time limit) and tells every rank."""
