@@ -214,9 +214,12 @@ def test_warp_generate_is_independent_of_sharding_and_interruption(warp_data, tm
     assert one["images"] == sh["images"] and one["annotations"] == sh["annotations"]
     ref = _images(tmp_path / "one")
     assert len(ref) == 16 and _images(tmp_path / "sh") == ref
-    # interrupted after 5 images (another RNG history again), then resumed
+    # one image per call instead of batches of 8 rendered on a thread each: the same bytes
+    assert run(tmp_path / "b1", "--batch-size", "1") == 0
+    assert read(tmp_path / "b1") == one and _images(tmp_path / "b1") == ref
+    # interrupted after 5 images (batches of 3; another RNG history again), then resumed
     cfg = GenerateConfig(renderer="warp", data=str(warp_data / "data"), out=str(tmp_path / "part"), per_image=2,
-                         seed=4, device="cpu")
+                         seed=4, device="cpu", batch_size=3)
     generate_dataset(cfg, progress=False, stop_after=5)
     cv2.setRNGSeed(31)
     assert run(tmp_path / "part") == 0
@@ -327,7 +330,7 @@ def test_generate_after_kill_9_gives_the_uninterrupted_bytes(warp_data, tmp_path
 
 def test_merge_refuses_an_unfinished_shard(warp_data, tmp_path):
     cfg = dict(renderer="warp", data=str(warp_data / "data"), out=str(tmp_path / "sh"), per_image=2, seed=4,
-               device="cpu")
+               device="cpu", batch_size=2)   # stop_after stops after a whole batch
     generate_dataset(GenerateConfig(shard="0/2", **cfg), progress=False)
     generate_dataset(GenerateConfig(shard="1/2", **cfg), progress=False, stop_after=3)
     with pytest.raises(PosesynthError, match=r"not finished \(annotations.shard-1-of-2.journal.jsonl\)"):

@@ -89,7 +89,8 @@ class GenerateConfig:
         "help": "i/N: this process's share of the images, those with id % N == i (unset: the torchrun rank and "
                 "world size, else all)"})
     batch_size: int = field(default=8, metadata={
-        "help": "images rendered per batch by the GAN (the warp renders one at a time)"})
+        "help": "images rendered per batch by the GAN, and by the warp (those of one size at once, on a thread "
+                "per core); refine renders one at a time"})
     device: str = field(default="auto", metadata={"help": "auto|cpu|cuda:N"})
     precision: str = field(default="fp32", metadata={"help": "gan renderer: fp32|fp16|bf16|int8"})
     compile: bool = field(default=False, metadata={
@@ -148,6 +149,19 @@ def _ann_name(i: int, n: int) -> str:
 def _check_settings(out: Path, settings: dict[str, Any]) -> None:
     """Refuse to continue into an output made with other settings; record them otherwise."""
     record_settings(out, "generate.json", settings, "a dataset generated", "annotations*.json")
+
+
+def _same_size_runs(ready: list) -> list[list]:
+    """Consecutive runs of ``(item, sample, keypoints)`` whose images have one size and masks one
+    count (what one renderer call stacks), in order."""
+    runs: list[list] = []
+    for r in ready:
+        key = (r[1].image.shape, r[1].masks.shape)
+        if runs and (runs[-1][0][1].image.shape, runs[-1][0][1].masks.shape) == key:
+            runs[-1].append(r)
+        else:
+            runs.append([r])
+    return runs
 
 
 def _gan_renderer(c: GenerateConfig, layout, device: torch.device, calib_maps) -> GANRenderer:
@@ -236,14 +250,30 @@ def generate_dataset(c: GenerateConfig, progress: bool = True, stop_after: "int 
     todo = [t for t in range(n_rendered) if t % nshards == shard and t + 1 not in done]
     sources = [t for t in range(n_rendered, n_rendered + n_src) if t % nshards == shard and t + 1 not in done] \
         if c.with_source else []
-    # the warp works at each source's own size (one image per call); the GAN in batches
-    bs = c.batch_size if c.renderer_name == "gan" else 1
+    # the GAN renders in batches at its size; the warp in batches of images of one size (each
+    # image rendered on its own thread, the same bytes as one at a time); refine one at a time
+    bs = c.batch_size if c.renderer_name in ("gan", "warp") else 1
     batches = [todo[j:j + bs] for j in range(0, len(todo), bs)]
     bar = tqdm(total=len(todo) + len(sources), desc=f"generate{'' if nshards == 1 else f' {shard}/{nshards}'}",
                unit="img", disable=not progress, dynamic_ncols=True)
     written = 0
     t0 = time.perf_counter()
     pool = ThreadPoolExecutor(max(c.threads, 1))
+
+    def render(ready: list) -> list[Sample]:
+        """``(item, source sample, new keypoints)`` of one size -> the rendered samples."""
+        p = max(max(s.num_people for _, s, _ in ready), 1)
+        old = pad_people([s.keypoints for _, s, _ in ready], p, layout.num_keypoints)
+        new = pad_people([kp for _, _, kp in ready], p, layout.num_keypoints)
+        imgs = torch.stack([image_to_tensor(s.image) for _, s, _ in ready]).to(device)
+        masks = torch.from_numpy(np.stack([s.masks for _, s, _ in ready])).float().to(device)
+        with torch.inference_mode():
+            rd = renderer(imgs, masks, old, new)
+        pics = tensor_to_image(rd.images)
+        new_masks = (rd.masks > 0.5).to(torch.uint8).cpu().numpy()
+        drawn = rd.keypoints if rd.keypoints is not None else new   # the poses the renderer drew
+        return [Sample(pic, kp[: s.num_people], m, meta=s.meta)
+                for pic, m, kp, (_, s, _) in zip(pics, new_masks, drawn, ready)]
 
     def write(sample: Sample, item: int) -> dict[str, Any]:
         return writer.write_files(sample, item + 1, encode_image(sample.image, ".jpg", 95))
@@ -253,18 +283,7 @@ def generate_dataset(c: GenerateConfig, progress: bool = True, stop_after: "int 
         for bi in range(len(batches)):
             ready = [f.result() for f in nxt]
             nxt = [pool.submit(prepare, t) for t in batches[bi + 1]] if bi + 1 < len(batches) else []
-            p = max(max(s.num_people for _, s, _ in ready), 1)
-            old = pad_people([s.keypoints for _, s, _ in ready], p, layout.num_keypoints)
-            new = pad_people([kp for _, _, kp in ready], p, layout.num_keypoints)
-            imgs = torch.stack([image_to_tensor(s.image) for _, s, _ in ready]).to(device)
-            masks = torch.from_numpy(np.stack([s.masks for _, s, _ in ready])).float().to(device)
-            with torch.inference_mode():
-                rd = renderer(imgs, masks, old, new)
-            pics = tensor_to_image(rd.images)
-            new_masks = (rd.masks > 0.5).to(torch.uint8).cpu().numpy()
-            drawn = rd.keypoints if rd.keypoints is not None else new   # the poses the renderer drew
-            samples = [Sample(pic, kp[: s.num_people], m, meta=s.meta)
-                       for pic, m, kp, (_, s, _) in zip(pics, new_masks, drawn, ready)]
+            samples = [x for group in _same_size_runs(ready) for x in render(group)]
             entries = [pool.submit(write, s, item) for s, (item, _, _) in zip(samples, ready)]
             for s, (item, _, _), fut in zip(samples, ready, entries):
                 writer.add(s, item + 1, entry=fut.result())
