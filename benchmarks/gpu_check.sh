@@ -34,7 +34,7 @@ if [ "$TOY" = 1 ]; then
     MIX="--size 64 --ngf 8 --batch 2 --iters 1"
     N=16; SIZE=64; EPOCH="--steps-per-epoch 2 --batch-size 2"; GSTEPS=2; GNGF=8
 else
-    PREC=""
+    PREC="--iters 5"   # 10 iterations took 3.5 minutes of the first H200 run
     MIX="--size 256 --ngf 64"
     # steps 1-3 took about 8 minutes on one H200 with 16 CPU cores (bench_precision about 3.5 of
     # them; the warp renders on the CPU, in the main process for train-posenet); the tests come after
