@@ -261,3 +261,42 @@ def test_render_quality_pairs_on_a_clip(tmp_path):
     assert res["pairs"] == 2
     assert set(res["renderers"]) == {"copy", "warp"}
     assert (tmp_path / "q" / "pairs.png").exists() and (tmp_path / "q" / "index.html").exists()
+    # the region's three parts: the copy's pooled PSNR over them is the region's pooled PSNR
+    # computed here from the images
+    from posesynth.datasets.formats import open_dataset
+    from posesynth.datasets.geometry import limb_region
+
+    clip = open_dataset(tmp_path / "clip")   # the frames as written (and read back)
+    sse = n = 0
+    for i, j in ((0, 1), (1, 0)):
+        old, new = frames[i].keypoints, frames[j].keypoints
+        r = limb_region(old[None], new[None], L, (128, 128))[0, 0].numpy() > 0
+        sse += float(((clip[i].image.astype(float) - clip[j].image) ** 2)[r].sum())
+        n += int(r.sum())
+    copy = res["renderers"]["copy"]
+    assert sum(res["part_pixels"].values()) == n
+    pooled = -10 * np.log10(sum(10 ** (-copy["psnr_parts"][k] / 10) * res["part_pixels"][k] for k in copy["psnr_parts"]
+                                if res["part_pixels"][k]) / n)
+    assert pooled == pytest.approx(10 * np.log10(255 ** 2 / (sse / (3 * n))), abs=1e-6)
+    assert sum(copy["sse_share"].values()) == pytest.approx(1.0)
+
+
+def test_the_arm_region_splits_into_old_new_and_both():
+    """Where only the old arm was, only the new one is, and both: disjoint, together the region;
+    the old wrist lies in the first, the new wrist in the second."""
+    from posesynth.augment.render import region_parts
+    from posesynth.datasets.geometry import limb_region
+
+    L = DRIVER9
+    old = render_scene(scene_rng(2, 0), 128, "narrow", 0.0).keypoints[:1]
+    new = old.copy()
+    new[0, L.index("right_wrist"), :2] += (-35, 10)     # outwards, clear of the other arm and the body
+    new[0, L.index("right_elbow"), :2] += (-14, 4)
+    region = limb_region(old[None], new[None], L, (128, 128))
+    parts = region_parts(old, new, L, (128, 128), region, (0, 128, 0, 128))
+    masks = list(parts.values())
+    assert sum(m.astype(int) for m in masks).max() == 1                       # disjoint
+    assert np.array_equal(np.any(masks, 0), region[0, 0].numpy() > 0)        # the whole region
+    (ox, oy), (nx, ny) = old[0, L.index("right_wrist"), :2].astype(int), new[0, L.index("right_wrist"), :2].astype(int)
+    assert parts["old arm only"][oy, ox] and parts["new arm only"][ny, nx]
+    assert parts["both"][tuple(old[0, L.index("right_shoulder"), :2].astype(int)[::-1])]   # the shoulder stays

@@ -288,6 +288,10 @@ def render_pairs(c: "QualityConfig", progress: bool = True) -> dict[str, Any]:
     arm = arm_joint_mask(layout)
     names = ["copy", *rends]
     per = {k: {"psnr": [], "ssim": []} for k in names}
+    # the region's squared error split where it lies: where only the old arm was (what the
+    # renderer must erase), where only the new one is (what it must draw), and where both are
+    sse = {k: dict.fromkeys(REGION_PARTS, 0.0) for k in names}
+    part_px = dict.fromkeys(REGION_PARTS, 0)
     rows, picture = [], []
     cache: dict[int, Any] = {}
     seen: dict[str, list] = {k: [] for k in [*rends, "real target"]}   # (image, keypoints) for the detector
@@ -327,8 +331,14 @@ def render_pairs(c: "QualityConfig", progress: bool = True) -> dict[str, Any]:
         ys, xs = np.nonzero(region[0, 0].numpy() > 0)
         y0, y1, x0, x1 = max(ys.min() - 8, 0), ys.max() + 9, max(xs.min() - 8, 0), xs.max() + 9
         reg_c, tgt_c = region[..., y0:y1, x0:x1], b.image[y0:y1, x0:x1]
+        parts = region_parts(old, new, layout, hw, region, (y0, y1, x0, x1))
+        for k, m in parts.items():
+            part_px[k] += int(m.sum())
         for name, im in outs.items():
             im_c = np.ascontiguousarray(im[y0:y1, x0:x1])
+            sq = ((im_c.astype(np.float64) - tgt_c) ** 2).sum(-1)
+            for k, m in parts.items():
+                sse[name][k] += float(sq[m].sum())
             pv, sv = float(psnr(im_c, tgt_c, reg_c)[0]), float(ssim(im_c, tgt_c, reg_c)[0])
             per[name]["psnr"].append(pv)
             per[name]["ssim"].append(sv)
@@ -351,9 +361,13 @@ def render_pairs(c: "QualityConfig", progress: bool = True) -> dict[str, Any]:
         pv, sv = np.asarray(per[name]["psnr"], float), np.asarray(per[name]["ssim"], float)
         e: dict[str, Any] = {"psnr": float(np.mean(pv)), "psnr_sd": float(np.std(pv)), "ssim": float(np.mean(sv)),
                              "psnr_minus_copy": float(np.mean(pv - base))}
+        # PSNR of the pixels of each part pooled over all pairs (every pixel weighs the same)
+        e["psnr_parts"] = {k: _pooled_psnr(sse[name][k], part_px[k]) for k in REGION_PARTS}
+        e["sse_share"] = {k: sse[name][k] / max(sum(sse[name].values()), 1e-12) for k in REGION_PARTS}
         if name != "copy":
             e["describe"] = rends[name].describe()
         res["renderers"][name] = e
+    res["part_pixels"] = part_px
     if "warp" in rends:
         w = np.asarray(per["warp"]["psnr"], float)
         for name in rends:
@@ -381,15 +395,19 @@ def render_pairs(c: "QualityConfig", progress: bool = True) -> dict[str, Any]:
         pic = np.concatenate([np.pad(p, ((0, hmax - p.shape[0]), (0, 0), (0, 0))) for p in picture], 0)
         cv2.imwrite(str(out / "pairs.png"), cv2.cvtColor(pic, cv2.COLOR_RGB2BGR))
     table = "".join(f"<tr><td>{html.escape(k)}</td><td>{v['psnr']:.2f} ± {v['psnr_sd']:.2f}</td><td>{v['ssim']:.3f}</td>"
-                    f"<td>{v['psnr_minus_copy']:+.2f}</td><td>{_pct(v.get('ahead_of_warp'))}</td></tr>"
-                    for k, v in res["renderers"].items())
+                    f"<td>{v['psnr_minus_copy']:+.2f}</td><td>{_pct(v.get('ahead_of_warp'))}</td>"
+                    + "".join(f"<td>{v['psnr_parts'][p]:.2f} ({100 * v['sse_share'][p]:.0f}%)</td>" for p in REGION_PARTS)
+                    + "</tr>" for k, v in res["renderers"].items())
     atomic_write_text(out / "index.html", f"""<!doctype html><meta charset="utf-8"><title>render quality: pairs</title>
 <style>body{{font-family:sans-serif}}td,th{{padding:3px 8px;border-bottom:1px solid #ddd}}img{{max-width:100%}}</style>
 <h1>Realism on {html.escape(str(c.pairs))}: {len(rows)} frame pairs</h1>
 <p>Frame i rendered with frame j's arms, compared with the real frame j inside the arm region (old and new capsules).
 copy: frame i unchanged (the baseline).</p>
 <table><tr><th>renderer</th><th>PSNR in the arm region (dB)</th><th>SSIM</th><th>minus copy (dB)</th>
-<th>pairs ahead of warp</th></tr>{table}</table>
+<th>pairs ahead of warp</th>{''.join(f"<th>{p}: pooled PSNR (share of the error)</th>" for p in REGION_PARTS)}</tr>
+{table}</table>
+<p>The region in three parts, over all pairs: where only the old arm was (to erase), where only the new arm is (to
+draw), where both are.</p>
 <p>source | {' | '.join(html.escape(k) for k in rends)} | real target (crops around the region)</p><img src="pairs.png">""")
     if progress:
         print(f"render-quality on {len(rows)} pairs of {c.pairs}: " + "; ".join(
@@ -398,7 +416,35 @@ copy: frame i unchanged (the baseline).</p>
             + (f", detector PCK {v['detector_PCK']:.3f} ({100 * v['detector_PCK_ratio']:.0f}% of real "
                f"{res['detector']['PCK_real_targets']:.3f})" if "detector_PCK" in v else "")
             for k, v in res["renderers"].items()) + f". Report: {out / 'index.html'}")
+        print("  pooled PSNR by part of the region (" + ", ".join(f"{p}: {part_px[p]} px" for p in REGION_PARTS) + "): "
+              + "; ".join(f"{k} " + ", ".join(f"{v['psnr_parts'][p]:.2f}" for p in REGION_PARTS)
+                          for k, v in res["renderers"].items()))
     return res
+
+
+#: the parts of a pair's arm region (see :func:`region_parts`)
+REGION_PARTS = ("old arm only", "new arm only", "both")
+
+
+def region_parts(old: np.ndarray, new: np.ndarray, layout, hw: tuple[int, int], region: torch.Tensor,
+                 box: tuple[int, int, int, int]) -> dict[str, np.ndarray]:
+    """The arm region of a pair (``region`` ``(1, 1, H, W)``: :func:`limb_region` of the moved
+    arms at their old and new places) split by where the arms are, as ``(y1 - y0, x1 - x0)``
+    bool masks on ``box``: inside only the capsules of the old pose's arms (``old`` ``(P, K,
+    3)``), inside only the new pose's, and inside both.  Together they cover the region."""
+    y0, y1, x0, x1 = box
+    r = region[0, 0, y0:y1, x0:x1].numpy() > 0
+    ro = limb_region(old[None], None, layout, hw)[0, 0, y0:y1, x0:x1].numpy() > 0
+    rn = limb_region(new[None], None, layout, hw)[0, 0, y0:y1, x0:x1].numpy() > 0
+    return {"old arm only": r & ~rn, "new arm only": r & rn & ~ro, "both": r & rn & ro}
+
+
+def _pooled_psnr(sse: float, pixels: int) -> float:
+    """PSNR in dB of ``pixels`` RGB pixels whose squared errors (0-255 scale) sum to ``sse``."""
+    if not pixels:
+        return float("nan")
+    mse = sse / (3 * pixels)
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
 
 
 def _background(c: "QualityConfig") -> Any:
