@@ -226,6 +226,33 @@ def test_warp_generate_is_independent_of_sharding_and_interruption(warp_data, tm
     assert read(tmp_path / "part") == one and _images(tmp_path / "part") == ref
 
 
+def test_warp_batches_of_mixed_sizes_give_the_bytes_of_one_at_a_time(tmp_path):
+    """Photos of several sizes and people counts: the warp renders each batch by size (each
+    group within a pixel budget) and writes in order; the same bytes as one image per call."""
+    from posesynth.augment.generate import _same_size_groups
+    from posesynth.cli import main
+    from posesynth.datasets.coco import write_coco
+    from posesynth.datasets.layouts import DRIVER9
+    from posesynth.datasets.synthetic import render_scene, scene_rng
+
+    scenes = [render_scene(scene_rng(9, i), (96, 128, 112)[i % 3], "narrow", 0.5) for i in range(9)]
+    assert len({s.image.shape for s in scenes}) == 3 and len({s.num_people for s in scenes}) == 2
+    write_coco(tmp_path / "mixed", scenes, DRIVER9)
+
+    def run(out, bs):
+        return main(["generate", "--renderer", "warp", "--data", str(tmp_path / "mixed"), "--out", str(out),
+                     "--per-image", "2", "--seed", "1", "--device", "cpu", "--batch-size", str(bs)])
+
+    assert run(tmp_path / "b8", 8) == 0 and run(tmp_path / "b1", 1) == 0
+    assert read(tmp_path / "b8") == read(tmp_path / "b1")
+    assert _images(tmp_path / "b8") == _images(tmp_path / "b1") and len(_images(tmp_path / "b1")) == 18
+    # groups: by size in order of first appearance, split at the pixel budget
+    ready = [(k, scenes[k], None) for k in range(6)]     # sizes 96, 128, 112, 96, 128, 112
+    assert _same_size_groups(ready) == [[0, 3], [1, 4], [2, 5]]
+    assert _same_size_groups(ready, max_pixels=128 * 128) == [[0], [1], [2], [3], [4], [5]]
+    assert _same_size_groups(ready, max_pixels=2 * 96 * 96) == [[0, 3], [1], [2], [4], [5]]
+
+
 def test_warp_render_ignores_opencv_random_state():
     """Issue 20.11: the same render twice in one process, OpenCV's RNG disturbed in between."""
     import cv2

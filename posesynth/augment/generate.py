@@ -89,8 +89,8 @@ class GenerateConfig:
         "help": "i/N: this process's share of the images, those with id % N == i (unset: the torchrun rank and "
                 "world size, else all)"})
     batch_size: int = field(default=8, metadata={
-        "help": "images rendered per batch by the GAN, and by the warp (those of one size at once, on a thread "
-                "per core); refine renders one at a time"})
+        "help": "images rendered per batch by the GAN, and by the warp (those of one size at once, on up to one "
+                "thread per core, at most 32 megapixels a call); refine renders one at a time"})
     device: str = field(default="auto", metadata={"help": "auto|cpu|cuda:N"})
     precision: str = field(default="fp32", metadata={"help": "gan renderer: fp32|fp16|bf16|int8"})
     compile: bool = field(default=False, metadata={
@@ -151,17 +151,26 @@ def _check_settings(out: Path, settings: dict[str, Any]) -> None:
     record_settings(out, "generate.json", settings, "a dataset generated", "annotations*.json")
 
 
-def _same_size_runs(ready: list) -> list[list]:
-    """Consecutive runs of ``(item, sample, keypoints)`` whose images have one size and masks one
-    count (what one renderer call stacks), in order."""
-    runs: list[list] = []
-    for r in ready:
+#: the most pixels the warp renders in one call (its float copies of a batch of 12-megapixel
+#: photos would take several GB)
+WARP_CALL_PIXELS = 32_000_000
+
+
+def _same_size_groups(ready: list, max_pixels: int = WARP_CALL_PIXELS) -> list[list[int]]:
+    """Indices into ``ready`` (``(item, sample, keypoints)`` triples) grouped by image size and
+    mask count (what one renderer call stacks), each group at most ``max_pixels`` pixels (at
+    least one image), in order of first appearance."""
+    groups: dict[tuple, list[list[int]]] = {}
+    order: list[list[int]] = []
+    for k, r in enumerate(ready):
         key = (r[1].image.shape, r[1].masks.shape)
-        if runs and (runs[-1][0][1].image.shape, runs[-1][0][1].masks.shape) == key:
-            runs[-1].append(r)
-        else:
-            runs.append([r])
-    return runs
+        px = r[1].image.shape[0] * r[1].image.shape[1]
+        g = groups.setdefault(key, [])
+        if not g or (len(g[-1]) + 1) * px > max_pixels:
+            g.append([])
+            order.append(g[-1])
+        g[-1].append(k)
+    return order
 
 
 def _gan_renderer(c: GenerateConfig, layout, device: torch.device, calib_maps) -> GANRenderer:
@@ -182,7 +191,8 @@ def _gan_renderer(c: GenerateConfig, layout, device: torch.device, calib_maps) -
 def generate_dataset(c: GenerateConfig, progress: bool = True, stop_after: "int | None" = None) -> Path:
     """Write (or complete) the generated dataset; returns its annotation file.
 
-    ``stop_after`` stops after that many new images (tests use it to simulate an interruption).
+    ``stop_after`` stops at the end of the batch in which that many new images are written
+    (tests use it to simulate an interruption).
     """
     c.validate()
     check_mode(c.augment)
@@ -283,7 +293,10 @@ def generate_dataset(c: GenerateConfig, progress: bool = True, stop_after: "int 
         for bi in range(len(batches)):
             ready = [f.result() for f in nxt]
             nxt = [pool.submit(prepare, t) for t in batches[bi + 1]] if bi + 1 < len(batches) else []
-            samples = [x for group in _same_size_runs(ready) for x in render(group)]
+            samples: list = [None] * len(ready)
+            for group in _same_size_groups(ready):   # rendered by size, written in order
+                for k, x in zip(group, render([ready[k] for k in group])):
+                    samples[k] = x
             entries = [pool.submit(write, s, item) for s, (item, _, _) in zip(samples, ready)]
             for s, (item, _, _), fut in zip(samples, ready, entries):
                 writer.add(s, item + 1, entry=fut.result())

@@ -396,7 +396,7 @@ def render_pairs(c: "QualityConfig", progress: bool = True) -> dict[str, Any]:
         cv2.imwrite(str(out / "pairs.png"), cv2.cvtColor(pic, cv2.COLOR_RGB2BGR))
     table = "".join(f"<tr><td>{html.escape(k)}</td><td>{v['psnr']:.2f} ± {v['psnr_sd']:.2f}</td><td>{v['ssim']:.3f}</td>"
                     f"<td>{v['psnr_minus_copy']:+.2f}</td><td>{_pct(v.get('ahead_of_warp'))}</td>"
-                    + "".join(f"<td>{v['psnr_parts'][p]:.2f} ({100 * v['sse_share'][p]:.0f}%)</td>" for p in REGION_PARTS)
+                    + "".join(f"<td>{_db(v['psnr_parts'][p])} ({100 * v['sse_share'][p]:.0f}%)</td>" for p in REGION_PARTS)
                     + "</tr>" for k, v in res["renderers"].items())
     atomic_write_text(out / "index.html", f"""<!doctype html><meta charset="utf-8"><title>render quality: pairs</title>
 <style>body{{font-family:sans-serif}}td,th{{padding:3px 8px;border-bottom:1px solid #ddd}}img{{max-width:100%}}</style>
@@ -406,8 +406,9 @@ copy: frame i unchanged (the baseline).</p>
 <table><tr><th>renderer</th><th>PSNR in the arm region (dB)</th><th>SSIM</th><th>minus copy (dB)</th>
 <th>pairs ahead of warp</th>{''.join(f"<th>{p}: pooled PSNR (share of the error)</th>" for p in REGION_PARTS)}</tr>
 {table}</table>
-<p>The region in three parts, over all pairs: where only the old arm was (to erase), where only the new arm is (to
-draw), where both are.</p>
+<p>The region in three parts, pooled over all pairs (every pixel of the part weighs the same, the region's soft edge
+included at full weight, so these differ from the per-pair means on the left): inside the capsules of the old pose's
+arms only (what must be erased), of the new pose's only (what must be drawn), and of both.</p>
 <p>source | {' | '.join(html.escape(k) for k in rends)} | real target (crops around the region)</p><img src="pairs.png">""")
     if progress:
         print(f"render-quality on {len(rows)} pairs of {c.pairs}: " + "; ".join(
@@ -417,7 +418,7 @@ draw), where both are.</p>
                f"{res['detector']['PCK_real_targets']:.3f})" if "detector_PCK" in v else "")
             for k, v in res["renderers"].items()) + f". Report: {out / 'index.html'}")
         print("  pooled PSNR by part of the region (" + ", ".join(f"{p}: {part_px[p]} px" for p in REGION_PARTS) + "): "
-              + "; ".join(f"{k} " + ", ".join(f"{v['psnr_parts'][p]:.2f}" for p in REGION_PARTS)
+              + "; ".join(f"{k} " + ", ".join(_db(v['psnr_parts'][p]) for p in REGION_PARTS)
                           for k, v in res["renderers"].items()))
     return res
 
@@ -430,21 +431,27 @@ def region_parts(old: np.ndarray, new: np.ndarray, layout, hw: tuple[int, int], 
                  box: tuple[int, int, int, int]) -> dict[str, np.ndarray]:
     """The arm region of a pair (``region`` ``(1, 1, H, W)``: :func:`limb_region` of the moved
     arms at their old and new places) split by where the arms are, as ``(y1 - y0, x1 - x0)``
-    bool masks on ``box``: inside only the capsules of the old pose's arms (``old`` ``(P, K,
-    3)``), inside only the new pose's, and inside both.  Together they cover the region."""
+    bool masks on ``box``: inside the capsules of the old pose's arms (``old`` ``(P, K, 3)``,
+    every labelled arm) and not the new pose's, inside the new pose's and not the old's, and
+    inside both.  The region lies inside the two poses' arm capsules, so the parts cover it; a
+    pixel outside both (none, unless the two capsule sets were drawn differently) is in no part."""
     y0, y1, x0, x1 = box
     r = region[0, 0, y0:y1, x0:x1].numpy() > 0
     ro = limb_region(old[None], None, layout, hw)[0, 0, y0:y1, x0:x1].numpy() > 0
     rn = limb_region(new[None], None, layout, hw)[0, 0, y0:y1, x0:x1].numpy() > 0
-    return {"old arm only": r & ~rn, "new arm only": r & rn & ~ro, "both": r & rn & ro}
+    return {"old arm only": r & ro & ~rn, "new arm only": r & rn & ~ro, "both": r & rn & ro}
+
+
+def _db(v: "float | None") -> str:
+    return "n/a" if v is None else f"{v:.2f}"
 
 
 def _pooled_psnr(sse: float, pixels: int) -> float:
-    """PSNR in dB of ``pixels`` RGB pixels whose squared errors (0-255 scale) sum to ``sse``."""
-    if not pixels:
-        return float("nan")
-    mse = sse / (3 * pixels)
-    return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
+    """PSNR in dB of ``pixels`` RGB pixels whose squared errors (0-255 scale) sum to ``sse``;
+    ``None`` (JSON's null) for no pixels or no error."""
+    if not pixels or sse <= 0:
+        return None
+    return float(10 * np.log10(255.0 ** 2 / (sse / (3 * pixels))))
 
 
 def _background(c: "QualityConfig") -> Any:
