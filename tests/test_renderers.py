@@ -212,19 +212,26 @@ def _capsules(old, new, layout, hw, spec=RegionSpec()):
     return out
 
 
-def test_renders_change_nothing_outside_the_capsules(inpaint_generator):
-    """Every pixel farther than the capsule reach from every moved bone (old and new position),
-    computed from the keypoints alone, is the source's, and the returned region is 0 there and
-    1 well inside the capsules (the region itself is not trusted: it is what is tested)."""
-    ss = [render_scene(scene_rng(5, i), 64, "narrow", 0.3) for i in range(6)]
+def _scene_batch(seed: int, n: int, size: int):
+    """``n`` drawn scenes (30% with a passenger) as a renderer's batch, with arms-high
+    perturbations: (scenes, images, masks, old keypoints, new keypoints)."""
+    ss = [render_scene(scene_rng(seed, i), size, "narrow", 0.3) for i in range(n)]
     p = max(s.num_people for s in ss)
     old = np.zeros((len(ss), p, 9, 3), np.float32)
     for i, s in enumerate(ss):
         old[i, :s.num_people] = s.keypoints
-    new = np.stack([perturb_keypoints(k, DRIVER9, (64, 64), np.random.default_rng(i), PerturbConfig("arms-high"))
+    new = np.stack([perturb_keypoints(k, DRIVER9, (size, size), np.random.default_rng(i), PerturbConfig("arms-high"))
                     for i, k in enumerate(old)])
     imgs = torch.stack([image_to_tensor(s.image) for s in ss])
     masks = torch.from_numpy(np.stack([s.masks for s in ss])).float()
+    return ss, imgs, masks, old, new
+
+
+def test_renders_change_nothing_outside_the_capsules(inpaint_generator):
+    """Every pixel farther than the capsule reach from every moved bone (old and new position),
+    computed from the keypoints alone, is the source's, and the returned region is 0 there and
+    1 well inside the capsules (the region itself is not trusted: it is what is tested)."""
+    ss, imgs, masks, old, new = _scene_batch(5, 6, 64)
     for r in (GANRenderer(inpaint_generator, "inpaint", DRIVER9, PoseMapSpec(), (64, 64)), WarpRenderer(DRIVER9)):
         out = r(imgs, masks, old, new)
         assert not torch.equal(out.images, imgs), r.name
@@ -242,15 +249,7 @@ def test_warp_on_threads_gives_the_bytes_and_counts_of_one_thread():
     the images, labels, pasted-limb alphas and skip counts of the same batch rendered one image
     after another: each image's GrabCut seeds OpenCV's RNG of its own thread, and each thread
     counts into its own statistics, added in order."""
-    ss = [render_scene(scene_rng(7, i), 128, "narrow", 0.3) for i in range(8)]
-    p = max(s.num_people for s in ss)
-    old = np.zeros((len(ss), p, 9, 3), np.float32)
-    for i, s in enumerate(ss):
-        old[i, :s.num_people] = s.keypoints
-    new = np.stack([perturb_keypoints(k, DRIVER9, (128, 128), np.random.default_rng(i), PerturbConfig("arms-high"))
-                    for i, k in enumerate(old)])
-    imgs = torch.stack([image_to_tensor(s.image) for s in ss])
-    masks = torch.from_numpy(np.stack([s.masks for s in ss])).float()
+    ss, imgs, masks, old, new = _scene_batch(7, 8, 128)
     one, many = WarpRenderer(DRIVER9, threads=1), WarpRenderer(DRIVER9, threads=4)
     a, b = one(imgs, masks, old, new), many(imgs, masks, old, new)
     assert not torch.equal(a.images, imgs)

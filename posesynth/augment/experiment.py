@@ -555,6 +555,13 @@ def _f(v, d: int = 3) -> str:
     return "n/a" if v is None or not np.isfinite(v) else f"{v:.{d}f}"
 
 
+def _comparison_cells(name: str, ref: str, v: dict[str, Any]) -> str:
+    """A comparison's table row up to its verdict (the row left open for more cells)."""
+    return (f"<tr><td>{html.escape(name)} - {ref}</td><td>{_f(v['diff_mean'])} ± {_f(v['diff_sd'])}</td>"
+            f"<td>[{_f(v['ci_low'])}, {_f(v['ci_high'])}]</td><td>{v['ahead']} of {v['seeds']}</td>"
+            f"<td>{'exceeds the spread' if v['established'] else 'not established'}</td>")
+
+
 def _report(summary: dict[str, Any], c: ExperimentConfig, out: Path, strips: list[str]) -> None:
     conds = list(c.conditions)
     parts = []
@@ -569,18 +576,13 @@ def _report(summary: dict[str, Any], c: ExperimentConfig, out: Path, strips: lis
             + f"<td>{_f(cs[k]['test_PCK_arms_best']['mean'])} ± {_f(cs[k]['test_PCK_arms_best']['sd'])}</td></tr>"
             for k in conds)
         comp = "".join(
-            f"<tr><td>{html.escape(k)} - {ref}</td><td>{_f(v['diff_mean'])} ± {_f(v['diff_sd'])}</td>"
-            f"<td>[{_f(v['ci_low'])}, {_f(v['ci_high'])}]</td><td>{v['ahead']} of {v['seeds']}</td>"
-            f"<td>{'exceeds the spread' if v['established'] else 'not established'}</td>"
+            _comparison_cells(k, ref, v)
             + (f"<td>{_f(100 * v['oracle_share'], 0)}%</td></tr>" if np.isfinite(v.get("oracle_share", np.nan)) else
                "<td>n/a: the oracle is not above the baseline</td></tr>" if "oracle_gap" in v else "<td>n/a</td></tr>")
             for ref, table in (("baseline", row["compare"]), ("real-dup", row.get("compare_real_dup", {})))
             for k, v in table.items())
-        arms = "".join(
-            f"<tr><td>{html.escape(k)} - {ref}</td><td>{_f(v['diff_mean'])} ± {_f(v['diff_sd'])}</td>"
-            f"<td>[{_f(v['ci_low'])}, {_f(v['ci_high'])}]</td><td>{v['ahead']} of {v['seeds']}</td>"
-            f"<td>{'exceeds the spread' if v['established'] else 'not established'}</td></tr>"
-            for ref, table in row.get("compare_arms", {}).items() for k, v in table.items())
+        arms = "".join(_comparison_cells(k, ref, v) + "</tr>"
+                       for ref, table in row.get("compare_arms", {}).items() for k, v in table.items())
         note = (f"<p><b>No verdict:</b> {html.escape(row['note'])}.</p>" if row.get("note") else
                 "<p>The baseline overfits and the runs converged: the comparisons below are meaningful.</p>")
         parts.append(f"""<h2>{row['n']} training images</h2>
