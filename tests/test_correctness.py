@@ -124,6 +124,13 @@ def test_an_experiment_with_other_settings_is_refused(tmp_path, monkeypatch):
         run_experiment(_exp(tmp_path, lr=1e-3), progress=False)
     with pytest.raises(ConfigError, match=r"ema: 0.0 there, 0.98 now"):
         run_experiment(_exp(tmp_path, lr=1e-3, ema=0.98), progress=False)
+    # the pose runs' own transforms: a setting of the experiment, handed to every run
+    assert seen[-1].data_augment is True
+    with pytest.raises(ConfigError, match=r"data_augment: True there, False now"):
+        run_experiment(_exp(tmp_path, lr=1e-3, data_augment=False), progress=False)
+    with pytest.raises(_Stop):
+        run_experiment(_exp(tmp_path, lr=1e-3, data_augment=False, out=str(tmp_path / "plain")), progress=False)
+    assert seen[-1].data_augment is False
 
 
 def test_a_pose_run_with_other_settings_is_not_resumed(tmp_path):

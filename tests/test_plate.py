@@ -114,7 +114,7 @@ def test_the_body_mask_drops_only_the_arm_below_the_shoulder():
 def test_the_warp_fills_what_the_arm_left_from_the_plate_and_keeps_the_body_inpainted():
     """Moving the left arm up: the background the arm uncovers is the scene's own where the plate
     saw it; the torso and the other arm are never filled from the plate; without a plate, the
-    inpainting cannot guess the texture."""
+    inpainting cannot guess the texture.  (How the rest is inpainted: the next test.)"""
     bg, frames = _clip()
     plate = build_plate(frames, L)
     kp = _person(dx=8.0, arm_angle=40.0)
@@ -134,8 +134,70 @@ def test_the_warp_fills_what_the_arm_left_from_the_plate_and_keeps_the_body_inpa
     assert seen.sum() > 100
     assert np.array_equal(out[seen], bg[seen])                            # the scene itself
     assert np.abs(ref[seen].astype(int) - bg[seen]).mean() > 10          # inpainting guesses
-    assert np.array_equal(out[free & on_body], ref[free & on_body])      # the body: inpainted as before
+    # the body: inpainted (from around it, the plate's part put in first), never the plate's wall
+    assert (out[free & on_body] != bg[free & on_body]).any(-1).mean() >= 0.95
     assert np.array_equal(out[~hole & (alpha == 0)], img[~hole & (alpha == 0)])
+
+
+def _locate(img, hole, crop):
+    """Where the box ``crop`` (an image handed to an inpainting) lies in ``img``: the one offset
+    at which it equals ``img`` outside ``hole``."""
+    h, w = crop.shape[:2]
+    at = [(y, x) for y in range(img.shape[0] - h + 1) for x in range(img.shape[1] - w + 1)
+          if np.array_equal(img[y:y + h, x:x + w][~hole[y:y + h, x:x + w]], crop[~hole[y:y + h, x:x + w]])]
+    assert len(at) == 1
+    return at[0]
+
+
+@pytest.mark.parametrize("inpainting", ["telea", "callable"])
+def test_the_rest_of_the_hole_is_inpainted_with_the_plate_s_scene_put_in_first(inpainting, monkeypatch):
+    """An arm hanging beside the body (as the squats clip's hands beside the hips): the plate
+    fills the hole where it saw the scene away from the body, and only the rest is inpainted,
+    from around it with that scene already in the picture: the inpainting (OpenCV's, or a given
+    one) is handed the image with the plate's part filled and the rest of the hole alone.
+    (Inpainting the whole hole from its outer edge first brought the trousers' black into the
+    middle of the hole, and the plate's part then ended in a hard edge against it.)"""
+    from posesynth.augment import renderers
+
+    bg, frames = _clip()
+    plate = build_plate(frames, L)
+    kp = _person(dx=8.0, arm_angle=60.0)      # the left arm down beside the torso
+    img = _draw(bg, kp)
+    new = kp.copy()
+    new[0, L.index("left_elbow"), :2] = kp[0, L.index("left_shoulder"), :2] + (20, -20)
+    new[0, L.index("left_wrist"), :2] = kp[0, L.index("left_shoulder"), :2] + (38, -40)
+    handed = []
+    if inpainting == "telea":
+        real = renderers.telea_fill
+
+        def record(image, hole, radius, *a, **k):
+            handed.append((image.copy(), hole.copy()))
+            return real(image, hole, radius, *a, **k)
+
+        monkeypatch.setattr(renderers, "telea_fill", record)
+        r = WarpRenderer(L, background=plate)
+    else:
+        def fill(image, hole, kps):   # an inpainting that records what it is given
+            handed.append((image.copy(), hole.copy()))
+            return cv2.inpaint(image, hole, 3, cv2.INPAINT_TELEA)
+
+        r = WarpRenderer(L, background=plate, fill=fill)
+    out, alpha, hole, _ = r.render_pose(img, kp, new)
+    assert r.stats["moved"] == 1 and len(handed) == 1
+    body = kp.copy()
+    body[0, [L.index("left_elbow"), L.index("left_wrist")], 2] = 0
+    plate_part = hole & plate.known & ~person_mask(body, L, img.shape[:2])
+    assert plate_part.sum() > 50 and (hole & ~plate_part).sum() > 50
+    image, rest = handed[0]
+    y0, x0 = _locate(img, hole, image)
+    h, w = rest.shape
+    full_rest = np.zeros(hole.shape, bool)
+    full_rest[y0:y0 + h, x0:x0 + w] = rest > 0
+    full_image = img.copy()
+    full_image[y0:y0 + h, x0:x0 + w] = image
+    assert np.array_equal(full_rest, hole & ~plate_part)                         # only the rest is inpainted
+    assert np.array_equal(full_image[plate_part], bg[plate_part])               # with the scene put in
+    assert np.array_equal(out[plate_part & (alpha == 0)], bg[plate_part & (alpha == 0)])
 
 
 def test_a_plate_of_another_size_is_not_used():
@@ -180,9 +242,11 @@ def test_a_refine_run_keeps_its_plate_and_renders_with_it(tmp_path):
         refine_trainer(replace(cfg, background=str(tmp_path / "small.png")), tmp_path / "r2", progress=False)
 
 
-def test_refine_training_fills_from_the_plate_cropped_with_each_sample():
+def test_refine_training_fills_from_the_plate_cropped_with_each_sample(monkeypatch):
     """Erase-and-reconstruct samples of a static clip: inside M, away from the body, W is the
-    scene the plate saw (cropped, resized and flipped with the sample), not an inpainting."""
+    scene the plate saw (cropped, resized and flipped with the sample), not an inpainting; the
+    rest of M is inpainted with that scene put in first, as the warp does."""
+    from posesynth.augment import refine
     from posesynth.augment.refine import RefineCropDataset
     from posesynth.datasets.posemaps import PoseMapSpec
     from posesynth.datasets.sample import Sample
@@ -200,6 +264,14 @@ def test_refine_training_fills_from_the_plate_cropped_with_each_sample():
             return Sample(frames[i][0], frames[i][1], np.zeros((1, SIZE, SIZE), np.uint8))
 
     plate = build_plate(frames, L)
+    handed = []
+    real_fill = refine.telea_fill
+
+    def record(image, hole, radius, *a, **k):
+        handed.append((image.copy(), hole.copy()))
+        return real_fill(image, hole, radius, *a, **k)
+
+    monkeypatch.setattr(refine, "telea_fill", record)
     errs = {}
     for name, p in (("plate", plate), ("none", None)):
         ds = RefineCropDataset(Clip(), crop_size=64, fill_share=1.0, spec=PoseMapSpec(size=(64, 64)), seed=3,
@@ -226,6 +298,13 @@ def test_refine_training_fills_from_the_plate_cropped_with_each_sample():
             far = ~person_mask(body, L, (64, 64)) & plate.crop(box, 64, flip).known
             m = (item["region"][0].numpy() > 0) & scene & far
             e.append(np.abs(w[m].astype(int) - truth[m]).mean(-1))
+            if p is not None and handed:   # what the inpainting was handed: the plate's part put in, the rest
+                image, hole = handed.pop()
+                plate_part = (item["region"][0].numpy() > 0) & far
+                pc = plate.crop(box, 64, flip)
+                assert not (hole.astype(bool) & plate_part).any()
+                assert np.array_equal(image[plate_part], pc.image[plate_part])
+            handed.clear()
         errs[name] = np.concatenate(e)
     # where the erased area shows the scene in the truth, the plate gives it back; inpainting guesses
     assert len(errs["plate"]) >= 200

@@ -131,6 +131,9 @@ class ExperimentConfig:
         "help": "train-motion run whose critic filters perturbations (unset: none)"})
     multi_person: str = field(default="auto", metadata={
         "help": "auto (PAF grouping when an image holds several people)|true|false"})
+    data_augment: bool = field(default=True, metadata={
+        "help": "each pose run's own random scale/rotation/shift/flip and colour changes (train-posenet's "
+                "--data-augment), the same in every condition; the post-scale and post-translate below apply either way"})
     post_scale: tuple[float, float] = field(default=(0.9, 1.1), metadata={
         "help": "random resize of every batch, in every condition (min,max)"})
     post_translate: float = field(default=0.05, metadata={
@@ -188,7 +191,7 @@ def _posecfg(c: ExperimentConfig, seed: int, multi_person: bool) -> PoseTrainCon
                            lr=c.lr, epochs=c.epochs, batch_size=c.batch_size, steps_per_epoch=c.steps_per_epoch,
                            device=c.device, seed=seed, plateau_patience=c.plateau_patience,
                            early_stop=c.early_stop, multi_person=multi_person, precision="auto", fit="letterbox",
-                           init=c.init, lr_schedule=c.lr_schedule, ema=c.ema)
+                           init=c.init, lr_schedule=c.lr_schedule, ema=c.ema, data_augment=c.data_augment)
 
 
 def _eval_set(source: KeypointSource, c: ExperimentConfig, spec: PoseMapSpec, max_people: int) -> PoseMapDataset:

@@ -139,14 +139,16 @@ class RefineCropDataset(torch.utils.data.Dataset):
                 return None
             sizes = [t for t in (torso_size(p, self.layout) for p in kc) if np.isfinite(t)]
             r = max(sizes) if sizes else np.nan
-            warped = telea_fill(img, (region > 0).astype(np.uint8), (self.region.radius + self.region.dilate) *
-                                (r if np.isfinite(r) else self.size / 4))
-            if bg is not None:   # what the plate saw behind the arms, away from the rest of the body
+            scale = r if np.isfinite(r) else self.size / 4
+            src, rest = img, region > 0
+            if bg is not None:   # what the plate saw behind the arms, away from the rest of the body, first
                 body = np.array(kc, np.float64, copy=True)
                 for side in ("right", "left"):
                     body[:, arm_part_indices(self.layout, side), 2] = 0
-                seen = (region > 0) & bg.known & ~person_mask(body, self.layout, hw)
-                warped = np.where(seen[..., None], bg.image, warped)
+                seen = rest & bg.known & ~person_mask(body, self.layout, hw)
+                src, rest = np.where(seen[..., None], bg.image, img), rest & ~seen
+            warped = telea_fill(src, rest.astype(np.uint8), (self.region.radius + self.region.dilate) * scale) \
+                if rest.any() else src
         out = sample_to_tensors(Sample(img, kc, masks, meta=label_meta(s)), self.layout, self.spec.stride, self.spec,
                                 self.max_people, with_maps=True)
         out["warped"] = image_to_tensor(np.ascontiguousarray(warped))

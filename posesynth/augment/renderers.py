@@ -17,7 +17,8 @@ Renderers:
   (GrabCut seeded by the skeleton), its upper arm, forearm and hand are moved rigidly to the
   new bones (rotation about the proximal joint, scale along the bone, one ``cv2.warpAffine``
   each), the area the old arm covered is filled (OpenCV Telea inpainting, or an inpainting
-  generator; for a static camera, from its background plate where that saw the scene), and the
+  generator; for a static camera, first from its background plate where that saw the scene, the
+  rest inpainted from around it), and the
   moved parts are pasted with a soft edge.
 - :class:`RefineRenderer` (``refine``): the warp, corrected on a square crop around the changed
   region by a refine-mode generator: ``out = W + M * R`` (outside M, the warp, i.e. the source).
@@ -244,11 +245,15 @@ class WarpRenderer(Renderer):
         layout: keypoint layout of the poses.
         region: capsule radii (torso-relative) for the foreground search and the region M.
         fill: ``"telea"`` (OpenCV inpainting) or a callable ``fill(images uint8 (H, W, 3), hole
-            (H, W) uint8, new_kp (P, K, 3)) -> (H, W, 3) uint8`` (e.g. an inpainting generator).
+            (H, W) uint8, new_kp (P, K, 3)) -> (H, W, 3) uint8`` (e.g. an inpainting generator),
+            given a box around the arms.  With a ``background`` plate it is given the image with
+            the plate's part of the hole already filled and the rest of the hole only (the
+            hole's shape is then not an arm's), and not called when the plate fills it all.
         grabcut_iters: GrabCut iterations per arm (0: the whole capsule is the limb).
         background: a static camera's plate (:class:`~posesynth.datasets.plate.BackgroundPlate`):
             on images of its size, the area an arm leaves is filled from it where it saw the
-            scene and no other part of a person lies (the torso an arm covered stays inpainted).
+            scene and no other part of a person lies (the torso an arm covered stays inpainted),
+            first; the rest is inpainted from around it, the plate's scene included.
         threads: images of a batch rendered at once (OpenCV releases the GIL; each image's
             GrabCut seeds OpenCV's thread-local RNG, so the result is the same bytes for any
             number). ``None``: the CPU cores this process may use, shared among torchrun's
@@ -527,15 +532,22 @@ class WarpRenderer(Renderer):
             # the shoulder joint stays where it is: it belongs to the old and the new arm alike
             grown[np.hypot(xs - a.s[0], ys - a.s[1]) <= self.shoulder_keep * a.radius] = 0
             hole |= grown
-        if isinstance(self.fill, str):
-            base = telea_fill(img, hole, float(np.mean([a.radius for _, a in keep])))
-        else:
-            base = self.fill(img, hole, new_rel)
+        # the plate first, where it saw what the arm hid; the rest of the hole is inpainted from
+        # around it, the plate's scene included (not from the old arm's surroundings alone)
+        src, rest = img, hole
         if self.background is not None:
             if self.background.size == (H, W):
-                base = self._plate_fill(img, base, hole, old, o, [a for _, a in keep], (y0, y1, x0, x1), st)
+                seen = self._plate_seen(img, hole, old, o, [a for _, a in keep], (y0, y1, x0, x1), st)
+                src = np.where(seen[..., None], self.background.image[y0:y1, x0:x1], img)
+                rest = (hole > 0) & ~seen
             else:   # another camera's frame size: inpainted, and counted
                 st["plate_other_size"] = st.get("plate_other_size", 0) + 1
+        if not rest.any():
+            base = src
+        elif isinstance(self.fill, str):
+            base = telea_fill(src, rest.astype(np.uint8), float(np.mean([a.radius for _, a in keep])))
+        else:
+            base = self.fill(src, rest.astype(np.uint8), new_rel)
         out = base.astype(np.float32)
         alpha_all = np.zeros((h, w), np.float32)
         for m, a in keep:
@@ -550,14 +562,14 @@ class WarpRenderer(Renderer):
         hole_f[y0:y1, x0:x1] = hole > 0
         return res, alpha_f, hole_f, drawn
 
-    def _plate_fill(self, img: np.ndarray, base: np.ndarray, hole: np.ndarray, old: np.ndarray, o: np.ndarray,
+    def _plate_seen(self, img: np.ndarray, hole: np.ndarray, old: np.ndarray, o: np.ndarray,
                     moved: "list[_Arm]", box: tuple[int, int, int, int], st: dict) -> np.ndarray:
-        """``base`` (the inpainted crop) with the hole filled from the background plate where
-        the plate saw the scene and no other part of a person lies (an arm over the torso
-        leaves torso, which the plate may have seen as wall).  The plate is not used on an
-        image whose scene around the hole (known, uncovered, within a radius of it) differs
-        from it by more than :data:`~posesynth.datasets.plate.MAX_RESIDUAL` grey levels:
-        another scene or another light (counted in ``stats["plate_disagrees"]``)."""
+        """Where the hole (in the crop ``box``) is filled from the background plate, ``(h, w)``
+        bool: where the plate saw the scene and no other part of a person lies (an arm over the
+        torso leaves torso, which the plate may have seen as wall).  Nowhere on an image whose
+        scene around the hole (known, uncovered, within a radius of it) differs from the plate
+        by more than :data:`~posesynth.datasets.plate.MAX_RESIDUAL` grey levels: another scene
+        or another light (counted in ``stats["plate_disagrees"]``)."""
         bg, (y0, y1, x0, x1) = self.background, box
         h, w = hole.shape
         plate, known = bg.image[y0:y1, x0:x1], bg.known[y0:y1, x0:x1]
@@ -572,9 +584,8 @@ class WarpRenderer(Renderer):
         ring &= (hole == 0) & known & ~person_mask(everyone, self.layout, (h, w))
         if ring.sum() >= 20 and np.abs(img[ring].astype(np.int16) - plate[ring]).mean() > MAX_RESIDUAL:
             st["plate_disagrees"] = st.get("plate_disagrees", 0) + 1
-            return base
-        seen = (hole > 0) & known & ~person_mask(body, self.layout, (h, w))
-        return np.where(seen[..., None], plate, base)
+            return np.zeros((h, w), bool)
+        return (hole > 0) & known & ~person_mask(body, self.layout, (h, w))
 
     def _moved_arm(self, img: np.ndarray, m: np.ndarray, a: _Arm, xs: np.ndarray, ys: np.ndarray
                    ) -> tuple[np.ndarray, np.ndarray]:
