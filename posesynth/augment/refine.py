@@ -42,7 +42,7 @@ from ..errors import ConfigError
 from ..spade.config import GANConfig
 from ..spade.trainer import GANTrainer
 from .perturb import PerturbConfig, Perturber
-from .renderers import WarpRenderer, telea_fill
+from .renderers import WarpRenderer, fill_hole, telea_fill
 
 __all__ = ["RefineCropDataset", "refine_trainer"]
 
@@ -139,16 +139,15 @@ class RefineCropDataset(torch.utils.data.Dataset):
                 return None
             sizes = [t for t in (torso_size(p, self.layout) for p in kc) if np.isfinite(t)]
             r = max(sizes) if sizes else np.nan
-            scale = r if np.isfinite(r) else self.size / 4
-            src, rest = img, region > 0
+            radius = (self.region.radius + self.region.dilate) * (r if np.isfinite(r) else self.size / 4)
+            seen = None
             if bg is not None:   # what the plate saw behind the arms, away from the rest of the body, first
                 body = np.array(kc, np.float64, copy=True)
                 for side in ("right", "left"):
                     body[:, arm_part_indices(self.layout, side), 2] = 0
-                seen = rest & bg.known & ~person_mask(body, self.layout, hw)
-                src, rest = np.where(seen[..., None], bg.image, img), rest & ~seen
-            warped = telea_fill(src, rest.astype(np.uint8), (self.region.radius + self.region.dilate) * scale) \
-                if rest.any() else src
+                seen = (region > 0) & bg.known & ~person_mask(body, self.layout, hw)
+            warped = fill_hole(img, region > 0, bg.image if bg is not None else None, seen,
+                               lambda im, rest: telea_fill(im, rest, radius))
         out = sample_to_tensors(Sample(img, kc, masks, meta=label_meta(s)), self.layout, self.spec.stride, self.spec,
                                 self.max_people, with_maps=True)
         out["warped"] = image_to_tensor(np.ascontiguousarray(warped))

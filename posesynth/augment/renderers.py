@@ -116,6 +116,19 @@ def telea_fill(img: np.ndarray, hole: np.ndarray, radius: float, max_radius: flo
     return np.where(hole[..., None] > 0, up, img)
 
 
+def fill_hole(img: np.ndarray, hole: np.ndarray, plate: "np.ndarray | None", seen: "np.ndarray | None",
+              inpaint: Any) -> np.ndarray:
+    """``img`` ``(H, W, 3)`` uint8 with ``hole`` ``(H, W)`` filled: from ``plate`` (a static
+    camera's scene, aligned with ``img``) where ``seen`` (bool, inside the hole), first; the rest
+    of the hole by ``inpaint(image, rest uint8 {0, 1}) -> (H, W, 3) uint8``, handed the image with
+    the plate's part already in, so the inpainting continues the scene rather than ending in an
+    edge against it.  ``plate``/``seen`` ``None``: the whole hole inpainted."""
+    src, rest = img, np.asarray(hole) > 0
+    if plate is not None and seen is not None:
+        src, rest = np.where(seen[..., None], plate, img), rest & ~seen
+    return inpaint(src, rest.astype(np.uint8)) if rest.any() else src
+
+
 def _usable_cores() -> int:
     """CPU cores this process may run on (its affinity where the OS tells it), divided among the
     processes torchrun started on this machine."""
@@ -534,20 +547,18 @@ class WarpRenderer(Renderer):
             hole |= grown
         # the plate first, where it saw what the arm hid; the rest of the hole is inpainted from
         # around it, the plate's scene included (not from the old arm's surroundings alone)
-        src, rest = img, hole
+        plate = seen = None
         if self.background is not None:
             if self.background.size == (H, W):
                 seen = self._plate_seen(img, hole, old, o, [a for _, a in keep], (y0, y1, x0, x1), st)
-                src = np.where(seen[..., None], self.background.image[y0:y1, x0:x1], img)
-                rest = (hole > 0) & ~seen
+                plate = self.background.image[y0:y1, x0:x1]
             else:   # another camera's frame size: inpainted, and counted
                 st["plate_other_size"] = st.get("plate_other_size", 0) + 1
-        if not rest.any():
-            base = src
-        elif isinstance(self.fill, str):
-            base = telea_fill(src, rest.astype(np.uint8), float(np.mean([a.radius for _, a in keep])))
+        if isinstance(self.fill, str):
+            radius = float(np.mean([a.radius for _, a in keep]))
+            base = fill_hole(img, hole, plate, seen, lambda im, rest: telea_fill(im, rest, radius))
         else:
-            base = self.fill(src, rest.astype(np.uint8), new_rel)
+            base = fill_hole(img, hole, plate, seen, lambda im, rest: self.fill(im, rest, new_rel))
         out = base.astype(np.float32)
         alpha_all = np.zeros((h, w), np.float32)
         for m, a in keep:
