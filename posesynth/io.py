@@ -120,12 +120,14 @@ def ensure_writable_dir(path: "str | Path", what: str = "output folder") -> Path
 
 
 def record_settings(out: "str | Path", name: str, settings: dict, what: str, foreign: "str | None" = None,
-                    defaults: "dict | None" = None) -> None:
+                    defaults: "dict | None" = None, fillable: "tuple[str, ...]" = ()) -> None:
     """An output folder made by one command with one set of settings (``out/name``, JSON): a
     rerun with the same settings continues it; other settings are refused, naming every
     difference; a folder that holds ``foreign`` (a glob) but no settings file is refused; a new
     folder gets the settings recorded.  ``what`` names the output in the messages; a setting
-    the file lacks (an option added since) counts as its value in ``defaults``."""
+    the file lacks (an option added since) counts as its value in ``defaults``.  A ``fillable``
+    setting recorded empty (no run used it) may be given a value by a rerun, which is then
+    recorded; once recorded, it is compared like any other."""
     from .errors import ConfigError
 
     out = Path(out)
@@ -137,11 +139,14 @@ def record_settings(out: "str | Path", name: str, settings: dict, what: str, for
             old = None
         if isinstance(old, dict):
             defaults = defaults or {}
+            filled = {k: settings[k] for k in fillable if k in settings and not old.get(k, defaults.get(k))}
             diff = [f"{k}: {old.get(k, defaults.get(k))!r} there, {v!r} now" for k, v in settings.items()
-                    if old.get(k, defaults.get(k)) != v]
+                    if old.get(k, defaults.get(k)) != v and k not in filled]
             if diff:
                 raise ConfigError(f"{out} holds {what} made with other settings ({'; '.join(diff)}); choose another "
                                   "--out, or rerun with the same settings to continue it")
+            if any(v for v in filled.values()):
+                atomic_write_json(path, {**old, **filled}, indent=1)
             return
     elif foreign and any(out.glob(foreign)):
         raise ConfigError(f"{out} already holds {what} that recorded no settings; choose another --out")

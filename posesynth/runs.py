@@ -28,7 +28,8 @@ from .config import save_config
 from .errors import ConfigError
 from .io import atomic_write_text, remove_stale_temps
 
-__all__ = ["RunDir", "training_bar", "resolve_device", "resolve_gan_device", "Precision", "PRECISIONS", "remove_stale_temps"]
+__all__ = ["RunDir", "training_bar", "resolve_device", "resolve_gan_device", "Precision", "PRECISIONS", "remove_stale_temps",
+           "WeightAverage"]
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -238,6 +239,62 @@ class Precision:
         st = self.scaler.state_dict()
         st.update(scale=float(state["scale"]), _growth_tracker=int(state["growth_tracker"]))
         self.scaler.load_state_dict(st)
+
+
+class WeightAverage:
+    """An exponential moving average of a network's weights (``--ema D``), for the pose network
+    and the GAN generator alike.  After each optimiser step ``avg = d avg + (1 - d) w`` with
+    ``d = min(D, (1 + n) / (10 + n))`` after ``n`` updates (a warm-up: the first averages forget
+    the random start quickly); buffers (batch-norm statistics, spectral-norm vectors) are copied.
+    :attr:`module` is the average (eval mode, no gradients).
+
+    In a checkpoint (:meth:`tensors`, :meth:`load`) the average is saved under the network's
+    own name (what every consumer loads and uses) and the trained weights under ``train_name``
+    beside it, so a resumed run continues exactly."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        import copy
+
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay, self.updates = float(decay), 0
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        self.updates += 1
+        torch._foreach_lerp_(list(self.module.parameters()), [p.detach() for p in model.parameters()], 1.0 - d)
+        for b, src in zip(self.module.buffers(), model.buffers()):
+            b.copy_(src)
+
+    @staticmethod
+    def tensors(average: "WeightAverage | None", model: torch.nn.Module, name: str, train_name: str,
+                with_train: bool = True) -> "dict[str, torch.Tensor]":
+        """Checkpoint tensors: the weights in use (the average if any) as ``name``, and with an
+        average the trained ones as ``train_name`` (``with_train``: for resuming)."""
+        from .checkpoint import module_tensors
+
+        out = module_tensors(average.module if average is not None else model, name)
+        if average is not None and with_train:
+            out.update(module_tensors(model, train_name))
+        return out
+
+    @staticmethod
+    def load(average: "WeightAverage | None", model: torch.nn.Module, tensors: "dict[str, torch.Tensor]",
+             meta: dict, name: str, train_name: str, path: str) -> None:
+        """Restore what :meth:`tensors` saved (and the update count from ``meta["ema_updates"]``),
+        refusing a checkpoint saved with an average into a run without one, and the reverse."""
+        from .checkpoint import load_module
+
+        saved_avg = any(k.startswith(train_name + ".") for k in tensors)
+        if average is not None and not saved_avg:
+            raise ConfigError(f"{path}: saved without --ema; resume it without --ema")
+        if average is None and saved_avg:
+            raise ConfigError(f"{path}: saved with --ema (its '{name}' is the average, not the trained weights); "
+                              "resume it with the same --ema")
+        load_module(model, tensors, train_name if average is not None else name, path)
+        if average is not None:
+            load_module(average.module, tensors, name, path)
+            average.updates = int(meta.get("ema_updates", 0))
 
 
 def training_bar(steps: int, start: int, time_limit_min: float = 0.0, desc: str = "train", disable: bool = False):

@@ -133,6 +133,27 @@ def test_an_experiment_with_other_settings_is_refused(tmp_path, monkeypatch):
     assert seen[-1].data_augment is False
 
 
+def test_a_gan_may_join_an_experiment_made_without_one_but_not_replace_one(tmp_path, monkeypatch):
+    """A refine condition added to finished baseline/warp runs: the folder recorded no --gan (no
+    run read one), so giving one now is recorded, not refused; a second, different one is."""
+    from posesynth.augment.experiment import run_experiment
+
+    _datasets(tmp_path)
+    _stub_trainer(monkeypatch, [])
+    with pytest.raises(_Stop):
+        run_experiment(_exp(tmp_path), progress=False)
+    rec = tmp_path / "exp" / "experiment.json"
+    assert json.loads(rec.read_text())["gan"] == ""
+    with pytest.raises(_Stop):
+        run_experiment(_exp(tmp_path, gan=str(tmp_path / "g1")), progress=False)
+    assert json.loads(rec.read_text())["gan"] == str((tmp_path / "g1").resolve())
+    with pytest.raises(ConfigError, match=r"gan: '.*g1' there, '.*g2' now"):
+        run_experiment(_exp(tmp_path, gan=str(tmp_path / "g2")), progress=False)
+    with pytest.raises(ConfigError, match=r"lr: 0.001 there, 0.002 now"):   # only the gan may be filled in
+        run_experiment(_exp(tmp_path, gan=str(tmp_path / "g1"), lr=2e-3), progress=False)
+    assert json.loads(rec.read_text())["lr"] == 0.001
+
+
 def test_a_pose_run_with_other_settings_is_not_resumed(tmp_path):
     from posesynth.augment.experiment import _posecfg, _resumable
     from posesynth.config import to_dict

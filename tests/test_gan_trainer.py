@@ -110,6 +110,49 @@ def test_resume_continues_exactly(tmp_path):
         assert torch.equal(va, vb), ka
 
 
+def test_generator_average_is_what_renders_and_resumes_exactly(tmp_path):
+    """--ema D for the GAN: the checkpoint's G (what load_generator and every renderer use) is
+    e_{n+1} = d_n e_n + (1 - d_n) w_{n+1}, d_n = min(D, (1 + n) / (10 + n)), computed here from
+    snapshots of the trained weights after every step; the trained weights are saved beside it
+    as G_train; a run stopped after 3 steps and resumed ends with the same bytes; a run saved
+    without the average is not resumed with one."""
+    from posesynth.checkpoint import load_checkpoint
+
+    src, decay = ListSource(), 0.8
+    t = GANTrainer(small_cfg(steps=5, ema=decay), tmp_path / "one", source=src, progress=False)
+    snaps = [{k: v.detach().clone() for k, v in t.G.named_parameters()}]
+    step = t.train_step
+
+    def recorded(batch):
+        out = step(batch)
+        snaps.append({k: v.detach().clone() for k, v in t.G.named_parameters()})
+        return out
+
+    t.train_step = recorded
+    t.fit()
+    assert len(snaps) == 6
+    avg = dict(snaps[0])
+    for n, w in enumerate(snaps[1:]):
+        d = min(decay, (1 + n) / (10 + n))
+        avg = {k: d * avg[k] + (1 - d) * w[k] for k in avg}
+    saved, meta = load_checkpoint(tmp_path / "one" / "checkpoints" / "latest")
+    assert meta["ema_updates"] == 5
+    for k, v in avg.items():
+        assert torch.allclose(saved[f"G.{k}"], v, atol=1e-6), k
+        assert torch.equal(saved[f"G_train.{k}"], snaps[-1][k]), k
+    assert any(not torch.allclose(avg[k], snaps[-1][k], atol=1e-6) for k in avg), "the average is the trained weights"
+    g, _, _ = load_generator(tmp_path / "one")
+    for k, v in g.named_parameters():
+        assert torch.equal(v.detach(), saved[f"G.{k}"]), k
+    GANTrainer(small_cfg(steps=3, ema=decay), tmp_path / "two", source=src, progress=False).fit()
+    GANTrainer(small_cfg(steps=5, ema=decay), tmp_path / "two", source=src, resume=True, progress=False).fit()
+    b, _ = load_checkpoint(tmp_path / "two" / "checkpoints" / "latest")
+    assert saved.keys() == b.keys() and all(torch.equal(saved[k], b[k]) for k in saved), "resumed run differs"
+    GANTrainer(small_cfg(steps=3), tmp_path / "plain", source=src, progress=False).fit()
+    with pytest.raises(ConfigError, match="saved without --ema"):
+        GANTrainer(small_cfg(steps=5, ema=decay), tmp_path / "plain", source=src, resume=True, progress=False)
+
+
 def test_existing_run_needs_resume(tmp_path):
     GANTrainer(small_cfg(steps=1), tmp_path / "run", source=ListSource(), progress=False).fit()
     with pytest.raises(ConfigError, match="pass --resume"):

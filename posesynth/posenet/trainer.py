@@ -33,7 +33,6 @@ broadcasts it; validation metrics are gathered over ranks.
 """
 from __future__ import annotations
 
-import copy
 import io
 import logging
 import math
@@ -48,14 +47,14 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from ..checkpoint import load_checkpoint, load_module, module_tensors, optimizer_from_flat, optimizer_to_flat
+from ..checkpoint import load_checkpoint, load_module, optimizer_from_flat, optimizer_to_flat
 from ..config import check_numbers, to_dict
 from ..datasets.formats import DataOptions, KeypointSource, data_options, open_dataset
 from ..datasets.posemaps import PoseMapSpec
 from ..datasets.torch_dataset import EpochBatchSampler, PoseMapDataset, max_people_of
 from ..datasets.transforms import FIT_MODES, Compose, Photometric, RandomAffine
 from ..errors import ConfigError, PosesynthError
-from ..runs import Precision, RunDir, resolve_device
+from ..runs import Precision, RunDir, WeightAverage, resolve_device
 from .evaluate import evaluate_dataset
 from .load import load_posenet, predict_batch
 from .losses import PoseLossWeights, pose_loss
@@ -236,8 +235,7 @@ class PoseNetTrainer:
         if self.device.type == "cuda":
             self.model.to(memory_format=torch.channels_last)
             torch.backends.cudnn.benchmark = True
-        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False) if cfg.ema > 0 else None
-        self.ema_updates = 0
+        self.average = WeightAverage(self.model, cfg.ema) if cfg.ema > 0 else None
         self.ddp = (torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device] if
                     self.device.type == "cuda" else None) if self.world > 1 else self.model)
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -270,23 +268,13 @@ class PoseNetTrainer:
     def eval_model(self) -> PoseNet:
         """The weights that are validated and saved as ``model``: the moving average with
         ``--ema``, else the trained ones."""
-        return self.ema if self.ema is not None else self.model
-
-    @torch.no_grad()
-    def _update_ema(self) -> None:
-        if self.ema is None:
-            return
-        d = min(self.cfg.ema, (1 + self.ema_updates) / (10 + self.ema_updates))
-        self.ema_updates += 1
-        torch._foreach_lerp_(list(self.ema.parameters()), [p.detach() for p in self.model.parameters()], 1.0 - d)
-        for b, src in zip(self.ema.buffers(), self.model.buffers()):
-            b.copy_(src)
+        return self.average.module if self.average is not None else self.model
 
     # ---- checkpoints -------------------------------------------------------------------
     def _meta(self) -> dict[str, Any]:
         return {"kind": "posesynth-posenet", "epoch": self.epoch, "step": self.epoch, "best": self.best,
                 "best_epoch": self.best_epoch, "stale": self.stale, "skipped_steps": self.skipped_steps,
-                "ema_updates": self.ema_updates,
+                "ema_updates": self.average.updates if self.average is not None else 0,
                 "config": to_dict(self.cfg), "model": to_dict(self.model_cfg), "layout": self.layout.to_dict(),
                 "posemaps": self.spec.to_dict(), "max_people": self.max_people,
                 "sigma": self.cfg.sigma, "paf_width": self.cfg.paf_width}
@@ -294,11 +282,9 @@ class PoseNetTrainer:
     def save(self, name: str, with_optimizer: bool = True) -> None:
         if not self.main:
             return
-        tensors = module_tensors(self.eval_model, "model")
+        tensors = WeightAverage.tensors(self.average, self.model, "model", "train_model", with_optimizer)
         meta = self._meta()
         if with_optimizer:
-            if self.ema is not None:
-                tensors.update(module_tensors(self.model, "train_model"))
             t, s = optimizer_to_flat(self.opt, "opt")
             tensors.update(t)
             meta["opt"] = s
@@ -343,17 +329,7 @@ class PoseNetTrainer:
         if theirs != self.cfg.lr_schedule:
             raise ConfigError(f"{path}: trained with --lr-schedule {theirs}; resume it with the same schedule, "
                               f"not {self.cfg.lr_schedule}")
-        if self.ema is not None:
-            if not any(k.startswith("train_model.") for k in tensors):
-                raise ConfigError(f"{path}: saved without --ema; resume it without --ema")
-            load_module(self.model, tensors, "train_model", str(path))
-            load_module(self.ema, tensors, "model", str(path))
-        elif any(k.startswith("train_model.") for k in tensors):
-            raise ConfigError(f"{path}: saved with --ema (its 'model' is the average, not the trained weights); "
-                              "resume it with the same --ema")
-        else:
-            load_module(self.model, tensors, "model", str(path))
-        self.ema_updates = int(meta.get("ema_updates", 0))
+        WeightAverage.load(self.average, self.model, tensors, meta, "model", "train_model", str(path))
         optimizer_from_flat(self.opt, tensors, meta["opt"], "opt")
         self.sched.load_state_dict(meta["sched"])
         self.precision.load_state_dict(meta.get("grad_scaler"))
@@ -427,7 +403,8 @@ class PoseNetTrainer:
             self.opt.zero_grad(set_to_none=True)
             self.precision.backward(loss)
             if self.precision.step(self.opt):
-                self._update_ema()
+                if self.average is not None:
+                    self.average.update(self.model)
             for k, v in self._split_losses(pred, batch, parts).items():
                 sums[k] = sums.get(k, 0.0) + v[0]
                 counts[k] = counts.get(k, 0.0) + v[1]

@@ -31,7 +31,7 @@ GAN_NUMBERS = {"ngf": ">=1", "spade_hidden": ">=1", "ndf": ">=1", "num_d": ">=1"
                "lr_g": ">=0", "lr_d": ">=0", "beta1": "[0,1)", "beta2": "[0,1)", "decay_from": ">=-1", "seed": ">=0",
                "workers": ">=0", "log_every": ">=1", "gallery_every": ">=1", "checkpoint_every": ">=1",
                "time_limit_min": ">=0", "max_bad_steps": ">=1",
-               "crop_size": ">=64", "crop_margin": ">=0", "fill_share": "[0,1]"}
+               "crop_size": ">=64", "crop_margin": ">=0", "fill_share": "[0,1]", "ema": "[0,1)"}
 
 
 @dataclass
@@ -114,6 +114,9 @@ class GANConfig:
     beta2: "float | None" = field(default=None, metadata={"help": "Adam beta2 (unset: spade 0.9, pix2pix and "
                                                                   "vanilla 0.999)"})
     decay_from: int = field(default=-1, metadata={"help": "step where linear LR decay to 0 starts (-1: none)"})
+    ema: float = field(default=0.0, metadata={
+        "help": "decay of an exponential moving average of G's weights, which is what the gallery shows and every "
+                "renderer loads (the trained weights are saved beside it to resume; 0: off; e.g. 0.99)"})
     device: str = field(default="auto", metadata={"help": "auto (CUDA when present, else cpu)|cpu|cuda:N"})
     precision: str = field(default="auto", metadata={"help": "auto|fp32|bf16|fp16 (bf16/fp16 on CUDA only)"})
     seed: int = field(default=0, metadata={

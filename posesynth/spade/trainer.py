@@ -10,7 +10,8 @@ defaults for options not given in :data:`~posesynth.spade.config.ARCH_DEFAULTS`.
 
 Run directory: ``config.yaml`` (the resolved GANConfig), ``checkpoints/`` (latest, previous:
 G, D, optimisers, step, arch, mode, pose-map settings, the person's pose statistics for
-``transfer``), ``losses.csv`` (one row per step), ``web/index.html`` (the gallery, every
+``transfer``; with ``--ema`` G is the weights' moving average, which every renderer loads, and
+the trained weights are ``G_train``), ``losses.csv`` (one row per step), ``web/index.html`` (the gallery, every
 ``gallery_every`` steps) and ``tb/`` (TensorBoard, when installed).
 
 Every random draw in step ``s`` comes from generators seeded by ``(seed, s)``, and batches
@@ -39,7 +40,7 @@ from ..datasets.placement import source_pose_stats
 from ..datasets.torch_dataset import EpochBatchSampler, PoseMapDataset, max_people_of
 from ..datasets.transforms import RandomAffine
 from ..errors import ConfigError, PosesynthError
-from ..runs import Precision, RunDir, resolve_device, training_bar
+from ..runs import Precision, RunDir, WeightAverage, resolve_device, training_bar
 from .archs import arch_class
 from .config import ARCH_DEFAULTS, ARCHS, MODES, GANConfig, keep_saved_losses
 from .load import check_resumable, load_generator
@@ -54,14 +55,6 @@ log = logging.getLogger(__name__)
 
 class TrainingError(PosesynthError):
     """Training cannot go on (e.g. too many non-finite steps)."""
-
-
-def _to(module: "nn.Module | None", device: torch.device) -> "nn.Module | None":
-    return module.to(device) if module is not None else None
-
-
-def _seed_step(seed: int, step: int) -> None:
-    torch.manual_seed((seed * 1_000_003 + step) % (2**63))
 
 
 class GANTrainer:
@@ -99,13 +92,15 @@ class GANTrainer:
                                      max_people=max_people_of(self.source))
         self.dataset = dataset
         torch.manual_seed(cfg.seed)
-        self.G: "nn.Module | None" = _to(self.arch.build_generator(), self.device)
-        self.D: "nn.Module | None" = _to(self.arch.build_discriminator(), self.device)
+        # G, then D (one random stream); None for an architecture that has no such network
+        self.G, self.D = (m.to(self.device) if m is not None else None
+                          for m in (self.arch.build_generator(), self.arch.build_discriminator()))
         if self.learned and cfg.channels_last:
             self.G.to(memory_format=torch.channels_last)
             self.D.to(memory_format=torch.channels_last)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
+        self.average = WeightAverage(self.G, cfg.ema) if self.learned and cfg.ema > 0 else None
         if self.learned:
             self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
             self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
@@ -139,9 +134,10 @@ class GANTrainer:
 
     # ---- checkpoints -------------------------------------------------------------------
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        tensors = module_tensors(self.G, "G")
+        tensors = WeightAverage.tensors(self.average, self.G, "G", "G_train")   # G: the average with --ema
         meta = {"kind": "posesynth-gan", "arch": self.cfg.arch, "mode": self.cfg.mode, "step": self.step,
                 "skipped_steps": self.skipped_steps, "config": to_dict(self.cfg),
+                "ema_updates": self.average.updates if self.average is not None else 0,
                 "generator": self.arch.generator_meta(self.G), "layout": self.layout.to_dict(),
                 "posemaps": self.spec.to_dict(), "region": dataclasses.asdict(self.region_spec),
                 "target": self.target, "fit": getattr(self.dataset, "fit", "letterbox"), **self.arch.meta()}
@@ -166,7 +162,7 @@ class GANTrainer:
         if not self.learned:
             self.G = self.arch.rebuild(meta, tensors, str(path)).to(self.device)
             return
-        load_module(self.G, tensors, "G", str(path))
+        WeightAverage.load(self.average, self.G, tensors, meta, "G", "G_train", str(path))
         load_module(self.D, tensors, "D", str(path))
         self.precision.load_state_dict(meta.get("grad_scaler", {}).get("g"))    # fp16: the loss scales
         self.precision_d.load_state_dict(meta.get("grad_scaler", {}).get("d"))
@@ -195,7 +191,7 @@ class GANTrainer:
         """One generator and one discriminator update; returns the losses, or ``None`` when
         the step was skipped for a non-finite loss."""
         c = self.cfg
-        _seed_step(c.seed, self.step)
+        torch.manual_seed((c.seed * 1_000_003 + self.step) % (2**63))   # every draw of step s from (seed, s)
         b = self.arch.prepare(self._to(batch), self.step)
         real = b["image"]
         for opt in (self.opt_g, self.opt_d):
@@ -228,7 +224,8 @@ class GANTrainer:
         if not torch.isfinite(g_total):
             return self._bad_step("generator", g_total)
         self.precision.backward(g_total)
-        self.precision.step(self.opt_g)
+        if self.precision.step(self.opt_g) and self.average is not None:   # not after a skipped fp16 step
+            self.average.update(self.G)
         # --- discriminator
         self.D.requires_grad_(True)
         if c.reuse_fake:
@@ -340,10 +337,11 @@ class GANTrainer:
         if batch is None:
             return
         b = self.arch.prepare(self._to(batch), 10**9)   # a fixed draw (e.g. region) for every gallery
-        was = self.G.training
-        self.G.eval()
+        G = self.average.module if self.average is not None else self.G   # the weights that render
+        was = G.training
+        G.eval()
         with self.precision.autocast():
-            _, fake = self.arch.generate(self.G, b)
-        self.G.train(was)
+            _, fake = self.arch.generate(G, b)
+        G.train(was)
         grid = np.concatenate([np.concatenate(row, 1) for row in zip(*self.arch.gallery_columns(b, fake))], 0)
         self.dir.write_gallery(grid, self.step, f"{self.run} ({self.arch.describe(self.cfg)})", self.arch.columns)
