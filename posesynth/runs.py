@@ -11,6 +11,7 @@ Used by ``train-gan``, ``train-posenet`` and ``train-motion``::
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import io
 import logging
@@ -23,7 +24,7 @@ import torch
 if TYPE_CHECKING:
     import numpy as np
 
-from .checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
+from .checkpoint import checkpoint_exists, load_checkpoint, load_module, module_tensors, save_checkpoint
 from .config import save_config
 from .errors import ConfigError
 from .io import atomic_write_text, remove_stale_temps
@@ -253,8 +254,6 @@ class WeightAverage:
     beside it, so a resumed run continues exactly."""
 
     def __init__(self, model: torch.nn.Module, decay: float) -> None:
-        import copy
-
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
         self.decay, self.updates = float(decay), 0
 
@@ -271,8 +270,6 @@ class WeightAverage:
                 with_train: bool = True) -> "dict[str, torch.Tensor]":
         """Checkpoint tensors: the weights in use (the average if any) as ``name``, and with an
         average the trained ones as ``train_name`` (``with_train``: for resuming)."""
-        from .checkpoint import module_tensors
-
         out = module_tensors(average.module if average is not None else model, name)
         if average is not None and with_train:
             out.update(module_tensors(model, train_name))
@@ -283,8 +280,6 @@ class WeightAverage:
              meta: dict, name: str, train_name: str, path: str) -> None:
         """Restore what :meth:`tensors` saved (and the update count from ``meta["ema_updates"]``),
         refusing a checkpoint saved with an average into a run without one, and the reverse."""
-        from .checkpoint import load_module
-
         saved_avg = any(k.startswith(train_name + ".") for k in tensors)
         if average is not None and not saved_avg:
             raise ConfigError(f"{path}: saved without --ema; resume it without --ema")

@@ -1,5 +1,6 @@
 """Silent wrong results found by review (issue 20): each test fails on the code before its fix."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -135,22 +136,40 @@ def test_an_experiment_with_other_settings_is_refused(tmp_path, monkeypatch):
 
 def test_a_gan_may_join_an_experiment_made_without_one_but_not_replace_one(tmp_path, monkeypatch):
     """A refine condition added to finished baseline/warp runs: the folder recorded no --gan (no
-    run read one), so giving one now is recorded, not refused; a second, different one is."""
+    run read one), so giving one now with a condition that loads it is recorded, not refused; a
+    second, different one is; a --gan that no condition loads (so nothing checked it) is not
+    recorded."""
+    from posesynth.augment import experiment
     from posesynth.augment.experiment import run_experiment
+    from posesynth.augment.renderers import WarpRenderer
 
+    def load_renderer(name, layout, spec, gan, *a):   # a GAN run that must exist, as the real loader asks
+        if gan and not Path(gan).is_dir():
+            raise ConfigError(f"{gan}: no such GAN run folder")
+        return WarpRenderer(layout)
+
+    monkeypatch.setattr(experiment, "load_renderer", load_renderer)
     _datasets(tmp_path)
     _stub_trainer(monkeypatch, [])
+    (tmp_path / "g1").mkdir()
+    (tmp_path / "g2").mkdir()
     with pytest.raises(_Stop):
         run_experiment(_exp(tmp_path), progress=False)
     rec = tmp_path / "exp" / "experiment.json"
     assert json.loads(rec.read_text())["gan"] == ""
-    with pytest.raises(_Stop):
+    with pytest.raises(ConfigError, match=r"gan: '' there"):   # no condition reads it: not recorded
         run_experiment(_exp(tmp_path, gan=str(tmp_path / "g1")), progress=False)
+    with pytest.raises(ConfigError, match="no such GAN run"):   # a mistyped run: refused before anything is recorded
+        run_experiment(_exp(tmp_path, conditions=("baseline", "refine"), gan=str(tmp_path / "g9")), progress=False)
+    assert json.loads(rec.read_text())["gan"] == ""
+    with pytest.raises(_Stop):
+        run_experiment(_exp(tmp_path, conditions=("baseline", "refine"), gan=str(tmp_path / "g1")), progress=False)
     assert json.loads(rec.read_text())["gan"] == str((tmp_path / "g1").resolve())
     with pytest.raises(ConfigError, match=r"gan: '.*g1' there, '.*g2' now"):
-        run_experiment(_exp(tmp_path, gan=str(tmp_path / "g2")), progress=False)
+        run_experiment(_exp(tmp_path, conditions=("baseline", "refine"), gan=str(tmp_path / "g2")), progress=False)
     with pytest.raises(ConfigError, match=r"lr: 0.001 there, 0.002 now"):   # only the gan may be filled in
-        run_experiment(_exp(tmp_path, gan=str(tmp_path / "g1"), lr=2e-3), progress=False)
+        run_experiment(_exp(tmp_path, conditions=("baseline", "refine"), gan=str(tmp_path / "g1"), lr=2e-3),
+                       progress=False)
     assert json.loads(rec.read_text())["lr"] == 0.001
 
 

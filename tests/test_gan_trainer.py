@@ -151,6 +151,8 @@ def test_generator_average_is_what_renders_and_resumes_exactly(tmp_path):
     GANTrainer(small_cfg(steps=3), tmp_path / "plain", source=src, progress=False).fit()
     with pytest.raises(ConfigError, match="saved without --ema"):
         GANTrainer(small_cfg(steps=5, ema=decay), tmp_path / "plain", source=src, resume=True, progress=False)
+    with pytest.raises(ConfigError, match="nearest is not trained"):   # nothing to average
+        GANConfig(arch="nearest", ema=decay).validate()
 
 
 def test_existing_run_needs_resume(tmp_path):

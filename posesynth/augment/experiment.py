@@ -215,9 +215,12 @@ def _settings(c: ExperimentConfig) -> dict[str, Any]:
 def _check_out(out: Path, c: ExperimentConfig) -> None:
     """Refuse an ``--out`` that holds an experiment with other settings, naming the difference.
     ``--gan`` may be added to a folder made without one (only the GAN conditions read it, and
-    none of its runs did), so a refine condition can join finished baseline and warp runs."""
+    none of its runs did), so a refine condition can join finished baseline and warp runs; only
+    with such a condition, whose renderer has then been loaded from it (a mistyped path is not
+    recorded)."""
+    gan_used = any(x in GAN_RENDERERS for x in c.conditions)
     record_settings(out, "experiment.json", _settings(c), "an experiment", "n*_seed*_*/checkpoints/latest.json",
-                    defaults=_settings(ExperimentConfig()), fillable=("gan",))
+                    defaults=_settings(ExperimentConfig()), fillable=("gan",) if gan_used else ())
 
 
 def _device_kind(spec: Any) -> str:

@@ -148,7 +148,8 @@ class GANConfig:
         self.resolve()
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
-        arch_class(self.arch, self.mode)   # a mode the arch does not have: one clear line
+        if not arch_class(self.arch, self.mode).learned and self.ema:   # (a mode it lacks: one clear line)
+            raise ConfigError(f"--ema averages a trained generator's weights; {self.arch} is not trained")
         if self.netg not in NETGS:
             raise ConfigError(f"netg must be one of {NETGS}, not {self.netg!r}")
         if self.gan_mode not in GAN_MODES:
