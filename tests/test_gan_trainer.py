@@ -110,7 +110,7 @@ def test_resume_continues_exactly(tmp_path):
         assert torch.equal(va, vb), ka
 
 
-def test_generator_average_is_what_renders_and_resumes_exactly(tmp_path):
+def test_generator_average_is_what_renders_and_resumes_exactly(tmp_path, check_saved_average):
     """--ema D for the GAN: the checkpoint's G (what load_generator and every renderer use) is
     e_{n+1} = d_n e_n + (1 - d_n) w_{n+1}, d_n = min(D, (1 + n) / (10 + n)), computed here from
     snapshots of the trained weights after every step; the trained weights are saved beside it
@@ -131,15 +131,9 @@ def test_generator_average_is_what_renders_and_resumes_exactly(tmp_path):
     t.train_step = recorded
     t.fit()
     assert len(snaps) == 6
-    avg = dict(snaps[0])
-    for n, w in enumerate(snaps[1:]):
-        d = min(decay, (1 + n) / (10 + n))
-        avg = {k: d * avg[k] + (1 - d) * w[k] for k in avg}
     saved, meta = load_checkpoint(tmp_path / "one" / "checkpoints" / "latest")
     assert meta["ema_updates"] == 5
-    for k, v in avg.items():
-        assert torch.allclose(saved[f"G.{k}"], v, atol=1e-6), k
-        assert torch.equal(saved[f"G_train.{k}"], snaps[-1][k]), k
+    avg = check_saved_average(saved, snaps, decay, "G", "G_train")
     assert any(not torch.allclose(avg[k], snaps[-1][k], atol=1e-6) for k in avg), "the average is the trained weights"
     g, _, _ = load_generator(tmp_path / "one")
     for k, v in g.named_parameters():

@@ -293,7 +293,7 @@ def test_oks_uses_the_annotation_area(tmp_path):
     assert m.result()["AP"] == pytest.approx(ap(hand_oks(140 * 150)), abs=1e-6)
 
 
-def test_ema_is_the_moving_average_of_the_trained_weights_and_resumes_exactly(tmp_path):
+def test_ema_is_the_moving_average_of_the_trained_weights_and_resumes_exactly(tmp_path, check_saved_average):
     """--ema D: the saved ``model`` is e_{n+1} = d_n e_n + (1 - d_n) w_{n+1} with
     d_n = min(D, (1 + n) / (10 + n)), computed here from snapshots of the trained weights after
     every step; --lr-schedule cosine gives lr x (0.01 + 0.99 (1 + cos(pi e / E)) / 2) in epoch
@@ -317,15 +317,9 @@ def test_ema_is_the_moving_average_of_the_trained_weights_and_resumes_exactly(tm
     t = PoseNetTrainer(PoseTrainConfig(epochs=3, **cfg), tmp_path / "one", progress=False, batch_transform=snapshot)
     t.fit()
     snaps.append({k: v.detach().clone() for k, v in t.model.named_parameters()})
-    ema = dict(snaps[0])
-    for n, w in enumerate(snaps[1:]):
-        d = min(decay, (1 + n) / (10 + n))
-        ema = {k: d * ema[k] + (1 - d) * w[k] for k in ema}
     saved, meta = load_checkpoint(tmp_path / "one" / "checkpoints" / "latest")
     assert meta["ema_updates"] == 9
-    for k, v in ema.items():
-        assert torch.allclose(saved[f"model.{k}"], v, atol=1e-6), k
-        assert torch.equal(saved[f"train_model.{k}"], snaps[-1][k]), k
+    ema = check_saved_average(saved, snaps, decay, "model", "train_model")
     assert any(not torch.allclose(ema[k], snaps[-1][k]) for k in ema), "the average is the trained weights"
     lrs = [r["lr"] for r in t.history]
     want = [2e-3 * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * e / 3))) for e in range(3)]
