@@ -60,10 +60,9 @@ class RefineCropDataset(torch.utils.data.Dataset):
     def __init__(self, source: KeypointSource, crop_size: int = 128, margin: float = 0.25, fill_share: float = 0.3,
                  spec: PoseMapSpec = PoseMapSpec(), region: RegionSpec = RegionSpec(), perturb: str = "arms-angle",
                  seed: int = 0, flip: bool = True, max_people: "int | None" = None,
-                 background: "BackgroundPlate | None" = None, work_scale: float = 1.0) -> None:
+                 background: "BackgroundPlate | None" = None) -> None:
         self.source, self.layout = source, source.layout
         self.size, self.margin, self.fill_share = int(crop_size), float(margin), float(fill_share)
-        self.work_scale = float(work_scale)
         self.spec, self.region, self.seed, self.flip = spec, region, seed, flip
         self.warp = WarpRenderer(self.layout, region)
         self.background = background   # a static camera's plate: the warp fills from its crop
@@ -113,23 +112,19 @@ class RefineCropDataset(torch.utils.data.Dataset):
         jit = rng.uniform(-0.05, 0.05, 2) * side   # a little jitter of the crop's place and scale
         side2 = max(int(round(side * rng.uniform(0.95, 1.1))), 8)
         box = (int(round(x0 + (side - side2) / 2 + jit[0])), int(round(y0 + (side - side2) / 2 + jit[1])), side2)
-        # the warp works at the crop's resolution, or up to work_scale x finer where the image has
-        # the pixels (as a render warps at the image's resolution before its crop is taken)
-        S = self.size
-        ws = max(S, min(side2, int(round(self.work_scale * S))))
-        img = crop(s.image, box, ws)
-        masks = np.stack([crop(m, box, S, cv2.INTER_NEAREST) for m in s.masks]) if len(s.masks) else \
-            np.zeros((0, S, S), np.uint8)
-        kc, kc_s = to_crop(kp, box, ws), to_crop(kp, box, S)
-        nc = to_crop(new, box, ws) if new is not None else None
+        img = crop(s.image, box, self.size)
+        masks = np.stack([crop(m, box, self.size, cv2.INTER_NEAREST) for m in s.masks]) if len(s.masks) else \
+            np.zeros((0, self.size, self.size), np.uint8)
+        kc = to_crop(kp, box, self.size)
+        nc = to_crop(new, box, self.size) if new is not None else None
         flipped = self.flip and rng.random() < 0.5
         if flipped:
             img, masks = img[:, ::-1].copy(), masks[:, :, ::-1].copy()
-            kc, kc_s = _flip(kc, self.layout, ws), _flip(kc_s, self.layout, S)
-            nc = _flip(nc, self.layout, ws) if nc is not None else None
-        hw = (ws, ws)
+            kc = _flip(kc, self.layout, self.size)
+            nc = _flip(nc, self.layout, self.size) if nc is not None else None
+        hw = (self.size, self.size)
         bg = self.background
-        bg = bg.crop(box, ws, flipped) if bg is not None and bg.size == s.image.shape[:2] else None
+        bg = bg.crop(box, self.size, flipped) if bg is not None and bg.size == s.image.shape[:2] else None
         self.warp.background = bg
         if not fill:   # p -> p' -> p; an arm the warp leaves where it is makes no round trip
             w1, a1, h1, drawn = self.warp.render_pose(img, kc, nc)
@@ -144,7 +139,7 @@ class RefineCropDataset(torch.utils.data.Dataset):
                 return None
             sizes = [t for t in (torso_size(p, self.layout) for p in kc) if np.isfinite(t)]
             r = max(sizes) if sizes else np.nan
-            radius = (self.region.radius + self.region.dilate) * (r if np.isfinite(r) else ws / 4)
+            radius = (self.region.radius + self.region.dilate) * (r if np.isfinite(r) else self.size / 4)
             seen = None
             if bg is not None:   # what the plate saw behind the arms, away from the rest of the body, first
                 body = np.array(kc, np.float64, copy=True)
@@ -153,10 +148,7 @@ class RefineCropDataset(torch.utils.data.Dataset):
                 seen = (region > 0) & bg.known & ~person_mask(body, self.layout, hw)
             warped = fill_hole(img, region > 0, bg.image if bg is not None else None, seen,
                                lambda im, rest: telea_fill(im, rest, radius))
-        if ws != S:   # area-averaged down to the crop, as a render's crop is taken
-            img, warped = (cv2.resize(np.ascontiguousarray(a), (S, S), interpolation=cv2.INTER_AREA) for a in (img, warped))
-            region = cv2.resize(np.ascontiguousarray(region, np.float32), (S, S), interpolation=cv2.INTER_AREA)
-        out = sample_to_tensors(Sample(img, kc_s, masks, meta=label_meta(s)), self.layout, self.spec.stride, self.spec,
+        out = sample_to_tensors(Sample(img, kc, masks, meta=label_meta(s)), self.layout, self.spec.stride, self.spec,
                                 self.max_people, with_maps=True)
         out["warped"] = image_to_tensor(np.ascontiguousarray(warped))
         out["region"] = torch.from_numpy(np.ascontiguousarray(region, np.float32))[None]
@@ -201,8 +193,7 @@ def refine_trainer(cfg: GANConfig, run_dir: "str | Path", resume: bool = False, 
                               f"images are {', '.join(f'{w}x{h}' for h, w in sorted(first_last))}; a background "
                               "plate serves frames of its own camera")
     ds = RefineCropDataset(source, cfg.crop_size, cfg.crop_margin, cfg.fill_share, cfg.posemaps,
-                           RegionSpec(radius=cfg.region_radius), seed=cfg.seed, flip=cfg.augment, background=plate,
-                           work_scale=cfg.work_scale)
+                           RegionSpec(radius=cfg.region_radius), seed=cfg.seed, flip=cfg.augment, background=plate)
     trainer = GANTrainer(cfg, run_dir, source=source, resume=resume, progress=progress, dataset=ds)
     if plate is None:   # a new run leaves no plate of an earlier attempt in its folder
         for f in (plate_file, plate_file.with_suffix(".json")):

@@ -31,7 +31,7 @@ GAN_NUMBERS = {"ngf": ">=1", "spade_hidden": ">=1", "ndf": ">=1", "num_d": ">=1"
                "lr_g": ">=0", "lr_d": ">=0", "beta1": "[0,1)", "beta2": "[0,1)", "decay_from": ">=-1", "seed": ">=0",
                "workers": ">=0", "log_every": ">=1", "gallery_every": ">=1", "checkpoint_every": ">=1",
                "time_limit_min": ">=0", "max_bad_steps": ">=1",
-               "crop_size": ">=64", "crop_margin": ">=0", "fill_share": "[0,1]", "work_scale": ">=1", "ema": "[0,1)"}
+               "crop_size": ">=64", "crop_margin": ">=0", "fill_share": "[0,1]", "ema": "[0,1)"}
 
 
 @dataclass
@@ -84,10 +84,6 @@ class GANConfig:
     fill_share: float = field(default=0.3, metadata={
         "help": "refine mode: share of training samples that erase the arms and draw them back (the rest are "
                 "warp round trips p -> p' -> p)"})
-    work_scale: float = field(default=1.0, metadata={
-        "help": "refine mode: the round trips and fills are made at up to this many times the crop's resolution "
-                "(where the image has the pixels), then area-averaged to the crop, as a render warps the image at "
-                "its own resolution before its crop is taken; 1: at the crop's resolution"})
     background: str = field(default="", metadata={
         "help": "refine mode, a static camera: a clip of it (dataset folder or file) or a PNG of the empty scene; "
                 "the warp fills the area an arm leaves with what the camera saw there (saved with the run as "
