@@ -10,9 +10,9 @@ defaults for options not given in :data:`~posesynth.spade.config.ARCH_DEFAULTS`.
 
 Run directory: ``config.yaml`` (the resolved GANConfig), ``checkpoints/`` (latest, previous:
 G, D, optimisers, step, arch, mode, pose-map settings, the person's pose statistics for
-``transfer``; with ``--ema`` G is the weights' moving average, which every renderer loads, and
-the trained weights are ``G_train``), ``losses.csv`` (one row per step), ``web/index.html`` (the gallery, every
-``gallery_every`` steps) and ``tb/`` (TensorBoard, when installed).
+``transfer``; with ``--ema`` G is the weights' moving average, which every renderer loads,
+and the trained weights are ``G_train``), ``losses.csv`` (one row per step), ``web/index.html``
+(the gallery, every ``gallery_every`` steps) and ``tb/`` (TensorBoard, when installed).
 
 Every random draw in step ``s`` comes from generators seeded by ``(seed, s)``, and batches
 from :class:`~posesynth.datasets.torch_dataset.EpochBatchSampler`, so ``--resume``
