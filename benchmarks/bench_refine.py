@@ -4,15 +4,19 @@ large frame.
 Rows, timed in one process, interleaved (timings on a loaded 2-core machine vary by 30% and
 more, so compare the ratio, measured side by side):
 
-- ``refine``: ``GANTrainer.train_step`` of a refine-mode run at ``--crop`` px (the generator on
-  maps + warp + M, the 2-scale PatchGAN on crops, hinge + feature matching + L1 in M);
-- ``full``: the same trainer's step for a full-mode SPADE run at ``--frame`` (H,W), same ngf,
-  SPADE width and batch;
-- ``refine a frame``: :class:`~posesynth.augment.renderers.RefineRenderer` on one real squats
-  frame (720x1280) with its arms moved: the warp, and the crop + generator + paste alone.
+- ``refine, <crop> px, same settings``: ``GANTrainer.train_step`` of a refine-mode run at
+  ``--crop`` px with the full-frame run's settings (the generator on maps + warp + M, the
+  2-scale PatchGAN on crops, hinge + feature matching + L1 in M): what the crop alone buys;
+- ``refine, <crop> px, light``: the same with the refiner's README settings (``--light-hidden``
+  SPADE width, a ``--light-ndf`` discriminator of ``--light-num-d`` scale(s)): same ngf, batch;
+- ``full-frame spade, <H>x<W>``: the same trainer's step for a full-mode SPADE run at
+  ``--frame`` (H,W), same ngf, SPADE width and batch;
+- ``refine a frame``: :class:`~posesynth.augment.renderers.RefineRenderer` (the light refiner's
+  generator) on one real squats frame (720x1280) with its arms moved: the warp, and the crop +
+  generator + paste alone.
 
     python benchmarks/bench_refine.py [--ngf 16] [--hidden 32] [--batch 4] [--crop 128]
-        [--frame 256,128] [--iters 5] [--threads 0]
+        [--frame 256,128] [--light-hidden 16] [--light-ndf 32] [--light-num-d 1] [--iters 5] [--threads 0]
 """
 from __future__ import annotations
 
@@ -101,6 +105,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--crop", type=int, default=128)
     ap.add_argument("--frame", default="256,128")
+    ap.add_argument("--light-hidden", type=int, default=16, help="the light refiner's SPADE width")
+    ap.add_argument("--light-ndf", type=int, default=32, help="the light refiner's discriminator width")
+    ap.add_argument("--light-num-d", type=int, default=1, help="the light refiner's discriminator scales")
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     a = ap.parse_args()
@@ -108,25 +115,34 @@ def main() -> None:
         torch.set_num_threads(a.threads)
     fh, fw = (int(v) for v in a.frame.split(","))
     common = dict(ngf=a.ngf, spade_hidden=a.hidden, batch_size=a.batch, vgg="off", device="cpu")
-    ref = _trainer(GANConfig(mode="refine", crop_size=a.crop, **common), dataset=[None])
-    full = _trainer(GANConfig(mode="full", size=(fh, fw), **common))
-    rb, fb = _batch(a.batch, a.crop, a.crop, True), _batch(a.batch, fh, fw, False)
-    t_ref, t_full = [], []
-    for _ in range(a.iters):   # interleaved, so both see the same load
-        t_ref.append(_time(lambda: ref.train_step(rb), 1))
-        t_full.append(_time(lambda: full.train_step(fb), 1))
-    r_med, f_med = float(np.median(t_ref)), float(np.median(t_full))
-    print(f"ngf {a.ngf}, SPADE width {a.hidden}, batch {a.batch}, fp32 CPU, {torch.get_num_threads()} threads, "
-          f"median of {a.iters} interleaved steps")
-    print(f"{'step':<34}{'s/step':>8}{'ratio':>8}")
-    print(f"{'refine, ' + str(a.crop) + ' px crops':<34}{r_med:>8.2f}{f_med / r_med:>7.2f}x")
-    print(f"{'full-frame spade, ' + f'{fh}x{fw}':<34}{f_med:>8.2f}{1.0:>7.2f}x")
-    fr = frame_refine(a.ngf, a.hidden, a.crop, a.iters)
+    light = dict(common, spade_hidden=a.light_hidden, ndf=a.light_ndf, num_d=a.light_num_d)
+    rows = {f"refine, {a.crop} px, same settings": (GANConfig(mode="refine", crop_size=a.crop, **common), True),
+            f"refine, {a.crop} px, light": (GANConfig(mode="refine", crop_size=a.crop, **light), True),
+            f"full-frame spade, {fh}x{fw}": (GANConfig(mode="full", size=(fh, fw), **common), False)}
+    steps = {}
+    for name, (cfg, refine) in rows.items():
+        t = _trainer(cfg, dataset=[None] if refine else None)
+        steps[name] = (t, _batch(a.batch, a.crop, a.crop, True) if refine else _batch(a.batch, fh, fw, False))
+    times: dict[str, list[float]] = {name: [] for name in rows}
+    for _ in range(a.iters):   # interleaved, so every row sees the same load
+        for name, (t, b) in steps.items():
+            times[name].append(_time(lambda: t.train_step(b), 1))
+    med = {name: float(np.median(v)) for name, v in times.items()}
+    full_name = f"full-frame spade, {fh}x{fw}"
+    f_med, fc = med[full_name], steps[full_name][0].cfg
+    scales = "scale" if a.light_num_d == 1 else "scales"
+    print(f"ngf {a.ngf}, SPADE width {a.hidden} (light: {a.light_hidden}), discriminator ndf {fc.ndf}, {fc.num_d} "
+          f"scales (light: ndf {a.light_ndf}, {a.light_num_d} {scales}), batch {a.batch}, fp32 CPU, "
+          f"{torch.get_num_threads()} threads, median of {a.iters} interleaved steps")
+    print(f"{'step':<34}{'s/step':>8}{'full / this':>13}")
+    for name, m in med.items():
+        print(f"{name:<34}{m:>8.2f}{f_med / m:>12.2f}x")
+    fr = frame_refine(a.ngf, a.light_hidden, a.crop, a.iters)
     if fr is None:
         print("refine a frame: the squats fixture is not at ../shared/fixtures (skipped)")
     else:
         tw, tr, hw = fr
-        print(f"refine a {hw[0]}x{hw[1]} frame: warp {tw:.2f} s + crop, generator and paste {tr:.2f} s = "
+        print(f"refine a {hw[0]}x{hw[1]} frame (light): warp {tw:.2f} s + crop, generator and paste {tr:.2f} s = "
               f"{tw + tr:.2f} s")
 
 

@@ -55,7 +55,8 @@ class GANConfig:
     ngf: "int | None" = field(default=None, metadata={"help": "generator width (unset: spade 32, pix2pix and "
                                                               "vanilla 64)"})
     spade_hidden: int = field(default=128, metadata={
-        "help": "spade: width of the shared convolution in every SPADE layer (NVlabs 128; 32-64 for CPU budgets)"})
+        "help": "spade: width of the shared convolution in every SPADE layer (NVlabs 128; 32-64 for CPU budgets, "
+                "16 for a refine-mode run)"})
     ndf: int = field(default=64, metadata={"help": "discriminator width (channels of its first layer)"})
     num_d: "int | None" = field(default=None, metadata={"help": "discriminator scales (unset: spade 2, pix2pix and "
                                                                 "vanilla 1, the 70x70 PatchGAN with n_layers_d 4)"})
