@@ -116,9 +116,10 @@ def main() -> None:
     fh, fw = (int(v) for v in a.frame.split(","))
     common = dict(ngf=a.ngf, spade_hidden=a.hidden, batch_size=a.batch, vgg="off", device="cpu")
     light = dict(common, spade_hidden=a.light_hidden, ndf=a.light_ndf, num_d=a.light_num_d)
+    full_name = f"full-frame spade, {fh}x{fw}"
     rows = {f"refine, {a.crop} px, same settings": (GANConfig(mode="refine", crop_size=a.crop, **common), True),
             f"refine, {a.crop} px, light": (GANConfig(mode="refine", crop_size=a.crop, **light), True),
-            f"full-frame spade, {fh}x{fw}": (GANConfig(mode="full", size=(fh, fw), **common), False)}
+            full_name: (GANConfig(mode="full", size=(fh, fw), **common), False)}
     steps = {}
     for name, (cfg, refine) in rows.items():
         t = _trainer(cfg, dataset=[None] if refine else None)
@@ -128,7 +129,6 @@ def main() -> None:
         for name, (t, b) in steps.items():
             times[name].append(_time(lambda: t.train_step(b), 1))
     med = {name: float(np.median(v)) for name, v in times.items()}
-    full_name = f"full-frame spade, {fh}x{fw}"
     f_med, fc = med[full_name], steps[full_name][0].cfg
     scales = "scale" if a.light_num_d == 1 else "scales"
     print(f"ngf {a.ngf}, SPADE width {a.hidden} (light: {a.light_hidden}), discriminator ndf {fc.ndf}, {fc.num_d} "
