@@ -52,11 +52,9 @@ def worker(kind: str, size: int, ngf: int, vgg: bool, iters: int, batch: int) ->
 
         tr = GANTrainer(cfg, tempfile.mkdtemp(), source=Src(), progress=False)
         if vgg:
-            import torchvision
+            from posesynth.spade.losses import VGGLoss, vgg19_features
 
-            from posesynth.spade.losses import VGGLoss
-
-            tr.vgg = VGGLoss(torchvision.models.vgg19(weights=None).features[:30])
+            tr.vgg = VGGLoss(vgg19_features())
         batch_d = {"maps": maps, "image": real}
         step = lambda: tr.train_step(batch_d)  # noqa: E731
         infer_g = tr.G

@@ -18,8 +18,8 @@ from ..losses import dice_bce_logits
 from ..posenet.load import load_posenet
 from .load import check_same_maps
 
-__all__ = ["gan_loss", "gradient_penalty", "feature_matching_loss", "VGGLoss", "load_vgg19", "perceptual_loss",
-           "PoseConsistencyLoss", "load_pose_judge", "GAN_MODES"]
+__all__ = ["gan_loss", "gradient_penalty", "feature_matching_loss", "VGGLoss", "load_vgg19", "vgg19_features",
+           "perceptual_loss", "PoseConsistencyLoss", "load_pose_judge", "GAN_MODES"]
 
 log = logging.getLogger(__name__)
 GAN_MODES = ("hinge", "ls", "wgan-gp")
@@ -83,24 +83,65 @@ def _vgg_candidates(path: "str | Path | None") -> list[Path]:
     return [hub / "hub" / "checkpoints" / VGG19_FILE]
 
 
+_VGG19_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512)
+
+
+def vgg19_features() -> nn.Sequential:
+    """torchvision's VGG19 ``features`` up to relu5_1: its first 30 modules, with the same
+    indices (so ``features.{i}.weight`` names the same layer), randomly initialised.  Built
+    without the classifier (480 MB of weights the perceptual loss never uses)."""
+    layers: list[nn.Module] = []
+    c_in = 3
+    for v in _VGG19_CFG:
+        if v == "M":
+            layers.append(nn.MaxPool2d(2, 2))
+        else:
+            layers += [nn.Conv2d(c_in, v, 3, padding=1), nn.ReLU(inplace=True)]
+            c_in = v
+    assert len(layers) == _VGG_SLICES[-1]
+    return nn.Sequential(*layers)
+
+
+def _read_vgg_file(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a damaged file: safetensors and torch raise their own types
+        raise ConfigError(f"{path}: cannot read VGG19 weights ({e.__class__.__name__}: {e})") from None
+    if not isinstance(sd, dict):
+        raise ConfigError(f"{path}: not a VGG19 state dict (it holds a {type(sd).__name__})")
+    return sd
+
+
 def load_vgg19(path: "str | Path | None" = None) -> "nn.Module | None":
-    """torchvision's VGG19 features with ImageNet weights from ``path`` or the torch hub cache.
+    """VGG19's features up to relu5_1 (:func:`vgg19_features`) with ImageNet weights from
+    ``path`` or the torch hub cache.  The file may be torchvision's whole state dict (``.pth``
+    or ``.safetensors``) or its ``features.*`` tensors alone; the classifier is never loaded.
 
-    Returns ``None`` when no weights file is there (nothing is downloaded).
+    Returns ``None`` when no weights file is there (nothing is downloaded).  A file that is
+    not VGG19 is refused with a message naming it.
     """
-    import torchvision
-
     for cand in _vgg_candidates(path):
         if cand.is_file():
-            vgg = torchvision.models.vgg19(weights=None)
-            if cand.suffix == ".safetensors":
-                from safetensors.torch import load_file
-
-                sd = load_file(str(cand))
-            else:
-                sd = torch.load(cand, map_location="cpu", weights_only=True)
-            vgg.load_state_dict(sd)
-            return vgg.features[: _VGG_SLICES[-1]]
+            sd = _read_vgg_file(cand)
+            feats = vgg19_features()
+            want = feats.state_dict()
+            got = {k[len("features."):]: v for k, v in sd.items() if k.startswith("features.")}
+            got = {k: v for k, v in got.items() if k in want}
+            missing = [f"features.{k}" for k in want if k not in got]
+            if missing:
+                raise ConfigError(f"{cand}: not VGG19 weights ({len(missing)} of its tensors missing, "
+                                  f"e.g. {missing[0]})")
+            wrong = [k for k in want if got[k].shape != want[k].shape]
+            if wrong:
+                k = wrong[0]
+                raise ConfigError(f"{cand}: not VGG19 weights (features.{k} is {tuple(got[k].shape)}, "
+                                  f"VGG19's is {tuple(want[k].shape)})")
+            feats.load_state_dict(got)
+            return feats
     if path:
         raise ConfigError(f"{path}: VGG19 weights file not found")
     return None
