@@ -140,7 +140,8 @@ def resolve_device(spec: str = "auto", local_rank: "int | None" = None, world: "
     """The device a process runs on.
 
     ``auto``: ``cuda:LOCAL_RANK`` when CUDA is there, otherwise ``cpu``; a bare ``cuda`` is
-    ``cuda:LOCAL_RANK`` too; anything else as given.  ``local_rank`` and ``world`` default to
+    ``cuda:LOCAL_RANK`` too (with fewer GPUs than ranks: shared round robin where ``shared_ok``,
+    else a :class:`ConfigError`); anything else as given.  ``local_rank`` and ``world`` default to
     torchrun's ``LOCAL_RANK`` and ``WORLD_SIZE``.  Under torchrun with more than one process, a
     GPU named by index (``cuda:0``) would put every rank on that one GPU, which NCCL refuses:
     it is a :class:`ConfigError` naming the fix, unless ``shared_ok`` (a device without
@@ -150,7 +151,7 @@ def resolve_device(spec: str = "auto", local_rank: "int | None" = None, world: "
     ws = int(os.environ.get("WORLD_SIZE", "1")) if world is None else world
     spec = (spec or "auto").strip()
     if spec == "auto":
-        return torch.device(f"cuda:{lr}") if torch.cuda.is_available() else torch.device("cpu")
+        return _rank_gpu(lr, shared_ok) if torch.cuda.is_available() else torch.device("cpu")
     try:
         dev = torch.device(spec)
     except RuntimeError:
@@ -159,7 +160,7 @@ def resolve_device(spec: str = "auto", local_rank: "int | None" = None, world: "
         if not torch.cuda.is_available():
             raise ConfigError(f"device {spec} asked for, but this machine has no CUDA GPU (use --device cpu or auto)")
         if dev.index is None:
-            dev = torch.device(f"cuda:{lr}")
+            dev = _rank_gpu(lr, shared_ok)
         elif ws > 1 and not shared_ok:
             raise ConfigError(f"--device {spec} names one GPU for all {ws} torchrun processes, and NCCL refuses two "
                               "ranks on one GPU: use --device cuda or auto (each rank takes cuda:LOCAL_RANK), "
@@ -167,6 +168,20 @@ def resolve_device(spec: str = "auto", local_rank: "int | None" = None, world: "
         if dev.index >= torch.cuda.device_count():
             raise ConfigError(f"device {dev} asked for, but there are {torch.cuda.device_count()} GPUs")
     return dev
+
+
+def _rank_gpu(local_rank: int, shared_ok: bool) -> torch.device:
+    """``cuda:LOCAL_RANK``.  With more processes on this machine than GPUs, ranks without
+    collectives (``shared_ok``) share them round robin; others get a ConfigError naming the fix,
+    rather than CUDA's "invalid device ordinal" from deep inside the first allocation."""
+    n = torch.cuda.device_count()
+    if local_rank < n:
+        return torch.device(f"cuda:{local_rank}")
+    if shared_ok:
+        return torch.device(f"cuda:{local_rank % n}")
+    raise ConfigError(f"torchrun started more processes on this machine than it has GPUs (this is local rank "
+                      f"{local_rank}, there are {n}), and each rank needs a GPU of its own: use "
+                      f"--nproc_per_node={n}, or --device cpu")
 
 
 def resolve_gan_device(spec: str, device: torch.device, local_rank: int = 0, world: int = 1) -> torch.device:

@@ -56,6 +56,29 @@ def test_device_under_torchrun_is_per_rank(monkeypatch):
     assert resolve_device("cuda:2") == torch.device("cuda:2")
 
 
+def test_more_ranks_than_gpus(monkeypatch):
+    """torchrun with 2 processes on a machine with one GPU (seen on an H200 machine): a rank of
+    the pose network, which needs a GPU of its own for NCCL, is refused with a line naming the
+    fix; ranks without collectives (generate, a generator) share the GPU."""
+    from posesynth.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    for spec in ("auto", "cuda"):
+        with pytest.raises(ConfigError, match=r"local rank 1, there are 1\).*--nproc_per_node=1, or --device cpu"):
+            resolve_device(spec)
+        assert resolve_device(spec, shared_ok=True) == torch.device("cuda:0")
+    assert resolve_gan_device("auto", torch.device("cuda:0"), 1, 2) == torch.device("cuda:0")
+    from posesynth.posenet.trainer import init_distributed
+
+    with pytest.raises(ConfigError, match="more processes on this machine than it has GPUs"):
+        init_distributed("auto")   # before any process group is made
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert resolve_device("auto") == torch.device("cuda:0")
+
+
 def test_torn_checkpoint_pair_is_detected_and_the_previous_one_used(tmp_path, caplog):
     p = tmp_path / "checkpoints" / "latest"
     save_checkpoint(p, {"w": torch.full((3,), 1.0)}, {"step": 1})

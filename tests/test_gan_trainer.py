@@ -28,8 +28,10 @@ class ListSource:
 
 
 def small_cfg(**kw):
+    # on the CPU wherever the test runs: the tests feed the trainer's parts CPU tensors and compare
+    # bits (the GPU paths are checked by benchmarks/gpu_check.sh)
     base = dict(size=(64, 64), ngf=8, ndf=16, batch_size=2, steps=4, vgg="off", log_every=1, gallery_every=1000,
-                checkpoint_every=1000, augment=False, seed=3)
+                checkpoint_every=1000, augment=False, seed=3, device="cpu")
     base.update(kw)
     return GANConfig(**base)
 

@@ -175,7 +175,8 @@ def test_two_process_gloo_run(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                         "-m", "posesynth", "train-posenet", "--data", str(data), "--val", str(data), "--out", str(run),
-                        *TINY, "--epochs", "1"], capture_output=True, text=True, env=env, timeout=300)
+                        *TINY, "--epochs", "1", "--device", "cpu"], capture_output=True, text=True, env=env,
+                       timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     from posesynth.posenet.trainer import load_posenet
 
