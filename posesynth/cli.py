@@ -143,13 +143,15 @@ def _cmd_train_gan(a: argparse.Namespace) -> None:
     import yaml
 
     from .config import run_config
+    from .spade.config import check_mode_options
     from .spade.trainer import GANConfig, GANTrainer, keep_saved_losses
 
     cfg = run_config(GANConfig, a, a.out, a.resume)
+    given = {k[4:] for k, v in vars(a).items() if k.startswith("cfg_") and v is not None}
+    check_mode_options(cfg, given)
     if a.resume:
         saved = yaml.safe_load((Path(a.out) / "config.yaml").read_text()) or {}
-        keep_saved_losses(cfg.resolve(), set(saved), {k[4:] for k, v in vars(a).items()
-                                                      if k.startswith("cfg_") and v is not None})
+        keep_saved_losses(cfg.resolve(), set(saved), given)
     if not cfg.data:
         raise PosesynthError("--data is required (a dataset folder or annotation file)")
     if cfg.mode == "refine":   # trained on warp round trips of the data, prepared in augment

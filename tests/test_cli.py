@@ -93,6 +93,12 @@ def test_train_gan_bad_options(tmp_path):
     assert r.returncode == 2 and "cannot use 'many' as int" in r.stderr
     r = run("train-gan", "--out", str(tmp_path / "g"), "--data", str(tmp_path / "none"))
     assert r.returncode == 2 and "no such file or folder" in r.stderr
+    # an option the run's mode would ignore is refused, not silently dropped
+    r = run("train-gan", "--out", str(tmp_path / "g"), "--data", str(tmp_path), "--crop-size", "64", "--fill-share", "0")
+    assert r.returncode == 2 and "--crop-size and --fill-share apply to --mode refine only; this run's mode is full" \
+        in r.stderr and not (tmp_path / "g").exists()
+    r = run("train-gan", "--out", str(tmp_path / "g"), "--data", str(tmp_path), "--mode", "refine", "--size", "256,256")
+    assert r.returncode == 2 and "--size is not used in refine mode" in r.stderr and not (tmp_path / "g").exists()
 
 
 def test_render_rejects_other_layout(tmp_path):

@@ -13,7 +13,8 @@ from ..errors import ConfigError
 from .archs import ARCH_CLASSES, MODES, arch_class
 from .losses import GAN_MODES
 
-__all__ = ["GANConfig", "GAN_NUMBERS", "ARCH_DEFAULTS", "ARCHS", "MODES", "NETGS", "keep_saved_losses"]
+__all__ = ["GANConfig", "GAN_NUMBERS", "ARCH_DEFAULTS", "ARCHS", "MODES", "NETGS", "keep_saved_losses",
+           "check_mode_options"]
 
 log = logging.getLogger(__name__)
 NETGS = ("unet", "resnet")
@@ -182,6 +183,25 @@ class GANConfig:
         """The run's pose maps (in refine mode drawn on the crop)."""
         size = (self.crop_size, self.crop_size) if self.mode == "refine" else tuple(self.size)
         return PoseMapSpec(self.sigma, self.paf_width, 4, size)
+
+
+#: options that one mode alone reads: given for a run of another mode they would be ignored
+MODE_ONLY = {"refine": ("crop_size", "crop_margin", "fill_share")}
+
+
+def check_mode_options(cfg: GANConfig, given: "set[str]") -> None:
+    """Refuse options given on the command line (``given``: field names) that the run's mode
+    would silently ignore: the refine-mode crop options in another mode, ``--size`` in refine
+    mode (its generator sees crops of ``--crop-size``)."""
+    for mode, names in MODE_ONLY.items():
+        off = [n for n in names if n in given] if cfg.mode != mode else []
+        if off:
+            opts = " and ".join("--" + n.replace("_", "-") for n in off)
+            raise ConfigError(f"{opts} appl{'ies' if len(off) == 1 else 'y'} to --mode {mode} only; this run's mode "
+                              f"is {cfg.mode}, which would ignore {'it' if len(off) == 1 else 'them'}")
+    if cfg.mode == "refine" and "size" in given:
+        raise ConfigError("--size is not used in refine mode: the generator works on square crops of --crop-size "
+                          "px around the changed region, pasted back at the frame's own size")
 
 
 def keep_saved_losses(cfg: GANConfig, saved: "set[str]", given: "set[str]") -> bool:
