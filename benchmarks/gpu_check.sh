@@ -58,7 +58,7 @@ for r in warp refine; do
     step "train-posenet --renderer $r --resume (epoch 3)" "pose_${r}_resume.txt" $P train-posenet \
         --out "$OUT/pose_$r" --resume --epochs 3
 done
-step "torchrun --nproc_per_node=1 train-posenet (NCCL on CUDA)" pose_ddp.txt $PY -m torch.distributed.run \
+step "torchrun --nproc_per_node=1 train-posenet (CUDA; one process makes no process group, so no NCCL)" pose_ddp.txt $PY -m torch.distributed.run \
     --standalone --nproc_per_node=1 -m posesynth train-posenet $COMMON --epochs 2 --out "$OUT/pose_ddp"
 # the runs' files have the format of a CPU run's: safetensors + JSON pairs, history.csv, config.yaml
 step "formats" formats.txt $PY - "$OUT" <<'EOF'

@@ -148,7 +148,10 @@ def _cmd_train_gan(a: argparse.Namespace) -> None:
 
     cfg = run_config(GANConfig, a, a.out, a.resume)
     given = {k[4:] for k, v in vars(a).items() if k.startswith("cfg_") and v is not None}
-    check_mode_options(cfg, given)
+    if not a.resume and getattr(a, "config", None):   # a new run's YAML options count as given
+        saved_yaml = yaml.safe_load(Path(a.config).read_text()) or {}   # (read once already by run_config)
+        given |= set(saved_yaml) | set(saved_yaml.get("data_options", None) or {})
+    check_mode_options(cfg, given - {"data_options"})
     if a.resume:
         saved = yaml.safe_load((Path(a.out) / "config.yaml").read_text()) or {}
         keep_saved_losses(cfg.resolve(), set(saved), given)

@@ -177,10 +177,10 @@ def _rank_gpu(local_rank: int, shared_ok: bool) -> torch.device:
     n = torch.cuda.device_count()
     if local_rank < n:
         return torch.device(f"cuda:{local_rank}")
-    if shared_ok:
+    if shared_ok and n:
         return torch.device(f"cuda:{local_rank % n}")
-    raise ConfigError(f"torchrun started more processes on this machine than it has GPUs (this is local rank "
-                      f"{local_rank}, there are {n}), and each rank needs a GPU of its own: use "
+    raise ConfigError(f"more processes were started on this machine than it has GPUs (this is local rank "
+                      f"{local_rank}, there are {n}), and each rank needs a GPU of its own: with torchrun use "
                       f"--nproc_per_node={n}, or --device cpu")
 
 

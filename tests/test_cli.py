@@ -99,6 +99,9 @@ def test_train_gan_bad_options(tmp_path):
         in r.stderr and not (tmp_path / "g").exists()
     r = run("train-gan", "--out", str(tmp_path / "g"), "--data", str(tmp_path), "--mode", "refine", "--size", "256,256")
     assert r.returncode == 2 and "--size is not used in refine mode" in r.stderr and not (tmp_path / "g").exists()
+    (tmp_path / "cfg.yaml").write_text("mode: inpaint\ncrop_margin: 0.5\n")   # in a new run's YAML as well
+    r = run("train-gan", "--out", str(tmp_path / "g"), "--data", str(tmp_path), "--config", str(tmp_path / "cfg.yaml"))
+    assert r.returncode == 2 and "--crop-margin applies to --mode refine only; this run's mode is inpaint" in r.stderr
 
 
 def test_render_rejects_other_layout(tmp_path):

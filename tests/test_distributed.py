@@ -73,7 +73,7 @@ def test_more_ranks_than_gpus(monkeypatch):
     assert resolve_gan_device("auto", torch.device("cuda:0"), 1, 2) == torch.device("cuda:0")
     from posesynth.posenet.trainer import init_distributed
 
-    with pytest.raises(ConfigError, match="more processes on this machine than it has GPUs"):
+    with pytest.raises(ConfigError, match="more processes were started on this machine than it has GPUs"):
         init_distributed("auto")   # before any process group is made
     monkeypatch.setenv("LOCAL_RANK", "0")
     assert resolve_device("auto") == torch.device("cuda:0")

@@ -252,6 +252,11 @@ def test_vgg_weights_file_checked(tmp_path):
     save_file(dict(sd, **{"features.0.weight": torch.zeros(64, 1, 3, 3)}), str(tmp_path / "gray.safetensors"))
     with pytest.raises(ConfigError, match=r"gray\.safetensors: not VGG19 weights \(features\.0\.weight is \(64, 1, 3, 3\)"):
         load_vgg19(tmp_path / "gray.safetensors")
+    save_file({k[len("features."):]: v for k, v in sd.items()}, str(tmp_path / "bare.safetensors"))   # vgg.features'
+    assert torch.equal(load_vgg19(tmp_path / "bare.safetensors")[0].weight, sd["features.0.weight"])
+    torch.save({"features.0.weight": "a string"}, tmp_path / "odd.pth")
+    with pytest.raises(ConfigError, match=r"odd\.pth: not a VGG19 state dict"):
+        load_vgg19(tmp_path / "odd.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(ConfigError, match=r"junk\.pth: cannot read VGG19 weights"):
         load_vgg19(tmp_path / "junk.pth")

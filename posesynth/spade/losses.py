@@ -103,34 +103,45 @@ def vgg19_features() -> nn.Sequential:
 
 
 def _read_vgg_file(path: Path) -> dict[str, torch.Tensor]:
+    """The ``features.*`` tensors of a VGG19 file (keys without the prefix), or all of its
+    tensors when none has it (a file of ``vgg.features``' own state dict).  A safetensors file is
+    read tensor by tensor and a ``.pth`` memory-mapped, so the classifier's 480 MB are not read."""
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+            from safetensors import safe_open
 
-            return load_file(str(path))
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+            with safe_open(str(path), "pt") as f:
+                keys = list(f.keys())
+                pick = [k for k in keys if k.startswith("features.")] or keys
+                sd = {k: f.get_tensor(k) for k in pick}
+        else:
+            try:
+                sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:   # a file in torch's legacy format cannot be memory-mapped
+                sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a damaged file: safetensors and torch raise their own types
         raise ConfigError(f"{path}: cannot read VGG19 weights ({e.__class__.__name__}: {e})") from None
-    if not isinstance(sd, dict):
-        raise ConfigError(f"{path}: not a VGG19 state dict (it holds a {type(sd).__name__})")
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ConfigError(f"{path}: not a VGG19 state dict (expected a mapping of names to tensors)")
+    if any(k.startswith("features.") for k in sd):
+        return {k[len("features."):]: v for k, v in sd.items() if k.startswith("features.")}
     return sd
 
 
 def load_vgg19(path: "str | Path | None" = None) -> "nn.Module | None":
     """VGG19's features up to relu5_1 (:func:`vgg19_features`) with ImageNet weights from
     ``path`` or the torch hub cache.  The file may be torchvision's whole state dict (``.pth``
-    or ``.safetensors``) or its ``features.*`` tensors alone; the classifier is never loaded.
+    or ``.safetensors``), its ``features.*`` tensors alone, or ``vgg.features``' own state dict
+    (keys ``0.weight``...); the classifier is neither read into memory nor kept.
 
     Returns ``None`` when no weights file is there (nothing is downloaded).  A file that is
     not VGG19 is refused with a message naming it.
     """
     for cand in _vgg_candidates(path):
         if cand.is_file():
-            sd = _read_vgg_file(cand)
             feats = vgg19_features()
             want = feats.state_dict()
-            got = {k[len("features."):]: v for k, v in sd.items() if k.startswith("features.")}
-            got = {k: v for k, v in got.items() if k in want}
+            got = {k: v for k, v in _read_vgg_file(cand).items() if k in want}
             missing = [f"features.{k}" for k in want if k not in got]
             if missing:
                 raise ConfigError(f"{cand}: not VGG19 weights ({len(missing)} of its tensors missing, "
