@@ -191,8 +191,8 @@ MODE_ONLY = {"refine": ("crop_size", "crop_margin", "fill_share")}
 
 def check_mode_options(cfg: GANConfig, given: "set[str]") -> None:
     """Refuse options given (``given``: field names, from the command line or a new run's
-    ``--config`` YAML) that the run's mode would silently ignore: the refine-mode crop options in another mode, ``--size`` in refine
-    mode (its generator sees crops of ``--crop-size``)."""
+    ``--config`` YAML) that the run's mode would silently ignore: the refine-mode crop options
+    in another mode, ``--size`` in refine mode (its generator sees crops of ``--crop-size``)."""
     if cfg.mode not in MODES:
         raise ConfigError(f"mode must be one of {', '.join(MODES)}, not {cfg.mode!r}")
     for mode, names in MODE_ONLY.items():
