@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-import torch
 
 from posesynth.augment.refine import RefineCropDataset, _flip, refine_trainer
 from posesynth.datasets.crops import crop, crop_box, to_crop
@@ -25,7 +24,6 @@ from posesynth.datasets.formats import open_dataset
 from posesynth.datasets.geometry import RegionSpec, limb_region
 from posesynth.datasets.sample import Sample, label_meta
 from posesynth.datasets.synthetic import SceneSpec, redraw_scene
-from posesynth.datasets.torch_dataset import image_to_tensor, sample_to_tensors
 from posesynth.spade.config import GANConfig
 from posesynth.spade.trainer import GANTrainer
 
@@ -67,10 +65,7 @@ class TruePairs(RefineCropDataset):
         box = crop_box(kp, new, self.layout, self.region, self.margin)
         if box is None:
             return None
-        x0, y0, side = box
-        jit = rng.uniform(-0.05, 0.05, 2) * side
-        side2 = max(int(round(side * rng.uniform(0.95, 1.1))), 8)
-        box = (int(round(x0 + (side - side2) / 2 + jit[0])), int(round(y0 + (side - side2) / 2 + jit[1])), side2)
+        box = self.jitter(box, rng)
         x0, y0, side = box
         img = crop(src, box, self.size)
         kc, nc = to_crop(kp, box, self.size), to_crop(new, box, self.size)
@@ -97,12 +92,7 @@ class TruePairs(RefineCropDataset):
             truth, masks = truth[:, ::-1].copy(), masks[:, :, ::-1].copy()
             warped, region = warped[:, ::-1].copy(), region[:, ::-1].copy()
             tk = _flip(tk, self.layout, self.size)
-        out = sample_to_tensors(Sample(truth, tk, masks, meta=label_meta(s)), self.layout, self.spec.stride, self.spec,
-                                self.max_people, with_maps=True)
-        out["warped"] = image_to_tensor(np.ascontiguousarray(warped))
-        out["region"] = torch.from_numpy(np.ascontiguousarray(region, np.float32))[None]
-        out["crop_box"] = torch.tensor(box, dtype=torch.int64)
-        out["flipped"] = torch.tensor(flipped)
+        out = self.item(Sample(truth, tk, masks, meta=label_meta(s)), warped, region, box, flipped)
         self.sample_counts["round trip"] += 1
         return out
 

@@ -87,6 +87,27 @@ class RefineCropDataset(torch.utils.data.Dataset):
         raise ConfigError(f"{getattr(self.source, 'path', 'the data')}: no image has a labelled arm (shoulder, elbow "
                           "and wrist) and a torso to crop around; refine mode has nothing to learn from")
 
+    @staticmethod
+    def jitter(box: tuple[int, int, int], rng: np.random.Generator) -> tuple[int, int, int]:
+        """A little jitter of a crop box's place (+-5% of its side) and scale (0.95-1.1)."""
+        x0, y0, side = box
+        jit = rng.uniform(-0.05, 0.05, 2) * side
+        side2 = max(int(round(side * rng.uniform(0.95, 1.1))), 8)
+        return int(round(x0 + (side - side2) / 2 + jit[0])), int(round(y0 + (side - side2) / 2 + jit[1])), side2
+
+    def item(self, target: Sample, warped: np.ndarray, region: np.ndarray, box: tuple[int, int, int],
+             flipped: bool) -> dict[str, Any]:
+        """The training item: ``target``'s tensors and pose maps (the crop the refiner must draw,
+        at its pose), ``warped`` (W, ``(S, S, 3)`` uint8), ``region`` (M, ``(S, S)`` in [0, 1]),
+        and where the crop came from: ``crop_box`` (x0, y0, side) in the image's pixels and
+        whether it was mirrored."""
+        out = sample_to_tensors(target, self.layout, self.spec.stride, self.spec, self.max_people, with_maps=True)
+        out["warped"] = image_to_tensor(np.ascontiguousarray(warped))
+        out["region"] = torch.from_numpy(np.ascontiguousarray(region, np.float32))[None]
+        out["crop_box"] = torch.tensor(box, dtype=torch.int64)
+        out["flipped"] = torch.tensor(flipped)
+        return out
+
     def sample(self, index: int, epoch: int) -> "dict[str, Any] | None":
         """One training item of image ``index`` (``None`` when it has no arm to work on).
 
@@ -108,10 +129,7 @@ class RefineCropDataset(torch.utils.data.Dataset):
             box = crop_box(kp, None, self.layout, self.region, self.margin)
             if box is None:
                 return None
-        x0, y0, side = box
-        jit = rng.uniform(-0.05, 0.05, 2) * side   # a little jitter of the crop's place and scale
-        side2 = max(int(round(side * rng.uniform(0.95, 1.1))), 8)
-        box = (int(round(x0 + (side - side2) / 2 + jit[0])), int(round(y0 + (side - side2) / 2 + jit[1])), side2)
+        box = self.jitter(box, rng)
         img = crop(s.image, box, self.size)
         masks = np.stack([crop(m, box, self.size, cv2.INTER_NEAREST) for m in s.masks]) if len(s.masks) else \
             np.zeros((0, self.size, self.size), np.uint8)
@@ -148,13 +166,7 @@ class RefineCropDataset(torch.utils.data.Dataset):
                 seen = (region > 0) & bg.known & ~person_mask(body, self.layout, hw)
             warped = fill_hole(img, region > 0, bg.image if bg is not None else None, seen,
                                lambda im, rest: telea_fill(im, rest, radius))
-        out = sample_to_tensors(Sample(img, kc, masks, meta=label_meta(s)), self.layout, self.spec.stride, self.spec,
-                                self.max_people, with_maps=True)
-        out["warped"] = image_to_tensor(np.ascontiguousarray(warped))
-        out["region"] = torch.from_numpy(np.ascontiguousarray(region, np.float32))[None]
-        # where the crop came from: (x0, y0, side) in the image's pixels, and whether it was mirrored
-        out["crop_box"] = torch.tensor(box, dtype=torch.int64)
-        out["flipped"] = torch.tensor(flipped)
+        out = self.item(Sample(img, kc, masks, meta=label_meta(s)), warped, region, box, flipped)
         self.sample_counts["fill" if drawn_fill else "fill (no round trip)" if fill else "round trip"] += 1
         return out
 
