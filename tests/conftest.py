@@ -40,3 +40,34 @@ def check_saved_average():
         return avg
 
     return check
+
+
+def run_cli(*args: str):
+    """``posesynth ARGS`` in this process (``posesynth.cli.main``): what a subprocess would
+    give, ``returncode``, ``stdout`` and ``stderr`` (the log lines included), without the 3-4 s
+    of a new interpreter importing torch.  A few tests keep a real subprocess for what only a
+    process shows (the exit status of ``python -m posesynth``, the demo end to end)."""
+    import contextlib
+    import io
+    import logging
+    from types import SimpleNamespace
+
+    from posesynth.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(err)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)   # before main(): its basicConfig then adds no handler of its own
+    root.setLevel(logging.INFO)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as e:   # argparse's own errors and --help
+                code = e.code if isinstance(e.code, int) else 2
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())

@@ -1,15 +1,18 @@
 import subprocess
 import sys
 
+from conftest import run_cli as run
 
-def run(*args):
+
+def run_process(*args):
+    """``python -m posesynth ARGS`` as a new process (most tests call the CLI in this one: run)."""
     return subprocess.run([sys.executable, "-m", "posesynth", *args], capture_output=True, text=True)
 
 
 def test_user_error_is_one_clear_line(tmp_path):
     bad = tmp_path / "ann.json"
     bad.write_text("{not json")
-    r = run("show", str(bad), "--out", str(tmp_path / "g.png"))
+    r = run_process("show", str(bad), "--out", str(tmp_path / "g.png"))
     assert r.returncode == 2
     assert "malformed JSON at line 1" in r.stderr and str(bad) in r.stderr
     assert "Traceback" not in r.stderr
@@ -39,7 +42,7 @@ def test_check_reports_problems(tmp_path):
 
 
 def test_demo_quick(tmp_path):
-    r = run("demo", "--out", str(tmp_path / "demo"), "--quick")
+    r = run_process("demo", "--out", str(tmp_path / "demo"), "--quick")
     assert r.returncode == 0, r.stderr
     demo = tmp_path / "demo"
     assert (demo / "train_grid.png").exists() and (demo / "data" / "test" / "annotations.json").exists()

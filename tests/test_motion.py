@@ -303,7 +303,9 @@ def test_resume_continues_exactly(tmp_path):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "posesynth", *args], capture_output=True, text=True)
+    from conftest import run_cli
+
+    return run_cli(*args)
 
 
 def test_cli_make_data_sequences_and_train_motion(tmp_path):

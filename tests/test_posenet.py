@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import run_cli
 from posesynth.datasets.layouts import DRIVER9
 from posesynth.datasets.posemaps import render_heatmaps, render_pafs
 from posesynth.posenet.decode import decode_people, decode_single, find_peaks
@@ -131,8 +132,7 @@ def test_overfit_one_batch(tmp_path):
 
 
 def make_data(tmp_path, n=8, size=64, name="d", pose="narrow"):
-    r = subprocess.run([sys.executable, "-m", "posesynth", "make-data", "--out", str(tmp_path / name), "--num", str(n),
-                        "--size", str(size), "--workers", "1", "--pose-range", pose], capture_output=True, text=True)
+    r = run_cli("make-data", "--out", tmp_path / name, "--num", n, "--size", size, "--workers", "1", "--pose-range", pose)
     assert r.returncode == 0, r.stderr
     return tmp_path / name
 
@@ -143,28 +143,22 @@ TINY = ["--size", "64", "--backbone", "pvt_v2_b0", "--pretrained", "none", "--he
 def test_train_evaluate_predict_resume(tmp_path):
     data = make_data(tmp_path)
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "posesynth", "train-posenet", "--data", str(data), "--val", str(data),
-           "--out", str(run), *TINY]
-    r = subprocess.run(cmd + ["--epochs", "1"], capture_output=True, text=True)
+    r = run_cli("train-posenet", "--data", data, "--val", data, "--out", run, *TINY, "--epochs", "1")
     assert r.returncode == 0, r.stderr
-    r = subprocess.run([sys.executable, "-m", "posesynth", "train-posenet", "--out", str(run), "--resume",
-                        "--epochs", "2"], capture_output=True, text=True)
+    r = run_cli("train-posenet", "--out", run, "--resume", "--epochs", "2")
     assert r.returncode == 0, r.stderr
     hist = (run / "history.csv").read_text().splitlines()
     assert len(hist) == 3 and "val_PCK@0.2" in hist[0]
     # resumed with no epoch left: says so, trains nothing
-    r = subprocess.run([sys.executable, "-m", "posesynth", "train-posenet", "--out", str(run), "--resume",
-                        "--epochs", "2"], capture_output=True, text=True)
+    r = run_cli("train-posenet", "--out", run, "--resume", "--epochs", "2")
     assert r.returncode == 0 and "already trained 2 of 2 epochs; nothing to train" in r.stdout, r.stdout + r.stderr
     assert (run / "history.csv").read_text().splitlines() == hist
     assert (run / "curves.png").exists() and (run / "checkpoints" / "best.safetensors").exists()
-    r = subprocess.run([sys.executable, "-m", "posesynth", "evaluate", "--posenet", str(run), "--data", str(data)],
-                       capture_output=True, text=True)
+    r = run_cli("evaluate", "--posenet", run, "--data", data)
     assert r.returncode == 0, r.stderr
     metrics = json.loads((run / "metrics_d.json").read_text())   # metrics_<data name>.json
     assert {"PCK@0.2", "AP", "AR", "mean_px_error", "mask_IoU", "mask_Dice"} <= set(metrics)
-    r = subprocess.run([sys.executable, "-m", "posesynth", "predict", "--posenet", str(run), "--images",
-                        str(data / "images"), "--out", str(tmp_path / "pred")], capture_output=True, text=True)
+    r = run_cli("predict", "--posenet", run, "--images", data / "images", "--out", tmp_path / "pred")
     assert r.returncode == 0, r.stderr
     assert len(list((tmp_path / "pred").glob("*.png"))) == 8
 

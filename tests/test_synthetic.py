@@ -5,6 +5,7 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import run_cli
 from posesynth.datasets.coco import CocoKeypointDataset
 from posesynth.datasets.layouts import DRIVER9
 from posesynth.datasets.synthetic import render_scene, scene_rng
@@ -78,6 +79,5 @@ def test_make_data_cli_writes_a_readable_dataset(tmp_path):
     info = json.loads((out / "annotations.json").read_text())["info"]
     assert info["seed"] == 4 and info["pose_range"] == "narrow"
     one = tmp_path / "one"
-    subprocess.run([sys.executable, "-m", "posesynth", "make-data", "--out", str(one), "--num", "20",
-                    "--seed", "4", "--size", "128", "--workers", "1"], check=True, capture_output=True)
+    assert run_cli("make-data", "--out", one, "--num", "20", "--seed", "4", "--size", "128", "--workers", "1").returncode == 0
     assert (one / "images" / "000006.jpg").read_bytes() == (out / "images" / "000006.jpg").read_bytes()

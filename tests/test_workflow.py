@@ -371,9 +371,9 @@ def coco_run(fixtures_dir, tmp_path_factory):
     photos (read as coco17): ``--data A,B:2``."""
     root = tmp_path_factory.mktemp("pose")
     coco, mpii = fixtures_dir / "coco" / "test_coco.json", fixtures_dir / "mpii" / "test_mpii.json"
-    r = subprocess.run([sys.executable, "-m", "posesynth", "train-posenet", "--data", f"{coco},{mpii}:2",
-                        "--val", str(coco), "--out", str(root / "run"), *TINY, "--epochs", "1"],
-                       capture_output=True, text=True)
+    from conftest import run_cli
+
+    r = run_cli("train-posenet", "--data", f"{coco},{mpii}:2", "--val", coco, "--out", root / "run", *TINY, "--epochs", "1")
     assert r.returncode == 0, r.stderr[-2000:]
     return root / "run"
 
