@@ -140,21 +140,15 @@ def _cmd_merge(a: argparse.Namespace) -> None:
 
 
 def _cmd_train_gan(a: argparse.Namespace) -> None:
-    import yaml
-
-    from .config import run_config
+    from .config import given_options, read_config_file, run_config
     from .spade.config import check_mode_options
     from .spade.trainer import GANConfig, GANTrainer, keep_saved_losses
 
     cfg = run_config(GANConfig, a, a.out, a.resume)
-    given = {k[4:] for k, v in vars(a).items() if k.startswith("cfg_") and v is not None}
-    if not a.resume and getattr(a, "config", None):   # a new run's YAML options count as given
-        saved_yaml = yaml.safe_load(Path(a.config).read_text()) or {}   # (read once already by run_config)
-        given |= set(saved_yaml) | set(saved_yaml.get("data_options", None) or {})
-    check_mode_options(cfg, given - {"data_options"})
+    given = given_options(a, a.resume)
+    check_mode_options(cfg, given)
     if a.resume:
-        saved = yaml.safe_load((Path(a.out) / "config.yaml").read_text()) or {}
-        keep_saved_losses(cfg.resolve(), set(saved), given)
+        keep_saved_losses(cfg.resolve(), set(read_config_file(Path(a.out) / "config.yaml")), given)
     if not cfg.data:
         raise PosesynthError("--data is required (a dataset folder or annotation file)")
     if cfg.mode == "refine":   # trained on warp round trips of the data, prepared in augment

@@ -111,18 +111,23 @@ def config_from_dict(cls: type[T], data: "dict[str, Any]", source: str = "config
     return cls(**kw)
 
 
+def read_config_file(path: "str | Path") -> dict[str, Any]:
+    """A config YAML's mapping of option names to values; a :class:`ConfigError` naming the
+    file when it cannot be read, is not YAML or is not a mapping."""
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read config ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(yaml_error_line(p, e)) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of option names to values")
+    return data
+
+
 def load_config(cls: type[T], path: "str | Path | None" = None, overrides: "dict[str, Any] | None" = None) -> T:
-    data: dict[str, Any] = {}
-    if path:
-        p = Path(path)
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except OSError as e:
-            raise ConfigError(f"{p}: cannot read config ({e.strerror})") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(yaml_error_line(p, e)) from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: expected a mapping of option names to values")
+    data = read_config_file(path) if path else {}
     data.update(overrides or {})
     return config_from_dict(cls, data, str(path or "config"))
 
@@ -198,9 +203,13 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: "set[str] 
                          help=help_text.replace("%", "%%"))
 
 
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The config options given on the command line (``--steps 10`` -> ``{"steps": 10}``)."""
+    return {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
+
+
 def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
-    overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
-    return load_config(cls, getattr(args, "config", None), overrides)
+    return load_config(cls, getattr(args, "config", None), _overrides(args))
 
 
 #: the checkpoint ``kind`` each training command writes (``RUN/checkpoints/latest.json``)
@@ -241,8 +250,19 @@ def run_config(cls: type[T], args: argparse.Namespace, run_dir: "str | Path", re
     saved = Path(run_dir) / "config.yaml"
     if not saved.exists():
         raise ConfigError(f"{run_dir}: nothing to resume (no config.yaml)")
-    given = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
-    return load_config(cls, saved, given)
+    return load_config(cls, saved, _overrides(args))
+
+
+def given_options(args: argparse.Namespace, resume: bool) -> set[str]:
+    """The config options this command was given: those on the command line and, for a new
+    run, those in its ``--config`` YAML (``data_options``' own keys among them); a resumed
+    run's saved ``config.yaml`` gives none (its options were given when the run began)."""
+    given = set(_overrides(args))
+    path = getattr(args, "config", None)
+    if path and not resume:
+        data = read_config_file(path)
+        given |= set(data) | set(data.get("data_options", None) or {})
+    return given - {"data_options"}
 
 
 # ---- numeric checks ---------------------------------------------------------------------------

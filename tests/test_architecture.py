@@ -127,6 +127,23 @@ def test_a_config_written_before_the_group_still_loads(tmp_path):
     assert cfg.data_options == DataOptions("x", "raise", "clip")
 
 
+def test_given_options_are_the_command_lines_and_a_new_runs_yaml(tmp_path):
+    """What counts as given: the options typed now, and a new run's --config keys (data options'
+    own keys among them); a resumed run's --config is not read (its saved config rules)."""
+    import argparse
+
+    from posesynth.config import given_options
+    from posesynth.errors import ConfigError
+
+    (tmp_path / "c.yaml").write_text("mode: refine\ndata_options:\n  on_error: skip\n")
+    args = argparse.Namespace(config=str(tmp_path / "c.yaml"), cfg_steps=10, cfg_ngf=None, out="x")
+    assert given_options(args, resume=False) == {"steps", "mode", "on_error"}
+    assert given_options(args, resume=True) == {"steps"}
+    (tmp_path / "c.yaml").write_text("- a list\n")
+    with pytest.raises(ConfigError, match="c.yaml: expected a mapping"):
+        given_options(args, resume=False)
+
+
 def test_every_command_shows_one_data_options_group():
     from posesynth.cli import build_parser
 
