@@ -52,6 +52,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_mixing.py
 	$(PY) benchmarks/bench_generate.py
 	$(PY) benchmarks/bench_refine.py
+	$(PY) benchmarks/bench_d_targets.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

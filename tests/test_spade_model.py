@@ -79,3 +79,39 @@ def test_feature_matching_skips_score_map():
     f = [[torch.ones(1, 2, 2, 2), torch.zeros(1, 1, 2, 2)]]
     r = [[torch.zeros(1, 2, 2, 2), torch.full((1, 1, 2, 2), 9.0)]]
     assert feature_matching_loss(f, r).item() == pytest.approx(1.0)
+
+
+def test_generator_step_features_equal_one_call_on_both():
+    """In G's step the real features are feature matching's targets only: computed apart, without
+    a graph, they must equal one call on fake and real together (NVlabs), spectral norm's power
+    iteration must advance once as in that call, and G's gradient must be the same."""
+    import copy
+
+    from posesynth.spade.discriminator import discriminate
+
+    torch.manual_seed(0)
+    d = MultiscaleDiscriminator(29, ndf=16).train()
+    ref = copy.deepcopy(d)
+    d.requires_grad_(False)
+    ref.requires_grad_(False)
+    fake_a = torch.randn(3, 29, 64, 64, requires_grad=True)
+    fake_b = fake_a.detach().clone().requires_grad_(True)
+    real = torch.randn(3, 29, 64, 64)
+    n = 3
+    both = ref(torch.cat([fake_b, real], 0))
+    rf, rr = [[f[:n] for f in s] for s in both], [[f[n:] for f in s] for s in both]
+    pf, pr = discriminate(d, fake_a, real, targets_only=True)
+    assert d.training and all(f.grad_fn is None for s in pr for f in s)
+    for got, want in ((pf, rf), (pr, rr)):
+        for gs, ws in zip(got, want):
+            for g, w in zip(gs, ws):
+                torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+    u = {k: v for k, v in d.state_dict().items() if k.endswith("._u")}
+    assert len(u) == 6
+    for k, v in u.items():   # one power iteration, as in the single call
+        torch.testing.assert_close(v, ref.state_dict()[k], rtol=1e-6, atol=1e-7)
+    loss_a = gan_loss(pf, True, "hinge", for_discriminator=False) + feature_matching_loss(pf, pr)
+    loss_b = gan_loss(rf, True, "hinge", for_discriminator=False) + feature_matching_loss(rf, rr)
+    loss_a.backward()
+    loss_b.backward()
+    torch.testing.assert_close(fake_a.grad, fake_b.grad, rtol=1e-4, atol=1e-7)

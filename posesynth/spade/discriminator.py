@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-__all__ = ["NLayerDiscriminator", "MultiscaleDiscriminator"]
+__all__ = ["NLayerDiscriminator", "MultiscaleDiscriminator", "discriminate"]
 
 
 class NLayerDiscriminator(nn.Module):
@@ -58,3 +58,25 @@ class MultiscaleDiscriminator(nn.Module):
                 x = F.avg_pool2d(x, 3, 2, 1, count_include_pad=False)
             out.append(d(x))
         return out
+
+
+def discriminate(D: nn.Module, fake: torch.Tensor, real: torch.Tensor, targets_only: bool = False):
+    """D's features of the fake and of the real inputs (``(B, C, H, W)`` each, as ``D`` takes
+    them): two lists (per scale) of lists (per layer) of ``(B, c, h, w)``.
+
+    Without ``targets_only`` (the discriminator's step) one call on both, as NVlabs does.  With
+    it (the generator's step) the real features are only feature matching's targets: they are
+    computed without a graph and with D in eval mode.  Spectral norm's power iteration runs in
+    every training-mode call, so it runs once, in the fake's call, and the real images see the
+    weights that call used: the features of one call on both, without the backward pass
+    through the real half (about 6% of a full-frame 256x128 SPADE step at ngf 16 on a CPU)."""
+    if not targets_only:
+        n = fake.shape[0]
+        preds = D(torch.cat([fake, real], 0))
+        return [[f[:n] for f in s] for s in preds], [[f[n:] for f in s] for s in preds]
+    pf = D(fake)
+    was = D.training
+    with torch.no_grad():
+        pr = D.eval()(real)
+    D.train(was)
+    return pf, pr

@@ -43,6 +43,7 @@ from ..errors import ConfigError, PosesynthError
 from ..runs import Precision, RunDir, WeightAverage, resolve_device, training_bar
 from .archs import arch_class
 from .config import ARCH_DEFAULTS, ARCHS, MODES, GANConfig, keep_saved_losses
+from .discriminator import discriminate
 from .load import check_resumable, load_generator
 from .losses import (PoseConsistencyLoss, feature_matching_loss, gan_loss, gradient_penalty, load_pose_judge,
                      perceptual_loss)
@@ -181,11 +182,8 @@ class GANTrainer:
         return {k: (v.to(self.device, non_blocking=True).contiguous(memory_format=cl) if v.dim() == 4 else
                     v.to(self.device, non_blocking=True)) for k, v in batch.items() if torch.is_tensor(v)}
 
-    def _discriminate(self, b: dict[str, torch.Tensor], fake: torch.Tensor, real: torch.Tensor):
-        both = torch.cat([self.arch.d_input(b, fake), self.arch.d_input(b, real)], 0)
-        preds = self.D(both)
-        n = fake.shape[0]
-        return [[f[:n] for f in s] for s in preds], [[f[n:] for f in s] for s in preds]
+    def _discriminate(self, b: dict[str, torch.Tensor], fake: torch.Tensor, real: torch.Tensor, real_graph=True):
+        return discriminate(self.D, self.arch.d_input(b, fake), self.arch.d_input(b, real), targets_only=not real_graph)
 
     def train_step(self, batch: dict[str, Any]) -> "dict[str, float] | None":
         """One generator and one discriminator update; returns the losses, or ``None`` when
@@ -202,7 +200,7 @@ class GANTrainer:
         with self.precision.autocast():
             raw, fake = self.arch.generate(self.G, b)
             if c.lambda_feat:
-                pf, pr = self._discriminate(b, fake, real)
+                pf, pr = self._discriminate(b, fake, real, real_graph=False)
                 losses: dict[str, torch.Tensor] = {"g_gan": gan_loss(pf, True, c.gan_mode, for_discriminator=False),
                                                    "g_feat": feature_matching_loss(pf, pr) * c.lambda_feat}
             else:   # without feature matching, G's loss needs D on the fake alone
