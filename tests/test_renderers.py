@@ -433,3 +433,65 @@ def test_an_arm_hidden_behind_the_body_stays_unless_colour_cannot_tell(sleeve, e
     m = np.minimum.reduce([_seg_dist(xs, ys, arm.s, arm.e), _seg_dist(xs, ys, arm.e, arm.w),
                            _seg_dist(xs, ys, arm.w, hand)]) <= arm.radius
     assert r.plausible(img, arm, m, others) == expected
+
+
+def test_limb_bank_moves_the_real_arm_of_the_new_pose():
+    """A bank frame whose arm lies exactly at the new pose (the scene redrawn in it) is moved by
+    an identity: where the pasted arm is opaque, the render is that frame's pixels, the true
+    image of the new pose, while the source's own arm moved there is not."""
+    from posesynth.augment.renderers import LimbBank
+
+    used = 0
+    for i in range(8):
+        spec, s, new = _scene_pair(i)
+        gt = spec.render(new)
+        img, m = image_to_tensor(s.image)[None], torch.from_numpy(s.masks[None]).float()
+        plain = WarpRenderer(DRIVER9)
+        banked = WarpRenderer(DRIVER9, bank=LimbBank([gt.image], gt.keypoints[None]))
+        a, b = plain(img, m, s.keypoints[None], new[None]), banked(img, m, s.keypoints[None], new[None])
+        if not banked.stats.get("bank") or not np.array_equal(b.keypoints[0], new):
+            continue
+        used += 1
+        opaque = banked.last_limb[0] >= 0.999
+        out_b = (b.images[0].permute(1, 2, 0).numpy() + 1) * 127.5
+        out_a = (a.images[0].permute(1, 2, 0).numpy() + 1) * 127.5
+        err_b = np.abs(out_b[opaque] - gt.image[opaque]).max(-1)
+        err_a = np.abs(out_a[opaque] - gt.image[opaque]).max(-1)
+        assert opaque.sum() > 30 and err_b.max() <= 1.0, (i, err_b.max())
+        assert err_a.mean() > 3 * max(err_b.mean(), 0.1), (i, err_a.mean(), err_b.mean())
+    assert used >= 5, used
+
+
+def test_limb_bank_no_nearer_than_the_source_is_not_used():
+    """A bank of the source frame itself (its arms at their old places) is never nearer the new
+    pose than the source's own arms: the render is the plain warp's, byte for byte."""
+    from posesynth.augment.renderers import LimbBank
+
+    spec, s, new = _scene_pair(2)
+    img, m = image_to_tensor(s.image)[None], torch.from_numpy(s.masks[None]).float()
+    plain = WarpRenderer(DRIVER9)
+    banked = WarpRenderer(DRIVER9, bank=LimbBank([s.image], s.keypoints[None]))
+    a, b = plain(img, m, s.keypoints[None], new[None]), banked(img, m, s.keypoints[None], new[None])
+    assert banked.stats["moved"] > 0 and banked.stats.get("bank_farther") == banked.stats["moved"]
+    assert torch.equal(a.images, b.images) and "bank" not in banked.stats
+
+
+def test_limb_bank_nearest_arm():
+    """The nearest arm by the largest of its four point distances, among visible arms only."""
+    from posesynth.augment.renderers import LimbBank
+
+    kp = np.zeros((3, 1, DRIVER9.num_keypoints, 3), np.float32)
+    s, e, w = (DRIVER9.index(f"left_{j}") for j in ("shoulder", "elbow", "wrist"))
+    for n, dx in enumerate((0.0, 5.0, 1.0)):
+        kp[n, 0, [s, e, w]] = [[10, 10, 2], [10 + dx, 30, 2], [10 + 2 * dx, 50, 2]]
+    kp[2, 0, w, 2] = 1   # frame 2 is the nearest, but its wrist is occluded
+    bank = LimbBank([np.zeros((64, 64, 3), np.uint8)] * 3, kp)
+    want = np.array([[10, 10], [11, 30], [12, 50], [12 + 0.5 * 2, 50 + 0.5 * 20]], np.float64)  # hand 0.5
+    n, q, d = bank.nearest([s, e, w], want, 0.5)
+    assert (n, q) == (0, 0) and d == pytest.approx(np.hypot(3, 0), abs=1e-6)   # hand end: (10, 60) vs (13, 60)
+    kp[:, 0, w, 2] = 0
+    assert LimbBank([np.zeros((64, 64, 3), np.uint8)] * 3, kp).nearest([s, e, w], want, 0.5)[0] == -1
+    from posesynth.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="one size"):
+        LimbBank([np.zeros((64, 64, 3), np.uint8), np.zeros((32, 64, 3), np.uint8)], kp[:2])

@@ -27,7 +27,7 @@ from ..datasets.plate import background_option
 from ..datasets.torch_dataset import image_to_tensor, tensor_to_image
 from ..errors import ConfigError
 from .perturb import PerturbConfig, Perturber, check_mode
-from .renderers import Renderer, make_renderer
+from .renderers import Renderer, load_limb_bank, make_renderer
 
 __all__ = ["Augmenter", "Augmented", "PerturbPose"]
 
@@ -63,6 +63,9 @@ class Augmenter:
             clip of the camera (dataset folder or file), a PNG of the empty scene, or a
             :class:`~posesynth.datasets.plate.BackgroundPlate` (``None``: inpainting, but a refine
             run's own plate; ``"none"`` or ``False``: no plate at all).
+        limb_bank: frames of the same person and camera whose arms the warp (and a refiner's
+            warp) moves where they lie nearer the new pose than the source's own: a dataset
+            folder or file, or a :class:`~posesynth.augment.renderers.LimbBank` (``None``: none).
 
     Example::
 
@@ -72,7 +75,7 @@ class Augmenter:
 
     def __init__(self, layout: "str | KeypointLayout", renderer: "str | Renderer" = "warp",
                  perturb: str = "arms-angle", fraction: float = 1.0, seed: "int | None" = 0, gan: str = "",
-                 device: str = "cpu", min_torso: float = 20.0, background: Any = None) -> None:
+                 device: str = "cpu", min_torso: float = 20.0, background: Any = None, limb_bank: Any = None) -> None:
         self.layout = get_layout(layout)
         if not 0.0 <= fraction <= 1.0:
             raise ConfigError(f"fraction must be in [0, 1], not {fraction}")
@@ -80,10 +83,13 @@ class Augmenter:
         self.perturber = Perturber(PerturbConfig(perturb, min_torso), self.layout, device=device)
         if isinstance(background, (str, Path)):
             background = background_option(str(background))
-        if background is not None and (isinstance(renderer, Renderer) or renderer == "gan"):
-            raise ConfigError("background is for the warp and refine renderers made here by name")
+        if isinstance(limb_bank, (str, Path)):
+            limb_bank = load_limb_bank(str(limb_bank), self.layout)
+        for name, v in (("background", background), ("limb_bank", limb_bank)):
+            if v is not None and (isinstance(renderer, Renderer) or renderer == "gan"):
+                raise ConfigError(f"{name} is for the warp and refine renderers made here by name")
         self.renderer = renderer if isinstance(renderer, Renderer) else make_renderer(renderer, self.layout, gan,
-                                                                                      device, background)
+                                                                                      device, background, limb_bank)
         self.fraction = float(fraction)
         self.device = torch.device(device)
         self.rng = np.random.default_rng(seed)

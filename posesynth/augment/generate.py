@@ -57,7 +57,7 @@ from ..io import atomic_write_json, record_settings
 from ..runs import resolve_device
 from ..spade.inference import optimize_generator
 from .perturb import MODES, PerturbConfig, Perturber, check_mode
-from .renderers import GANRenderer, Renderer, load_gan_renderer, make_renderer
+from .renderers import GANRenderer, Renderer, load_gan_renderer, load_limb_bank, make_renderer
 from .training import renderer_name
 
 __all__ = ["GenerateConfig", "generate_dataset", "merge_shards", "parse_shard"]
@@ -79,6 +79,9 @@ class GenerateConfig:
         "help": "warp or refine, a static camera: a clip of it or a PNG of the empty scene; the area an arm "
                 "leaves is filled from what the camera saw there (unset: inpainting, but a refine run uses its own; "
                 "none: no plate at all)"})
+    limb_bank: str = field(default="", metadata={
+        "help": "warp or refine: frames of the same person and camera with keypoints; an arm is moved from the "
+                "frame whose arm lies nearest its new pose, when nearer than the source's own (unset: the source's)"})
     augment: str = field(default="arms-angle", metadata={"help": "|".join(MODES) + "|poses:FILE|learned:RUN"})
     rare: bool = field(default=False, metadata={"help": "draw new arm angles where the source data is thin"})
     plausibility: str = field(default="", metadata={
@@ -123,7 +126,8 @@ class GenerateConfig:
                 "limit": self.limit, "min_torso": self.min_torso, "precision": self.precision,
                 **({"with_source": True} if self.with_source else {}),   # absent when off: older outputs resume
                 **({"background": self.background if self.background.lower() == "none" else
-                    str(Path(self.background).resolve())} if self.background else {})}
+                    str(Path(self.background).resolve())} if self.background else {}),
+                **({"limb_bank": resolve_data_spec(self.limb_bank)} if self.limb_bank else {})}
 
     @property
     def renderer_name(self) -> str:
@@ -200,6 +204,9 @@ def generate_dataset(c: GenerateConfig, progress: bool = True, stop_after: "int 
     if c.background and c.renderer_name == "gan":
         raise ConfigError("--background (a static camera's background plate) is for the warp and refine renderers; "
                           "the gan renderer draws the region itself")
+    if c.limb_bank and c.renderer_name == "gan":
+        raise ConfigError("--limb-bank (frames whose arms the warp moves) is for the warp and refine renderers; the "
+                          "gan renderer draws the arms itself")
     shard, nshards = parse_shard(c.shard)
     device = resolve_device(c.device, shared_ok=True)   # no collectives: ranks may share a GPU
     src = open_dataset(c.data, **data_options(c))
@@ -243,7 +250,8 @@ def generate_dataset(c: GenerateConfig, progress: bool = True, stop_after: "int 
             raise ConfigError(f"--precision {c.precision}{' and --compile' if c.compile else ''} apply to the gan "
                               f"renderer's spade generator; the {c.renderer_name} renderer runs in fp32")
         plate = background_option(c.background, **data_options(c))
-        renderer = make_renderer(c.renderer_name, layout, c.gan, str(device), plate)
+        renderer = make_renderer(c.renderer_name, layout, c.gan, str(device), plate,
+                                 load_limb_bank(c.limb_bank, layout, **data_options(c)))
     out = Path(c.out)
     ann_name = _ann_name(shard, nshards)
     # temporary files an interrupted write of this shard's own files left (other shards may be

@@ -47,13 +47,14 @@ from ..io import atomic_write_json, atomic_write_text
 from ..posenet.detectors import make_detector, pose_consistency
 from ..runs import resolve_device
 from .perturb import PerturbConfig, Perturber, check_mode
-from .renderers import GAN_RENDERERS, Renderer, make_renderer
+from .renderers import GAN_RENDERERS, Renderer, load_limb_bank, make_renderer
 from .training import renderer_name
 
 __all__ = ["render_dataset", "QualityConfig", "render_quality", "render_pairs", "find_pairs", "judge_pck"]
 
 
-def _renderers(names: list[str], gans: list[str], layout, device: str, background: Any = None) -> dict[str, Renderer]:
+def _renderers(names: list[str], gans: list[str], layout, device: str, background: Any = None,
+               bank: Any = None) -> dict[str, Renderer]:
     out: dict[str, Renderer] = {}
     gi = 0
     for name in names:
@@ -61,12 +62,12 @@ def _renderers(names: list[str], gans: list[str], layout, device: str, backgroun
             if gi >= len(gans):
                 raise ConfigError(f"each {' and '.join(GAN_RENDERERS)} renderer needs a run: --gan RUN (comma-separated "
                                   "for several, in the order of --renderer)")
-            r = make_renderer(name, layout, gans[gi], device, background)
+            r = make_renderer(name, layout, gans[gi], device, background, bank)
             label = r.name if r.name not in out else f"{r.name}-{gi}"
             out[label] = r
             gi += 1
         else:
-            out[name] = make_renderer(name, layout, device=device, background=background)
+            out[name] = make_renderer(name, layout, device=device, background=background, bank=bank)
     if gi < len(gans):
         raise ConfigError(f"{len(gans)} --gan runs for {gi} gan or refine renderers: give one run per such renderer")
     return out
@@ -202,6 +203,10 @@ class QualityConfig:
         "help": "a static camera: a clip of it or a PNG of the empty scene; the warp (and a refiner's warp) fills "
                 "the area an arm leaves from what the camera saw there (unset: inpainting, but a refine run uses the "
                 "plate it was trained with; none: no plate at all)"})
+    limb_bank: str = field(default="", metadata={
+        "help": "frames of the same person and camera with keypoints (e.g. the training frames): the warp (and a "
+                "refiner's warp) moves the arm of the frame whose arm lies nearest the new pose, when it is nearer "
+                "than the source's own (unset: the source's arm)"})
 
     def validate(self) -> None:
         """Refuse impossible numbers before anything is read or written."""
@@ -284,7 +289,8 @@ def render_pairs(c: "QualityConfig", progress: bool = True) -> dict[str, Any]:
     rng = np.random.default_rng(c.seed)
     if c.num and len(pairs) > c.num:
         pairs = [pairs[k] for k in np.sort(rng.choice(len(pairs), c.num, replace=False))]
-    rends = _renderers(list(c.renderer), list(c.gan), layout, dev, _background(c))
+    rends = _renderers(list(c.renderer), list(c.gan), layout, dev, _background(c),
+                       load_limb_bank(c.limb_bank, layout, **data_options(c)))
     arm = arm_joint_mask(layout)
     names = ["copy", *rends]
     per = {k: {"psnr": [], "ssim": []} for k in names}
@@ -505,7 +511,8 @@ def render_quality(c: QualityConfig, progress: bool = True) -> dict[str, Any]:
     t0 = time.perf_counter()
     src = open_dataset(c.data, **data_options(c))
     layout = src.layout
-    rends = _renderers(list(c.renderer), list(c.gan), layout, dev, _background(c))
+    rends = _renderers(list(c.renderer), list(c.gan), layout, dev, _background(c),
+                       load_limb_bank(c.limb_bank, layout, **data_options(c)))
     sizes = {tuple(r.size) for r in rends.values() if hasattr(r, "size")}
     if len(sizes) > 1:
         raise ConfigError(f"the GAN runs render at different sizes {sorted(sizes)}; compare runs of one size")

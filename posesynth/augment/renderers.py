@@ -56,8 +56,8 @@ from ..spade.archs import arch_class
 from ..spade.archs.refine import refine_input
 from ..spade.load import check_compatible, load_generator
 
-__all__ = ["Rendered", "Renderer", "WarpRenderer", "GANRenderer", "RefineRenderer", "change_region", "make_renderer",
-           "load_gan_renderer", "load_refine_renderer", "telea_fill", "RENDERERS", "GAN_RENDERERS"]
+__all__ = ["Rendered", "Renderer", "WarpRenderer", "LimbBank", "GANRenderer", "RefineRenderer", "change_region", "make_renderer",
+           "load_gan_renderer", "load_refine_renderer", "load_limb_bank", "telea_fill", "RENDERERS", "GAN_RENDERERS"]
 
 log = logging.getLogger(__name__)
 
@@ -251,6 +251,54 @@ def _common_colour(img: np.ndarray, part: np.ndarray, reference: np.ndarray, bin
     return hist[pq[:, 0], pq[:, 1], pq[:, 2]] >= min_share * len(r)
 
 
+class LimbBank:
+    """Frames of one static camera's person, with their keypoints, whose arms the warp may move
+    to a new pose instead of the source image's own arm (:class:`WarpRenderer` ``bank``).
+
+    Args:
+        images: ``N`` frames ``(H, W, 3)`` uint8 RGB, all of one size.
+        keypoints: ``(N, P, K, 3)`` float, ``[x, y, v]`` in the frames' pixels.
+    """
+
+    def __init__(self, images: "list[np.ndarray]", keypoints: np.ndarray) -> None:
+        if not images or len(images) != len(keypoints):
+            raise ConfigError(f"a limb bank needs frames with their keypoints ({len(images)} frames, "
+                              f"{len(keypoints)} poses)")
+        if len({im.shape for im in images}) != 1:
+            raise ConfigError("a limb bank's frames must all have one size (one camera)")
+        self.images, self.keypoints = images, np.asarray(keypoints, np.float32)
+        self.size = images[0].shape[:2]
+
+    @classmethod
+    def from_source(cls, source: Any, max_frames: int = 2000) -> "LimbBank":
+        """Every frame of a dataset (:func:`~posesynth.datasets.formats.open_dataset`)."""
+        if len(source) > max_frames:
+            raise ConfigError(f"a limb bank of {len(source)} frames would be held in memory; give at most "
+                              f"{max_frames} (e.g. convert --frames or --every)")
+        samples = [source[i] for i in range(len(source))]
+        return cls([s.image for s in samples], pad_people([s.keypoints for s in samples],
+                                                          num_keypoints=source.layout.num_keypoints))
+
+    def _points(self, joints: "list[int]", hand: float) -> tuple[np.ndarray, np.ndarray]:
+        """``(N, P, 4, 2)`` shoulder, elbow, wrist and hand end of the arm ``joints``, and
+        ``(N, P)`` whether all three joints are labelled visible."""
+        k = self.keypoints[:, :, joints]
+        pts = np.concatenate([k[..., :2], k[:, :, 2:3, :2] + (k[:, :, 2:3, :2] - k[:, :, 1:2, :2]) * hand], 2)
+        return pts, (k[..., 2] >= 2).all(-1)
+
+    def nearest(self, joints: "list[int]", want: np.ndarray, hand: float) -> tuple[int, int, float]:
+        """``(frame, person, distance)``: the arm ``joints`` (shoulder, elbow, wrist, all visible)
+        nearest ``want`` (``(4, 2)``: its shoulder, elbow, wrist and hand end, ``hand`` x the
+        forearm beyond the wrist), by the largest of the four distances (pixels);
+        ``(-1, -1, inf)`` when no frame has that arm."""
+        pts, ok = self._points(joints, hand)
+        d = np.where(ok, np.linalg.norm(pts - want, axis=-1).max(-1), np.inf)
+        if not np.isfinite(d).any():
+            return -1, -1, float("inf")
+        n, q = np.unravel_index(int(np.argmin(d)), d.shape)
+        return int(n), int(q), float(d[n, q])
+
+
 class WarpRenderer(Renderer):
     """Training-free limb warp (see the module docstring).
 
@@ -267,6 +315,9 @@ class WarpRenderer(Renderer):
             on images of its size, the area an arm leaves is filled from it where it saw the
             scene and no other part of a person lies (the torso an arm covered stays inpainted),
             first; the rest is inpainted from around it, the plate's scene included.
+        bank: other frames of the same person and camera (:class:`LimbBank`): an arm is drawn
+            from the frame whose arm lies nearest its new place, when that is nearer than the
+            source's own arm, so it travels less and brings its own shading and folds.
         threads: images of a batch rendered at once (OpenCV releases the GIL; each image's
             GrabCut seeds OpenCV's thread-local RNG, so the result is the same bytes for any
             number). ``None``: the CPU cores this process may use, shared among torchrun's
@@ -281,7 +332,8 @@ class WarpRenderer(Renderer):
                  grabcut_iters: int = 3, feather_px: float = 1.0, fg_frac: float = 0.6, axis_frac: float = 0.3,
                  blend: float = 0.35, feather: float = 0.12, shoulder_keep: float = 0.6,
                  arm_colour: float = 0.5, torso_colour: float = 0.4,
-                 background: "BackgroundPlate | None" = None, threads: "int | None" = None) -> None:
+                 background: "BackgroundPlate | None" = None, threads: "int | None" = None,
+                 bank: "LimbBank | None" = None) -> None:
         if not arm_chains(layout):
             raise ConfigError(f"layout '{layout.name}' names no arms (right/left shoulder, elbow, wrist): "
                               "the warp renderer has nothing to move")
@@ -290,7 +342,7 @@ class WarpRenderer(Renderer):
         self.fg_frac, self.axis_frac = fg_frac, axis_frac
         self.blend, self.feather, self.shoulder_keep = blend, feather, shoulder_keep
         self.arm_colour, self.torso_colour = arm_colour, torso_colour
-        self.background = background
+        self.background, self.bank = background, bank
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ConfigError(f"threads must be a whole number >= 1 or None (got {threads!r})")
         self.threads = threads
@@ -316,6 +368,9 @@ class WarpRenderer(Renderer):
             "size": f"{bg.size[1]}x{bg.size[0]}", "frames": bg.frames, "residual": round(bg.residual, 2),
             "known": round(float(bg.known.mean()), 3), "disagrees": self.stats.get("plate_disagrees", 0),
             "other_size": self.stats.get("plate_other_size", 0)}}
+        if self.bank is not None:
+            plate["bank"] = {"frames": len(self.bank.images), **{k[5:] or "used": self.stats.get(k, 0) for k in (
+                "bank", "bank_farther", "bank_refused", "bank_other_size")}}
         return {"renderer": "warp", "fill": self.fill if isinstance(self.fill, str) else "generator", **plate,
                 "grabcut_iters": self.grabcut_iters, "arms": self.stats["arms"], "moved": self.stats["moved"],
                 "skipped": dict(self.stats["skipped"])}
@@ -562,7 +617,8 @@ class WarpRenderer(Renderer):
         out = base.astype(np.float32)
         alpha_all = np.zeros((h, w), np.float32)
         for m, a in keep:
-            colour, alpha = self._moved_arm(img, m, a, xs, ys)
+            banked = self._bank_arm(a, o, (y0, y1, x0, x1), (H, W), st) if self.bank is not None else None
+            colour, alpha = self._moved_arm(*(banked or (img, m, a)), xs, ys)
             out = alpha[..., None] * colour + (1 - alpha[..., None]) * out
             alpha_all = np.maximum(alpha_all, alpha)
         res = full.copy()
@@ -572,6 +628,37 @@ class WarpRenderer(Renderer):
         hole_f = np.zeros((H, W), bool)
         hole_f[y0:y1, x0:x1] = hole > 0
         return res, alpha_f, hole_f, drawn
+
+    def _bank_arm(self, a: _Arm, o: np.ndarray, box: tuple[int, int, int, int], hw: tuple[int, int], st: dict
+                  ) -> "tuple[np.ndarray, np.ndarray, _Arm] | None":
+        """The bank's arm to move to ``a``'s new place instead of the source's: ``(the bank
+        frame's crop of box, its cut-out, the arm from its place there to a's new one)``, or
+        ``None`` (no frame of this size, none nearer than the source's arm, or the nearest
+        one's cut-out not plausible: the source's arm is moved, and the reason counted)."""
+        bank, (y0, y1, x0, x1) = self.bank, box
+        if bank.size != hw:
+            st["bank_other_size"] = st.get("bank_other_size", 0) + 1
+            return None
+        hand = lambda s, e, w: w + (w - e) * self.region.hand   # noqa: E731
+        want = np.stack([a.s2, a.e2, a.w2, hand(a.s2, a.e2, a.w2)]) + o            # (4, 2), full frame
+        own = np.linalg.norm(np.stack([a.s, a.e, a.w, hand(a.s, a.e, a.w)]) + o - want, axis=-1).max()
+        n, q, d = bank.nearest(list(a.joints), want, self.region.hand)
+        if n < 0 or d >= own:
+            st["bank_farther"] = st.get("bank_farther", 0) + 1
+            return None
+        kb = bank.keypoints[n].astype(np.float64)
+        img = np.ascontiguousarray(bank.images[n][y0:y1, x0:x1])
+        s, e, w = (kb[q, j, :2] - o for j in a.joints)
+        torso = torso_polygon(kb[q], self.layout)
+        arm = _Arm(s, e, w, a.s2, a.e2, a.w2, a.radius, int(q), a.joints, False, None if torso is None else torso - o)
+        m = self.limb_mask(img, arm)
+        every = [b.shifted(o) for b in self._arms(kb, kb, every_arm=True)]
+        why = self.plausible(img, arm, m, [b for b in every if b.person == q and b.joints != a.joints])
+        if why is not None:
+            st["bank_refused"] = st.get("bank_refused", 0) + 1
+            return None
+        st["bank"] = st.get("bank", 0) + 1
+        return img, m, arm
 
     def _plate_seen(self, img: np.ndarray, hole: np.ndarray, old: np.ndarray, o: np.ndarray,
                     moved: "list[_Arm]", box: tuple[int, int, int, int], st: dict) -> np.ndarray:
@@ -774,22 +861,26 @@ def inpaint_forward(G: torch.nn.Module, maps: torch.Tensor, images: torch.Tensor
 
 
 def make_renderer(name: str, layout: KeypointLayout, gan: str = "", device: str = "cpu",
-                  background: "BackgroundPlate | bool | None" = None) -> Renderer:
+                  background: "BackgroundPlate | bool | None" = None, bank: "LimbBank | None" = None) -> Renderer:
     """A renderer by name: ``warp`` (no training), ``gan`` (the run ``gan``, in its own mode:
     any architecture in full mode, spade in inpaint mode) or ``refine`` (the warp corrected by
     the refine-mode run ``gan``).  ``background``: a static camera's plate the warp (and the
     refiner's warp) fills from (:mod:`posesynth.datasets.plate`); ``None``: none, except the
-    plate a refine run was trained with; ``False``: none at all."""
+    plate a refine run was trained with; ``False``: none at all.  ``bank``: frames of the same
+    person and camera whose arms the warp (and the refiner's warp) may move instead of the
+    source's (:class:`LimbBank`)."""
+    if bank is not None and name == "gan":
+        raise ConfigError("--limb-bank (frames whose arms the warp moves) is for the warp and refine renderers")
     if name == "warp":
         if gan:
             raise ConfigError("the warp renderer needs no GAN run (leave out --gan, or choose --renderer gan)")
-        return WarpRenderer(layout, background=background or None)
+        return WarpRenderer(layout, background=background or None, bank=bank)
     if name in GAN_RENDERERS and not gan:
         raise ConfigError(f"--renderer {name} needs --gan RUN (a train-gan run folder)")
     if name == "gan":
         return load_gan_renderer(gan, layout, device)
     if name == "refine":
-        return load_refine_renderer(gan, layout, device, background)
+        return load_refine_renderer(gan, layout, device, background, bank)
     raise ConfigError(f"renderer must be one of {', '.join(RENDERERS)}, not {name!r}")
 
 
@@ -903,11 +994,12 @@ def _paste_residual(W: torch.Tensor, M: torch.Tensor, res: torch.Tensor, box: tu
 
 
 def load_refine_renderer(run: str, layout: KeypointLayout, device: str = "cpu",
-                         background: "BackgroundPlate | bool | None" = None) -> RefineRenderer:
+                         background: "BackgroundPlate | bool | None" = None, bank: "LimbBank | None" = None
+                         ) -> RefineRenderer:
     """A refine-mode GAN run as ``--renderer refine`` (refused, in one line, for another mode).
     Its warp fills from ``background``; with ``None``, from the plate the run was trained with
     (``background.png`` in the run folder, when it has one), on frames of the plate's size;
-    with ``False``, from no plate."""
+    with ``False``, from no plate.  Its warp moves the arms of ``bank`` where they are nearer."""
     gen, gan_layout, meta = load_generator(run, device)
     check_compatible(gan_layout, layout, run, "the data")
     if meta.get("mode") != "refine":
@@ -922,4 +1014,21 @@ def load_refine_renderer(run: str, layout: KeypointLayout, device: str = "cpu",
     return RefineRenderer(gen, gan_layout, PoseMapSpec.from_dict(meta["posemaps"]),
                           int(crop_meta.get("size", meta["generator"]["size"][0])), float(crop_meta.get("margin", 0.25)),
                           device, region=region, run=str(run),
-                          warp=WarpRenderer(gan_layout, region, background=background or None))
+                          warp=WarpRenderer(gan_layout, region, background=background or None, bank=bank))
+
+
+def load_limb_bank(spec: str, layout: "KeypointLayout | None" = None, **data_options: Any) -> "LimbBank | None":
+    """``--limb-bank``: unset -> ``None``; else every frame of the dataset ``spec`` (a clip of the
+    same person and camera, e.g. the training frames) as a :class:`LimbBank`, refused in one
+    line when its layout is not ``layout``."""
+    from ..datasets.formats import open_dataset
+
+    if not spec:
+        return None
+    if not Path(spec).exists():
+        raise ConfigError(f"--limb-bank {spec}: no such file or folder (a dataset of frames of the same person and "
+                          "camera, with keypoints)")
+    src = open_dataset(spec, **data_options)
+    if layout is not None and src.layout.name != layout.name:
+        raise ConfigError(f"--limb-bank {spec}: layout '{src.layout.name}', but the data's is '{layout.name}'")
+    return LimbBank.from_source(src)
