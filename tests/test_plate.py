@@ -361,9 +361,10 @@ def test_generate_renders_a_static_clip_with_its_plate(tmp_path):
 
 def test_pairs_and_generate_with_a_limb_bank(tmp_path):
     """``render-quality --pairs CLIP --limb-bank BANK`` and ``generate --limb-bank`` end to end,
-    on a static clip whose left arm takes four angles, with its plate: with the clip itself as
-    the bank (it holds every target's own arm, so the warp then moves the real arm of each new
-    pose, an identity), the warp scores closer to the real targets inside the arm region;
+    on a static clip whose left arm takes four angles, with its plate. The bank is a second take
+    of the same four poses (one grey level brighter): it holds each target's arm, so the warp
+    moves a real arm of the new pose by an identity and scores closer to the real targets inside
+    the arm region. The clip itself as the bank is refused (the renders would copy the targets);
     generate records the bank with its settings and the gan renderer refuses it."""
     import json
 
@@ -374,9 +375,11 @@ def test_pairs_and_generate_with_a_limb_bank(tmp_path):
 
     bg = _background()
     kps = [_person(arm_angle=t * 30.0 - 10.0) for t in range(4)]
-    write_coco(tmp_path / "clip", [Sample(_draw(bg, k), k, np.zeros((1, SIZE, SIZE), np.uint8)) for k in kps], L)
+    frames = [Sample(_draw(bg, k), k, np.zeros((1, SIZE, SIZE), np.uint8)) for k in kps]
+    write_coco(tmp_path / "clip", frames, L)
+    write_coco(tmp_path / "take2", [Sample(f.image + 1, f.keypoints, f.masks) for f in frames], L)
     psnr = {}
-    for name, bank in (("plain", []), ("bank", ["--limb-bank", tmp_path / "clip"])):
+    for name, bank in (("plain", []), ("bank", ["--limb-bank", tmp_path / "take2"])):
         r = run_cli("render-quality", "--pairs", tmp_path / "clip", "--out", tmp_path / name, "--renderer", "warp",
                     "--num", "0", "--background", tmp_path / "clip", *bank)
         assert r.returncode == 0, r.stderr
@@ -388,9 +391,12 @@ def test_pairs_and_generate_with_a_limb_bank(tmp_path):
     # (not all the way to the target: the shoulder's disk is kept and the upper arm fades in from it
     # over the inpainted old arm there, for either warp)
     assert psnr["bank"] > psnr["plain"] + 2, psnr
+    r = run_cli("render-quality", "--pairs", tmp_path / "clip", "--out", tmp_path / "leak", "--renderer", "warp",
+                "--limb-bank", tmp_path / "clip")
+    assert r.returncode == 2 and "holds 4 of the frames --pairs scores against" in r.stderr, r.stderr
     out = generate_dataset(GenerateConfig(data=str(tmp_path / "clip"), out=str(tmp_path / "g"), per_image=1,
-                                          limb_bank=str(tmp_path / "clip"), device="cpu"), progress=False)
-    assert json.loads(Path(out).read_text())["info"]["limb_bank"] == str((tmp_path / "clip").resolve())
+                                          limb_bank=str(tmp_path / "take2"), device="cpu"), progress=False)
+    assert json.loads(Path(out).read_text())["info"]["limb_bank"] == str((tmp_path / "take2").resolve())
     with pytest.raises(ConfigError, match="warp and refine"):
         generate_dataset(GenerateConfig(data=str(tmp_path / "clip"), out=str(tmp_path / "g2"), renderer="gan",
                                         gan=str(tmp_path / "nothing"), limb_bank=str(tmp_path / "clip")),

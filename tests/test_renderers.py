@@ -495,3 +495,31 @@ def test_limb_bank_nearest_arm():
 
     with pytest.raises(ConfigError, match="one size"):
         LimbBank([np.zeros((64, 64, 3), np.uint8), np.zeros((32, 64, 3), np.uint8)], kp[:2])
+
+
+def test_limb_bank_arm_beyond_the_new_pose_is_cut_out_whole(monkeypatch):
+    """A bank arm past the new pose (nearer it than the source's own arm, on the far side) lies
+    in the box the warp works in, a capsule radius around it included where the frame allows, so
+    its cut-out is not cut by the box's edge."""
+    from posesynth.augment.renderers import LimbBank
+
+    seen = []
+    original = WarpRenderer._bank_arm
+
+    def record(self, a, choice, o, box, st):
+        seen.append((choice[2], a.radius, box))
+        return original(self, a, choice, o, box, st)
+
+    monkeypatch.setattr(WarpRenderer, "_bank_arm", record)
+    for i in range(10):
+        spec, s, new = _scene_pair(i)
+        beyond = new.copy()
+        beyond[..., :2] += 0.6 * (new[..., :2] - s.keypoints[..., :2])   # only the moved joints move
+        far = spec.render(beyond)
+        r = WarpRenderer(DRIVER9, bank=LimbBank([far.image], far.keypoints[None]))
+        r(image_to_tensor(s.image)[None], torch.from_numpy(s.masks[None]).float(), s.keypoints[None], new[None])
+    assert len(seen) >= 5, len(seen)
+    for pts, radius, (y0, y1, x0, x1) in seen:   # pts: the bank arm's (4, 2) points, full frame
+        lo = np.maximum(pts.min(0) - radius, 0)
+        hi = np.minimum(pts.max(0) + radius, 127)
+        assert lo[0] >= x0 and lo[1] >= y0 and hi[0] <= x1 - 1 and hi[1] <= y1 - 1, (pts, radius, (y0, y1, x0, x1))

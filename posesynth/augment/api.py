@@ -83,6 +83,7 @@ class Augmenter:
         self.perturber = Perturber(PerturbConfig(perturb, min_torso), self.layout, device=device)
         if isinstance(background, (str, Path)):
             background = background_option(str(background))
+        limb_bank = limb_bank or None
         if isinstance(limb_bank, (str, Path)):
             limb_bank = load_limb_bank(str(limb_bank), self.layout)
         for name, v in (("background", background), ("limb_bank", limb_bank)):

@@ -62,7 +62,7 @@ def _renderers(names: list[str], gans: list[str], layout, device: str, backgroun
             if gi >= len(gans):
                 raise ConfigError(f"each {' and '.join(GAN_RENDERERS)} renderer needs a run: --gan RUN (comma-separated "
                                   "for several, in the order of --renderer)")
-            r = make_renderer(name, layout, gans[gi], device, background, bank)
+            r = make_renderer(name, layout, gans[gi], device, background, bank if name == "refine" else None)
             label = r.name if r.name not in out else f"{r.name}-{gi}"
             out[label] = r
             gi += 1
@@ -289,8 +289,19 @@ def render_pairs(c: "QualityConfig", progress: bool = True) -> dict[str, Any]:
     rng = np.random.default_rng(c.seed)
     if c.num and len(pairs) > c.num:
         pairs = [pairs[k] for k in np.sort(rng.choice(len(pairs), c.num, replace=False))]
-    rends = _renderers(list(c.renderer), list(c.gan), layout, dev, _background(c),
-                       load_limb_bank(c.limb_bank, layout, **data_options(c)))
+    bank = _bank(c, layout)
+    if bank is not None:
+        (w, h), = sizes
+        if bank.size != (h, w):
+            raise ConfigError(f"{bank.name}: frames of {bank.size[1]}x{bank.size[0]}, the clip's are {w}x{h}: a limb "
+                              "bank is frames of the same camera")
+        targets = sorted({j for _, j in pairs})
+        held = bank.holding([src[j].image for j in targets])
+        if held:
+            raise ConfigError(f"{bank.name} holds {len(held)} of the frames --pairs scores against (e.g. frame "
+                              f"{targets[held[0]]} of {c.pairs}): the renders would copy the targets' own arms. Give "
+                              "frames outside the clip (e.g. the training frames)")
+    rends = _renderers(list(c.renderer), list(c.gan), layout, dev, _background(c), bank)
     arm = arm_joint_mask(layout)
     names = ["copy", *rends]
     per = {k: {"psnr": [], "ssim": []} for k in names}
@@ -460,6 +471,13 @@ def _pooled_psnr(sse: float, pixels: int) -> float:
     return float(10 * np.log10(255.0 ** 2 / (sse / (3 * pixels))))
 
 
+def _bank(c: "QualityConfig", layout: Any) -> Any:
+    """``--limb-bank``'s frames, or ``None``."""
+    if c.limb_bank and not {"warp", "refine"} & set(c.renderer):
+        raise ConfigError("--limb-bank (frames whose arms the warp moves) is for the warp and refine renderers")
+    return load_limb_bank(c.limb_bank, layout, **data_options(c))
+
+
 def _background(c: "QualityConfig") -> Any:
     """``--background``'s plate, or ``None``."""
     if c.background and not {"warp", "refine"} & set(c.renderer):
@@ -511,8 +529,7 @@ def render_quality(c: QualityConfig, progress: bool = True) -> dict[str, Any]:
     t0 = time.perf_counter()
     src = open_dataset(c.data, **data_options(c))
     layout = src.layout
-    rends = _renderers(list(c.renderer), list(c.gan), layout, dev, _background(c),
-                       load_limb_bank(c.limb_bank, layout, **data_options(c)))
+    rends = _renderers(list(c.renderer), list(c.gan), layout, dev, _background(c), _bank(c, layout))
     sizes = {tuple(r.size) for r in rends.values() if hasattr(r, "size")}
     if len(sizes) > 1:
         raise ConfigError(f"the GAN runs render at different sizes {sorted(sizes)}; compare runs of one size")

@@ -257,46 +257,63 @@ class LimbBank:
 
     Args:
         images: ``N`` frames ``(H, W, 3)`` uint8 RGB, all of one size.
-        keypoints: ``(N, P, K, 3)`` float, ``[x, y, v]`` in the frames' pixels.
+        keypoints: ``(N, P, K, 3)`` float, ``[x, y, v]`` in the frames' pixels; every person of
+            every frame is a candidate (a clip of one person: that person).
+        layout: the keypoints' layout (checked against the warp's; ``None``: not checked).
+        name: what the frames are called in messages (e.g. the ``--limb-bank`` path).
     """
 
-    def __init__(self, images: "list[np.ndarray]", keypoints: np.ndarray) -> None:
-        if not images or len(images) != len(keypoints):
-            raise ConfigError(f"a limb bank needs frames with their keypoints ({len(images)} frames, "
-                              f"{len(keypoints)} poses)")
-        if len({im.shape for im in images}) != 1:
-            raise ConfigError("a limb bank's frames must all have one size (one camera)")
-        self.images, self.keypoints = images, np.asarray(keypoints, np.float32)
-        self.size = images[0].shape[:2]
+    def __init__(self, images: "list[np.ndarray]", keypoints: np.ndarray,
+                 layout: "KeypointLayout | None" = None, name: str = "the limb bank") -> None:
+        kp = np.asarray(keypoints, np.float64)
+        if len(images) == 0 or kp.ndim != 4 or kp.shape[-1] != 3 or len(kp) != len(images):
+            raise ConfigError(f"{name}: a limb bank needs N frames and (N, people, keypoints, 3) keypoints, not "
+                              f"{len(images)} frames and keypoints of shape {kp.shape}")
+        if layout is not None and kp.shape[2] != layout.num_keypoints:
+            raise ConfigError(f"{name}: {kp.shape[2]} keypoints per person, but layout '{layout.name}' has "
+                              f"{layout.num_keypoints}")
+        sizes = sorted({tuple(im.shape[:2]) for im in images})
+        if len(sizes) != 1:
+            raise ConfigError(f"{name}: frames of {len(sizes)} sizes ({', '.join(f'{w}x{h}' for h, w in sizes)}); a "
+                              "limb bank's frames are one camera's, of one size")
+        self.images, self.keypoints, self.layout, self.name = list(images), kp, layout, name
+        self.size = sizes[0]
 
     @classmethod
-    def from_source(cls, source: Any, max_frames: int = 2000) -> "LimbBank":
-        """Every frame of a dataset (:func:`~posesynth.datasets.formats.open_dataset`)."""
+    def from_source(cls, source: Any, name: str = "the limb bank", max_frames: int = 2000) -> "LimbBank":
+        """Every frame of a dataset (:func:`~posesynth.datasets.formats.open_dataset`), held in
+        memory (about 2.8 MB a 720x1280 frame)."""
         if len(source) > max_frames:
-            raise ConfigError(f"a limb bank of {len(source)} frames would be held in memory; give at most "
+            raise ConfigError(f"{name}: a limb bank of {len(source)} frames would be held in memory; give at most "
                               f"{max_frames} (e.g. convert --frames or --every)")
         samples = [source[i] for i in range(len(source))]
         return cls([s.image for s in samples], pad_people([s.keypoints for s in samples],
-                                                          num_keypoints=source.layout.num_keypoints))
+                                                          num_keypoints=source.layout.num_keypoints),
+                   source.layout, name)
 
-    def _points(self, joints: "list[int]", hand: float) -> tuple[np.ndarray, np.ndarray]:
-        """``(N, P, 4, 2)`` shoulder, elbow, wrist and hand end of the arm ``joints``, and
-        ``(N, P)`` whether all three joints are labelled visible."""
-        k = self.keypoints[:, :, joints]
-        pts = np.concatenate([k[..., :2], k[:, :, 2:3, :2] + (k[:, :, 2:3, :2] - k[:, :, 1:2, :2]) * hand], 2)
-        return pts, (k[..., 2] >= 2).all(-1)
+    @staticmethod
+    def arm_points(s: np.ndarray, e: np.ndarray, w: np.ndarray, hand: float) -> np.ndarray:
+        """``(..., 4, 2)``: shoulder, elbow, wrist and the hand's end (``hand`` x the forearm
+        beyond the wrist) of arms given as ``(..., 2)`` joints."""
+        return np.stack([s, e, w, w + (w - e) * hand], -2)
 
     def nearest(self, joints: "list[int]", want: np.ndarray, hand: float) -> tuple[int, int, float]:
         """``(frame, person, distance)``: the arm ``joints`` (shoulder, elbow, wrist, all visible)
-        nearest ``want`` (``(4, 2)``: its shoulder, elbow, wrist and hand end, ``hand`` x the
-        forearm beyond the wrist), by the largest of the four distances (pixels);
-        ``(-1, -1, inf)`` when no frame has that arm."""
-        pts, ok = self._points(joints, hand)
-        d = np.where(ok, np.linalg.norm(pts - want, axis=-1).max(-1), np.inf)
+        nearest ``want`` (``(4, 2)``, :meth:`arm_points`), by the largest of the four distances
+        (pixels); ``(-1, -1, inf)`` when no frame has that arm."""
+        k = self.keypoints[:, :, joints]
+        pts = self.arm_points(k[:, :, 0, :2], k[:, :, 1, :2], k[:, :, 2, :2], hand)
+        d = np.where((k[..., 2] >= 2).all(-1), np.linalg.norm(pts - want, axis=-1).max(-1), np.inf)
         if not np.isfinite(d).any():
             return -1, -1, float("inf")
         n, q = np.unravel_index(int(np.argmin(d)), d.shape)
         return int(n), int(q), float(d[n, q])
+
+    def holding(self, images: "list[np.ndarray]") -> list[int]:
+        """Which of ``images`` are frames of the bank (the same pixels): their indices."""
+        own = {zlib.crc32(im.tobytes()) ^ hash(im.shape) for im in self.images}
+        return [i for i, im in enumerate(images) if zlib.crc32(np.ascontiguousarray(im).tobytes()) ^ hash(im.shape)
+                in own]
 
 
 class WarpRenderer(Renderer):
@@ -342,7 +359,9 @@ class WarpRenderer(Renderer):
         self.fg_frac, self.axis_frac = fg_frac, axis_frac
         self.blend, self.feather, self.shoulder_keep = blend, feather, shoulder_keep
         self.arm_colour, self.torso_colour = arm_colour, torso_colour
-        self.background, self.bank = background, bank
+        self.background, self.bank = background, bank or None
+        if self.bank is not None and self.bank.layout is not None and self.bank.layout.name != layout.name:
+            raise ConfigError(f"{self.bank.name}: layout '{self.bank.layout.name}', but the warp's is '{layout.name}'")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ConfigError(f"threads must be a whole number >= 1 or None (got {threads!r})")
         self.threads = threads
@@ -564,10 +583,13 @@ class WarpRenderer(Renderer):
         arms = self._arms(old, new)
         if not arms:
             return img.copy(), np.zeros((H, W), np.float32), np.zeros((H, W), bool), drawn
-        # everything happens inside the box around the old and new arms (outside it nothing
-        # changes), so the cost follows the arms' size, not the image's
+        # the bank's arms nearer the new places than the source's own (chosen from the keypoints)
+        chosen = self._bank_choice(arms, (H, W), st) if self.bank is not None else {}
+        # everything happens inside the box around the old and new arms (and the bank's arms that
+        # will be moved there; outside it nothing changes), so the cost follows the arms' size
         pts = np.concatenate([np.stack([a.s, a.e, a.w, a.w + (a.w - a.e) * self.region.hand, a.e2, a.w2,
-                                        a.w2 + (a.w2 - a.e2) * self.region.hand]) for a in arms])
+                                        a.w2 + (a.w2 - a.e2) * self.region.hand]) for a in arms]
+                             + [c[2] for c in chosen.values()])
         pad = 2.5 * max(a.radius for a in arms)
         x0, y0 = np.maximum(np.floor(pts.min(0) - pad).astype(int), 0)
         x1, y1 = np.minimum(np.ceil(pts.max(0) + pad).astype(int) + 1, (W, H))
@@ -617,7 +639,8 @@ class WarpRenderer(Renderer):
         out = base.astype(np.float32)
         alpha_all = np.zeros((h, w), np.float32)
         for m, a in keep:
-            banked = self._bank_arm(a, o, (y0, y1, x0, x1), (H, W), st) if self.bank is not None else None
+            banked = self._bank_arm(a, chosen[a.person, a.joints], o, (y0, y1, x0, x1), st) \
+                if (a.person, a.joints) in chosen else None
             colour, alpha = self._moved_arm(*(banked or (img, m, a)), xs, ys)
             out = alpha[..., None] * colour + (1 - alpha[..., None]) * out
             alpha_all = np.maximum(alpha_all, alpha)
@@ -629,32 +652,48 @@ class WarpRenderer(Renderer):
         hole_f[y0:y1, x0:x1] = hole > 0
         return res, alpha_f, hole_f, drawn
 
-    def _bank_arm(self, a: _Arm, o: np.ndarray, box: tuple[int, int, int, int], hw: tuple[int, int], st: dict
-                  ) -> "tuple[np.ndarray, np.ndarray, _Arm] | None":
-        """The bank's arm to move to ``a``'s new place instead of the source's: ``(the bank
-        frame's crop of box, its cut-out, the arm from its place there to a's new one)``, or
-        ``None`` (no frame of this size, none nearer than the source's arm, or the nearest
-        one's cut-out not plausible: the source's arm is moved, and the reason counted)."""
-        bank, (y0, y1, x0, x1) = self.bank, box
+    def _bank_choice(self, arms: "list[_Arm]", hw: tuple[int, int], st: dict
+                     ) -> "dict[tuple[int, tuple[int, int, int]], tuple[int, int, np.ndarray]]":
+        """For each arm to move (full-frame coordinates), the bank's arm nearer its new place than
+        its own old place by more than a pixel: ``(person, joints) -> (frame, bank person, (4,
+        2) points of that arm)``.  None on a frame of another size than the bank's (counted, and
+        said once)."""
+        bank = self.bank
         if bank.size != hw:
-            st["bank_other_size"] = st.get("bank_other_size", 0) + 1
-            return None
-        hand = lambda s, e, w: w + (w - e) * self.region.hand   # noqa: E731
-        want = np.stack([a.s2, a.e2, a.w2, hand(a.s2, a.e2, a.w2)]) + o            # (4, 2), full frame
-        own = np.linalg.norm(np.stack([a.s, a.e, a.w, hand(a.s, a.e, a.w)]) + o - want, axis=-1).max()
-        n, q, d = bank.nearest(list(a.joints), want, self.region.hand)
-        if n < 0 or d >= own:
-            st["bank_farther"] = st.get("bank_farther", 0) + 1
-            return None
-        kb = bank.keypoints[n].astype(np.float64)
-        img = np.ascontiguousarray(bank.images[n][y0:y1, x0:x1])
+            st["bank_other_size"] = st.get("bank_other_size", 0) + len(arms)
+            if not getattr(self, "_said_size", False):
+                self._said_size = True
+                log.warning("%s: frames of %dx%d, not this image's %dx%d: its arms are not used for such images",
+                            bank.name, bank.size[1], bank.size[0], hw[1], hw[0])
+            return {}
+        out = {}
+        for a in arms:
+            want = LimbBank.arm_points(a.s2, a.e2, a.w2, self.region.hand)
+            own = float(np.linalg.norm(LimbBank.arm_points(a.s, a.e, a.w, self.region.hand) - want, axis=-1).max())
+            n, q, d = bank.nearest(list(a.joints), want, self.region.hand)
+            if n < 0 or d >= own - 1.0:
+                st["bank_farther"] = st.get("bank_farther", 0) + 1
+                continue
+            k = bank.keypoints[n, q, list(a.joints), :2]
+            out[a.person, a.joints] = (n, q, LimbBank.arm_points(k[0], k[1], k[2], self.region.hand))
+        return out
+
+    def _bank_arm(self, a: _Arm, choice: "tuple[int, int, np.ndarray]", o: np.ndarray,
+                  box: tuple[int, int, int, int], st: dict) -> "tuple[np.ndarray, np.ndarray, _Arm] | None":
+        """The bank's arm ``choice`` (:meth:`_bank_choice`) to move to ``a``'s new place (both in
+        the crop ``box``, offset ``o``) instead of the source's: ``(the bank frame's crop, its
+        cut-out, the arm from its place there to a's new one)``, or ``None`` when its cut-out is
+        not plausible (the source's arm is moved; counted)."""
+        n, q, _ = choice
+        y0, y1, x0, x1 = box
+        kb = self.bank.keypoints[n]
+        img = np.ascontiguousarray(self.bank.images[n][y0:y1, x0:x1])
         s, e, w = (kb[q, j, :2] - o for j in a.joints)
         torso = torso_polygon(kb[q], self.layout)
-        arm = _Arm(s, e, w, a.s2, a.e2, a.w2, a.radius, int(q), a.joints, False, None if torso is None else torso - o)
+        arm = _Arm(s, e, w, a.s2, a.e2, a.w2, a.radius, q, a.joints, False, None if torso is None else torso - o)
         m = self.limb_mask(img, arm)
         every = [b.shifted(o) for b in self._arms(kb, kb, every_arm=True)]
-        why = self.plausible(img, arm, m, [b for b in every if b.person == q and b.joints != a.joints])
-        if why is not None:
+        if self.plausible(img, arm, m, [b for b in every if b.person == q and b.joints != a.joints]) is not None:
             st["bank_refused"] = st.get("bank_refused", 0) + 1
             return None
         st["bank"] = st.get("bank", 0) + 1
@@ -1019,16 +1058,17 @@ def load_refine_renderer(run: str, layout: KeypointLayout, device: str = "cpu",
 
 def load_limb_bank(spec: str, layout: "KeypointLayout | None" = None, **data_options: Any) -> "LimbBank | None":
     """``--limb-bank``: unset -> ``None``; else every frame of the dataset ``spec`` (a clip of the
-    same person and camera, e.g. the training frames) as a :class:`LimbBank`, refused in one
-    line when its layout is not ``layout``."""
+    same person and camera, e.g. the training frames; several: ``A,B``) as a :class:`LimbBank`,
+    refused in one line when it cannot be read or its layout is not ``layout``."""
     from ..datasets.formats import open_dataset
+    from ..errors import PosesynthError
 
     if not spec:
         return None
-    if not Path(spec).exists():
-        raise ConfigError(f"--limb-bank {spec}: no such file or folder (a dataset of frames of the same person and "
-                          "camera, with keypoints)")
-    src = open_dataset(spec, **data_options)
+    try:
+        src = open_dataset(spec, **data_options)
+    except PosesynthError as e:
+        raise ConfigError(f"--limb-bank {e}") from None
     if layout is not None and src.layout.name != layout.name:
         raise ConfigError(f"--limb-bank {spec}: layout '{src.layout.name}', but the data's is '{layout.name}'")
-    return LimbBank.from_source(src)
+    return LimbBank.from_source(src, f"--limb-bank {spec}")

@@ -76,7 +76,9 @@ def discriminate(D: nn.Module, fake: torch.Tensor, real: torch.Tensor, targets_o
         return [[f[:n] for f in s] for s in preds], [[f[n:] for f in s] for s in preds]
     pf = D(fake)
     was = D.training
-    with torch.no_grad():
-        pr = D.eval()(real)
-    D.train(was)
+    try:
+        with torch.no_grad():
+            pr = D.eval()(real)
+    finally:
+        D.train(was)
     return pf, pr
