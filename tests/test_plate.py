@@ -394,6 +394,12 @@ def test_pairs_and_generate_with_a_limb_bank(tmp_path):
     r = run_cli("render-quality", "--pairs", tmp_path / "clip", "--out", tmp_path / "leak", "--renderer", "warp",
                 "--limb-bank", tmp_path / "clip")
     assert r.returncode == 2 and "holds 4 of the frames --pairs scores against" in r.stderr, r.stderr
+    from posesynth import Augmenter
+
+    aug = Augmenter("driver9", limb_bank=tmp_path / "take2", seed=0)   # the Python API reads the same folder
+    assert aug.renderer.bank is not None and len(aug.renderer.bank.images) == 4
+    with pytest.raises(ConfigError, match="limb_bank is for the warp and refine"):
+        Augmenter("driver9", renderer="gan", gan=str(tmp_path / "nothing"), limb_bank=tmp_path / "take2")
     out = generate_dataset(GenerateConfig(data=str(tmp_path / "clip"), out=str(tmp_path / "g"), per_image=1,
                                           limb_bank=str(tmp_path / "take2"), device="cpu"), progress=False)
     assert json.loads(Path(out).read_text())["info"]["limb_bank"] == str((tmp_path / "take2").resolve())

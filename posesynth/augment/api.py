@@ -84,11 +84,11 @@ class Augmenter:
         if isinstance(background, (str, Path)):
             background = background_option(str(background))
         limb_bank = limb_bank or None
-        if isinstance(limb_bank, (str, Path)):
-            limb_bank = load_limb_bank(str(limb_bank), self.layout)
         for name, v in (("background", background), ("limb_bank", limb_bank)):
             if v is not None and (isinstance(renderer, Renderer) or renderer == "gan"):
                 raise ConfigError(f"{name} is for the warp and refine renderers made here by name")
+        if isinstance(limb_bank, (str, Path)):
+            limb_bank = load_limb_bank(str(limb_bank), self.layout)
         self.renderer = renderer if isinstance(renderer, Renderer) else make_renderer(renderer, self.layout, gan,
                                                                                       device, background, limb_bank)
         self.fraction = float(fraction)
