@@ -449,6 +449,8 @@ def test_limb_bank_moves_the_real_arm_of_the_new_pose():
         plain = WarpRenderer(DRIVER9)
         banked = WarpRenderer(DRIVER9, bank=LimbBank([gt.image], gt.keypoints[None]))
         a, b = plain(img, m, s.keypoints[None], new[None]), banked(img, m, s.keypoints[None], new[None])
+        bank = banked.describe()["bank"]   # every arm moved is counted once: from the bank, or why not
+        assert bank["used"] + bank["farther"] + bank["refused"] + bank["other_size"] == banked.stats["moved"], bank
         if not banked.stats.get("bank") or not np.array_equal(b.keypoints[0], new):
             continue
         used += 1

@@ -296,7 +296,7 @@ def render_pairs(c: "QualityConfig", progress: bool = True) -> dict[str, Any]:
             raise ConfigError(f"{bank.name}: frames of {bank.size[1]}x{bank.size[0]}, the clip's are {w}x{h}: a limb "
                               "bank is frames of the same camera")
         targets = sorted({j for _, j in pairs})
-        held = bank.holding([src[j].image for j in targets])
+        held = bank.holding(src[j].image for j in targets)
         if held:
             raise ConfigError(f"{bank.name} holds {len(held)} of the frames --pairs scores against (e.g. frame "
                               f"{targets[held[0]]} of {c.pairs}): the renders would copy the targets' own arms. Give "

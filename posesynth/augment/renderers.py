@@ -30,13 +30,14 @@ Renderers:
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import cv2
 import numpy as np
@@ -272,6 +273,11 @@ class LimbBank:
         if layout is not None and kp.shape[2] != layout.num_keypoints:
             raise ConfigError(f"{name}: {kp.shape[2]} keypoints per person, but layout '{layout.name}' has "
                               f"{layout.num_keypoints}")
+        bad = next((im for im in images if not (isinstance(im, np.ndarray) and im.ndim == 3 and im.shape[2] == 3
+                                                and im.dtype == np.uint8)), None)
+        if bad is not None:
+            raise ConfigError(f"{name}: frames must be (H, W, 3) uint8 RGB, not {getattr(bad, 'shape', type(bad))} "
+                              f"{getattr(bad, 'dtype', '')}")
         sizes = sorted({tuple(im.shape[:2]) for im in images})
         if len(sizes) != 1:
             raise ConfigError(f"{name}: frames of {len(sizes)} sizes ({', '.join(f'{w}x{h}' for h, w in sizes)}); a "
@@ -309,11 +315,14 @@ class LimbBank:
         n, q = np.unravel_index(int(np.argmin(d)), d.shape)
         return int(n), int(q), float(d[n, q])
 
-    def holding(self, images: "list[np.ndarray]") -> list[int]:
-        """Which of ``images`` are frames of the bank (the same pixels): their indices."""
-        own = {zlib.crc32(im.tobytes()) ^ hash(im.shape) for im in self.images}
-        return [i for i, im in enumerate(images) if zlib.crc32(np.ascontiguousarray(im).tobytes()) ^ hash(im.shape)
-                in own]
+    def holding(self, images: "Iterable[np.ndarray]") -> list[int]:
+        """Which of ``images`` (read one at a time) are frames of the bank, pixel for pixel:
+        their indices."""
+        def key(im: np.ndarray) -> tuple:
+            return im.shape, hashlib.blake2b(np.ascontiguousarray(im).tobytes(), digest_size=16).digest()
+
+        own = {key(im) for im in self.images}
+        return [i for i, im in enumerate(images) if key(im) in own]
 
 
 class WarpRenderer(Renderer):
@@ -334,7 +343,8 @@ class WarpRenderer(Renderer):
             first; the rest is inpainted from around it, the plate's scene included.
         bank: other frames of the same person and camera (:class:`LimbBank`): an arm is drawn
             from the frame whose arm lies nearest its new place, when that is nearer than the
-            source's own arm, so it travels less and brings its own shading and folds.
+            source's own arm by more than a pixel, so it travels less and brings its own shading
+            and folds.
         threads: images of a batch rendered at once (OpenCV releases the GIL; each image's
             GrabCut seeds OpenCV's thread-local RNG, so the result is the same bytes for any
             number). ``None``: the CPU cores this process may use, shared among torchrun's
@@ -360,8 +370,11 @@ class WarpRenderer(Renderer):
         self.blend, self.feather, self.shoulder_keep = blend, feather, shoulder_keep
         self.arm_colour, self.torso_colour = arm_colour, torso_colour
         self.background, self.bank = background, bank or None
-        if self.bank is not None and self.bank.layout is not None and self.bank.layout.name != layout.name:
-            raise ConfigError(f"{self.bank.name}: layout '{self.bank.layout.name}', but the warp's is '{layout.name}'")
+        if self.bank is not None and (self.bank.keypoints.shape[2] != layout.num_keypoints or (
+                self.bank.layout is not None and tuple(self.bank.layout.keypoints) != tuple(layout.keypoints))):
+            theirs = f"layout '{self.bank.layout.name}'" if self.bank.layout is not None else \
+                f"{self.bank.keypoints.shape[2]} keypoints per person"
+            raise ConfigError(f"{self.bank.name}: {theirs}, but the warp's layout is '{layout.name}'")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ConfigError(f"threads must be a whole number >= 1 or None (got {threads!r})")
         self.threads = threads
@@ -584,12 +597,12 @@ class WarpRenderer(Renderer):
         if not arms:
             return img.copy(), np.zeros((H, W), np.float32), np.zeros((H, W), bool), drawn
         # the bank's arms nearer the new places than the source's own (chosen from the keypoints)
-        chosen = self._bank_choice(arms, (H, W), st) if self.bank is not None else {}
+        chosen = self._bank_choice(arms, (H, W)) if self.bank is not None else {}
         # everything happens inside the box around the old and new arms (and the bank's arms that
         # will be moved there; outside it nothing changes), so the cost follows the arms' size
         pts = np.concatenate([np.stack([a.s, a.e, a.w, a.w + (a.w - a.e) * self.region.hand, a.e2, a.w2,
                                         a.w2 + (a.w2 - a.e2) * self.region.hand]) for a in arms]
-                             + [c[2] for c in chosen.values()])
+                             + [c[2] for c in chosen.values() if not isinstance(c, str)])
         pad = 2.5 * max(a.radius for a in arms)
         x0, y0 = np.maximum(np.floor(pts.min(0) - pad).astype(int), 0)
         x1, y1 = np.minimum(np.ceil(pts.max(0) + pad).astype(int) + 1, (W, H))
@@ -639,8 +652,11 @@ class WarpRenderer(Renderer):
         out = base.astype(np.float32)
         alpha_all = np.zeros((h, w), np.float32)
         for m, a in keep:
-            banked = self._bank_arm(a, chosen[a.person, a.joints], o, (y0, y1, x0, x1), st) \
-                if (a.person, a.joints) in chosen else None
+            c, banked = chosen.get((a.person, a.joints)), None
+            if isinstance(c, str):   # why no bank arm: counted for the arms moved only
+                st[c] = st.get(c, 0) + 1
+            elif c is not None:
+                banked = self._bank_arm(a, c, o, (y0, y1, x0, x1), st)
             colour, alpha = self._moved_arm(*(banked or (img, m, a)), xs, ys)
             out = alpha[..., None] * colour + (1 - alpha[..., None]) * out
             alpha_all = np.maximum(alpha_all, alpha)
@@ -652,27 +668,27 @@ class WarpRenderer(Renderer):
         hole_f[y0:y1, x0:x1] = hole > 0
         return res, alpha_f, hole_f, drawn
 
-    def _bank_choice(self, arms: "list[_Arm]", hw: tuple[int, int], st: dict
-                     ) -> "dict[tuple[int, tuple[int, int, int]], tuple[int, int, np.ndarray]]":
-        """For each arm to move (full-frame coordinates), the bank's arm nearer its new place than
-        its own old place by more than a pixel: ``(person, joints) -> (frame, bank person, (4,
-        2) points of that arm)``.  None on a frame of another size than the bank's (counted, and
-        said once)."""
+    def _bank_choice(self, arms: "list[_Arm]", hw: tuple[int, int]
+                     ) -> "dict[tuple[int, tuple[int, int, int]], tuple[int, int, np.ndarray] | str]":
+        """For each arm asked to move (full-frame coordinates): the bank's arm nearer its new
+        place than its own old place by more than a pixel, ``(person, joints) -> (frame, bank
+        person, (4, 2) points of that arm)``, or why there is none (the stats key it is counted
+        under when the arm is moved: ``bank_farther``, or ``bank_other_size`` on an image of
+        another size than the bank's frames, said once)."""
         bank = self.bank
         if bank.size != hw:
-            st["bank_other_size"] = st.get("bank_other_size", 0) + len(arms)
             if not getattr(self, "_said_size", False):
                 self._said_size = True
                 log.warning("%s: frames of %dx%d, not this image's %dx%d: its arms are not used for such images",
                             bank.name, bank.size[1], bank.size[0], hw[1], hw[0])
-            return {}
-        out = {}
+            return {(a.person, a.joints): "bank_other_size" for a in arms}
+        out: "dict[tuple[int, tuple[int, int, int]], tuple[int, int, np.ndarray] | str]" = {}
         for a in arms:
             want = LimbBank.arm_points(a.s2, a.e2, a.w2, self.region.hand)
             own = float(np.linalg.norm(LimbBank.arm_points(a.s, a.e, a.w, self.region.hand) - want, axis=-1).max())
             n, q, d = bank.nearest(list(a.joints), want, self.region.hand)
             if n < 0 or d >= own - 1.0:
-                st["bank_farther"] = st.get("bank_farther", 0) + 1
+                out[a.person, a.joints] = "bank_farther"
                 continue
             k = bank.keypoints[n, q, list(a.joints), :2]
             out[a.person, a.joints] = (n, q, LimbBank.arm_points(k[0], k[1], k[2], self.region.hand))
