@@ -379,6 +379,7 @@ class WarpRenderer(Renderer):
             raise ConfigError(f"threads must be a whole number >= 1 or None (got {threads!r})")
         self.threads = threads
         self.last_limb: "np.ndarray | None" = None   # (B, H, W) alpha of the pasted limbs (for tests, reports)
+        self._said_size = False   # the bank's frames were said to be of another size than an image
         self.stats: dict[str, Any] = self.new_stats()   # arms asked to move, moved, left
 
     @staticmethod
@@ -677,7 +678,7 @@ class WarpRenderer(Renderer):
         another size than the bank's frames, said once)."""
         bank = self.bank
         if bank.size != hw:
-            if not getattr(self, "_said_size", False):
+            if not self._said_size:
                 self._said_size = True
                 log.warning("%s: frames of %dx%d, not this image's %dx%d: its arms are not used for such images",
                             bank.name, bank.size[1], bank.size[0], hw[1], hw[0])
