@@ -53,6 +53,16 @@ def test_layer_for_layer_equal_to_nvlabs():
     x = torch.rand(2, 26, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), ref(x), rtol=1e-4, atol=1e-5)
+    # and the same gradients: ours computes gamma and beta in one convolution and splits them
+    ours(x).square().sum().backward()
+    ref(x).square().sum().backward()
+    for blk in ("head_0", "up_1"):
+        for norm in ("norm_0", "norm_1"):
+            r, o = getattr(getattr(ref, blk), norm), getattr(getattr(ours, blk), norm)
+            for got, want in ((o.mlp_gamma_beta.weight.grad, torch.cat([r.mlp_gamma.weight.grad, r.mlp_beta.weight.grad])),
+                              (o.mlp_shared.weight.grad, r.mlp_shared[0].weight.grad)):
+                # fp32 sums in another order: equal to 1e-4 of the gradient's scale
+                torch.testing.assert_close(got, want, rtol=0, atol=1e-4 * float(want.abs().max()))
     d_ref, d_ours = RefMultiscaleDiscriminator(29), MultiscaleDiscriminator(29)
     assert [p.shape for p in d_ref.parameters()] == [p.shape for p in d_ours.parameters()]
 
@@ -115,3 +125,22 @@ def test_generator_step_features_equal_one_call_on_both():
     loss_a.backward()
     loss_b.backward()
     torch.testing.assert_close(fake_a.grad, fake_b.grad, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_image_channels_are_area_averaged_at_every_level(channels_last):
+    """With ``area_channels`` the last channels (images) reach each block area-averaged and the
+    pose maps nearest-resized, as the two resizes of the whole conditioning give them."""
+    torch.manual_seed(0)
+    g = SPADEGenerator(GeneratorConfig(label_nc=30, size=(64, 64), ngf=8, area_channels=4, hidden=8))
+    x = torch.rand(2, 30, 64, 64)
+    seen = {}
+    for name in ("head_0", "up_0", "up_3"):
+        getattr(g, name).register_forward_hook(lambda m, inp, out, name=name: seen.update({name: inp[1]}))
+    with torch.no_grad():
+        g(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
+    for name, size in (("head_0", 2), ("up_0", 8), ("up_3", 64)):
+        want_pose = x[:, :26, ::64 // size, ::64 // size]   # nearest at a power-of-2 factor: every k-th pixel
+        want_img = x[:, 26:].reshape(2, 4, size, 64 // size, size, 64 // size).mean((3, 5))
+        torch.testing.assert_close(seen[name][:, :26], want_pose, rtol=0, atol=0)
+        torch.testing.assert_close(seen[name][:, 26:], want_img, rtol=1e-5, atol=1e-6)

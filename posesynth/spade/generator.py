@@ -111,15 +111,23 @@ class SPADEGenerator(nn.Module):
         """maps: ``(B, label_nc, H, W)`` float (heatmaps/masks in [0, 1], PAFs in [-1, 1]);
         noise: ``(B, z_dim, h0, w0)`` when ``z_dim > 0`` (drawn from N(0, 1) if None).
         Returns ``(B, 3, H, W)`` in [-1, 1]."""
-        pyramid: dict[tuple[int, int], torch.Tensor] = {}
+        pyramid: dict[tuple[int, int], torch.Tensor] = {tuple(maps.shape[-2:]): maps}
+        a = self.cfg.area_channels
+        # the pose maps and the image channels, each split off once: a channel slice is not
+        # contiguous, and every resize of one would copy the whole slice first
+        fmt = torch.channels_last if maps.is_contiguous(memory_format=torch.channels_last) and not \
+            maps.is_contiguous() else torch.contiguous_format
+        parts = (maps[:, :-a].contiguous(memory_format=fmt), maps[:, -a:].contiguous(memory_format=fmt)) if a else None
 
-        def at(x: torch.Tensor) -> torch.Tensor:  # the maps resized once per resolution
-            key = tuple(x.shape[-2:])
-            if key not in pyramid:
-                pyramid[key] = self.resize(maps, key)
-            return pyramid[key]
+        def level(size: tuple[int, int]) -> torch.Tensor:  # the maps resized once per resolution
+            if size not in pyramid:
+                pyramid[size] = self.resize(maps, size, parts)
+            return pyramid[size]
 
-        x = self.resize(maps, self.start)
+        def at(x: torch.Tensor) -> torch.Tensor:
+            return level(tuple(x.shape[-2:]))
+
+        x = level(self.start)
         if self.cfg.z_dim:
             if noise is None:
                 noise = torch.randn(maps.shape[0], self.cfg.z_dim, *self.start, device=maps.device, dtype=maps.dtype)
@@ -140,12 +148,15 @@ class SPADEGenerator(nn.Module):
         x = self.conv_img(F.leaky_relu(x, 0.2))
         return torch.tanh(x) * (2.0 if self.cfg.output == "residual" else 1.0)
 
-    def resize(self, maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """The conditioning at ``size``: nearest for pose maps, area for image channels."""
+    def resize(self, maps: torch.Tensor, size: tuple[int, int],
+               parts: "tuple[torch.Tensor, torch.Tensor] | None" = None) -> torch.Tensor:
+        """The conditioning at ``size``: nearest for pose maps, area for image channels
+        (``parts``: maps' pose and image channels, already split)."""
         a = self.cfg.area_channels
         if not a or tuple(maps.shape[-2:]) == tuple(size):
             return resize_maps(maps, size)
-        return torch.cat([resize_maps(maps[:, :-a], size), F.adaptive_avg_pool2d(maps[:, -a:], size)], 1)
+        pose, img = parts if parts is not None else (maps[:, :-a], maps[:, -a:])
+        return torch.cat([resize_maps(pose, size), F.adaptive_avg_pool2d(img, size)], 1)
 
     @staticmethod
     def up(x: torch.Tensor) -> torch.Tensor:
