@@ -81,7 +81,8 @@ class GenerateConfig:
                 "none: no plate at all)"})
     limb_bank: str = field(default="", metadata={
         "help": "warp or refine: frames of the same person and camera with keypoints; an arm is moved from the "
-                "frame whose arm lies nearest its new pose, when nearer than the source's own (unset: the source's)"})
+                "frame whose arm lies nearest its new pose, when nearer than the source's own, and the body an old arm "
+                "hid from frames whose body lies where the source's does (unset: the source's)"})
     augment: str = field(default="arms-angle", metadata={"help": "|".join(MODES) + "|poses:FILE|learned:RUN"})
     rare: bool = field(default=False, metadata={"help": "draw new arm angles where the source data is thin"})
     plausibility: str = field(default="", metadata={

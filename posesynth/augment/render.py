@@ -206,7 +206,8 @@ class QualityConfig:
     limb_bank: str = field(default="", metadata={
         "help": "frames of the same person and camera with keypoints (e.g. the training frames): the warp (and a "
                 "refiner's warp) moves the arm of the frame whose arm lies nearest the new pose, when it is nearer "
-                "than the source's own (unset: the source's arm)"})
+                "than the source's own, and the body an old arm hid from frames whose body lies where the source's "
+                "does (unset: the source's arm)"})
 
     def validate(self) -> None:
         """Refuse impossible numbers before anything is read or written."""

@@ -228,6 +228,18 @@ class _Arm:
                     self.person, self.joints, self.occluded, None if self.torso is None else self.torso - o)
 
 
+#: The limb bank's body fill (:meth:`WarpRenderer._bank_body`): a bank frame's shoulders and hips
+#: within this fraction of the torso size of the source's, after one translation; its arms'
+#: capsules this many arm radii wide, with a hand this fraction of the forearm; and it agrees
+#: with the source around the hole to this many grey levels on average; each pixel is the
+#: median of those of this many best-agreeing frames that show it.  Cover, hand and the median
+#: were chosen on the squats clip's training-frame pairs (README, "The bank fills the body an
+#: arm hid").
+BODY_TOL, BODY_COVER, BODY_HAND, BODY_RESIDUAL, BODY_FRAMES = 0.08, 0.8, 0.7, 12.0, 5
+#: A bank frame whose moved arm lies within this many arm radii of the source's old arm (every
+#: point) is a near copy of the source there (a neighbouring video frame): not a body candidate.
+BODY_SAME_ARM = 0.1
+
 #: Why the warp leaves an arm where it is (counted in ``WarpRenderer.stats``).
 SKIP_REASONS = ("occluded", "crossed", "empty cut-out", "no boundary", "not the arm's colour", "behind the body")
 
@@ -345,6 +357,9 @@ class WarpRenderer(Renderer):
             from the frame whose arm lies nearest its new place, when that is nearer than the
             source's own arm by more than a pixel, so it travels less and brings its own shading
             and folds.
+        bank_body: with a bank and a plate, also fill what an old arm hid of the person's own
+            body from the bank's frames whose body lies where the source's does
+            (:meth:`_bank_body`); ``False``: that part is inpainted.
         threads: images of a batch rendered at once (OpenCV releases the GIL; each image's
             GrabCut seeds OpenCV's thread-local RNG, so the result is the same bytes for any
             number). ``None``: the CPU cores this process may use, shared among torchrun's
@@ -360,7 +375,7 @@ class WarpRenderer(Renderer):
                  blend: float = 0.35, feather: float = 0.12, shoulder_keep: float = 0.6,
                  arm_colour: float = 0.5, torso_colour: float = 0.4,
                  background: "BackgroundPlate | None" = None, threads: "int | None" = None,
-                 bank: "LimbBank | None" = None) -> None:
+                 bank: "LimbBank | None" = None, bank_body: bool = True) -> None:
         if not arm_chains(layout):
             raise ConfigError(f"layout '{layout.name}' names no arms (right/left shoulder, elbow, wrist): "
                               "the warp renderer has nothing to move")
@@ -370,6 +385,7 @@ class WarpRenderer(Renderer):
         self.blend, self.feather, self.shoulder_keep = blend, feather, shoulder_keep
         self.arm_colour, self.torso_colour = arm_colour, torso_colour
         self.background, self.bank = background, bank or None
+        self.bank_body = bank_body
         if self.bank is not None and (self.bank.keypoints.shape[2] != layout.num_keypoints or (
                 self.bank.layout is not None and tuple(self.bank.layout.keypoints) != tuple(layout.keypoints))):
             theirs = f"layout '{self.bank.layout.name}'" if self.bank.layout is not None else \
@@ -404,6 +420,10 @@ class WarpRenderer(Renderer):
         if self.bank is not None:
             plate["bank"] = {"frames": len(self.bank.images), **{k[5:] or "used": self.stats.get(k, 0) for k in (
                 "bank", "bank_farther", "bank_refused", "bank_other_size")}}
+            # images whose hidden body the bank filled (in part), and those where it found no frame
+            # that shows it and agrees (a hole of under 20 px on the body is not counted)
+            plate["bank_body"] = {"filled": self.stats.get("bank_body", 0),
+                                  "not_filled": self.stats.get("bank_body_none", 0)} if self.bank_body else "off"
         return {"renderer": "warp", "fill": self.fill if isinstance(self.fill, str) else "generator", **plate,
                 "grabcut_iters": self.grabcut_iters, "arms": self.stats["arms"], "moved": self.stats["moved"],
                 "skipped": dict(self.stats["skipped"])}
@@ -645,6 +665,13 @@ class WarpRenderer(Renderer):
                 plate = self.background.image[y0:y1, x0:x1]
             else:   # another camera's frame size: inpainted, and counted
                 st["plate_other_size"] = st.get("plate_other_size", 0) + 1
+        if self.bank is not None and self.bank_body and self.bank.size == (H, W) and seen is not None:
+            rest = (hole > 0) & ~seen
+            body = self._bank_body(img, rest, hole, old, o, [a for _, a in keep], (y0, y1, x0, x1), st)
+            if body is not None:
+                bimg, where = body
+                plate = np.where(where[..., None], bimg, plate) if plate is not None else bimg
+                seen = where | seen if seen is not None else where
         if isinstance(self.fill, str):
             radius = float(np.mean([a.radius for _, a in keep]))
             base = fill_hole(img, hole, plate, seen, lambda im, rest: telea_fill(im, rest, radius))
@@ -715,6 +742,144 @@ class WarpRenderer(Renderer):
             return None
         st["bank"] = st.get("bank", 0) + 1
         return img, m, arm
+
+    def _bank_body(self, img: np.ndarray, rest: np.ndarray, hole: np.ndarray, old: np.ndarray, o: np.ndarray,
+                   moved: "list[_Arm]", box: tuple[int, int, int, int], st: dict
+                   ) -> "tuple[np.ndarray, np.ndarray] | None":
+        """What the moved arms hid of the person's own body, from the bank: ``(colour (h, w, 3)
+        uint8, where it is known (h, w) bool)`` over the crop ``box`` (offset ``o``), or ``None``.
+        ``rest`` is the part of the hole the plate does not fill; ``old`` the image's ``(P, K,
+        3)`` keypoints.  The person is the first moved arm's, and only the part of ``rest`` on
+        that person's body (:func:`~posesynth.datasets.plate.person_mask` without the moved
+        arms: torso, trousers) is filled: the scene does not move with the body.
+
+        Candidates are the bank's people whose shoulders and hips, after one translation (the
+        mean of their offsets: a squat moves the body up and down), all lie within
+        :data:`BODY_TOL` x the torso size of the source's, and whose moved arm does not lie where
+        the source's old one was (within :data:`BODY_SAME_ARM` x the arm radius: a near copy of
+        the source, it hides the same body; the source's own frame, if the bank holds it, is not
+        one either); the nearest 24.  Each is translated
+        onto the source (bilinear) and may fill the part of ``rest`` that none of its own arms
+        covers (capsules of :data:`BODY_COVER` x the arm radius around the upper arm, forearm
+        and a hand of :data:`BODY_HAND` x the forearm) and where it does not show the scene (its
+        colour within :data:`~posesynth.datasets.plate.MAX_RESIDUAL` of the plate's there, at
+        the frame's own place); one with an arm not fully labelled is not used.  It is used only
+        when, around ``rest`` (outside the hole, its arms and the source's), it differs from the
+        source by at most :data:`BODY_RESIDUAL` grey levels on average: the body lies where the
+        keypoints say, and is lit the same.  Called only with a plate.  Of the
+        :data:`BODY_FRAMES` candidates that agree best, each pixel is the median of those that
+        show it (one, two or more)."""
+        bank, lay, bg = self.bank, self.layout, self.background
+        y0, y1, x0, x1 = box
+        h, w = rest.shape
+        p = moved[0].person
+        src = old[p].astype(np.float64)
+        body = [i for i, n in enumerate(lay.keypoints) if n.endswith(("shoulder", "hip")) and src[i, 2] > 0]
+        ts = torso_size(src, lay)
+        if len(body) < 3 or not np.isfinite(ts):
+            return None
+        # only the person's own body travels with it: the scene (a static camera's) does not, and
+        # another person's hole is not this body's
+        mine = [a for a in moved if a.person == p]
+        kept = src.copy()
+        for a in mine:
+            kept[arm_part_indices(lay, lay.keypoints[a.joints[1]].split("_")[0]), 2] = 0
+        kept[:, :2] -= o
+        rest = rest & person_mask(kept[None], lay, (h, w))
+        if rest.sum() < 20:
+            return None
+        kb = bank.keypoints                                                  # (N, Q, K, 3)
+        d = kb[:, :, body, :2] - src[body, :2]
+        shift = d.mean(2)                                                    # (N, Q, 2)
+        resid = np.linalg.norm(d - shift[:, :, None], axis=-1).max(-1)
+        resid[~(kb[:, :, body, 2] > 0).all(-1)] = np.inf
+        same = (np.abs(kb[..., :2] - src[:, :2]).max(-1) < 0.5).all(-1) & ((kb[..., 2] > 0) == (src[:, 2] > 0)).all(-1)
+        resid[same] = np.inf                                                 # the source itself shows nothing new
+        r = max(a.radius for a in mine)
+        # a frame whose moved arm lies where the source's old one was (a neighbouring frame of the
+        # video, nearly the same picture) hides the same body: not a candidate
+        for a in mine:
+            theirs = kb[:, :, list(a.joints)]
+            pts = LimbBank.arm_points(*(theirs[:, :, j, :2] - shift for j in range(3)), BODY_HAND)
+            near = np.linalg.norm(pts - LimbBank.arm_points(a.s + o, a.e + o, a.w + o, BODY_HAND), axis=-1).max(-1)
+            resid[(near < BODY_SAME_ARM * r) & (theirs[..., 2] > 0).all(-1)] = np.inf
+        k = max(int(round(r)) | 1, 3)
+        ring = (cv2.dilate(rest.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))) > 0) \
+            & (hole == 0)
+        ring &= ~self._arm_cover(src[None] - np.r_[o, 0], (h, w), BODY_COVER * r, allow_unlabelled=True)
+        # the candidates are compared and moved inside the box of the hole's rest and its ring only
+        ys, xs = np.nonzero(rest | ring)
+        wy0, wy1, wx0, wx1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        wh, ww = wy1 - wy0, wx1 - wx0
+        rest_w, ring_w, img_w = rest[wy0:wy1, wx0:wx1], ring[wy0:wy1, wx0:wx1], img[wy0:wy1, wx0:wx1]
+        found = []
+        for flat in np.argsort(resid, axis=None)[:24]:
+            n, q = np.unravel_index(int(flat), resid.shape)
+            if not resid[n, q] <= BODY_TOL * ts:
+                break
+            sx, sy = shift[n, q]
+            theirs = kb[n].copy()
+            theirs[..., :2] -= shift[n, q] + o + (wx0, wy0)
+            cover = self._arm_cover(theirs, (wh, ww), BODY_COVER * r)
+            if cover is None:
+                continue
+            # the window's (x, y) is the frame's (x + X, y + Y), with X, Y the window's corner moved
+            # onto the bank frame's body: the frame's pixel there, where it lies inside that frame
+            X, Y = x0 + wx0 + sx, y0 + wy0 + sy
+            mat = np.array([[1, 0, X], [0, 1, Y]], np.float64)
+            colour, plate_there = (cv2.warpAffine(im, mat, (ww, wh), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                                  borderMode=cv2.BORDER_REPLICATE) for im in (bank.images[n], bg.image))
+            known_there = cv2.warpAffine(bg.known.astype(np.uint8), mat, (ww, wh), flags=cv2.INTER_NEAREST |
+                                         cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT, borderValue=0) > 0
+            bh, bw = bank.size
+            cols = (np.arange(ww) + X >= 0) & (np.arange(ww) + X <= bw - 1)
+            rows = (np.arange(wh) + Y >= 0) & (np.arange(wh) + Y <= bh - 1)
+            usable = ~cover & rows[:, None] & cols[None, :]
+            # where the frame shows the scene (its plate's colour) rather than the body, the scene
+            # did not move with the body: that pixel is not taken from it
+            scene = known_there & (np.abs(colour.astype(np.int16) - plate_there).mean(-1) <= MAX_RESIDUAL)
+            where, check = rest_w & usable & ~scene, ring_w & usable
+            if where.sum() < 20 or check.sum() < 20:
+                continue
+            err = float(np.abs(img_w[check].astype(np.int16) - colour[check]).mean())
+            if err <= BODY_RESIDUAL:
+                found.append((err, int(n), int(q), colour, where))
+        if not found:
+            st["bank_body_none"] = st.get("bank_body_none", 0) + 1
+            return None
+        # each pixel: the median of the best-agreeing frames that show it (one frame's stray hand
+        # or a gap beside its torso is outvoted)
+        best = sorted(found, key=lambda f: f[:3])[:BODY_FRAMES]
+        stack = np.stack([f[3] for f in best]).astype(np.float32)
+        shows = np.stack([f[4] for f in best])
+        stack[~shows] = np.nan
+        done, out = np.zeros((h, w), bool), np.zeros((h, w, 3), np.uint8)
+        done[wy0:wy1, wx0:wx1] = shows.any(0)
+        out[done] = np.clip(np.round(np.nanmedian(stack[:, shows.any(0)], axis=0)), 0, 255).astype(np.uint8)
+        st["bank_body"] = st.get("bank_body", 0) + 1
+        return out, done
+
+    def _arm_cover(self, kp: np.ndarray, size: tuple[int, int], r: float, allow_unlabelled: bool = False
+                   ) -> "np.ndarray | None":
+        """``size`` bool: capsules of radius ``r`` px around every arm (upper arm, forearm, and
+        a hand of :data:`BODY_HAND` x the forearm) of every person of ``kp`` ``(P, K, 3)`` (in
+        the mask's pixels).  An arm with some of its shoulder, elbow and wrist unlabelled could
+        be anywhere: ``None`` then, or (``allow_unlabelled``) that arm left out."""
+        out = np.zeros(size, np.uint8)
+        th = 2 * int(round(r)) + 1
+        for person in kp:
+            for s, e, wr in arm_chains(self.layout):
+                labelled = person[[s, e, wr], 2] > 0
+                if not labelled.any():
+                    continue
+                if not labelled.all():
+                    if allow_unlabelled:
+                        continue
+                    return None
+                pts = np.round(LimbBank.arm_points(person[s, :2], person[e, :2], person[wr, :2], BODY_HAND))
+                for a, b in zip(pts[:-1].astype(int), pts[1:].astype(int)):
+                    cv2.line(out, (int(a[0]), int(a[1])), (int(b[0]), int(b[1])), 1, thickness=th)
+        return out > 0
 
     def _plate_seen(self, img: np.ndarray, hole: np.ndarray, old: np.ndarray, o: np.ndarray,
                     moved: "list[_Arm]", box: tuple[int, int, int, int], st: dict) -> np.ndarray:
