@@ -666,12 +666,9 @@ class WarpRenderer(Renderer):
             else:   # another camera's frame size: inpainted, and counted
                 st["plate_other_size"] = st.get("plate_other_size", 0) + 1
         if self.bank is not None and self.bank_body and self.bank.size == (H, W) and seen is not None:
-            rest = (hole > 0) & ~seen
-            body = self._bank_body(img, rest, hole, old, o, [a for _, a in keep], (y0, y1, x0, x1), st)
-            if body is not None:
-                bimg, where = body
-                plate = np.where(where[..., None], bimg, plate) if plate is not None else bimg
-                seen = where | seen if seen is not None else where
+            body = self._bank_body(img, (hole > 0) & ~seen, hole, old, o, [a for _, a in keep], (y0, y1, x0, x1), st)
+            if body is not None:   # the bank's body where the plate has no scene: a plate for this hole
+                plate, seen = np.where(body[1][..., None], body[0], plate), seen | body[1]
         if isinstance(self.fill, str):
             radius = float(np.mean([a.radius for _, a in keep]))
             base = fill_hole(img, hole, plate, seen, lambda im, rest: telea_fill(im, rest, radius))
@@ -758,15 +755,15 @@ class WarpRenderer(Renderer):
         :data:`BODY_TOL` x the torso size of the source's, and whose moved arm does not lie where
         the source's old one was (within :data:`BODY_SAME_ARM` x the arm radius: a near copy of
         the source, it hides the same body; the source's own frame, if the bank holds it, is not
-        one either); the nearest 24.  Each is translated
-        onto the source (bilinear) and may fill the part of ``rest`` that none of its own arms
-        covers (capsules of :data:`BODY_COVER` x the arm radius around the upper arm, forearm
-        and a hand of :data:`BODY_HAND` x the forearm) and where it does not show the scene (its
-        colour within :data:`~posesynth.datasets.plate.MAX_RESIDUAL` of the plate's there, at
-        the frame's own place); one with an arm not fully labelled is not used.  It is used only
-        when, around ``rest`` (outside the hole, its arms and the source's), it differs from the
-        source by at most :data:`BODY_RESIDUAL` grey levels on average: the body lies where the
-        keypoints say, and is lit the same.  Called only with a plate.  Of the
+        one either); the nearest 24.  Each is translated onto the source (bilinear) and may fill
+        the part of ``rest`` that none of its own arms covers (capsules of :data:`BODY_COVER` x
+        the arm radius around the upper arm, forearm and a hand of :data:`BODY_HAND` x the
+        forearm) and where it does not show the scene (its colour within
+        :data:`~posesynth.datasets.plate.MAX_RESIDUAL` of the plate's there, at the frame's own
+        place); one with an arm not fully labelled is not used.  It is used only when, around
+        ``rest`` (outside the hole, its arms and the source's), it differs from the source by at
+        most :data:`BODY_RESIDUAL` grey levels on average: the body lies where the keypoints say,
+        and is lit the same.  Called only with a plate.  Of the
         :data:`BODY_FRAMES` candidates that agree best, each pixel is the median of those that
         show it (one, two or more)."""
         bank, lay, bg = self.bank, self.layout, self.background
@@ -781,11 +778,8 @@ class WarpRenderer(Renderer):
         # only the person's own body travels with it: the scene (a static camera's) does not, and
         # another person's hole is not this body's
         mine = [a for a in moved if a.person == p]
-        kept = src.copy()
-        for a in mine:
-            kept[arm_part_indices(lay, lay.keypoints[a.joints[1]].split("_")[0]), 2] = 0
-        kept[:, :2] -= o
-        rest = rest & person_mask(kept[None], lay, (h, w))
+        kept = self._without_moved_arms(old - np.r_[o, 0], mine)[p:p + 1]
+        rest = rest & person_mask(kept, lay, (h, w))
         if rest.sum() < 20:
             return None
         kb = bank.keypoints                                                  # (N, Q, K, 3)
@@ -881,6 +875,14 @@ class WarpRenderer(Renderer):
                     cv2.line(out, (int(a[0]), int(a[1])), (int(b[0]), int(b[1])), 1, thickness=th)
         return out > 0
 
+    def _without_moved_arms(self, kp: np.ndarray, moved: "list[_Arm]") -> np.ndarray:
+        """A copy of ``(P, K, 3)`` keypoints with the moved arms' elbow, wrist and hand points
+        unlabelled (so :func:`~posesynth.datasets.plate.person_mask` covers the body without them)."""
+        out = np.array(kp, np.float64, copy=True)
+        for a in moved:
+            out[a.person, arm_part_indices(self.layout, self.layout.keypoints[a.joints[1]].split("_")[0]), 2] = 0
+        return out
+
     def _plate_seen(self, img: np.ndarray, hole: np.ndarray, old: np.ndarray, o: np.ndarray,
                     moved: "list[_Arm]", box: tuple[int, int, int, int], st: dict) -> np.ndarray:
         """Where the hole (in the crop ``box``) is filled from the background plate, ``(h, w)``
@@ -894,10 +896,7 @@ class WarpRenderer(Renderer):
         plate, known = bg.image[y0:y1, x0:x1], bg.known[y0:y1, x0:x1]
         everyone = old.astype(np.float64, copy=True)
         everyone[..., :2] -= o
-        body = everyone.copy()
-        for a in moved:
-            side = self.layout.keypoints[a.joints[1]].split("_")[0]
-            body[a.person, arm_part_indices(self.layout, side), 2] = 0
+        body = self._without_moved_arms(everyone, moved)
         k = max(int(round(max(a.radius for a in moved))) | 1, 3)
         ring = cv2.dilate(hole, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))) > 0
         ring &= (hole == 0) & known & ~person_mask(everyone, self.layout, (h, w))
