@@ -13,7 +13,9 @@ more, so compare the ratio, measured side by side):
   ``--frame`` (H,W), same ngf, SPADE width and batch;
 - ``refine a frame``: :class:`~posesynth.augment.renderers.RefineRenderer` (the light refiner's
   generator) on one real squats frame (720x1280) with its arms moved: the warp, and the crop +
-  generator + paste alone.
+  generator + paste alone; then the same with a background plate and a limb bank of frames
+  0-47 (frame 48 given frame 52's arms: both arms are the bank's, and the body the old arms
+  hid is filled from the bank).
 
     python benchmarks/bench_refine.py [--ngf 16] [--hidden 32] [--batch 4] [--crop 128]
         [--frame 256,128] [--light-hidden 16] [--light-ndf 32] [--light-num-d 1] [--iters 5] [--threads 0]
@@ -69,10 +71,24 @@ def _time(fn, iters: int) -> float:
     return (time.perf_counter() - t) / iters
 
 
-def frame_refine(ngf: int, hidden: int, crop: int, iters: int) -> "tuple[float, float, tuple[int, int]] | None":
-    """(warp s, crop + generator + paste s, frame size) on a real squats frame, or None without it."""
-    from posesynth.augment.renderers import RefineRenderer, WarpRenderer
+class _Frames:   # some frames of a clip, as a dataset
+    def __init__(self, src, idx):
+        self.src, self.idx, self.layout = src, list(idx), src.layout
+
+    def __len__(self):
+        return len(self.idx)
+
+    def __getitem__(self, i):
+        return self.src[self.idx[i]]
+
+
+def frame_refine(ngf: int, hidden: int, crop: int, iters: int
+                 ) -> "list[tuple[str, float, float, tuple[int, int]]] | None":
+    """``(setting, warp s, crop + generator + paste s, frame size)`` on real squats frames: no
+    plate or bank, then plate + limb bank (+ body fill); ``None`` without the fixture."""
+    from posesynth.augment.renderers import LimbBank, RefineRenderer, WarpRenderer
     from posesynth.datasets.formats import open_dataset
+    from posesynth.datasets.plate import plate_from_dataset
     from posesynth.datasets.posemaps import PoseMapSpec
     from posesynth.datasets.torch_dataset import image_to_tensor
     from posesynth.spade.archs.refine import RefineArch
@@ -81,21 +97,34 @@ def frame_refine(ngf: int, hidden: int, crop: int, iters: int) -> "tuple[float, 
     if not clip.exists():
         return None
     src = open_dataset(clip)
-    s = src[0]
     layout = src.layout
     cfg = GANConfig(mode="refine", crop_size=crop, ngf=ngf, spade_hidden=hidden, vgg="off").resolve()
     G = RefineArch(cfg, layout, cfg.posemaps).build_generator()
     torch.nn.init.normal_(G.conv_img.weight, std=1e-3)   # a non-zero residual: the paste runs
-    warp = WarpRenderer(layout)
-    r = RefineRenderer(G, layout, PoseMapSpec(size=(crop, crop)), crop, 0.25, warp=warp)
+    s = src[0]
     new = s.keypoints.copy()
     for n in ("left_wrist", "right_wrist"):
         new[0, layout.index(n), 0] += 60
-    img = image_to_tensor(s.image)[None]
-    m = torch.zeros(1, layout.num_masks, *s.image.shape[:2])
-    t_warp = _time(lambda: warp(img, m, s.keypoints[None], new[None]), iters)
-    t_all = _time(lambda: r(img, m, s.keypoints[None], new[None]), iters)
-    return t_warp, t_all - t_warp, s.image.shape[:2]
+    train = _Frames(src, range(48))
+    bank = LimbBank([f.image for f in train], np.stack([f.keypoints for f in train]), layout)
+    s2, t2 = src[48], src[52]
+    new2 = s2.keypoints.copy()
+    arms = [layout.index(f"{side}_{j}") for side in ("left", "right") for j in ("shoulder", "elbow", "wrist")]
+    new2[0, arms] = t2.keypoints[0, arms]
+    rows = []
+    for name, warp, (f, kp) in (("no plate, no bank", WarpRenderer(layout), (s, new)),
+                                ("plate + limb bank + body fill",
+                                 WarpRenderer(layout, background=plate_from_dataset(train), bank=bank), (s2, new2))):
+        r = RefineRenderer(G, layout, PoseMapSpec(size=(crop, crop)), crop, 0.25, warp=warp)
+        img = image_to_tensor(f.image)[None]
+        m = torch.zeros(1, layout.num_masks, *f.image.shape[:2])
+        t_warp = _time(lambda: warp(img, m, f.keypoints[None], kp[None]), iters)
+        t_all = _time(lambda: r(img, m, f.keypoints[None], kp[None]), iters)
+        rows.append((name, t_warp, t_all - t_warp, f.image.shape[:2]))
+    st = warp.describe()
+    if not st["bank"]["used"] or not st["bank_body"]["filled"]:
+        raise SystemExit(f"the bank row did not use the bank as meant: {st}")
+    return rows
 
 
 def main() -> None:
@@ -141,9 +170,9 @@ def main() -> None:
     if fr is None:
         print("refine a frame: the squats fixture is not at ../shared/fixtures (skipped)")
     else:
-        tw, tr, hw = fr
-        print(f"refine a {hw[0]}x{hw[1]} frame (light): warp {tw:.2f} s + crop, generator and paste {tr:.2f} s = "
-              f"{tw + tr:.2f} s")
+        for name, tw, tr, hw in fr:
+            print(f"refine a {hw[0]}x{hw[1]} frame (light), {name}: warp {tw:.2f} s + crop, generator and paste "
+                  f"{tr:.2f} s = {tw + tr:.2f} s")
 
 
 if __name__ == "__main__":

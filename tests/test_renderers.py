@@ -168,6 +168,54 @@ def test_region_covers_old_and_new_limbs():
     assert (region[changed & (old_arm | new_arm)] > 0).mean() > 0.99
 
 
+def test_capsule_region_is_the_distance_ramp_everywhere():
+    """Each pixel of the region is max over segments of clip((r + f - distance) / f, 0, 1), with
+    distance to the segment, r = (radius + dilate) x torso and f = feather x torso (at least 1 px),
+    computed here in float64 NumPy over the whole frame; segments near and beyond the frame's
+    edges, NaN padding and images of a batch with capsules far apart included."""
+    from posesynth.datasets.geometry import capsule_region
+
+    rng = np.random.default_rng(3)
+    h, w = 50, 70
+    spec = RegionSpec()
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    for _ in range(40):
+        seg = rng.uniform(-20, 90, (3, 4, 2, 2)) * [w / 70, h / 50 * 0.75]
+        torso = rng.uniform(5, 60, (3, 4))
+        seg[rng.random((3, 4)) < 0.2] = np.nan
+        got = capsule_region(torch.from_numpy(seg.astype(np.float32)), torch.from_numpy(torso.astype(np.float32)),
+                             (h, w), spec)[:, 0].numpy()
+        for i in range(3):
+            want = np.zeros((h, w))
+            for (a, b), t in zip(seg[i].astype(np.float32).astype(np.float64), torso[i]):
+                if not np.isfinite(a).all():
+                    continue
+                d = b - a
+                u = np.clip(((xs - a[0]) * d[0] + (ys - a[1]) * d[1]) / max(d @ d, 1e-9), 0, 1)
+                dist = np.hypot(xs - a[0] - u * d[0], ys - a[1] - u * d[1])
+                r, f = (spec.radius + spec.dilate) * t, max(spec.feather * t, 1.0)
+                want = np.maximum(want, np.clip((r + f - dist) / f, 0, 1))
+            np.testing.assert_allclose(got[i], want, atol=2e-4)
+
+
+def test_dilation_in_the_box_is_the_whole_frames():
+    """The warp dilates masks inside their box grown by the kernel only: the pixels are those
+    of OpenCV's dilation of the whole frame, for blobs at the frame's edges and corners too."""
+    import cv2
+
+    from posesynth.augment.renderers import _dilate
+
+    rng = np.random.default_rng(0)
+    for k in (3, 7, 15):
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+        for _ in range(20):
+            m = np.zeros((40, 60), np.uint8)
+            x, y = rng.integers(-5, 60), rng.integers(-5, 40)
+            m[max(y, 0):y + rng.integers(1, 12), max(x, 0):x + rng.integers(1, 12)] = 1
+            np.testing.assert_array_equal(_dilate(m, kernel), cv2.dilate(m, kernel) > 0)
+            np.testing.assert_array_equal(_dilate(m > 0, kernel), cv2.dilate(m, kernel) > 0)
+
+
 @pytest.fixture(scope="module")
 def inpaint_generator():
     from posesynth.spade.generator import GeneratorConfig, SPADEGenerator

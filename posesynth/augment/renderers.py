@@ -102,6 +102,29 @@ def _seg_dist(xs: np.ndarray, ys: np.ndarray, a: np.ndarray, b: np.ndarray) -> n
     return np.hypot(xs - a[0] - t * d[0], ys - a[1] - t * d[1])
 
 
+def _support(a: np.ndarray) -> "tuple[slice, slice] | None":
+    """The bounding box of ``a``'s non-zero pixels (``(H, W)``) as a slice pair, or ``None``."""
+    rows, cols = np.nonzero(a.any(1))[0], np.nonzero(a.any(0))[0]
+    if not len(rows):
+        return None
+    return np.s_[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+
+
+def _dilate(mask: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """``cv2.dilate(mask, kernel) > 0`` (``mask`` ``(H, W)``, bool or uint8; ``kernel`` odd-sized),
+    computed inside the mask's bounding box grown by the kernel only: the same pixels, at the
+    cost of the box rather than the frame."""
+    m = np.asarray(mask).astype(np.uint8, copy=False)
+    out = np.zeros(m.shape, bool)
+    rows, cols = np.nonzero(m.any(1))[0], np.nonzero(m.any(0))[0]
+    if not len(rows):
+        return out
+    ky, kx = kernel.shape[0] // 2, kernel.shape[1] // 2
+    win = np.s_[max(rows[0] - ky, 0):rows[-1] + ky + 1, max(cols[0] - kx, 0):cols[-1] + kx + 1]
+    out[win] = cv2.dilate(m[win], kernel) > 0
+    return out
+
+
 def telea_fill(img: np.ndarray, hole: np.ndarray, radius: float, max_radius: float = 20.0) -> np.ndarray:
     """OpenCV Telea inpainting of ``hole`` (uint8 {0, 1}), done at a scale where the arm
     capsule radius is at most ``max_radius`` px (the fill is smooth, so nothing is lost) and
@@ -252,12 +275,15 @@ def _common_colour(img: np.ndarray, part: np.ndarray, reference: np.ndarray, bin
     pixels of ``part`` (all False when ``reference`` has fewer than 20 pixels)."""
     if reference.sum() < 20:
         return np.zeros(int(part.sum()), bool)
+    rows, cols = np.nonzero((part | reference).any(1))[0], np.nonzero((part | reference).any(0))[0]
+    box = np.s_[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]   # only the pixels of part and reference
+    img, part, reference = np.ascontiguousarray(img[box]), part[box], reference[box]
     lab = cv2.cvtColor(img, cv2.COLOR_RGB2LAB).astype(np.float32)   # 8-bit: L, a, b in [0, 255]
     nb = int(np.ceil(256 / bin_size))
     q = np.clip((lab / bin_size).astype(np.int64), 0, nb - 1)
-    hist = np.zeros((nb, nb, nb), np.float32)
     r = q[reference]
-    np.add.at(hist, (r[:, 0], r[:, 1], r[:, 2]), 1.0)
+    hist = np.bincount((r[:, 0] * nb + r[:, 1]) * nb + r[:, 2], minlength=nb ** 3).astype(np.float32)
+    hist = hist.reshape(nb, nb, nb)
     hist = cv2.blur(hist.reshape(nb, nb * nb), (3, 1)).reshape(nb, nb, nb)  # neighbours along L...
     hist = np.stack([cv2.blur(h, (3, 3)) for h in hist]) * 9                 # ... and along a, b
     pq = q[part]
@@ -495,7 +521,7 @@ class WarpRenderer(Renderer):
             torso = np.zeros((h, w), np.uint8)
             cv2.fillPoly(torso, [np.round(arm.torso).astype(np.int32)], 1)
             k = max(int(round(arm.radius)) | 1, 3)
-            over = cv2.dilate(torso, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))) > 0   # + r/2 around it
+            over = _dilate(torso, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))   # + r/2 around it
             capsule = np.zeros((h, w), bool)
             capsule[y0:y1, x0:x1] = dist <= arm.radius
             body = (torso > 0) & ~capsule   # the torso away from this arm
@@ -652,7 +678,7 @@ class WarpRenderer(Renderer):
         hole = np.zeros((h, w), np.uint8)
         for m, a in keep:
             k = max(int(round(0.15 * a.radius)) * 2 + 1, 3)
-            grown = cv2.dilate(m.astype(np.uint8), np.ones((k, k), np.uint8))
+            grown = _dilate(m, np.ones((k, k), np.uint8)).astype(np.uint8)
             # the shoulder joint stays where it is: it belongs to the old and the new arm alike
             grown[np.hypot(xs - a.s[0], ys - a.s[1]) <= self.shoulder_keep * a.radius] = 0
             hole |= grown
@@ -674,7 +700,7 @@ class WarpRenderer(Renderer):
             base = fill_hole(img, hole, plate, seen, lambda im, rest: telea_fill(im, rest, radius))
         else:
             base = fill_hole(img, hole, plate, seen, lambda im, rest: self.fill(im, rest, new_rel))
-        out = base.astype(np.float32)
+        out = base.astype(np.float64)
         alpha_all = np.zeros((h, w), np.float32)
         for m, a in keep:
             c, banked = chosen.get((a.person, a.joints)), None
@@ -683,8 +709,10 @@ class WarpRenderer(Renderer):
             elif c is not None:
                 banked = self._bank_arm(a, c, o, (y0, y1, x0, x1), st)
             colour, alpha = self._moved_arm(*(banked or (img, m, a)), xs, ys)
-            out = alpha[..., None] * colour + (1 - alpha[..., None]) * out
-            alpha_all = np.maximum(alpha_all, alpha)
+            on = _support(alpha)   # where alpha is 0 the image stays as it is
+            if on is not None:
+                out[on] = alpha[on][..., None] * colour[on] + (1 - alpha[on][..., None]) * out[on]
+                alpha_all[on] = np.maximum(alpha_all[on], alpha[on])
         res = full.copy()
         res[y0:y1, x0:x1] = np.clip(out.round(), 0, 255).astype(np.uint8)
         alpha_f = np.zeros((H, W), np.float32)
@@ -798,7 +826,7 @@ class WarpRenderer(Renderer):
             near = np.linalg.norm(pts - LimbBank.arm_points(a.s + o, a.e + o, a.w + o, BODY_HAND), axis=-1).max(-1)
             resid[(near < BODY_SAME_ARM * r) & (theirs[..., 2] > 0).all(-1)] = np.inf
         k = max(int(round(r)) | 1, 3)
-        ring = (cv2.dilate(rest.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))) > 0) \
+        ring = _dilate(rest, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))) \
             & (hole == 0)
         ring &= ~self._arm_cover(src[None] - np.r_[o, 0], (h, w), BODY_COVER * r, allow_unlabelled=True)
         # the candidates are compared and moved inside the box of the hole's rest and its ring only
@@ -831,8 +859,9 @@ class WarpRenderer(Renderer):
             usable = ~cover & rows[:, None] & cols[None, :]
             # where the frame shows the scene (its plate's colour) rather than the body, the scene
             # did not move with the body: that pixel is not taken from it
-            scene = known_there & (np.abs(colour.astype(np.int16) - plate_there).mean(-1) <= MAX_RESIDUAL)
-            where, check = rest_w & usable & ~scene, ring_w & usable
+            where, check = rest_w & usable, ring_w & usable
+            cand = np.nonzero(where & known_there)
+            where[cand] = np.abs(colour[cand].astype(np.int16) - plate_there[cand]).sum(-1) > 3 * MAX_RESIDUAL
             if where.sum() < 20 or check.sum() < 20:
                 continue
             err = float(np.abs(img_w[check].astype(np.int16) - colour[check]).mean())
@@ -844,12 +873,13 @@ class WarpRenderer(Renderer):
         # each pixel: the median of the best-agreeing frames that show it (one frame's stray hand
         # or a gap beside its torso is outvoted)
         best = sorted(found, key=lambda f: f[:3])[:BODY_FRAMES]
-        stack = np.stack([f[3] for f in best]).astype(np.float32)
         shows = np.stack([f[4] for f in best])
-        stack[~shows] = np.nan
+        anywhere = shows.any(0)
+        stack = np.stack([f[3][anywhere] for f in best]).astype(np.float32)   # (frames, pixels, 3)
+        stack[~shows[:, anywhere]] = np.nan
         done, out = np.zeros((h, w), bool), np.zeros((h, w, 3), np.uint8)
-        done[wy0:wy1, wx0:wx1] = shows.any(0)
-        out[done] = np.clip(np.round(np.nanmedian(stack[:, shows.any(0)], axis=0)), 0, 255).astype(np.uint8)
+        done[wy0:wy1, wx0:wx1] = anywhere
+        out[done] = np.clip(np.round(np.nanmedian(stack, axis=0)), 0, 255).astype(np.uint8)
         st["bank_body"] = st.get("bank_body", 0) + 1
         return out, done
 
@@ -898,7 +928,7 @@ class WarpRenderer(Renderer):
         everyone[..., :2] -= o
         body = self._without_moved_arms(everyone, moved)
         k = max(int(round(max(a.radius for a in moved))) | 1, 3)
-        ring = cv2.dilate(hole, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))) > 0
+        ring = _dilate(hole, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
         ring &= (hole == 0) & known & ~person_mask(everyone, self.layout, (h, w))
         if ring.sum() >= 20 and np.abs(img[ring].astype(np.int16) - plate[ring]).mean() > MAX_RESIDUAL:
             st["plate_disagrees"] = st.get("plate_disagrees", 0) + 1
@@ -914,6 +944,12 @@ class WarpRenderer(Renderer):
         torso there), and the edge is feathered over ``feather`` x radius."""
         h, w = m.shape
         hand = a.w + (a.w - a.e) * self.region.hand
+        # every weight is 0 outside the cut-out: computed inside its box only
+        rows, cols = np.nonzero(m.any(1))[0], np.nonzero(m.any(0))[0]
+        if not len(rows):
+            return np.zeros((h, w, 3), np.float32), np.zeros((h, w), np.float32)
+        box = np.s_[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        xs, ys, mb = xs[box], ys[box], m[box]
         d_up = _seg_dist(xs, ys, a.s, a.e)
         d_lo = np.minimum(_seg_dist(xs, ys, a.e, a.w), _seg_dist(xs, ys, a.w, hand))
         tau = max(self.blend * a.radius, 1.0)
@@ -921,28 +957,39 @@ class WarpRenderer(Renderer):
         u = a.e - a.s
         along = ((xs - a.s[0]) * u[0] + (ys - a.s[1]) * u[1]) / max(float(np.linalg.norm(u)), 1e-6)
         fade = np.clip((along - self.shoulder_keep * 0.5 * a.radius) / max(0.6 * a.radius, 1.0), 0, 1)
-        cap = (np.hypot(xs - a.e[0], ys - a.e[1]) <= 0.8 * a.radius) & m
-        mf = m.astype(np.float32)
-        parts = [(mf * w_up * fade, _bone_affine(a.s, a.e, a.s2, a.e2), 1.0),
-                 (mf * (1 - w_up), _bone_affine(a.e, a.w, a.e2, a.w2), 1.0),
-                 (cap.astype(np.float32), np.array([[1, 0, a.e2[0] - a.e[0]], [0, 1, a.e2[1] - a.e[1]]]), 0.25)]
+        cap = (np.hypot(xs - a.e[0], ys - a.e[1]) <= 0.8 * a.radius) & mb
+        mf = mb.astype(np.float32)
+
+        def whole(v: np.ndarray) -> np.ndarray:
+            out = np.zeros((h, w), v.dtype)
+            out[box] = v
+            return out
+        parts = [(whole(mf * w_up * fade), _bone_affine(a.s, a.e, a.s2, a.e2), 1.0),
+                 (whole(mf * (1 - w_up)), _bone_affine(a.e, a.w, a.e2, a.w2), 1.0),
+                 (whole(cap.astype(np.float32)), np.array([[1, 0, a.e2[0] - a.e[0]], [0, 1, a.e2[1] - a.e[1]]]), 0.25)]
         acc = np.zeros((h, w, 3), np.float32)
         wsum = np.zeros((h, w), np.float32)
-        cover = np.zeros((h, w), np.float32)
+        cover = np.zeros((h, w), np.float64)
         for weight, mat, strength in parts:
             if not weight.any():
                 continue
             src = cv2.warpAffine(img, mat, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
             wt = cv2.warpAffine(weight, mat, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                                 borderValue=0)
-            acc += (strength * wt)[..., None] * src.astype(np.float32)
-            wsum += strength * wt
-            cover = np.maximum(cover, wt)
+            on = _support(wt)   # where the moved part lands (elsewhere its weight is 0)
+            if on is None:
+                continue
+            acc[on] += (strength * wt[on])[..., None] * src[on].astype(np.float32)
+            wsum[on] += strength * wt[on]
+            cover[on] = np.maximum(cover[on], wt[on])
         colour = acc / np.maximum(wsum, 1e-6)[..., None]
         sigma = max(self.feather * a.radius, self.feather_px)
         alpha = np.clip(cover, 0, 1)
-        if sigma > 0:
-            alpha = np.minimum(alpha, cv2.GaussianBlur(alpha, (0, 0), sigma) * 1.5)
+        on = _support(alpha)
+        if sigma > 0 and on is not None:   # alpha is 0 outside its support: blurred there only
+            pad = int(np.ceil(4 * sigma)) + 2   # beyond OpenCV's kernel radius for float images
+            win = np.s_[max(on[0].start - pad, 0):on[0].stop + pad, max(on[1].start - pad, 0):on[1].stop + pad]
+            alpha[win] = np.minimum(alpha[win], cv2.GaussianBlur(alpha[win], (0, 0), sigma) * 1.5)
         return colour, np.clip(alpha, 0, 1)
 
     def render_batch(self, imgs: "list[np.ndarray] | np.ndarray", old_kp: np.ndarray, new_kp: np.ndarray

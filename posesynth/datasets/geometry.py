@@ -238,19 +238,31 @@ def capsule_region(segments: torch.Tensor, torso: torch.Tensor, size: tuple[int,
     xs = torch.arange(w, device=dev, dtype=torch.float32).view(1, 1, w)
     r_in = (spec.radius + spec.dilate) * torso.float()
     fe = (spec.feather * torso.float()).clamp_min(1.0)
+    ok_all = torch.isfinite(segments).all(-1).all(-1) & torch.isfinite(r_in)              # (B, S)
+    reach = torch.nan_to_num(r_in, nan=0.0) + torch.nan_to_num(fe, nan=1.0)              # (B, S): 0 beyond
+    lo = (torch.nan_to_num(segments).amin(2) - reach[..., None]).floor()                  # (B, S, 2)
+    hi = (torch.nan_to_num(segments).amax(2) + reach[..., None]).ceil()
     for j in range(s):  # one segment of every image at a time: memory stays (B, H, W)
-        a, c = segments[:, j, 0].float(), segments[:, j, 1].float()
-        ok = torch.isfinite(a).all(-1) & torch.isfinite(c).all(-1) & torch.isfinite(r_in[:, j])
-        a, c = torch.nan_to_num(a), torch.nan_to_num(c)
+        ok = ok_all[:, j]
+        if not bool(ok.any()):
+            continue
+        # the box (over the batch) beyond which the capsule's value is 0: only it is computed
+        bx0, by0 = (int(v) for v in lo[ok, j].amin(0).clamp_min(0).tolist())
+        bx1, by1 = (int(v) + 1 for v in hi[ok, j].amax(0).tolist())
+        bx1, by1 = min(bx1, w), min(by1, h)
+        if bx1 <= bx0 or by1 <= by0:
+            continue
+        a, c = torch.nan_to_num(segments[:, j, 0].float()), torch.nan_to_num(segments[:, j, 1].float())
         d = c - a
         L2 = (d * d).sum(-1).clamp_min(1e-9).view(b, 1, 1)
-        px, py = xs - a[:, 0].view(b, 1, 1), ys - a[:, 1].view(b, 1, 1)
+        px, py = xs[..., bx0:bx1] - a[:, 0].view(b, 1, 1), ys[:, by0:by1] - a[:, 1].view(b, 1, 1)
         t = ((px * d[:, 0].view(b, 1, 1) + py * d[:, 1].view(b, 1, 1)) / L2).clamp(0, 1)
         dist = torch.hypot(px - t * d[:, 0].view(b, 1, 1), py - t * d[:, 1].view(b, 1, 1))
         r = torch.nan_to_num(r_in[:, j]).view(b, 1, 1)
         f = torch.nan_to_num(fe[:, j], nan=1.0).view(b, 1, 1)
         val = ((r + f - dist) / f).clamp(0, 1) * ok.view(b, 1, 1)
-        out[:, 0] = torch.maximum(out[:, 0], val)
+        win = out[:, 0, by0:by1, bx0:bx1]
+        torch.maximum(win, val, out=win)
     return out
 
 
