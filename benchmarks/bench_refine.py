@@ -18,7 +18,7 @@ more, so compare the ratio, measured side by side):
   hid is filled from the bank).
 
     python benchmarks/bench_refine.py [--ngf 16] [--hidden 32] [--batch 4] [--crop 128]
-        [--frame 256,128] [--light-hidden 16] [--light-ndf 32] [--light-num-d 1] [--iters 5] [--threads 0]
+        [--frame 256,128] [--light-hidden 16] [--light-ndf 16] [--light-num-d 1] [--iters 5] [--threads 0]
 """
 from __future__ import annotations
 
@@ -135,7 +135,8 @@ def main() -> None:
     ap.add_argument("--crop", type=int, default=128)
     ap.add_argument("--frame", default="256,128")
     ap.add_argument("--light-hidden", type=int, default=16, help="the light refiner's SPADE width")
-    ap.add_argument("--light-ndf", type=int, default=32, help="the light refiner's discriminator width")
+    ap.add_argument("--light-ndf", type=int, default=16,
+                    help="the light refiner's discriminator width (README: 16; 32 before the limb-bank refiner)")
     ap.add_argument("--light-num-d", type=int, default=1, help="the light refiner's discriminator scales")
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")

@@ -407,3 +407,70 @@ def test_pairs_and_generate_with_a_limb_bank(tmp_path):
         generate_dataset(GenerateConfig(data=str(tmp_path / "clip"), out=str(tmp_path / "g2"), renderer="gan",
                                         gan=str(tmp_path / "nothing"), limb_bank=str(tmp_path / "clip")),
                          progress=False)
+
+
+def test_refine_round_trips_move_the_bank_s_arms_but_never_the_image_s_own_frame(tmp_path):
+    """``train-gan --mode refine --limb-bank``: each round trip's warp is given the bank cropped,
+    resized and mirrored with the sample (a frame's cropped keypoints lie on its drawn arm), less
+    the image's own frame and the 2 frames either side of it; the bank's arms are moved in some
+    round trips; a run trains with it and keeps it on resume."""
+    from dataclasses import replace
+
+    from posesynth.augment.refine import RefineCropDataset, refine_trainer
+    from posesynth.augment.renderers import LimbBank
+    from posesynth.datasets.coco import write_coco
+    from posesynth.datasets.posemaps import PoseMapSpec
+    from posesynth.datasets.sample import Sample
+    from posesynth.datasets.torch_dataset import tensor_to_image
+    from posesynth.spade.config import GANConfig
+
+    n = 12
+    bg, frames = _clip(n)
+
+    class Clip:
+        layout = L
+
+        def __len__(self):
+            return len(frames)
+
+        def __getitem__(self, i):
+            return Sample(frames[i][0], frames[i][1], np.zeros((1, SIZE, SIZE), np.uint8))
+
+    bank = LimbBank([im for im, _ in frames], np.stack([k for _, k in frames]), L)
+    ds = RefineCropDataset(Clip(), crop_size=64, fill_share=0.0, spec=PoseMapSpec(size=(64, 64)), seed=5,
+                           background=build_plate(frames, L), bank=bank)
+    skin = np.array([225, 175, 140])
+    flips = set()
+    for i in range(n):
+        item = ds[(i, 0)]
+        assert item["source_index"] == i
+        truth = tensor_to_image(item["image"][None])[0]
+        seen = ds.warp.bank
+        assert seen.size == (64, 64)
+        others = [j for j in range(n) if abs(j - i) > 2]
+        assert len(seen.images) == len(others)
+        flip = bool(item["flipped"])
+        flips.add(flip)
+        for k, j in enumerate(others):
+            im = seen.images[k]
+            assert not np.array_equal(im, truth)   # never the image's own frame
+            want = crop(frames[j][0], tuple(int(v) for v in item["crop_box"]), 64)
+            assert np.array_equal(im, want[:, ::-1] if flip else want)   # cropped like the sample
+            # the frame's keypoints, cropped (and mirrored), lie on its drawn arm in the cropped pixels
+            for name in ("left_elbow", "right_elbow"):
+                x, y = np.round(seen.keypoints[k, 0, L.index(name), :2]).astype(int)
+                if 0 <= x < 64 and 0 <= y < 64:
+                    assert np.abs(im[y, x].astype(int) - skin).max() <= 40, (i, j, name, im[y, x])
+    assert flips == {False, True}
+    assert ds.warp.stats.get("bank", 0) > 0   # the bank's arms were moved in some round trips
+
+    # a run trains with it; a resume with another bank, or a bank without a plate, is refused
+    write_coco(tmp_path / "clip", [Clip()[i] for i in range(n)], L)
+    cfg = GANConfig(mode="refine", data=str(tmp_path / "clip"), background=str(tmp_path / "clip"),
+                    limb_bank=str(tmp_path / "clip"), crop_size=64, ngf=8, ndf=8, spade_hidden=16, batch_size=2,
+                    steps=1, vgg="off", device="cpu")
+    refine_trainer(cfg, tmp_path / "r", progress=False).fit()
+    with pytest.raises(ConfigError, match="trained with --limb-bank"):
+        refine_trainer(replace(cfg, limb_bank="", steps=2), tmp_path / "r", resume=True, progress=False)
+    with pytest.raises(ConfigError, match="with --background"):
+        replace(cfg, background="").validate()

@@ -10,7 +10,11 @@ own images (``train-gan --mode refine``, ``--renderer refine --gan RUN``).
   original pose, and the original crop is the truth.  A share ``fill_share`` of the samples
   instead has its arms erased and filled (OpenCV Telea), to be drawn back; so does an image of
   which the warp can make no round trip (arms crossed or behind the body), so every image
-  teaches something (:attr:`RefineCropDataset.sample_counts`).  Items: ``image`` (truth),
+  teaches something (:attr:`RefineCropDataset.sample_counts`).  With a background plate and a
+  limb bank (``--limb-bank``) the round trips' warp moves the bank's arms and fills the body
+  from its frames, as a render with the bank does; each sample sees the bank through its crop
+  (:meth:`~posesynth.augment.renderers.LimbBank.cropped`), less the image's own frame and its
+  neighbours.  Items: ``image`` (truth),
   ``warped`` (W), ``region`` (M), ``maps`` (the truth's pose maps), and the pose targets, all
   at ``S x S``; ``source_index`` (the image), ``crop_box`` (``(x0, y0, side)`` in its pixels,
   int64) and ``flipped`` (bool) say where the crop came from.
@@ -42,7 +46,7 @@ from ..errors import ConfigError
 from ..spade.config import GANConfig
 from ..spade.trainer import GANTrainer
 from .perturb import PerturbConfig, Perturber
-from .renderers import WarpRenderer, fill_hole, telea_fill
+from .renderers import LimbBank, WarpRenderer, fill_hole, load_limb_bank, telea_fill
 
 __all__ = ["RefineCropDataset", "refine_trainer"]
 
@@ -60,12 +64,17 @@ class RefineCropDataset(torch.utils.data.Dataset):
     def __init__(self, source: KeypointSource, crop_size: int = 128, margin: float = 0.25, fill_share: float = 0.3,
                  spec: PoseMapSpec = PoseMapSpec(), region: RegionSpec = RegionSpec(), perturb: str = "arms-angle",
                  seed: int = 0, flip: bool = True, max_people: "int | None" = None,
-                 background: "BackgroundPlate | None" = None) -> None:
+                 background: "BackgroundPlate | None" = None, bank: "LimbBank | None" = None,
+                 bank_leave_out: int = 2) -> None:
         self.source, self.layout = source, source.layout
         self.size, self.margin, self.fill_share = int(crop_size), float(margin), float(fill_share)
         self.spec, self.region, self.seed, self.flip = spec, region, seed, flip
         self.warp = WarpRenderer(self.layout, region)
         self.background = background   # a static camera's plate: the warp fills from its crop
+        # a static camera's frames whose arms (and bodies) the warp uses, as when the refiner renders
+        # with --limb-bank; an image's own frame and the bank_leave_out frames either side of it (a
+        # clip's near copies of it) are left out, as a frame the refiner renders is not in the bank
+        self.bank, self.bank_leave_out = bank, int(bank_leave_out)
         self.perturber = Perturber(PerturbConfig(perturb), self.layout)
         self.max_people = max_people or max_people_of(source)
         self.epoch = 0
@@ -144,6 +153,11 @@ class RefineCropDataset(torch.utils.data.Dataset):
         bg = self.background
         bg = bg.crop(box, self.size, flipped) if bg is not None and bg.size == s.image.shape[:2] else None
         self.warp.background = bg
+        self.warp.bank = None
+        if self.bank is not None and bg is not None and self.bank.size == s.image.shape[:2]:
+            own = self.bank.frames_of(kp[0])
+            near = (own[:, None] + np.arange(-self.bank_leave_out, self.bank_leave_out + 1)).ravel()
+            self.warp.bank = self.bank.cropped(box, self.size, flipped, near)
         if not fill:   # p -> p' -> p; an arm the warp leaves where it is makes no round trip
             w1, a1, h1, drawn = self.warp.render_pose(img, kc, nc)
             warped, a2, h2, back = self.warp.render_pose(w1, drawn, kc)
@@ -195,6 +209,10 @@ def refine_trainer(cfg: GANConfig, run_dir: "str | Path", resume: bool = False, 
         if before != (cfg.background or ""):
             raise ConfigError(f"{run_dir} was trained with --background {before or '(none)'}, not "
                               f"{cfg.background or '(none)'}: resume it with the same, or choose another --out")
+        bank_before = str(saved.get("limb_bank", "") or "") if isinstance(saved, dict) else ""
+        if bank_before != (cfg.limb_bank or ""):
+            raise ConfigError(f"{run_dir} was trained with --limb-bank {bank_before or '(none)'}, not "
+                              f"{cfg.limb_bank or '(none)'}: resume it with the same, or choose another --out")
     plate = None
     if cfg.background and cfg.background != "none":
         plate = BackgroundPlate.load(plate_file) if resume and plate_file.exists() else \
@@ -204,8 +222,16 @@ def refine_trainer(cfg: GANConfig, run_dir: "str | Path", resume: bool = False, 
             raise ConfigError(f"--background {cfg.background}: {plate.size[1]}x{plate.size[0]}, but the training "
                               f"images are {', '.join(f'{w}x{h}' for h, w in sorted(first_last))}; a background "
                               "plate serves frames of its own camera")
+    bank = None
+    if cfg.limb_bank:
+        bank = load_limb_bank(cfg.limb_bank, source.layout, **data_options(cfg))
+        if bank.size not in first_last:
+            raise ConfigError(f"--limb-bank {cfg.limb_bank}: frames of {bank.size[1]}x{bank.size[0]}, but the "
+                              f"training images are {', '.join(f'{w}x{h}' for h, w in sorted(first_last))}; a limb "
+                              "bank serves frames of its own camera")
     ds = RefineCropDataset(source, cfg.crop_size, cfg.crop_margin, cfg.fill_share, cfg.posemaps,
-                           RegionSpec(radius=cfg.region_radius), seed=cfg.seed, flip=cfg.augment, background=plate)
+                           RegionSpec(radius=cfg.region_radius), seed=cfg.seed, flip=cfg.augment, background=plate,
+                           bank=bank)
     trainer = GANTrainer(cfg, run_dir, source=source, resume=resume, progress=progress, dataset=ds)
     if plate is None:   # a new run leaves no plate of an earlier attempt in its folder
         for f in (plate_file, plate_file.with_suffix(".json")):

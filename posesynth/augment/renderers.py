@@ -290,6 +290,25 @@ def _common_colour(img: np.ndarray, part: np.ndarray, reference: np.ndarray, bin
     return hist[pq[:, 0], pq[:, 1], pq[:, 2]] >= min_share * len(r)
 
 
+class _CroppedFrames:
+    """A bank's frames ``keep`` cut at ``box`` and resized to ``size`` (mirrored with ``flip``),
+    each when first asked for (:meth:`LimbBank.cropped`)."""
+
+    def __init__(self, images: "list[np.ndarray]", keep: np.ndarray, box: tuple[int, int, int], size: int,
+                 flip: bool) -> None:
+        self.images, self.keep, self.box, self.size, self.flip = images, keep, box, size, flip
+        self.done: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.keep)
+
+    def __getitem__(self, n: int) -> np.ndarray:
+        if n not in self.done:
+            im = crop(self.images[int(self.keep[n])], self.box, self.size)
+            self.done[n] = np.ascontiguousarray(im[:, ::-1]) if self.flip else im
+        return self.done[n]
+
+
 class LimbBank:
     """Frames of one static camera's person, with their keypoints, whose arms the warp may move
     to a new pose instead of the source image's own arm (:class:`WarpRenderer` ``bank``).
@@ -334,6 +353,33 @@ class LimbBank:
         return cls([s.image for s in samples], pad_people([s.keypoints for s in samples],
                                                           num_keypoints=source.layout.num_keypoints),
                    source.layout, name)
+
+    def cropped(self, box: tuple[int, int, int], size: int, flip: bool = False,
+                leave_out: "np.ndarray | None" = None) -> "LimbBank":
+        """The bank seen through a training crop: every frame but those of ``leave_out`` (frame
+        indices), cut at ``box`` (``(x0, y0, side)`` in the frames' pixels) and resized to ``size
+        x size`` (:func:`~posesynth.datasets.crops.crop`), mirrored with ``flip`` (left and right
+        joints swapped; needs :attr:`layout`).  A frame's pixels are cropped when the warp first
+        looks at them (most frames are only compared by their keypoints)."""
+        keep = np.setdiff1d(np.arange(len(self.images)), leave_out if leave_out is not None else [])
+        kp = np.stack([to_crop(self.keypoints[n], box, size) for n in keep]) if len(keep) else \
+            np.zeros((0, *self.keypoints.shape[1:]))
+        if flip:
+            if self.layout is None:
+                raise ConfigError(f"{self.name}: mirroring a bank needs its layout")
+            kp = kp[:, :, self.layout.flip_index]
+            kp[..., 0] = np.where(kp[..., 2] > 0, size - 1 - kp[..., 0], kp[..., 0])
+        out = LimbBank.__new__(LimbBank)
+        out.images = _CroppedFrames(self.images, keep, box, size, flip)
+        out.keypoints, out.layout, out.name, out.size = kp, self.layout, self.name, (size, size)
+        return out
+
+    def frames_of(self, kp: np.ndarray, tol: float = 0.5) -> np.ndarray:
+        """The indices of the frames that hold the person ``kp`` (``(K, 3)``): every joint within
+        ``tol`` px and labelled alike (that image itself, when the bank holds it)."""
+        same = (np.abs(self.keypoints[..., :2] - kp[:, :2]) < tol).all(-1) | (self.keypoints[..., 2] <= 0)
+        same &= (self.keypoints[..., 2] > 0) == (kp[:, 2] > 0)
+        return np.nonzero(same.all(-1).any(-1))[0]
 
     @staticmethod
     def arm_points(s: np.ndarray, e: np.ndarray, w: np.ndarray, hand: float) -> np.ndarray:

@@ -90,6 +90,10 @@ class GANConfig:
         "help": "refine mode, a static camera: a clip of it (dataset folder or file) or a PNG of the empty scene; "
                 "the warp fills the area an arm leaves with what the camera saw there (saved with the run as "
                 "background.png and used when it renders frames of that size; unset: inpainting only)"})
+    limb_bank: str = field(default="", metadata={
+        "help": "refine mode, a static camera's clip (dataset folder or file; with --background): the round trips' "
+                "warp moves its frames' arms and fills the body an arm hid from them, as --limb-bank does when the "
+                "refiner renders (a training image's own frame and the 2 frames either side of it are left out)"})
     vgg: str = field(default="auto", metadata={"help": "auto (use if weights are found)|on (required)|off"})
     vgg_weights: str = field(default="", metadata={
         "help": "VGG19 weights file (unset: ~/.cache/torch/hub/checkpoints/vgg19-dcbb9e9d.pth)"})
@@ -170,6 +174,9 @@ class GANConfig:
         if self.background and self.mode != "refine":
             raise ConfigError("--background (a static camera's background plate) applies to --mode refine; the "
                               f"{self.mode} mode draws the region itself")
+        if self.limb_bank and (self.mode != "refine" or not self.background or self.background == "none"):
+            raise ConfigError("--limb-bank (frames whose arms the round trips' warp moves) applies to --mode refine "
+                              "with --background (the bank fills the body an arm hid only with a plate)")
         if not 0 <= self.fill_share <= 1:
             raise ConfigError("fill_share must be in [0, 1]")
         if self.crop_size % 32 or self.crop_size < 64:
