@@ -426,6 +426,11 @@ def test_refine_round_trips_move_the_bank_s_arms_but_never_the_image_s_own_frame
 
     n = 12
     bg, frames = _clip(n)
+    green = np.array([60, 200, 60])
+    for im, k in frames:   # the left arm green, so a mirrored crop's left and right can be told apart
+        p = {j: tuple(int(round(v)) for v in k[0, L.index(f"left_{j}"), :2]) for j in ("shoulder", "elbow", "wrist")}
+        cv2.line(im, p["shoulder"], p["elbow"], green.tolist(), 9)
+        cv2.line(im, p["elbow"], p["wrist"], green.tolist(), 9)
 
     class Clip:
         layout = L
@@ -436,6 +441,8 @@ def test_refine_round_trips_move_the_bank_s_arms_but_never_the_image_s_own_frame
         def __getitem__(self, i):
             return Sample(frames[i][0], frames[i][1], np.zeros((1, SIZE, SIZE), np.uint8))
 
+    with pytest.raises(ValueError, match="bank_leave_out"):
+        RefineCropDataset(Clip(), crop_size=64, bank_leave_out=-1)
     bank = LimbBank([im for im, _ in frames], np.stack([k for _, k in frames]), L)
     ds = RefineCropDataset(Clip(), crop_size=64, fill_share=0.0, spec=PoseMapSpec(size=(64, 64)), seed=5,
                            background=build_plate(frames, L), bank=bank)
@@ -456,11 +463,13 @@ def test_refine_round_trips_move_the_bank_s_arms_but_never_the_image_s_own_frame
             assert not np.array_equal(im, truth)   # never the image's own frame
             want = crop(frames[j][0], tuple(int(v) for v in item["crop_box"]), 64)
             assert np.array_equal(im, want[:, ::-1] if flip else want)   # cropped like the sample
-            # the frame's keypoints, cropped (and mirrored), lie on its drawn arm in the cropped pixels
+            # the frame's keypoints, cropped (and mirrored: a mirrored person's left arm is its right,
+            # as the sample's own keypoints are), lie on the drawn arm in the cropped pixels
             for name in ("left_elbow", "right_elbow"):
                 x, y = np.round(seen.keypoints[k, 0, L.index(name), :2]).astype(int)
+                colour = green if (name == "left_elbow") != flip else skin
                 if 0 <= x < 64 and 0 <= y < 64:
-                    assert np.abs(im[y, x].astype(int) - skin).max() <= 40, (i, j, name, im[y, x])
+                    assert np.abs(im[y, x].astype(int) - colour).max() <= 40, (i, j, name, flip, im[y, x])
     assert flips == {False, True}
     assert ds.warp.stats.get("bank", 0) > 0   # the bank's arms were moved in some round trips
 

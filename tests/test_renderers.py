@@ -216,6 +216,29 @@ def test_dilation_in_the_box_is_the_whole_frames():
             np.testing.assert_array_equal(_dilate(m > 0, kernel), cv2.dilate(m, kernel) > 0)
 
 
+def test_the_feathered_edge_blurred_in_a_window_is_the_whole_frames():
+    """The pasted part's feathered edge is blurred in a window around its support only: the values
+    are those of the blur over the whole frame, for parts inside the frame and at its edges, in
+    float32 and float64 (the warp's alpha)."""
+    import cv2
+
+    from posesynth.augment.renderers import _feather
+
+    rng = np.random.default_rng(1)
+    for dtype in (np.float32, np.float64):
+        for _ in range(60):
+            h, w = rng.integers(40, 90, 2)
+            a = np.zeros((h, w), dtype)
+            y, x = rng.integers(-10, h), rng.integers(-10, w)
+            part = rng.uniform(0.2, 1.0, (rng.integers(3, 25), rng.integers(3, 25)))
+            ys, xs = slice(max(y, 0), max(y, 0) + part.shape[0]), slice(max(x, 0), max(x, 0) + part.shape[1])
+            a[ys, xs] = part[:a[ys, xs].shape[0], :a[ys, xs].shape[1]]
+            sigma = float(rng.uniform(0.5, 4.0))
+            want = np.minimum(a, cv2.GaussianBlur(a, (0, 0), sigma) * 1.5)
+            got = _feather(a, sigma)
+            assert got.dtype == want.dtype and np.array_equal(got, want)
+
+
 @pytest.fixture(scope="module")
 def inpaint_generator():
     from posesynth.spade.generator import GeneratorConfig, SPADEGenerator

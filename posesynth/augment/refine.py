@@ -74,6 +74,9 @@ class RefineCropDataset(torch.utils.data.Dataset):
         # a static camera's frames whose arms (and bodies) the warp uses, as when the refiner renders
         # with --limb-bank; an image's own frame and the bank_leave_out frames either side of it (a
         # clip's near copies of it) are left out, as a frame the refiner renders is not in the bank
+        if bank_leave_out < 0:
+            raise ValueError(f"bank_leave_out must be 0 or more (frames either side of an image's own), not "
+                             f"{bank_leave_out}")
         self.bank, self.bank_leave_out = bank, int(bank_leave_out)
         self.perturber = Perturber(PerturbConfig(perturb), self.layout)
         self.max_people = max_people or max_people_of(source)

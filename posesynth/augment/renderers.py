@@ -110,6 +110,25 @@ def _support(a: np.ndarray) -> "tuple[slice, slice] | None":
     return np.s_[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
 
 
+def _feather(alpha: np.ndarray, sigma: float) -> np.ndarray:
+    """``min(alpha, 1.5 x GaussianBlur(alpha, sigma))`` for ``(H, W)`` float ``alpha`` >= 0: the
+    pasted part's edge feathered inwards.  Where alpha is 0 the result is 0, so the blur is
+    computed only in a window around alpha's support, grown beyond OpenCV's kernel radius for
+    float images (4 sigma); a window that would reach the frame's edge is the whole frame (there
+    OpenCV's border handling gives the window results one float step off the whole frame's)."""
+    on = _support(alpha)
+    if on is None:
+        return alpha
+    pad = int(np.ceil(4 * sigma)) + 2
+    h, w = alpha.shape
+    if on[0].start - pad <= 0 or on[1].start - pad <= 0 or on[0].stop + pad >= h or on[1].stop + pad >= w:
+        return np.minimum(alpha, cv2.GaussianBlur(alpha, (0, 0), sigma) * 1.5)
+    win = np.s_[on[0].start - pad:on[0].stop + pad, on[1].start - pad:on[1].stop + pad]
+    out = alpha.copy()
+    out[win] = np.minimum(alpha[win], cv2.GaussianBlur(alpha[win], (0, 0), sigma) * 1.5)
+    return out
+
+
 def _dilate(mask: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     """``cv2.dilate(mask, kernel) > 0`` (``mask`` ``(H, W)``, bool or uint8; ``kernel`` odd-sized),
     computed inside the mask's bounding box grown by the kernel only: the same pixels, at the
@@ -1031,11 +1050,8 @@ class WarpRenderer(Renderer):
         colour = acc / np.maximum(wsum, 1e-6)[..., None]
         sigma = max(self.feather * a.radius, self.feather_px)
         alpha = np.clip(cover, 0, 1)
-        on = _support(alpha)
-        if sigma > 0 and on is not None:   # alpha is 0 outside its support: blurred there only
-            pad = int(np.ceil(4 * sigma)) + 2   # beyond OpenCV's kernel radius for float images
-            win = np.s_[max(on[0].start - pad, 0):on[0].stop + pad, max(on[1].start - pad, 0):on[1].stop + pad]
-            alpha[win] = np.minimum(alpha[win], cv2.GaussianBlur(alpha[win], (0, 0), sigma) * 1.5)
+        if sigma > 0:
+            alpha = _feather(alpha, sigma)
         return colour, np.clip(alpha, 0, 1)
 
     def render_batch(self, imgs: "list[np.ndarray] | np.ndarray", old_kp: np.ndarray, new_kp: np.ndarray
