@@ -71,24 +71,13 @@ def _time(fn, iters: int) -> float:
     return (time.perf_counter() - t) / iters
 
 
-class _Frames:   # some frames of a clip, as a dataset
-    def __init__(self, src, idx):
-        self.src, self.idx, self.layout = src, list(idx), src.layout
-
-    def __len__(self):
-        return len(self.idx)
-
-    def __getitem__(self, i):
-        return self.src[self.idx[i]]
-
-
 def frame_refine(ngf: int, hidden: int, crop: int, iters: int
                  ) -> "list[tuple[str, float, float, tuple[int, int]]] | None":
     """``(setting, warp s, crop + generator + paste s, frame size)`` on real squats frames: no
     plate or bank, then plate + limb bank (+ body fill); ``None`` without the fixture."""
     from posesynth.augment.renderers import LimbBank, RefineRenderer, WarpRenderer
     from posesynth.datasets.formats import open_dataset
-    from posesynth.datasets.plate import plate_from_dataset
+    from posesynth.datasets.plate import build_plate
     from posesynth.datasets.posemaps import PoseMapSpec
     from posesynth.datasets.torch_dataset import image_to_tensor
     from posesynth.spade.archs.refine import RefineArch
@@ -105,8 +94,9 @@ def frame_refine(ngf: int, hidden: int, crop: int, iters: int
     new = s.keypoints.copy()
     for n in ("left_wrist", "right_wrist"):
         new[0, layout.index(n), 0] += 60
-    train = _Frames(src, range(48))
+    train = [src[i] for i in range(48)]   # the bank's and the plate's frames
     bank = LimbBank([f.image for f in train], np.stack([f.keypoints for f in train]), layout)
+    plate = build_plate(((f.image, f.keypoints) for f in train), layout)
     s2, t2 = src[48], src[52]
     new2 = s2.keypoints.copy()
     arms = [layout.index(f"{side}_{j}") for side in ("left", "right") for j in ("shoulder", "elbow", "wrist")]
@@ -114,7 +104,7 @@ def frame_refine(ngf: int, hidden: int, crop: int, iters: int
     rows = []
     for name, warp, (f, kp) in (("no plate, no bank", WarpRenderer(layout), (s, new)),
                                 ("plate + limb bank + body fill",
-                                 WarpRenderer(layout, background=plate_from_dataset(train), bank=bank), (s2, new2))):
+                                 WarpRenderer(layout, background=plate, bank=bank), (s2, new2))):
         r = RefineRenderer(G, layout, PoseMapSpec(size=(crop, crop)), crop, 0.25, warp=warp)
         img = image_to_tensor(f.image)[None]
         m = torch.zeros(1, layout.num_masks, *f.image.shape[:2])

@@ -53,6 +53,21 @@ def _draw(bg, kp):
     return img
 
 
+def _source(frames):
+    """A dataset class of ``frames`` ((image, keypoints) pairs), as ``open_dataset`` gives."""
+    from posesynth.datasets.sample import Sample
+
+    class Clip:
+        layout = L
+
+        def __len__(self):
+            return len(frames)
+
+        def __getitem__(self, i):
+            return Sample(frames[i][0], frames[i][1], np.zeros((1, SIZE, SIZE), np.uint8))
+    return Clip
+
+
 def _clip(n=10, step=4.0):
     bg = _background()
     kps = [_person(dx=step * t, arm_angle=(t % 4) * 25.0) for t in range(n)]
@@ -249,19 +264,11 @@ def test_refine_training_fills_from_the_plate_cropped_with_each_sample(monkeypat
     from posesynth.augment import refine
     from posesynth.augment.refine import RefineCropDataset
     from posesynth.datasets.posemaps import PoseMapSpec
-    from posesynth.datasets.sample import Sample
     from posesynth.datasets.torch_dataset import tensor_to_image
 
     bg, frames = _clip()
 
-    class Clip:
-        layout = L
-
-        def __len__(self):
-            return len(frames)
-
-        def __getitem__(self, i):
-            return Sample(frames[i][0], frames[i][1], np.zeros((1, SIZE, SIZE), np.uint8))
+    Clip = _source(frames)
 
     plate = build_plate(frames, L)
     handed = []
@@ -420,7 +427,6 @@ def test_refine_round_trips_move_the_bank_s_arms_but_never_the_image_s_own_frame
     from posesynth.augment.renderers import LimbBank
     from posesynth.datasets.coco import write_coco
     from posesynth.datasets.posemaps import PoseMapSpec
-    from posesynth.datasets.sample import Sample
     from posesynth.datasets.torch_dataset import tensor_to_image
     from posesynth.spade.config import GANConfig
 
@@ -432,14 +438,7 @@ def test_refine_round_trips_move_the_bank_s_arms_but_never_the_image_s_own_frame
         cv2.line(im, p["shoulder"], p["elbow"], green.tolist(), 9)
         cv2.line(im, p["elbow"], p["wrist"], green.tolist(), 9)
 
-    class Clip:
-        layout = L
-
-        def __len__(self):
-            return len(frames)
-
-        def __getitem__(self, i):
-            return Sample(frames[i][0], frames[i][1], np.zeros((1, SIZE, SIZE), np.uint8))
+    Clip = _source(frames)
 
     with pytest.raises(ValueError, match="bank_leave_out"):
         RefineCropDataset(Clip(), crop_size=64, bank_leave_out=-1)

@@ -381,8 +381,7 @@ class LimbBank:
         joints swapped; needs :attr:`layout`).  A frame's pixels are cropped when the warp first
         looks at them (most frames are only compared by their keypoints)."""
         keep = np.setdiff1d(np.arange(len(self.images)), leave_out if leave_out is not None else [])
-        kp = np.stack([to_crop(self.keypoints[n], box, size) for n in keep]) if len(keep) else \
-            np.zeros((0, *self.keypoints.shape[1:]))
+        kp = to_crop(self.keypoints[keep], box, size)
         if flip:
             if self.layout is None:
                 raise ConfigError(f"{self.name}: mirroring a bank needs its layout")
