@@ -482,3 +482,72 @@ def test_refine_round_trips_move_the_bank_s_arms_but_never_the_image_s_own_frame
         refine_trainer(replace(cfg, limb_bank="", steps=2), tmp_path / "r", resume=True, progress=False)
     with pytest.raises(ConfigError, match="with --background"):
         replace(cfg, background="").validate()
+
+
+def _checked(bg, kp, arms=True):
+    """:func:`_draw` with a checked shirt (6 px squares of two blues: no inpainting can guess it);
+    ``arms=False``: the same person with no arms drawn (what the arms hid)."""
+    img = _draw(bg, kp) if arms else bg.copy()
+    p = {n: tuple(int(round(v)) for v in kp[0, L.index(n), :2]) for n in L.keypoints}
+    torso = np.zeros(img.shape[:2], np.uint8)
+    cv2.fillPoly(torso, [np.array([p[n] for n in ("right_shoulder", "left_shoulder", "left_hip", "right_hip")],
+                                  np.int32)], 1)
+    cover = np.zeros_like(torso)
+    if arms:
+        for side in ("right", "left"):
+            cv2.line(cover, p[f"{side}_shoulder"], p[f"{side}_elbow"], 1, 9)
+            cv2.line(cover, p[f"{side}_elbow"], p[f"{side}_wrist"], 1, 9)
+    yy, xx = np.mgrid[: img.shape[0], : img.shape[1]]
+    check = np.where((((xx // 6) + (yy // 6)) % 2 == 0)[..., None], (30, 60, 170), (110, 150, 235)).astype(np.uint8)
+    shirt = (torso > 0) & (cover == 0)
+    img[shirt] = check[shirt]
+    if not arms:
+        cv2.circle(img, (p["neck"][0], p["neck"][1] - 14), 11, (200, 160, 130), -1)
+    return img, torso > 0
+
+
+def test_refine_fills_erase_the_arms_with_the_bank_s_body_as_a_render_does():
+    """Erase-and-reconstruct samples with ``--limb-bank``: where the erased arm lay over the torso,
+    W is the shirt as the bank's other frames show it (a checked shirt no inpainting can guess;
+    the body is still, the arms move), as a render with the bank fills what a moved arm hid;
+    without the bank that part is inpainted."""
+    from posesynth.augment.refine import RefineCropDataset
+    from posesynth.augment.renderers import LimbBank
+    from posesynth.datasets.posemaps import PoseMapSpec
+    from posesynth.datasets.torch_dataset import tensor_to_image
+
+    bg = _background()
+    frames = []
+    for t in range(8):   # frame 0: the left arm across the shirt; the others: out to the side
+        kp = _person(0.0, 135.0 if t == 0 else 20.0 * (t % 3))
+        kp[0, L.index("right_elbow"), 0] -= 2 * t
+        kp[0, L.index("right_wrist"), 0] -= 4 * t
+        frames.append((_checked(bg, kp)[0], kp))
+    bare, torso = _checked(bg, frames[0][1], arms=False)
+    Clip = _source(frames)
+    plate = build_plate(frames, L)
+    bank = LimbBank([im for im, _ in frames], np.stack([k for _, k in frames]), L)
+    errs = {}
+    for name, b in (("bank", bank), ("none", None)):
+        ds = RefineCropDataset(Clip(), crop_size=64, fill_share=1.0, spec=PoseMapSpec(size=(64, 64)), seed=3,
+                               background=plate, bank=b)
+        e = []
+        for epoch in range(4):
+            item = ds[(0, epoch)]
+            assert item["source_index"] == 0
+            box, flip = tuple(int(v) for v in item["crop_box"]), bool(item["flipped"])
+            w = tensor_to_image(item["warped"][None])[0]
+            truth = crop(bare, box, 64)          # the frame without its arms, cropped like the sample
+            shirt = crop(cv2.erode(torso.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(np.float32), box,
+                         64) == 1
+            if flip:
+                truth, shirt = truth[:, ::-1], shirt[:, ::-1]
+            m = (item["region"][0].numpy() > 0) & shirt   # the erased area on the shirt
+            assert m.sum() >= 30
+            e.append(np.abs(w[m].astype(int) - truth[m]).mean(-1))
+        errs[name] = np.concatenate(e)
+        if b is not None:
+            assert ds.warp.stats.get("bank_body", 0) >= 1
+    # the bank's frames give the shirt back (resampled with the crop); inpainting cannot
+    assert np.median(errs["bank"]) <= 12 and np.median(errs["none"]) >= 30, {
+        k: (np.median(v), np.mean(v)) for k, v in errs.items()}
