@@ -175,15 +175,14 @@ class RefineCropDataset(torch.utils.data.Dataset):
             sizes = [t for t in (torso_size(p, self.layout) for p in kc) if np.isfinite(t)]
             r = max(sizes) if sizes else np.nan
             radius = (self.region.radius + self.region.dilate) * (r if np.isfinite(r) else self.size / 4)
-            plate = seen = None
+            seen = None
             if bg is not None:   # what the plate saw behind the arms, away from the rest of the body, first
                 body = np.array(kc, np.float64, copy=True)
                 for side in ("right", "left"):
                     body[:, arm_part_indices(self.layout, side), 2] = 0
                 seen = (region > 0) & bg.known & ~person_mask(body, self.layout, hw)
-                # with a bank, what the arms hid of the body from it too, as a render fills it
-                plate, seen = self.warp.erase_plate(img, region > 0, seen, kc)
-            warped = fill_hole(img, region > 0, plate, seen, lambda im, rest: telea_fill(im, rest, radius))
+            warped = fill_hole(img, region > 0, bg.image if bg is not None else None, seen,
+                               lambda im, rest: telea_fill(im, rest, radius))
         out = self.item(Sample(img, kc, masks, meta=label_meta(s)), warped, region, box, flipped)
         self.sample_counts["fill" if drawn_fill else "fill (no round trip)" if fill else "round trip"] += 1
         return out

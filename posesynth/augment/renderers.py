@@ -755,9 +755,10 @@ class WarpRenderer(Renderer):
                 plate = self.background.image[y0:y1, x0:x1]
             else:   # another camera's frame size: inpainted, and counted
                 st["plate_other_size"] = st.get("plate_other_size", 0) + 1
-        if seen is not None:
-            plate, seen = self._with_bank_body(img, hole, plate, seen, old, o, [a for _, a in keep],
-                                               (y0, y1, x0, x1), (H, W), st)
+        if self.bank is not None and self.bank_body and self.bank.size == (H, W) and seen is not None:
+            body = self._bank_body(img, (hole > 0) & ~seen, hole, old, o, [a for _, a in keep], (y0, y1, x0, x1), st)
+            if body is not None:   # the bank's body where the plate has no scene: a plate for this hole
+                plate, seen = np.where(body[1][..., None], body[0], plate), seen | body[1]
         if isinstance(self.fill, str):
             radius = float(np.mean([a.radius for _, a in keep]))
             base = fill_hole(img, hole, plate, seen, lambda im, rest: telea_fill(im, rest, radius))
@@ -783,39 +784,6 @@ class WarpRenderer(Renderer):
         hole_f = np.zeros((H, W), bool)
         hole_f[y0:y1, x0:x1] = hole > 0
         return res, alpha_f, hole_f, drawn
-
-    def erase_plate(self, img: np.ndarray, hole: np.ndarray, seen: np.ndarray, kp: np.ndarray,
-                    stats: "dict | None" = None) -> tuple[np.ndarray, np.ndarray]:
-        """What fills ``hole`` ((h, w) bool) when every arm of ``kp`` ((P, K, 3), ``img``'s
-        pixels) is erased from ``img`` ((h, w, 3) uint8), as a render fills what a moved arm hid:
-        ``(plate (h, w, 3) uint8, seen (h, w) bool)``, the background plate where it saw the
-        scene (``seen``, given) and, with a bank, the bank's body (:meth:`_bank_body`) where the
-        plate has no scene.  The rest of the hole is for the caller to inpaint.  Needs
-        :attr:`background` of ``img``'s size; without a bank (or with ``bank_body`` off, or a
-        bank of another size) the plate and ``seen`` as they are.  Counted in ``stats``
-        (default :attr:`stats`)."""
-        st = self.stats if stats is None else stats
-        h, w = hole.shape
-        if self.background is None or self.background.size != (h, w):
-            raise ValueError("erase_plate needs a background plate of the image's size")
-        arms = self._arms(kp, kp, every_arm=True)
-        if not arms:
-            return self.background.image, seen
-        return self._with_bank_body(img, hole.astype(np.uint8), self.background.image, seen, kp,
-                                    np.zeros(2), arms, (0, h, 0, w), (h, w), st)
-
-    def _with_bank_body(self, img: np.ndarray, hole: np.ndarray, plate: np.ndarray, seen: np.ndarray,
-                        old: np.ndarray, o: np.ndarray, moved: "list[_Arm]", box: tuple[int, int, int, int],
-                        hw: tuple[int, int], st: dict) -> tuple[np.ndarray, np.ndarray]:
-        """``(plate, seen)`` with the bank's body (:meth:`_bank_body`) put in where the plate has
-        no scene (a plate for this hole), when there is a bank of the frame's size ``hw`` and
-        ``bank_body`` is on; otherwise as given."""
-        if self.bank is None or not self.bank_body or self.bank.size != hw:
-            return plate, seen
-        body = self._bank_body(img, (hole > 0) & ~seen, hole, old, o, moved, box, st)
-        if body is None:
-            return plate, seen
-        return np.where(body[1][..., None], body[0], plate), seen | body[1]
 
     def _bank_choice(self, arms: "list[_Arm]", hw: tuple[int, int]
                      ) -> "dict[tuple[int, tuple[int, int, int]], tuple[int, int, np.ndarray] | str]":
