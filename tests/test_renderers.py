@@ -800,3 +800,49 @@ def test_limb_bank_body_is_the_median_of_the_frames_that_agree(monkeypatch):
             assert errs[0].max() <= 1 and errs[1].mean() > 50, (i, errs[0].max(), errs[1].mean())
             checked += 1
     assert checked >= 3, checked
+
+
+def test_limb_bank_fills_the_body_of_each_person_whose_arms_moved(monkeypatch):
+    """Two people side by side (two drawn scenes, 128 px each, in one 128x256 frame), each moving
+    an arm: each person's hidden body is filled from the bank (the frame in the new poses, shifted
+    as in the test above), matched on that person's own shoulders and hips; every pixel filled,
+    outside the pasted arms, is the true image's, on both bodies."""
+    from posesynth.augment.renderers import LimbBank
+
+    calls = []
+    original = WarpRenderer._bank_body
+
+    def record(self, img, rest, hole, old, o, moved, box, st):
+        out = original(self, img, rest, hole, old, o, moved, box, st)
+        calls.append((moved[0].person, out, box))
+        return out
+
+    monkeypatch.setattr(WarpRenderer, "_bank_body", record)
+    both = 0
+    for i in range(10):
+        pairs = [_scene_pair(i), _scene_pair(i + 40)]
+        shift = np.float32([[0, 0, 0], [128, 0, 0]])[:, None]    # the second scene to the right
+        img = np.concatenate([s.image for _, s, _ in pairs], 1)
+        old = np.concatenate([s.keypoints for _, s, _ in pairs]) + shift
+        new = np.concatenate([n for _, _, n in pairs]) + shift
+        gt = np.concatenate([spec.render(n).image for spec, _, n in pairs], 1)
+        frame, kp = _shifted_scene(gt, new, 5, -3)
+        calls.clear()
+        r = WarpRenderer(DRIVER9, bank=LimbBank([frame], kp[None]), background=_blank_plate((128, 256)))
+        res, alpha, _, drawn = r.render_pose(img, old, new)
+        moved = {p for p in range(2) if not np.array_equal(drawn[p, :, :2], old[p, :, :2])}
+        assert sorted(c[0] for c in calls) == sorted(moved)   # a fill for each person whose arms moved
+        assert r.describe()["bank_body"]["filled"] == sum(c[1] is not None for c in calls)
+        filled = set()
+        for person, out, (y0, y1, x0, x1) in calls:
+            if out is None:
+                continue
+            done = np.zeros(res.shape[:2], bool)
+            done[y0:y1, x0:x1] = out[1]
+            done &= alpha == 0
+            err = np.abs(res[done].astype(int) - gt[done]).max(-1)
+            assert err.max() <= 1, (i, person, err.max(), done.sum())
+            if done[:, 128 * person:128 * (person + 1)].sum() >= 20:   # on that person's side
+                filled.add(person)
+        both += filled == {0, 1}
+    assert both >= 3, both

@@ -510,8 +510,8 @@ class WarpRenderer(Renderer):
         if self.bank is not None:
             plate["bank"] = {"frames": len(self.bank.images), **{k[5:] or "used": self.stats.get(k, 0) for k in (
                 "bank", "bank_farther", "bank_refused", "bank_other_size")}}
-            # images whose hidden body the bank filled (in part), and those where it found no frame
-            # that shows it and agrees (a hole of under 20 px on the body is not counted)
+            # bodies (a person of an image each) whose hidden part the bank filled (in part), and those
+            # for which it found no frame that shows it and agrees (under 20 px on a body: not counted)
             plate["bank_body"] = {"filled": self.stats.get("bank_body", 0),
                                   "not_filled": self.stats.get("bank_body_none", 0)} if self.bank_body else "off"
         return {"renderer": "warp", "fill": self.fill if isinstance(self.fill, str) else "generator", **plate,
@@ -756,9 +756,13 @@ class WarpRenderer(Renderer):
             else:   # another camera's frame size: inpainted, and counted
                 st["plate_other_size"] = st.get("plate_other_size", 0) + 1
         if self.bank is not None and self.bank_body and self.bank.size == (H, W) and seen is not None:
-            body = self._bank_body(img, (hole > 0) & ~seen, hole, old, o, [a for _, a in keep], (y0, y1, x0, x1), st)
-            if body is not None:   # the bank's body where the plate has no scene: a plate for this hole
-                plate, seen = np.where(body[1][..., None], body[0], plate), seen | body[1]
+            # each person whose arms moved: the bank's body where the plate has no scene, a plate
+            # for that part of the hole (people one after the other, each on its own body)
+            for p in dict.fromkeys(a.person for _, a in keep):
+                body = self._bank_body(img, (hole > 0) & ~seen, hole, old, o, [a for _, a in keep if a.person == p],
+                                       (y0, y1, x0, x1), st)
+                if body is not None:
+                    plate, seen = np.where(body[1][..., None], body[0], plate), seen | body[1]
         if isinstance(self.fill, str):
             radius = float(np.mean([a.radius for _, a in keep]))
             base = fill_hole(img, hole, plate, seen, lambda im, rest: telea_fill(im, rest, radius))
@@ -838,8 +842,9 @@ class WarpRenderer(Renderer):
         """What the moved arms hid of the person's own body, from the bank: ``(colour (h, w, 3)
         uint8, where it is known (h, w) bool)`` over the crop ``box`` (offset ``o``), or ``None``.
         ``rest`` is the part of the hole the plate does not fill; ``old`` the image's ``(P, K,
-        3)`` keypoints.  The person is the first moved arm's, and only the part of ``rest`` on
-        that person's body (:func:`~posesynth.datasets.plate.person_mask` without the moved
+        3)`` keypoints; ``moved`` the arms of one person (the first's person is taken: the warp
+        calls this once for each person whose arms moved).  Only the part of ``rest`` on that
+        person's body (:func:`~posesynth.datasets.plate.person_mask` without the moved
         arms: torso, trousers) is filled: the scene does not move with the body.
 
         Candidates are the bank's people whose shoulders and hips, after one translation (the
