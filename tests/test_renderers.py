@@ -804,10 +804,14 @@ def test_limb_bank_body_is_the_median_of_the_frames_that_agree(monkeypatch):
 
 def test_limb_bank_fills_the_body_of_each_person_whose_arms_moved(monkeypatch):
     """Two people side by side (two drawn scenes, 128 px each, in one 128x256 frame), each moving
-    an arm: each person's hidden body is filled from the bank (the frame in the new poses, shifted
-    as in the test above), matched on that person's own shoulders and hips; every pixel filled,
-    outside the pasted arms, is the true image's, on both bodies."""
+    an arm; the bank is the frame in the new poses with each person shifted differently (the first
+    by (5, -3) px, the second by (5, 2)). Each person's hidden body is filled from the bank matched
+    on that person's own shoulders and hips: every pixel filled, outside the pasted arms, is the
+    true image's, on both bodies, and no person's fill lies on the other's side. A third person's
+    keypoints over the first's body (not drawn, not moved): none of the first's fill lies on that
+    body (which one is in front is unknown), and the rest of its fill is unchanged."""
     from posesynth.augment.renderers import LimbBank
+    from posesynth.datasets.plate import person_mask
 
     calls = []
     original = WarpRenderer._bank_body
@@ -817,16 +821,28 @@ def test_limb_bank_fills_the_body_of_each_person_whose_arms_moved(monkeypatch):
         calls.append((moved[0].person, out, box))
         return out
 
+    def fills(res, alpha):
+        out = {}
+        for person, body, (y0, y1, x0, x1) in calls:
+            if body is not None:
+                done = np.zeros(res.shape[:2], bool)
+                done[y0:y1, x0:x1] = body[1]
+                out[person] = done & (alpha == 0)
+        return out
+
     monkeypatch.setattr(WarpRenderer, "_bank_body", record)
-    both = 0
+    both = ghosted = 0
     for i in range(10):
         pairs = [_scene_pair(i), _scene_pair(i + 40)]
         shift = np.float32([[0, 0, 0], [128, 0, 0]])[:, None]    # the second scene to the right
         img = np.concatenate([s.image for _, s, _ in pairs], 1)
         old = np.concatenate([s.keypoints for _, s, _ in pairs]) + shift
         new = np.concatenate([n for _, _, n in pairs]) + shift
-        gt = np.concatenate([spec.render(n).image for spec, _, n in pairs], 1)
-        frame, kp = _shifted_scene(gt, new, 5, -3)
+        truth = [spec.render(n) for spec, _, n in pairs]
+        gt = np.concatenate([t.image for t in truth], 1)
+        moved_apart = [_shifted_scene(t.image, t.keypoints, 5, dy) for t, dy in zip(truth, (-3, 2))]
+        frame = np.concatenate([f for f, _ in moved_apart], 1)
+        kp = np.concatenate([k for _, k in moved_apart]) + shift
         calls.clear()
         r = WarpRenderer(DRIVER9, bank=LimbBank([frame], kp[None]), background=_blank_plate((128, 256)))
         res, alpha, _, drawn = r.render_pose(img, old, new)
@@ -834,15 +850,27 @@ def test_limb_bank_fills_the_body_of_each_person_whose_arms_moved(monkeypatch):
         assert sorted(c[0] for c in calls) == sorted(moved)   # a fill for each person whose arms moved
         assert r.describe()["bank_body"]["filled"] == sum(c[1] is not None for c in calls)
         filled = set()
-        for person, out, (y0, y1, x0, x1) in calls:
-            if out is None:
-                continue
-            done = np.zeros(res.shape[:2], bool)
-            done[y0:y1, x0:x1] = out[1]
-            done &= alpha == 0
+        for person, done in fills(res, alpha).items():
             err = np.abs(res[done].astype(int) - gt[done]).max(-1)
             assert err.max() <= 1, (i, person, err.max(), done.sum())
-            if done[:, 128 * person:128 * (person + 1)].sum() >= 20:   # on that person's side
+            assert not done[:, 128 * (1 - person):128 * (2 - person)].any()   # never on the other's side
+            if done.sum() >= 20:
                 filled.add(person)
         both += filled == {0, 1}
-    assert both >= 3, both
+        if 0 not in filled:
+            continue
+        # a third person over the first one's body, 12 px to the right (keypoints only)
+        before = fills(res, alpha)[0]
+        ghost = old[:1].copy()
+        ghost[..., 0] += 12
+        ghost_kp = np.concatenate([kp, kp[:1] + np.float32([12, 0, 0])])
+        calls.clear()
+        r = WarpRenderer(DRIVER9, bank=LimbBank([frame], ghost_kp[None]), background=_blank_plate((128, 256)))
+        res, alpha, _, _ = r.render_pose(img, np.concatenate([old, ghost]), np.concatenate([new, ghost]))
+        on_ghost = person_mask(ghost, DRIVER9, (128, 256))
+        now = fills(res, alpha).get(0, np.zeros((128, 256), bool))
+        assert not (now & on_ghost).any()
+        if (before & on_ghost).sum() >= 20 and (before & ~on_ghost).sum() >= 20:
+            ghosted += 1
+            assert (now & ~on_ghost).sum() >= 0.5 * (before & ~on_ghost).sum()
+    assert both >= 3 and ghosted >= 2, (both, ghosted)

@@ -511,7 +511,8 @@ class WarpRenderer(Renderer):
             plate["bank"] = {"frames": len(self.bank.images), **{k[5:] or "used": self.stats.get(k, 0) for k in (
                 "bank", "bank_farther", "bank_refused", "bank_other_size")}}
             # bodies (a person of an image each) whose hidden part the bank filled (in part), and those
-            # for which it found no frame that shows it and agrees (under 20 px on a body: not counted)
+            # for which it found no frame that shows it and agrees; not counted: a person with fewer
+            # than 3 of shoulders and hips labelled, or under 20 px of the hole on the body
             plate["bank_body"] = {"filled": self.stats.get("bank_body", 0),
                                   "not_filled": self.stats.get("bank_body_none", 0)} if self.bank_body else "off"
         return {"renderer": "warp", "fill": self.fill if isinstance(self.fill, str) else "generator", **plate,
@@ -757,9 +758,14 @@ class WarpRenderer(Renderer):
                 st["plate_other_size"] = st.get("plate_other_size", 0) + 1
         if self.bank is not None and self.bank_body and self.bank.size == (H, W) and seen is not None:
             # each person whose arms moved: the bank's body where the plate has no scene, a plate
-            # for that part of the hole (people one after the other, each on its own body)
+            # for that part of the hole (people one after the other, each on its own body); where
+            # another person's body lies too, which one is in front is unknown: inpainted
+            bare = self._without_moved_arms(old - np.r_[o, 0], [a for _, a in keep])
             for p in dict.fromkeys(a.person for _, a in keep):
-                body = self._bank_body(img, (hole > 0) & ~seen, hole, old, o, [a for _, a in keep if a.person == p],
+                rest = (hole > 0) & ~seen
+                if old.shape[0] > 1:
+                    rest &= ~person_mask(np.delete(bare, p, axis=0), self.layout, (h, w))
+                body = self._bank_body(img, rest, hole, old, o, [a for _, a in keep if a.person == p],
                                        (y0, y1, x0, x1), st)
                 if body is not None:
                     plate, seen = np.where(body[1][..., None], body[0], plate), seen | body[1]
@@ -841,8 +847,8 @@ class WarpRenderer(Renderer):
                    ) -> "tuple[np.ndarray, np.ndarray] | None":
         """What the moved arms hid of the person's own body, from the bank: ``(colour (h, w, 3)
         uint8, where it is known (h, w) bool)`` over the crop ``box`` (offset ``o``), or ``None``.
-        ``rest`` is the part of the hole the plate does not fill; ``old`` the image's ``(P, K,
-        3)`` keypoints; ``moved`` the arms of one person (the first's person is taken: the warp
+        ``rest`` is the part of the hole the plate does not fill (and, with several people, that
+        lies on no other person's body); ``old`` the image's ``(P, K, 3)`` keypoints; ``moved`` the arms of one person (the first's person is taken: the warp
         calls this once for each person whose arms moved).  Only the part of ``rest`` on that
         person's body (:func:`~posesynth.datasets.plate.person_mask` without the moved
         arms: torso, trousers) is filled: the scene does not move with the body.
