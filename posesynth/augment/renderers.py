@@ -760,10 +760,11 @@ class WarpRenderer(Renderer):
             # each person whose arms moved: the bank's body where the plate has no scene, a plate
             # for that part of the hole (people one after the other, each on its own body); where
             # another person's body lies too, which one is in front is unknown: inpainted
-            bare = self._without_moved_arms(old - np.r_[o, 0], [a for _, a in keep])
+            several = old.shape[0] > 1
+            bare = self._without_moved_arms(old - np.r_[o, 0], [a for _, a in keep]) if several else None
             for p in dict.fromkeys(a.person for _, a in keep):
                 rest = (hole > 0) & ~seen
-                if old.shape[0] > 1:
+                if several:
                     rest &= ~person_mask(np.delete(bare, p, axis=0), self.layout, (h, w))
                 body = self._bank_body(img, rest, hole, old, o, [a for _, a in keep if a.person == p],
                                        (y0, y1, x0, x1), st)
@@ -848,9 +849,9 @@ class WarpRenderer(Renderer):
         """What the moved arms hid of the person's own body, from the bank: ``(colour (h, w, 3)
         uint8, where it is known (h, w) bool)`` over the crop ``box`` (offset ``o``), or ``None``.
         ``rest`` is the part of the hole the plate does not fill (and, with several people, that
-        lies on no other person's body); ``old`` the image's ``(P, K, 3)`` keypoints; ``moved`` the arms of one person (the first's person is taken: the warp
-        calls this once for each person whose arms moved).  Only the part of ``rest`` on that
-        person's body (:func:`~posesynth.datasets.plate.person_mask` without the moved
+        lies on no other person's body); ``old`` the image's ``(P, K, 3)`` keypoints; ``moved``
+        the arms of one person (the first arm's person is taken: the warp calls this once for
+        each person whose arms moved).  Only the part of ``rest`` on that person's body (:func:`~posesynth.datasets.plate.person_mask` without the moved
         arms: torso, trousers) is filled: the scene does not move with the body.
 
         Candidates are the bank's people whose shoulders and hips, after one translation (the
