@@ -212,11 +212,12 @@ def _cmd_experiment(a: argparse.Namespace) -> None:
     cfg = config_from_args(ExperimentConfig, a)
     s = run_experiment(cfg)
     print(f"report: {Path(cfg.out) / 'report.html'}")
+    keys = s["keys"]
     for r in s["rows"]:
         cs = r["conditions"]
-        line = ", ".join(f"{k} {v['test_PCK_best']['mean']:.3f} ± {v['test_PCK_best']['sd']:.3f} "
-                         f"(train {v['train_PCK_best']['mean']:.3f})" for k, v in cs.items())
-        print(f"  {r['n']} training images, test PCK@0.2 at the validation-selected epoch, mean ± sd over seeds "
+        line = ", ".join(f"{k} {v[keys['test']]['mean']:.3f} ± {v[keys['test']]['sd']:.3f} "
+                         f"(train {v[keys['train']]['mean']:.3f})" for k, v in cs.items())
+        print(f"  {r['n']} training images, test PCK@0.2 at {keys['when']}, mean ± sd over seeds "
               f"(training PCK): {line}")
         for k, v in [*r["compare"].items(), *r.get("compare_real_dup", {}).items()]:
             share = v.get("oracle_share", float("nan"))

@@ -1,4 +1,5 @@
 """The experiment's controls and measurement (issue 10)."""
+import dataclasses
 import re
 
 import numpy as np
@@ -11,6 +12,7 @@ from posesynth.datasets.layouts import DRIVER9
 from posesynth.datasets.posemaps import PoseMapSpec
 from posesynth.datasets.sample import Sample
 from posesynth.datasets.synthetic import render_scene, scene_rng
+from posesynth.errors import ConfigError
 from posesynth.posenet.trainer import PoseNetTrainer, PoseTrainConfig
 
 
@@ -199,7 +201,26 @@ def test_selection_never_reads_the_test_split(tmp_path, monkeypatch):
     cells = dict(zip(head[1:], re.findall(r"<td>(.*?)</td>", base)))
     cb = summary["rows"][0]["conditions"]["baseline"]
     assert cells["selected epoch"] == f"{cb['best_epoch']['mean']:.1f}"
-    assert cells["test PCK@0.2, elbows and wrists"].startswith(f"{cb['test_PCK_arms_best']['mean']:.3f}")
+    when = "the validation-selected epoch"
+    assert cells[f"test PCK@0.2, elbows and wrists ({when})"].startswith(f"{cb['test_PCK_arms_best']['mean']:.3f}")
+    for r in res["runs"]:   # both networks of every run are scored on its training images too
+        assert r["gap_PCK"] == pytest.approx(r["train_PCK_best"] - r["test_PCK_best"])
+        assert r["gap_PCK_final"] == pytest.approx(r["train_PCK_final"] - r["test_PCK_final"])
+
+    # the same folder reported at the last epoch: nothing trains again, and the comparisons, the
+    # gap and the report are on the final networks' figures
+    monkeypatch.setattr(PoseNetTrainer, "fit", lambda self: pytest.fail("a finished run was trained again"))
+    last = experiment.run_experiment(dataclasses.replace(c, report_at="last"), progress=False)
+    runs = {(r["cond"], r["seed"]): r for r in json.loads((tmp_path / "exp" / "results.json").read_text())["runs"]}
+    e = last["rows"][0]["compare"]["warp"]
+    assert e["diff_mean"] == pytest.approx(runs["warp", 0]["test_PCK_final"] - runs["baseline", 0]["test_PCK_final"])
+    assert last["rows"][0]["conditions"]["baseline"]["gap_PCK_final"]["mean"] == pytest.approx(
+        runs["baseline", 0]["gap_PCK_final"])
+    page = (tmp_path / "exp" / "report.html").read_text()
+    assert last["metric"] == "test PCK@0.2 at the last epoch"
+    assert "<th>train PCK (the last epoch)</th>" in page
+    with pytest.raises(ConfigError, match="--report-at must be best or last"):
+        experiment.run_experiment(dataclasses.replace(c, report_at="middle"), progress=False)
 
 
 def test_the_experiment_refuses_overlapping_splits(tmp_path):

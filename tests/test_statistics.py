@@ -67,6 +67,28 @@ def test_summary_compares_with_baseline_and_real_dup_and_says_when_it_means_noth
     assert not row["baseline_overfits"] and "does not overfit" in row["note"]
 
 
+def test_report_at_last_compares_the_final_networks():
+    """--report-at last: the paired differences, their interval and the overfitting test read the
+    last epoch's figures; at the selected epoch these runs differ by nothing."""
+    base_final, warp_final = [0.60, 0.62, 0.61, 0.63], [0.66, 0.65, 0.68, 0.66]
+    runs = []
+    for s in range(4):
+        for k, fin in (("baseline", base_final[s]), ("warp", warp_final[s])):
+            r = _run(8, s, k, 0.64, train=0.70)   # selected epoch: gap 0.06, no difference
+            r.update(test_PCK_final=fin, train_PCK_final=0.95, gap_PCK_final=0.95 - fin)
+            runs.append(r)
+    best = summarise(runs, ExperimentConfig(conditions=("baseline", "warp"), train_sizes=(8,), seeds=4))["rows"][0]
+    assert best["compare"]["warp"]["diff_mean"] == pytest.approx(0.0) and not best["baseline_overfits"]
+    s = summarise(runs, ExperimentConfig(conditions=("baseline", "warp"), train_sizes=(8,), seeds=4, report_at="last"))
+    row = s["rows"][0]
+    d = np.array(warp_final) - base_final
+    half = stats.t.ppf(0.975, 3) * d.std(ddof=1) / 2
+    e = row["compare"]["warp"]
+    assert e["diff_mean"] == pytest.approx(d.mean()) and e["ci_low"] == pytest.approx(d.mean() - half)
+    assert e["established"] and e["ahead"] == 4
+    assert row["baseline_overfits"] and s["metric"] == "test PCK@0.2 at the last epoch"
+
+
 def test_the_arm_joints_are_compared_as_a_second_measure():
     """The elbows-and-wrists PCK of each run is compared seed by seed like the main figure,
     from its own values (here the arms favour warp over real-dup while all joints do not)."""

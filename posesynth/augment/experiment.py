@@ -15,8 +15,10 @@ they differ only in what fills the replaced slots (:class:`~posesynth.augment.mi
 
 Three splits: ``--val`` selects the checkpoint (best epoch), drives the plateau scheduler and
 early stopping; ``--test`` is only reported, at the validation-selected epoch and at the final
-epoch.  PCK counts every labelled person (multi-person decoding when the data holds several
-people), so perfect predictions score 1.0.  The generalisation gap is reported as training
+epoch; ``--report-at`` says which of the two the comparisons and the gap are on (``best``, the
+default, or ``last``: the end of the fixed budget, which no noisy validation figure chooses).
+PCK counts every labelled person (multi-person decoding when the data holds several people), so
+perfect predictions score 1.0.  The generalisation gap is reported as training
 PCK minus test PCK and as test loss minus training loss, both measured the same way (eval
 mode, no augmentation) after training.
 
@@ -54,10 +56,12 @@ from .renderers import GAN_RENDERERS
 from .training import build_mixer, load_judge, load_renderer
 
 __all__ = ["ExperimentConfig", "run_experiment", "Subset", "CONDITIONS", "summarise", "paired_stats", "verdict",
-           "best_renderer"]
+           "best_renderer", "reported_keys"]
 
 log = logging.getLogger(__name__)
 CONDITIONS = ("baseline", "real-dup", "warp", "gan", "refine", "oracle")
+#: ``--report-at``: the suffix of each run's figures it reads
+REPORT_AT = {"best": "best", "last": "final"}
 RENDERED = ("warp", "gan", "refine")
 
 
@@ -152,6 +156,11 @@ class ExperimentConfig:
     overfit_gap: float = field(default=0.1, metadata={
         "help": "a comparison means something only where the baseline's training PCK is at least this above its "
                 "test PCK"})
+    report_at: str = field(default="best", metadata={
+        "help": "which network of each run the comparisons and the train - test gap are on: best (the epoch "
+                "validation selects) or last (the end of the fixed budget, no selection: with a small validation "
+                "split and a decaying schedule, less noisy); both are always scored, and a finished folder can be "
+                "reported either way without training again"})
 
 
 def _check(c: ExperimentConfig) -> None:
@@ -161,6 +170,8 @@ def _check(c: ExperimentConfig) -> None:
                       "batch_size": ">=1", "lr": ">=0", "plateau_patience": ">=0", "early_stop": ">=0", "ema": "[0,1)",
                       "fraction": "[0,1]", "post_scale": ">0", "post_translate": "[0,1)", "judge_pck": "[0,1]",
                       "overfit_gap": ">=0"})
+    if c.report_at not in REPORT_AT:
+        raise ConfigError(f"--report-at must be best or last, not {c.report_at!r}")
     if any(s % 32 or s < 64 for s in c.size):
         raise ConfigError(f"--size {c.size} must be multiples of 32, at least 64")
     if c.lr_schedule not in ("plateau", "cosine"):
@@ -202,9 +213,9 @@ def _eval_set(source: KeypointSource, c: ExperimentConfig, spec: PoseMapSpec, ma
 def _settings(c: ExperimentConfig) -> dict[str, Any]:
     """What every run of an experiment shares (recorded in ``OUT/experiment.json``): a rerun into
     the same ``--out`` must match it.  ``conditions``, ``train_sizes`` and ``seeds`` may grow
-    (each run's own config is compared too); ``device`` may change."""
+    (each run's own config is compared too); ``device`` and ``report_at`` may change."""
     d = to_dict(c)
-    for k in ("out", "conditions", "train_sizes", "seeds", "device", "gan_device"):
+    for k in ("out", "conditions", "train_sizes", "seeds", "device", "gan_device", "report_at"):
         d.pop(k, None)
     for k in ("data", "val", "test", "oracle", "gan", "judge", "init"):
         if d.get(k):
@@ -327,7 +338,9 @@ def run_experiment(c: ExperimentConfig, progress: bool = True) -> dict[str, Any]
 @torch.no_grad()
 def _score(t: PoseNetTrainer, src: Subset, test: KeypointSource, c: ExperimentConfig, spec: PoseMapSpec,
            max_people: int, n: int, seed: int, cond: str, mixer: BatchMixer) -> dict[str, Any]:
-    """Test figures at the validation-selected and the final epoch, and the train-test gap."""
+    """Test figures at the validation-selected and the final epoch, and the train - test gap at
+    each (``gap_PCK``, ``gap_loss`` at the selected epoch; ``gap_PCK_final``, ``gap_loss_final``
+    at the last)."""
     from ..checkpoint import load_checkpoint, load_module
 
     weights = PoseLossWeights(t.cfg.w_heatmap, t.cfg.w_paf, t.cfg.w_mask, t.cfg.loss_reduction)
@@ -350,11 +363,11 @@ def _score(t: PoseNetTrainer, src: Subset, test: KeypointSource, c: ExperimentCo
         row[f"test_PCK_{when}"], row[f"test_AP_{when}"] = te[key], te["AP"]
         row[f"test_PCK_arms_{when}"] = te.get(f"{key}/arms", float("nan"))   # elbows and wrists
         row[f"test_loss_{when}"] = te.get("loss")
-        if when == "best":
-            tr = evaluate_dataset(model, train_ds, **args)
-            row["train_PCK_best"], row["train_loss_best"] = tr[key], tr.get("loss")
-            row["gap_PCK"] = tr[key] - te[key]
-            row["gap_loss"] = te.get("loss", np.nan) - tr.get("loss", np.nan)
+        tr = evaluate_dataset(model, train_ds, **args)
+        tag = "" if when == "best" else "_final"
+        row[f"train_PCK_{when}"], row[f"train_loss_{when}"] = tr[key], tr.get("loss")
+        row[f"gap_PCK{tag}"] = tr[key] - te[key]
+        row[f"gap_loss{tag}"] = te.get("loss", np.nan) - tr.get("loss", np.nan)
     model.load_state_dict(final)
     return row
 
@@ -416,13 +429,24 @@ def verdict(name: str, ref: str, e: dict[str, Any], what: str = "test PCK@0.2") 
             f"over {e['seeds']} seeds, ahead on {e['ahead']} of {e['seeds']}: {said}")
 
 
+def reported_keys(report_at: str = "best") -> dict[str, str]:
+    """The run figures (keys of a run's row) that ``--report-at`` compares: test PCK, its
+    elbows and wrists, test AP, training PCK and the train - test gap, and the words for them."""
+    at = REPORT_AT[report_at]
+    return {"test": f"test_PCK_{at}", "arms": f"test_PCK_arms_{at}", "ap": f"test_AP_{at}",
+            "train": f"train_PCK_{at}", "gap": "gap_PCK" if at == "best" else "gap_PCK_final",
+            "when": "the validation-selected epoch" if at == "best" else "the last epoch"}
+
+
 def summarise(results: list[dict[str, Any]], c: ExperimentConfig) -> dict[str, Any]:
     """Per training size: each condition's mean and sample sd over seeds; for every other
     condition the paired per-seed comparison with the baseline (and each renderer's with
     real-dup), with a t-based 95% interval; each renderer's share of the oracle gap; and whether
     the comparison means anything: the baseline must overfit (its training PCK at least
     ``overfit_gap`` above its test PCK) and have converged (the selected epoch before the last
-    in most runs)."""
+    in most runs: validation peaked before the end).  The figures compared are those of
+    ``c.report_at`` (:func:`reported_keys`), at the selected epoch or the last."""
+    keys = reported_keys(c.report_at)
     rows = []
     for n in c.train_sizes:
         row: dict[str, Any] = {"n": n, "conditions": {}}
@@ -431,15 +455,16 @@ def summarise(results: list[dict[str, Any]], c: ExperimentConfig) -> dict[str, A
             row["conditions"][cond] = {
                 k: dict(zip(("mean", "sd"), _ms([r.get(k) for r in rs])))
                 for k in ("test_PCK_best", "test_PCK_final", "test_AP_best", "test_AP_final", "train_PCK_best",
-                          "gap_PCK", "gap_loss", "best_epoch", "test_PCK_arms_best")}
+                          "train_PCK_final", "gap_PCK", "gap_PCK_final", "gap_loss", "gap_loss_final", "best_epoch",
+                          "test_PCK_arms_best", "test_PCK_arms_final")}
         rs = [r for r in results if r["n"] == n]
-        row["compare"], row["compare_real_dup"] = _comparisons(rs, c.conditions, "test_PCK_best")
+        row["compare"], row["compare_real_dup"] = _comparisons(rs, c.conditions, keys["test"])
         # a secondary measure: the same comparisons on the elbows and wrists alone (the joints
         # the renders move); the verdicts are on all joints
-        arms = _comparisons(rs, c.conditions, "test_PCK_arms_best", "test PCK@0.2 of the elbows and wrists")
+        arms = _comparisons(rs, c.conditions, keys["arms"], "test PCK@0.2 of the elbows and wrists")
         row["compare_arms"] = {"baseline": arms[0], "real-dup": arms[1]}
         last = [r["best_epoch"] >= len(r["history"]) for r in results if r["n"] == n and r.get("history")]
-        gap = row["conditions"].get("baseline", {}).get("gap_PCK", {}).get("mean", float("nan"))
+        gap = row["conditions"].get("baseline", {}).get(keys["gap"], {}).get("mean", float("nan"))
         row["baseline_overfits"] = bool(np.isfinite(gap) and gap >= c.overfit_gap)
         row["selected_last_epoch"] = float(np.mean(last)) if last else float("nan")
         row["converged"] = bool(last and np.mean(last) <= 0.5)
@@ -453,7 +478,7 @@ def summarise(results: list[dict[str, Any]], c: ExperimentConfig) -> dict[str, A
         else:
             row["note"] = ""
         rows.append(row)
-    return {"rows": rows, "metric": "test PCK@0.2 at the validation-selected epoch"}
+    return {"rows": rows, "metric": f"test PCK@0.2 at {keys['when']}", "report_at": c.report_at, "keys": keys}
 
 
 def _comparisons(rs: list[dict[str, Any]], conditions: "list[str] | tuple[str, ...]", key: str,
@@ -502,10 +527,11 @@ def _plots(results: list[dict[str, Any]], summary: dict[str, Any], c: Experiment
     import matplotlib.pyplot as plt
 
     conds = list(c.conditions)
+    keys = reported_keys(c.report_at)
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
-    for ax, key, label in zip(axes, ("test_PCK_best", "test_AP_best", "gap_PCK"),
-                              ("test PCK@0.2 (validation-selected epoch)", "test OKS AP (validation-selected)",
-                               "train PCK - test PCK")):
+    for ax, key, label in zip(axes, (keys["test"], keys["ap"], keys["gap"]),
+                              (f"test PCK@0.2 ({keys['when']})", f"test OKS AP ({keys['when']})",
+                               f"train PCK - test PCK ({keys['when']})")):
         if len(c.train_sizes) == 1:  # one training size: bars, not a line over one x value
             row = summary["rows"][0]["conditions"]
             mu = [row[k][key]["mean"] for k in conds]
@@ -572,16 +598,18 @@ def _comparison_cells(name: str, ref: str, v: dict[str, Any]) -> str:
 
 def _report(summary: dict[str, Any], c: ExperimentConfig, out: Path, strips: list[str]) -> None:
     conds = list(c.conditions)
+    keys = reported_keys(c.report_at)
+    when = keys["when"]
+    gap_loss = "gap_loss" if c.report_at == "best" else "gap_loss_final"
     parts = []
     for row in summary["rows"]:
         cs = row["conditions"]
         body = "".join(
             f"<tr><td>{html.escape(k)}</td>"
             + "".join(f"<td>{_f(cs[k][m]['mean'])} ± {_f(cs[k][m]['sd'])}</td>"
-                      for m in ("test_PCK_best", "test_PCK_final", "test_AP_best", "train_PCK_best", "gap_PCK",
-                                "gap_loss"))
+                      for m in ("test_PCK_best", "test_PCK_final", keys["ap"], keys["train"], keys["gap"], gap_loss))
             + f"<td>{_f(cs[k]['best_epoch']['mean'], 1)}</td>"
-            + f"<td>{_f(cs[k]['test_PCK_arms_best']['mean'])} ± {_f(cs[k]['test_PCK_arms_best']['sd'])}</td></tr>"
+            + f"<td>{_f(cs[k][keys['arms']]['mean'])} ± {_f(cs[k][keys['arms']]['sd'])}</td></tr>"
             for k in conds)
         comp = "".join(
             _comparison_cells(k, ref, v)
@@ -595,9 +623,10 @@ def _report(summary: dict[str, Any], c: ExperimentConfig, out: Path, strips: lis
                 "<p>The baseline overfits and the runs converged: the comparisons below are meaningful.</p>")
         parts.append(f"""<h2>{row['n']} training images</h2>
 <table><tr><th>condition</th><th>test PCK@0.2 (val-selected)</th><th>test PCK@0.2 (final)</th>
-<th>test AP (val-selected)</th><th>train PCK</th><th>gap: train - test PCK</th><th>gap: test - train loss</th>
-<th>selected epoch</th><th>test PCK@0.2, elbows and wrists</th></tr>{body}</table>{note}
-<p>Paired by seed (difference in test PCK@0.2 at the validation-selected epoch), with the t-based 95% confidence
+<th>test AP ({when})</th><th>train PCK ({when})</th><th>gap: train - test PCK ({when})</th>
+<th>gap: test - train loss ({when})</th><th>selected epoch</th><th>test PCK@0.2, elbows and wrists ({when})</th></tr>
+{body}</table>{note}
+<p>Paired by seed (difference in test PCK@0.2 at {when}), with the t-based 95% confidence
 interval of the mean difference; it "exceeds the spread" only when that interval excludes zero:</p>
 <table><tr><th>comparison</th><th>mean difference ± sd over seeds</th><th>95% CI</th><th>ahead on</th>
 <th>verdict</th><th>share of the oracle gap closed</th></tr>{comp}</table>
@@ -617,7 +646,8 @@ condition, {c.seeds} seed(s) each, the same data transforms and
 the same post-mix resize and translation. Rendered conditions replace {c.fraction:.0%} of every batch with renders of
 <b>{html.escape(c.augment)}</b> poses; real-dup fills the same slots with other real training images; the oracle trains
 on as many real images from the held-out pose distribution. Checkpoints are selected on {html.escape(c.val)}; the test set
-{html.escape(c.test)} is only reported. PCK counts every labelled person
+{html.escape(c.test)} is only reported. The comparisons are on {when}{"" if c.report_at == "best" else
+" (--report-at last: the network at the end of the budget, whatever validation says)"}. PCK counts every labelled person
 ({'multi-person decoding' if summary.get('multi_person') else 'single-person decoding'}).
 Mean ± standard deviation over seeds.</p>
 {''.join(parts)}
