@@ -138,7 +138,8 @@ def run_demo(out: Path, quick: bool = False, plan: "DemoPlan | None" = None) -> 
     row = summary["rows"][0]
     best = best_renderer(row) or cond
     cs, cmp = row["conditions"], row["compare"][best]
-    b, r, o = (cs[k]["test_PCK_best"]["mean"] for k in ("baseline", best, "oracle"))
+    keys = summary["keys"]   # the figures the comparisons are on (the validation-selected epoch)
+    b, r, o = (cs[k][keys["test"]]["mean"] for k in ("baseline", best, "oracle"))
     share = cmp.get("oracle_share", float("nan"))
     no_gap = " (the oracle is not above the baseline)" if share != share else ""
 
@@ -150,9 +151,9 @@ def run_demo(out: Path, quick: bool = False, plan: "DemoPlan | None" = None) -> 
     qrows = "".join(f"<tr><td>{html.escape(k)}</td><td>{f(v.get('psnr_M', float('nan')), 2)}</td>"
                     f"<td>{f(v.get('ssim_M', float('nan')))}</td><td>{f(v.get('psnr', float('nan')), 2)}</td></tr>"
                     for k, v in q["renderers"].items())
-    erows = "".join(f"<tr><td>{html.escape(k)}</td><td>{f(v['test_PCK_best']['mean'])} ± {f(v['test_PCK_best']['sd'])}"
-                    f"</td><td>{f(v['train_PCK_best']['mean'])}</td><td>{f(v['test_PCK_final']['mean'])}</td>"
-                    f"<td>{f(v['test_AP_best']['mean'])}</td><td>{f(v['gap_PCK']['mean'])}</td></tr>"
+    erows = "".join(f"<tr><td>{html.escape(k)}</td><td>{f(v[keys['test']]['mean'])} ± {f(v[keys['test']]['sd'])}"
+                    f"</td><td>{f(v[keys['train']]['mean'])}</td><td>{f(v['test_PCK_final']['mean'])}</td>"
+                    f"<td>{f(v[keys['ap']]['mean'])}</td><td>{f(v[keys['gap']]['mean'])}</td></tr>"
                     for k, v in cs.items())
     minutes = (time.perf_counter() - t0) / 60
     line = (f"demo done in {minutes:.1f} min: test PCK@0.2 baseline {f(b)}, {best} {f(r)}, oracle {f(o)}; "

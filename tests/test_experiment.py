@@ -211,16 +211,12 @@ def test_selection_never_reads_the_test_split(tmp_path, monkeypatch):
     # gap and the report are on the final networks' figures
     monkeypatch.setattr(PoseNetTrainer, "fit", lambda self: pytest.fail("a finished run was trained again"))
     last = experiment.run_experiment(dataclasses.replace(c, report_at="last"), progress=False)
-    runs = {(r["cond"], r["seed"]): r for r in json.loads((tmp_path / "exp" / "results.json").read_text())["runs"]}
-    e = last["rows"][0]["compare"]["warp"]
-    assert e["diff_mean"] == pytest.approx(runs["warp", 0]["test_PCK_final"] - runs["baseline", 0]["test_PCK_final"])
-    assert last["rows"][0]["conditions"]["baseline"]["gap_PCK_final"]["mean"] == pytest.approx(
-        runs["baseline", 0]["gap_PCK_final"])
-    page = (tmp_path / "exp" / "report.html").read_text()
-    assert last["metric"] == "test PCK@0.2 at the last epoch"
-    assert "<th>train PCK (the last epoch)</th>" in page
+    assert last["metric"] == "test PCK@0.2 at the last epoch"   # (which figures it reads: test_statistics)
+    assert "<th>train PCK (the last epoch)</th>" in (tmp_path / "exp" / "report.html").read_text()
     with pytest.raises(ConfigError, match="--report-at must be best or last"):
         experiment.run_experiment(dataclasses.replace(c, report_at="middle"), progress=False)
+    with pytest.raises(ConfigError, match="--early-stop ends each run where validation says"):
+        experiment.run_experiment(dataclasses.replace(c, report_at="last", early_stop=3), progress=False)
 
 
 def test_the_experiment_refuses_overlapping_splits(tmp_path):

@@ -67,26 +67,49 @@ def test_summary_compares_with_baseline_and_real_dup_and_says_when_it_means_noth
     assert not row["baseline_overfits"] and "does not overfit" in row["note"]
 
 
-def test_report_at_last_compares_the_final_networks():
-    """--report-at last: the paired differences, their interval and the overfitting test read the
-    last epoch's figures; at the selected epoch these runs differ by nothing."""
+def test_report_at_last_compares_the_final_networks(tmp_path):
+    """--report-at last: the paired differences, their interval, the arm joints' comparison, the
+    overfitting test and the report's cells read the last epoch's figures; at the selected epoch
+    these runs differ by nothing."""
+    import re
+
+    from posesynth.augment.experiment import _report
+
     base_final, warp_final = [0.60, 0.62, 0.61, 0.63], [0.66, 0.65, 0.68, 0.66]
+    arms_final = {"baseline": [0.40, 0.41, 0.42, 0.40], "warp": [0.50, 0.48, 0.52, 0.49]}
     runs = []
     for s in range(4):
         for k, fin in (("baseline", base_final[s]), ("warp", warp_final[s])):
             r = _run(8, s, k, 0.64, train=0.70)   # selected epoch: gap 0.06, no difference
-            r.update(test_PCK_final=fin, train_PCK_final=0.95, gap_PCK_final=0.95 - fin)
+            r.update(test_PCK_final=fin, train_PCK_final=0.95, gap_PCK_final=0.95 - fin, gap_loss_final=0.5,
+                     test_PCK_arms_best=0.45, test_PCK_arms_final=arms_final[k][s])
             runs.append(r)
     best = summarise(runs, ExperimentConfig(conditions=("baseline", "warp"), train_sizes=(8,), seeds=4))["rows"][0]
     assert best["compare"]["warp"]["diff_mean"] == pytest.approx(0.0) and not best["baseline_overfits"]
-    s = summarise(runs, ExperimentConfig(conditions=("baseline", "warp"), train_sizes=(8,), seeds=4, report_at="last"))
+    assert best["compare_arms"]["baseline"]["warp"]["diff_mean"] == pytest.approx(0.0)
+    c = ExperimentConfig(conditions=("baseline", "warp"), train_sizes=(8,), seeds=4, report_at="last")
+    s = summarise(runs, c)
     row = s["rows"][0]
     d = np.array(warp_final) - base_final
     half = stats.t.ppf(0.975, 3) * d.std(ddof=1) / 2
     e = row["compare"]["warp"]
     assert e["diff_mean"] == pytest.approx(d.mean()) and e["ci_low"] == pytest.approx(d.mean() - half)
-    assert e["established"] and e["ahead"] == 4
+    assert e["established"] and e["ahead"] == 4 and "at the last epoch" in e["verdict"]
+    a = np.array(arms_final["warp"]) - arms_final["baseline"]
+    assert row["compare_arms"]["baseline"]["warp"]["diff_mean"] == pytest.approx(a.mean())
     assert row["baseline_overfits"] and s["metric"] == "test PCK@0.2 at the last epoch"
+    # the report's cells under their headers are the last epoch's
+    _report(s, c, tmp_path, [])
+    page = (tmp_path / "report.html").read_text()
+    head = re.findall(r"<th>(.*?)</th>", page.split("</tr>", 1)[0])
+    base = re.search(r"<tr><td>baseline</td>(.*?)</tr>", page.split("</table>", 1)[0]).group(1)
+    cells = dict(zip(head[1:], re.findall(r"<td>(.*?)</td>", base)))
+    assert cells["train PCK (the last epoch)"].startswith("0.950")
+    assert cells["gap: train - test PCK (the last epoch)"].startswith(f"{0.95 - np.mean(base_final):.3f}")
+    assert cells["test PCK@0.2, elbows and wrists (the last epoch)"].startswith(f"{np.mean(arms_final['baseline']):.3f}")
+    # old rows without the last epoch's training figures: no verdict, and the note says why
+    old = [{k: v for k, v in r.items() if k != "gap_PCK_final"} for r in runs]
+    assert "was not measured at the last epoch" in summarise(old, c)["rows"][0]["note"]
 
 
 def test_the_arm_joints_are_compared_as_a_second_measure():

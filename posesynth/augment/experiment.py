@@ -60,7 +60,7 @@ __all__ = ["ExperimentConfig", "run_experiment", "Subset", "CONDITIONS", "summar
 
 log = logging.getLogger(__name__)
 CONDITIONS = ("baseline", "real-dup", "warp", "gan", "refine", "oracle")
-#: ``--report-at``: the suffix of each run's figures it reads
+#: ``--report-at`` -> which of each run's two scorings it reads (see :func:`reported_keys`)
 REPORT_AT = {"best": "best", "last": "final"}
 RENDERED = ("warp", "gan", "refine")
 
@@ -158,9 +158,10 @@ class ExperimentConfig:
                 "test PCK"})
     report_at: str = field(default="best", metadata={
         "help": "which network of each run the comparisons and the train - test gap are on: best (the epoch "
-                "validation selects) or last (the end of the fixed budget, no selection: with a small validation "
-                "split and a decaying schedule, less noisy); both are always scored, and a finished folder can be "
-                "reported either way without training again"})
+                "validation selects) or last (the end of the fixed budget; free of validation with --lr-schedule "
+                "cosine, as --early-stop is refused and the plateau schedule's drops follow validation): with a "
+                "small validation split, less noisy. Both are always scored; a finished folder can be reported "
+                "either way without training again (its runs are scored again; the report is rewritten)"})
 
 
 def _check(c: ExperimentConfig) -> None:
@@ -172,6 +173,12 @@ def _check(c: ExperimentConfig) -> None:
                       "overfit_gap": ">=0"})
     if c.report_at not in REPORT_AT:
         raise ConfigError(f"--report-at must be best or last, not {c.report_at!r}")
+    if c.report_at == "last" and c.early_stop:
+        raise ConfigError("--report-at last reports the network at the end of the budget, but --early-stop ends each "
+                          "run where validation says: use one or the other")
+    if c.report_at == "last" and c.lr_schedule == "plateau":
+        log.warning("--report-at last with the plateau schedule: validation still decides when each run's "
+                    "learning rate drops (--lr-schedule cosine does not read it)")
     if any(s % 32 or s < 64 for s in c.size):
         raise ConfigError(f"--size {c.size} must be multiples of 32, at least 64")
     if c.lr_schedule not in ("plateau", "cosine"):
@@ -213,9 +220,10 @@ def _eval_set(source: KeypointSource, c: ExperimentConfig, spec: PoseMapSpec, ma
 def _settings(c: ExperimentConfig) -> dict[str, Any]:
     """What every run of an experiment shares (recorded in ``OUT/experiment.json``): a rerun into
     the same ``--out`` must match it.  ``conditions``, ``train_sizes`` and ``seeds`` may grow
-    (each run's own config is compared too); ``device`` and ``report_at`` may change."""
+    (each run's own config is compared too); ``device``, ``gan_device`` and what only the
+    report reads (``report_at``, ``overfit_gap``) may change."""
     d = to_dict(c)
-    for k in ("out", "conditions", "train_sizes", "seeds", "device", "gan_device", "report_at"):
+    for k in ("out", "conditions", "train_sizes", "seeds", "device", "gan_device", "report_at", "overfit_gap"):
         d.pop(k, None)
     for k in ("data", "val", "test", "oracle", "gan", "judge", "init"):
         if d.get(k):
@@ -431,10 +439,12 @@ def verdict(name: str, ref: str, e: dict[str, Any], what: str = "test PCK@0.2") 
 
 def reported_keys(report_at: str = "best") -> dict[str, str]:
     """The run figures (keys of a run's row) that ``--report-at`` compares: test PCK, its
-    elbows and wrists, test AP, training PCK and the train - test gap, and the words for them."""
+    elbows and wrists, test AP, training PCK, the train - test gaps in PCK and in loss, and the
+    words for them (``when``)."""
     at = REPORT_AT[report_at]
+    tag = "" if at == "best" else "_final"
     return {"test": f"test_PCK_{at}", "arms": f"test_PCK_arms_{at}", "ap": f"test_AP_{at}",
-            "train": f"train_PCK_{at}", "gap": "gap_PCK" if at == "best" else "gap_PCK_final",
+            "train": f"train_PCK_{at}", "gap": f"gap_PCK{tag}", "gap_loss": f"gap_loss{tag}",
             "when": "the validation-selected epoch" if at == "best" else "the last epoch"}
 
 
@@ -444,8 +454,9 @@ def summarise(results: list[dict[str, Any]], c: ExperimentConfig) -> dict[str, A
     real-dup), with a t-based 95% interval; each renderer's share of the oracle gap; and whether
     the comparison means anything: the baseline must overfit (its training PCK at least
     ``overfit_gap`` above its test PCK) and have converged (the selected epoch before the last
-    in most runs: validation peaked before the end).  The figures compared are those of
-    ``c.report_at`` (:func:`reported_keys`), at the selected epoch or the last."""
+    in most runs: validation peaked before the end; this reads the selection under
+    ``--report-at last`` too).  The figures compared are those of ``c.report_at``
+    (:func:`reported_keys`), at the selected epoch or the last."""
     keys = reported_keys(c.report_at)
     rows = []
     for n in c.train_sizes:
@@ -458,10 +469,11 @@ def summarise(results: list[dict[str, Any]], c: ExperimentConfig) -> dict[str, A
                           "train_PCK_final", "gap_PCK", "gap_PCK_final", "gap_loss", "gap_loss_final", "best_epoch",
                           "test_PCK_arms_best", "test_PCK_arms_final")}
         rs = [r for r in results if r["n"] == n]
-        row["compare"], row["compare_real_dup"] = _comparisons(rs, c.conditions, keys["test"])
+        row["compare"], row["compare_real_dup"] = _comparisons(rs, c.conditions, keys["test"],
+                                                               f"test PCK@0.2 at {keys['when']}")
         # a secondary measure: the same comparisons on the elbows and wrists alone (the joints
         # the renders move); the verdicts are on all joints
-        arms = _comparisons(rs, c.conditions, keys["arms"], "test PCK@0.2 of the elbows and wrists")
+        arms = _comparisons(rs, c.conditions, keys["arms"], f"test PCK@0.2 of the elbows and wrists at {keys['when']}")
         row["compare_arms"] = {"baseline": arms[0], "real-dup": arms[1]}
         last = [r["best_epoch"] >= len(r["history"]) for r in results if r["n"] == n and r.get("history")]
         gap = row["conditions"].get("baseline", {}).get(keys["gap"], {}).get("mean", float("nan"))
@@ -472,6 +484,9 @@ def summarise(results: list[dict[str, Any]], c: ExperimentConfig) -> dict[str, A
         if not row["converged"]:
             row["note"] = (f"the selected epoch is the last one in {100 * row['selected_last_epoch']:.0f}% of the runs: "
                            "the networks had not converged, so no verdict")
+        elif not np.isfinite(gap):
+            row["note"] = (f"the baseline's train - test gap was not measured at {keys['when']} (rerun into the "
+                           "same --out to score its runs again), so no verdict")
         elif not row["baseline_overfits"]:
             row["note"] = (f"the baseline does not overfit (training PCK - test PCK {gap:+.3f}, below "
                            f"{c.overfit_gap:g}): fitting, not overfitting, limits it, so no verdict")
@@ -538,7 +553,7 @@ def _plots(results: list[dict[str, Any]], summary: dict[str, Any], c: Experiment
             sd = [row[k][key]["sd"] for k in conds]
             ax.bar(range(len(conds)), mu, yerr=sd, capsize=4, color=[_COLOURS[k] for k in conds])
             for j, k in enumerate(conds):  # every seed as a dot
-                v = [r[key] for r in results if r["cond"] == k]
+                v = [r.get(key, np.nan) for r in results if r["cond"] == k]
                 ax.plot(np.full(len(v), j) + np.linspace(-0.15, 0.15, len(v)), v, "k.", ms=5)
             ax.set_xticks(range(len(conds)), conds, rotation=20)
             ax.set_title(f"{label}\n{c.train_sizes[0]} training images", fontsize=9)
@@ -600,14 +615,14 @@ def _report(summary: dict[str, Any], c: ExperimentConfig, out: Path, strips: lis
     conds = list(c.conditions)
     keys = reported_keys(c.report_at)
     when = keys["when"]
-    gap_loss = "gap_loss" if c.report_at == "best" else "gap_loss_final"
     parts = []
     for row in summary["rows"]:
         cs = row["conditions"]
         body = "".join(
             f"<tr><td>{html.escape(k)}</td>"
             + "".join(f"<td>{_f(cs[k][m]['mean'])} ± {_f(cs[k][m]['sd'])}</td>"
-                      for m in ("test_PCK_best", "test_PCK_final", keys["ap"], keys["train"], keys["gap"], gap_loss))
+                      for m in ("test_PCK_best", "test_PCK_final", keys["ap"], keys["train"], keys["gap"],
+                                keys["gap_loss"]))
             + f"<td>{_f(cs[k]['best_epoch']['mean'], 1)}</td>"
             + f"<td>{_f(cs[k][keys['arms']]['mean'])} ± {_f(cs[k][keys['arms']]['sd'])}</td></tr>"
             for k in conds)
