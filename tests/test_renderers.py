@@ -686,8 +686,9 @@ def test_limb_bank_body_of_another_light_is_not_used():
     for i in range(8):
         spec, s, new = _scene_pair(i)
         gt = spec.render(new)
-        bank = LimbBank([np.clip(gt.image.astype(int) + 40, 0, 255).astype(np.uint8)], gt.keypoints[None])
-        plain = WarpRenderer(DRIVER9, bank=bank, bank_body=False,
+        bright = np.clip(gt.image.astype(int) + 40, 0, 255).astype(np.uint8)
+        bank = LimbBank([bright], gt.keypoints[None])
+        plain = WarpRenderer(DRIVER9, bank=LimbBank([bright], gt.keypoints[None], body=False),
                              background=_blank_plate()).render_pose(s.image, s.keypoints, new)
         st = WarpRenderer.new_stats()
         body = WarpRenderer(DRIVER9, bank=bank, background=_blank_plate()).render_pose(s.image, s.keypoints, new,
@@ -699,6 +700,34 @@ def test_limb_bank_body_of_another_light_is_not_used():
         WarpRenderer(DRIVER9, bank=same).render_pose(s.image, s.keypoints, new, stats=st)
         assert not st.get("bank_body") and not st.get("bank_body_none")
     assert looked >= 4, looked
+
+
+def test_bank_body_false_moves_arms_without_the_body_fill(tmp_path, monkeypatch):
+    """--bank-body false: a bank read from a folder with ``body=False`` (and its training crops)
+    never fills a body; the same frames with the default do, on scenes whose body the bank shows."""
+    from posesynth.augment.render import QualityConfig
+    from posesynth.augment.renderers import LimbBank, load_limb_bank
+    from posesynth.datasets.make_data import make_synthetic_dataset
+
+    assert QualityConfig().bank_body and not QualityConfig(bank_body=False).bank_body
+    make_synthetic_dataset(tmp_path / "clip", 2, seed=0, size=64, pose_range="narrow", workers=1, progress=False)
+    off = load_limb_bank(str(tmp_path / "clip"), DRIVER9, body=False)
+    assert not off.body and not off.cropped((0, 0, 32), 16).body and load_limb_bank(str(tmp_path / "clip")).body
+    calls = []
+    original = WarpRenderer._bank_body
+    monkeypatch.setattr(WarpRenderer, "_bank_body", lambda self, *a: calls.append(1) or original(self, *a))
+    used = {}
+    for body in (True, False):
+        calls.clear()
+        for i in range(4):
+            spec, s, new = _scene_pair(i)
+            gt = spec.render(new)
+            frame, kp = _shifted_scene(gt.image, gt.keypoints, 5, -3)
+            r = WarpRenderer(DRIVER9, bank=LimbBank([frame], kp[None], body=body), background=_blank_plate())
+            r.render_pose(s.image, s.keypoints, new)
+        used[body] = len(calls)
+        assert (r.describe()["bank_body"] == "off") == (not body)
+    assert used[True] >= 2 and used[False] == 0, used
 
 
 def _drawn_person(kp: np.ndarray, scene: np.ndarray) -> np.ndarray:

@@ -65,7 +65,9 @@ class Augmenter:
             run's own plate; ``"none"`` or ``False``: no plate at all).
         limb_bank: frames of the same person and camera whose arms the warp (and a refiner's
             warp) moves where they lie nearer the new pose than the source's own: a dataset
-            folder or file, or a :class:`~posesynth.augment.renderers.LimbBank` (``None``: none).
+            folder or file, or a :class:`~posesynth.augment.renderers.LimbBank` (``None``: none;
+            ``LimbBank(..., body=False)`` or ``load_limb_bank(path, body=False)``: it moves arms
+            but does not fill the body an arm hid).
 
     Example::
 

@@ -83,6 +83,10 @@ class GenerateConfig:
         "help": "warp or refine: frames of the same person and camera with keypoints; an arm is moved from the "
                 "frame whose arm lies nearest its new pose, when nearer than the source's own, and the body an old arm "
                 "hid from frames whose body lies where the source's does (unset: the source's)"})
+    bank_body: bool = field(default=True, metadata={
+        "help": "with --limb-bank and a background plate: also fill what a moved arm hid of the person's body from "
+                "the bank's frames whose body lies where the source's does (false: arms only; that part is "
+                "inpainted, as without a bank)"})
     augment: str = field(default="arms-angle", metadata={"help": "|".join(MODES) + "|poses:FILE|learned:RUN"})
     rare: bool = field(default=False, metadata={"help": "draw new arm angles where the source data is thin"})
     plausibility: str = field(default="", metadata={
@@ -128,7 +132,8 @@ class GenerateConfig:
                 **({"with_source": True} if self.with_source else {}),   # absent when off: older outputs resume
                 **({"background": self.background if self.background.lower() == "none" else
                     str(Path(self.background).resolve())} if self.background else {}),
-                **({"limb_bank": resolve_data_spec(self.limb_bank)} if self.limb_bank else {})}
+                **({"limb_bank": resolve_data_spec(self.limb_bank)} if self.limb_bank else {}),
+                **({"bank_body": False} if self.limb_bank and not self.bank_body else {})}
 
     @property
     def renderer_name(self) -> str:
@@ -252,7 +257,7 @@ def generate_dataset(c: GenerateConfig, progress: bool = True, stop_after: "int 
                               f"renderer's spade generator; the {c.renderer_name} renderer runs in fp32")
         plate = background_option(c.background, **data_options(c))
         renderer = make_renderer(c.renderer_name, layout, c.gan, str(device), plate,
-                                 load_limb_bank(c.limb_bank, layout, **data_options(c)))
+                                 load_limb_bank(c.limb_bank, layout, c.bank_body, **data_options(c)))
     out = Path(c.out)
     ann_name = _ann_name(shard, nshards)
     # temporary files an interrupted write of this shard's own files left (other shards may be

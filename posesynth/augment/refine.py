@@ -227,7 +227,7 @@ def refine_trainer(cfg: GANConfig, run_dir: "str | Path", resume: bool = False, 
                               "plate serves frames of its own camera")
     bank = None
     if cfg.limb_bank:
-        bank = load_limb_bank(cfg.limb_bank, source.layout, **data_options(cfg))
+        bank = load_limb_bank(cfg.limb_bank, source.layout, cfg.bank_body, **data_options(cfg))
         if bank.size not in first_last:
             raise ConfigError(f"--limb-bank {cfg.limb_bank}: frames of {bank.size[1]}x{bank.size[0]}, but the "
                               f"training images are {', '.join(f'{w}x{h}' for h, w in sorted(first_last))}; a limb "

@@ -208,6 +208,10 @@ class QualityConfig:
                 "refiner's warp) moves the arm of the frame whose arm lies nearest the new pose, when it is nearer "
                 "than the source's own, and the body an old arm hid from frames whose body lies where the source's "
                 "does (unset: the source's arm)"})
+    bank_body: bool = field(default=True, metadata={
+        "help": "with --limb-bank and a background plate: also fill what a moved arm hid of the person's body from "
+                "the bank's frames whose body lies where the source's does (false: arms only; that part is "
+                "inpainted, as without a bank)"})
 
     def validate(self) -> None:
         """Refuse impossible numbers before anything is read or written."""
@@ -476,7 +480,7 @@ def _bank(c: "QualityConfig", layout: Any) -> Any:
     """``--limb-bank``'s frames, or ``None``."""
     if c.limb_bank and not {"warp", "refine"} & set(c.renderer):
         raise ConfigError("--limb-bank (frames whose arms the warp moves) is for the warp and refine renderers")
-    return load_limb_bank(c.limb_bank, layout, **data_options(c))
+    return load_limb_bank(c.limb_bank, layout, c.bank_body, **data_options(c))
 
 
 def _background(c: "QualityConfig") -> Any:

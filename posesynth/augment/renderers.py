@@ -338,10 +338,13 @@ class LimbBank:
             every frame is a candidate (a clip of one person: that person).
         layout: the keypoints' layout (checked against the warp's; ``None``: not checked).
         name: what the frames are called in messages (e.g. the ``--limb-bank`` path).
+        body: with a plate, the warp also fills what an old arm hid of the person's own body from
+            the frames whose body lies where the source's does (:meth:`WarpRenderer._bank_body`);
+            ``False`` (``--bank-body false``): arms only, that part is inpainted.
     """
 
     def __init__(self, images: "list[np.ndarray]", keypoints: np.ndarray,
-                 layout: "KeypointLayout | None" = None, name: str = "the limb bank") -> None:
+                 layout: "KeypointLayout | None" = None, name: str = "the limb bank", body: bool = True) -> None:
         kp = np.asarray(keypoints, np.float64)
         if len(images) == 0 or kp.ndim != 4 or kp.shape[-1] != 3 or len(kp) != len(images):
             raise ConfigError(f"{name}: a limb bank needs N frames and (N, people, keypoints, 3) keypoints, not "
@@ -359,10 +362,11 @@ class LimbBank:
             raise ConfigError(f"{name}: frames of {len(sizes)} sizes ({', '.join(f'{w}x{h}' for h, w in sizes)}); a "
                               "limb bank's frames are one camera's, of one size")
         self.images, self.keypoints, self.layout, self.name = list(images), kp, layout, name
-        self.size = sizes[0]
+        self.size, self.body = sizes[0], bool(body)
 
     @classmethod
-    def from_source(cls, source: Any, name: str = "the limb bank", max_frames: int = 2000) -> "LimbBank":
+    def from_source(cls, source: Any, name: str = "the limb bank", max_frames: int = 2000,
+                    body: bool = True) -> "LimbBank":
         """Every frame of a dataset (:func:`~posesynth.datasets.formats.open_dataset`), held in
         memory (about 2.8 MB a 720x1280 frame)."""
         if len(source) > max_frames:
@@ -371,7 +375,7 @@ class LimbBank:
         samples = [source[i] for i in range(len(source))]
         return cls([s.image for s in samples], pad_people([s.keypoints for s in samples],
                                                           num_keypoints=source.layout.num_keypoints),
-                   source.layout, name)
+                   source.layout, name, body)
 
     def cropped(self, box: tuple[int, int, int], size: int, flip: bool = False,
                 leave_out: "np.ndarray | None" = None) -> "LimbBank":
@@ -389,7 +393,7 @@ class LimbBank:
             kp[..., 0] = np.where(kp[..., 2] > 0, size - 1 - kp[..., 0], kp[..., 0])
         out = LimbBank.__new__(LimbBank)
         out.images = _CroppedFrames(self.images, keep, box, size, flip)
-        out.keypoints, out.layout, out.name, out.size = kp, self.layout, self.name, (size, size)
+        out.keypoints, out.layout, out.name, out.size, out.body = kp, self.layout, self.name, (size, size), self.body
         return out
 
     def frames_of(self, kp: np.ndarray, tol: float = 0.5) -> np.ndarray:
@@ -446,10 +450,8 @@ class WarpRenderer(Renderer):
         bank: other frames of the same person and camera (:class:`LimbBank`): an arm is drawn
             from the frame whose arm lies nearest its new place, when that is nearer than the
             source's own arm by more than a pixel, so it travels less and brings its own shading
-            and folds.
-        bank_body: with a bank and a plate, also fill what an old arm hid of the person's own
-            body from the bank's frames whose body lies where the source's does
-            (:meth:`_bank_body`); ``False``: that part is inpainted.
+            and folds; with a plate it also fills what an old arm hid of the person's body,
+            unless the bank says not to (:attr:`LimbBank.body`).
         threads: images of a batch rendered at once (OpenCV releases the GIL; each image's
             GrabCut seeds OpenCV's thread-local RNG, so the result is the same bytes for any
             number). ``None``: the CPU cores this process may use, shared among torchrun's
@@ -465,7 +467,7 @@ class WarpRenderer(Renderer):
                  blend: float = 0.35, feather: float = 0.12, shoulder_keep: float = 0.6,
                  arm_colour: float = 0.5, torso_colour: float = 0.4,
                  background: "BackgroundPlate | None" = None, threads: "int | None" = None,
-                 bank: "LimbBank | None" = None, bank_body: bool = True) -> None:
+                 bank: "LimbBank | None" = None) -> None:
         if not arm_chains(layout):
             raise ConfigError(f"layout '{layout.name}' names no arms (right/left shoulder, elbow, wrist): "
                               "the warp renderer has nothing to move")
@@ -475,7 +477,6 @@ class WarpRenderer(Renderer):
         self.blend, self.feather, self.shoulder_keep = blend, feather, shoulder_keep
         self.arm_colour, self.torso_colour = arm_colour, torso_colour
         self.background, self.bank = background, bank or None
-        self.bank_body = bank_body
         if self.bank is not None and (self.bank.keypoints.shape[2] != layout.num_keypoints or (
                 self.bank.layout is not None and tuple(self.bank.layout.keypoints) != tuple(layout.keypoints))):
             theirs = f"layout '{self.bank.layout.name}'" if self.bank.layout is not None else \
@@ -514,7 +515,7 @@ class WarpRenderer(Renderer):
             # for which it found no frame that shows it and agrees; not counted: a person with fewer
             # than 3 of shoulders and hips labelled, or under 20 px of the hole on the body
             plate["bank_body"] = {"filled": self.stats.get("bank_body", 0),
-                                  "not_filled": self.stats.get("bank_body_none", 0)} if self.bank_body else "off"
+                                  "not_filled": self.stats.get("bank_body_none", 0)} if self.bank.body else "off"
         return {"renderer": "warp", "fill": self.fill if isinstance(self.fill, str) else "generator", **plate,
                 "grabcut_iters": self.grabcut_iters, "arms": self.stats["arms"], "moved": self.stats["moved"],
                 "skipped": dict(self.stats["skipped"])}
@@ -756,7 +757,7 @@ class WarpRenderer(Renderer):
                 plate = self.background.image[y0:y1, x0:x1]
             else:   # another camera's frame size: inpainted, and counted
                 st["plate_other_size"] = st.get("plate_other_size", 0) + 1
-        if self.bank is not None and self.bank_body and self.bank.size == (H, W) and seen is not None:
+        if self.bank is not None and self.bank.body and self.bank.size == (H, W) and seen is not None:
             # each person whose arms moved: the bank's body where the plate has no scene, a plate
             # for that part of the hole (people one after the other, each on its own body); where
             # another person's body lies too, which one is in front is unknown: inpainted
@@ -1357,10 +1358,12 @@ def load_refine_renderer(run: str, layout: KeypointLayout, device: str = "cpu",
                           warp=WarpRenderer(gan_layout, region, background=background or None, bank=bank))
 
 
-def load_limb_bank(spec: str, layout: "KeypointLayout | None" = None, **data_options: Any) -> "LimbBank | None":
+def load_limb_bank(spec: str, layout: "KeypointLayout | None" = None, body: bool = True,
+                   **data_options: Any) -> "LimbBank | None":
     """``--limb-bank``: unset -> ``None``; else every frame of the dataset ``spec`` (a clip of the
-    same person and camera, e.g. the training frames; several: ``A,B``) as a :class:`LimbBank`,
-    refused in one line when it cannot be read or its layout is not ``layout``."""
+    same person and camera, e.g. the training frames; several: ``A,B``) as a :class:`LimbBank`
+    (``body``: ``--bank-body``), refused in one line when it cannot be read or its layout is not
+    ``layout``."""
     from ..datasets.formats import open_dataset
     from ..errors import PosesynthError
 
@@ -1372,4 +1375,4 @@ def load_limb_bank(spec: str, layout: "KeypointLayout | None" = None, **data_opt
         raise ConfigError(f"--limb-bank {e}") from None
     if layout is not None and src.layout.name != layout.name:
         raise ConfigError(f"--limb-bank {spec}: layout '{src.layout.name}', but the data's is '{layout.name}'")
-    return LimbBank.from_source(src, f"--limb-bank {spec}")
+    return LimbBank.from_source(src, f"--limb-bank {spec}", body=body)

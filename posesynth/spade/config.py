@@ -94,6 +94,9 @@ class GANConfig:
         "help": "refine mode, a static camera's clip (dataset folder or file; with --background): the round trips' "
                 "warp moves its frames' arms and fills the body an arm hid from them, as --limb-bank does when the "
                 "refiner renders (a training image's own frame and the 2 frames either side of it are left out)"})
+    bank_body: bool = field(default=True, metadata={
+        "help": "refine mode, with --limb-bank: the round trips also fill what a moved arm hid of the body from the "
+                "bank's frames, as --bank-body does when the refiner renders (false: arms only)"})
     vgg: str = field(default="auto", metadata={"help": "auto (use if weights are found)|on (required)|off"})
     vgg_weights: str = field(default="", metadata={
         "help": "VGG19 weights file (unset: ~/.cache/torch/hub/checkpoints/vgg19-dcbb9e9d.pth)"})
