@@ -480,5 +480,8 @@ def test_refine_round_trips_move_the_bank_s_arms_but_never_the_image_s_own_frame
     refine_trainer(cfg, tmp_path / "r", progress=False).fit()
     with pytest.raises(ConfigError, match="trained with --limb-bank"):
         refine_trainer(replace(cfg, limb_bank="", steps=2), tmp_path / "r", resume=True, progress=False)
+    with pytest.raises(ConfigError, match="trained with --bank-body true"):
+        refine_trainer(replace(cfg, bank_body=False, steps=2), tmp_path / "r", resume=True, progress=False)
+    assert not refine_trainer(replace(cfg, bank_body=False), tmp_path / "r_arms", progress=False).dataset.bank.body
     with pytest.raises(ConfigError, match="with --background"):
         replace(cfg, background="").validate()

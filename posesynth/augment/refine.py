@@ -216,6 +216,10 @@ def refine_trainer(cfg: GANConfig, run_dir: "str | Path", resume: bool = False, 
         if bank_before != (cfg.limb_bank or ""):
             raise ConfigError(f"{run_dir} was trained with --limb-bank {bank_before or '(none)'}, not "
                               f"{cfg.limb_bank or '(none)'}: resume it with the same, or choose another --out")
+        body_before = bool(saved.get("bank_body", True)) if isinstance(saved, dict) else True
+        if cfg.limb_bank and body_before != bool(cfg.bank_body):
+            raise ConfigError(f"{run_dir} was trained with --bank-body {str(body_before).lower()}: resume it with "
+                              "the same, or choose another --out")
     plate = None
     if cfg.background and cfg.background != "none":
         plate = BackgroundPlate.load(plate_file) if resume and plate_file.exists() else \
