@@ -705,14 +705,14 @@ def test_limb_bank_body_of_another_light_is_not_used():
 def test_bank_body_false_moves_arms_without_the_body_fill(tmp_path, monkeypatch):
     """--bank-body false: a bank read from a folder with ``body=False`` (and its training crops)
     never fills a body; the same frames with the default do, on scenes whose body the bank shows."""
-    from posesynth.augment.render import QualityConfig
-    from posesynth.augment.renderers import LimbBank, load_limb_bank
+    from posesynth.augment.render import QualityConfig, _bank
+    from posesynth.augment.renderers import LimbBank
     from posesynth.datasets.make_data import make_synthetic_dataset
 
-    assert QualityConfig().bank_body and not QualityConfig(bank_body=False).bank_body
     make_synthetic_dataset(tmp_path / "clip", 2, seed=0, size=64, pose_range="narrow", workers=1, progress=False)
-    off = load_limb_bank(str(tmp_path / "clip"), DRIVER9, body=False)
-    assert not off.body and not off.cropped((0, 0, 32), 16).body and load_limb_bank(str(tmp_path / "clip")).body
+    clip = str(tmp_path / "clip")
+    off = _bank(QualityConfig(limb_bank=clip, bank_body=False), DRIVER9)   # what render-quality reads
+    assert not off.body and not off.cropped((0, 0, 32), 16).body and _bank(QualityConfig(limb_bank=clip), DRIVER9).body
     calls = []
     original = WarpRenderer._bank_body
     monkeypatch.setattr(WarpRenderer, "_bank_body", lambda self, *a: calls.append(1) or original(self, *a))

@@ -57,7 +57,7 @@ from ..io import atomic_write_json, record_settings
 from ..runs import resolve_device
 from ..spade.inference import optimize_generator
 from .perturb import MODES, PerturbConfig, Perturber, check_mode
-from .renderers import GANRenderer, Renderer, load_gan_renderer, load_limb_bank, make_renderer
+from .renderers import BANK_BODY_HELP, GANRenderer, Renderer, load_gan_renderer, load_limb_bank, make_renderer
 from .training import renderer_name
 
 __all__ = ["GenerateConfig", "generate_dataset", "merge_shards", "parse_shard"]
@@ -83,10 +83,7 @@ class GenerateConfig:
         "help": "warp or refine: frames of the same person and camera with keypoints; an arm is moved from the "
                 "frame whose arm lies nearest its new pose, when nearer than the source's own, and the body an old arm "
                 "hid from frames whose body lies where the source's does (unset: the source's)"})
-    bank_body: bool = field(default=True, metadata={
-        "help": "with --limb-bank and a background plate: also fill what a moved arm hid of the person's body from "
-                "the bank's frames whose body lies where the source's does (false: arms only; that part is "
-                "inpainted, as without a bank)"})
+    bank_body: bool = field(default=True, metadata={"help": BANK_BODY_HELP})
     augment: str = field(default="arms-angle", metadata={"help": "|".join(MODES) + "|poses:FILE|learned:RUN"})
     rare: bool = field(default=False, metadata={"help": "draw new arm angles where the source data is thin"})
     plausibility: str = field(default="", metadata={

@@ -47,7 +47,7 @@ from ..io import atomic_write_json, atomic_write_text
 from ..posenet.detectors import make_detector, pose_consistency
 from ..runs import resolve_device
 from .perturb import PerturbConfig, Perturber, check_mode
-from .renderers import GAN_RENDERERS, Renderer, load_limb_bank, make_renderer
+from .renderers import BANK_BODY_HELP, GAN_RENDERERS, Renderer, load_limb_bank, make_renderer
 from .training import renderer_name
 
 __all__ = ["render_dataset", "QualityConfig", "render_quality", "render_pairs", "find_pairs", "judge_pck"]
@@ -208,10 +208,7 @@ class QualityConfig:
                 "refiner's warp) moves the arm of the frame whose arm lies nearest the new pose, when it is nearer "
                 "than the source's own, and the body an old arm hid from frames whose body lies where the source's "
                 "does (unset: the source's arm)"})
-    bank_body: bool = field(default=True, metadata={
-        "help": "with --limb-bank and a background plate: also fill what a moved arm hid of the person's body from "
-                "the bank's frames whose body lies where the source's does (false: arms only; that part is "
-                "inpainted, as without a bank)"})
+    bank_body: bool = field(default=True, metadata={"help": BANK_BODY_HELP})
 
     def validate(self) -> None:
         """Refuse impossible numbers before anything is read or written."""

@@ -852,8 +852,9 @@ class WarpRenderer(Renderer):
         ``rest`` is the part of the hole the plate does not fill (and, with several people, that
         lies on no other person's body); ``old`` the image's ``(P, K, 3)`` keypoints; ``moved``
         the arms of one person (the first arm's person is taken: the warp calls this once for
-        each person whose arms moved).  Only the part of ``rest`` on that person's body (:func:`~posesynth.datasets.plate.person_mask` without the moved
-        arms: torso, trousers) is filled: the scene does not move with the body.
+        each person whose arms moved).  Only the part of ``rest`` on that person's body
+        (:func:`~posesynth.datasets.plate.person_mask` without the moved arms: torso, trousers)
+        is filled: the scene does not move with the body.
 
         Candidates are the bank's people whose shoulders and hips, after one translation (the
         mean of their offsets: a squat moves the body up and down), all lie within
@@ -1356,6 +1357,12 @@ def load_refine_renderer(run: str, layout: KeypointLayout, device: str = "cpu",
                           int(crop_meta.get("size", meta["generator"]["size"][0])), float(crop_meta.get("margin", 0.25)),
                           device, region=region, run=str(run),
                           warp=WarpRenderer(gan_layout, region, background=background or None, bank=bank))
+
+
+#: ``--bank-body``'s help, for every command that takes ``--limb-bank``
+BANK_BODY_HELP = ("with --limb-bank and a background plate: also fill what a moved arm hid of the person's body from "
+                  "the bank's frames whose body lies where the source's does (false: arms only; that part is "
+                  "inpainted, as without a bank)")
 
 
 def load_limb_bank(spec: str, layout: "KeypointLayout | None" = None, body: bool = True,
