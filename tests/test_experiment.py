@@ -218,6 +218,15 @@ def test_selection_never_reads_the_test_split(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="--early-stop ends each run where validation says"):
         experiment.run_experiment(dataclasses.replace(c, report_at="last", early_stop=3), progress=False)
 
+    # a later seed added by itself (--first-seed): only its run trains, the earlier ones are not
+    # scored again, and the results are on it alone
+    trained = []
+    monkeypatch.setattr(PoseNetTrainer, "fit", lambda self: (trained.append(self.cfg.seed), fit(self))[1])
+    experiment.run_experiment(dataclasses.replace(c, conditions=("baseline",), first_seed=1), progress=False)
+    assert trained == [1] and (tmp_path / "exp" / "n4_seed1_baseline" / "checkpoints" / "latest.json").exists()
+    assert [(r["seed"], r["cond"]) for r in json.loads((tmp_path / "exp" / "results.json").read_text())["runs"]] \
+        == [(1, "baseline")]
+
 
 def test_the_experiment_refuses_overlapping_splits(tmp_path):
     from posesynth.augment.experiment import ExperimentConfig, run_experiment

@@ -108,6 +108,10 @@ class ExperimentConfig:
     train_sizes: tuple[int, ...] = field(default=(32, 64, 128), metadata={
         "help": "training-set sizes to compare, comma-separated (each a seeded subset of --data)"})
     seeds: int = field(default=3, metadata={"help": "seeds per size and condition"})
+    first_seed: int = field(default=0, metadata={
+        "help": "the first seed: the runs are seeds first_seed .. first_seed+seeds-1 (and the report is "
+                "on them alone), so further seeds can be added to a folder, or trained by another process "
+                "into another folder, without re-scoring the earlier ones"})
     epochs: int = field(default=20, metadata={"help": "epochs of every pose run"})
     steps_per_epoch: int = field(default=8, metadata={
         "help": "steps per epoch of every pose run (the same budget in every condition)"})
@@ -167,8 +171,9 @@ class ExperimentConfig:
 def _check(c: ExperimentConfig) -> None:
     from ..config import check_numbers
 
-    check_numbers(c, {"train_sizes": ">=1", "seeds": ">=1", "epochs": ">=1", "steps_per_epoch": ">=0",
-                      "batch_size": ">=1", "lr": ">=0", "plateau_patience": ">=0", "early_stop": ">=0", "ema": "[0,1)",
+    check_numbers(c, {"train_sizes": ">=1", "seeds": ">=1", "first_seed": ">=0", "epochs": ">=1",
+                      "steps_per_epoch": ">=0", "batch_size": ">=1", "lr": ">=0", "plateau_patience": ">=0",
+                      "early_stop": ">=0", "ema": "[0,1)",
                       "fraction": "[0,1]", "post_scale": ">0", "post_translate": "[0,1)", "judge_pck": "[0,1]",
                       "overfit_gap": ">=0"})
     if c.report_at not in REPORT_AT:
@@ -220,10 +225,11 @@ def _eval_set(source: KeypointSource, c: ExperimentConfig, spec: PoseMapSpec, ma
 def _settings(c: ExperimentConfig) -> dict[str, Any]:
     """What every run of an experiment shares (recorded in ``OUT/experiment.json``): a rerun into
     the same ``--out`` must match it.  ``conditions``, ``train_sizes`` and ``seeds`` may grow
-    (each run's own config is compared too); ``device``, ``gan_device`` and what only the
-    report reads (``report_at``, ``overfit_gap``) may change."""
+    (each run's own config is compared too); ``first_seed``, ``device``, ``gan_device`` and what
+    only the report reads (``report_at``, ``overfit_gap``) may change."""
     d = to_dict(c)
-    for k in ("out", "conditions", "train_sizes", "seeds", "device", "gan_device", "report_at", "overfit_gap"):
+    for k in ("out", "conditions", "train_sizes", "seeds", "first_seed", "device", "gan_device", "report_at",
+              "overfit_gap"):
         d.pop(k, None)
     for k in ("data", "val", "test", "oracle", "gan", "judge", "init"):
         if d.get(k):
@@ -306,7 +312,7 @@ def run_experiment(c: ExperimentConfig, progress: bool = True) -> dict[str, Any]
     total = len(c.train_sizes) * c.seeds * len(c.conditions)
     done = 0
     for n in c.train_sizes:
-        for seed in range(c.seeds):
+        for seed in range(c.first_seed, c.first_seed + c.seeds):
             for cond in c.conditions:
                 src = Subset(oracle if cond == "oracle" else train, n, seed)
                 pcfg = _posecfg(c, seed, multi)
@@ -657,7 +663,8 @@ img{{max-width:100%}}</style></head><body><h1>Does rendering new poses reduce ov
 <p>Pose network {html.escape(c.backbone)} ({html.escape(c.heads)} heads) at {c.size[0]}x{c.size[1]}, {c.epochs} epochs x
 {c.steps_per_epoch} steps x batch {c.batch_size} ({html.escape(c.lr_schedule)} learning rate from {c.lr:g}{
 f", weights averaged with decay {c.ema:g}" if c.ema else ""}{f", from {html.escape(c.init)}" if c.init else ""}) in every
-condition, {c.seeds} seed(s) each, the same data transforms and
+condition, {c.seeds} seed(s) each{f" ({c.first_seed} to {c.first_seed + c.seeds - 1})" if c.first_seed else ""},
+the same data transforms and
 the same post-mix resize and translation. Rendered conditions replace {c.fraction:.0%} of every batch with renders of
 <b>{html.escape(c.augment)}</b> poses; real-dup fills the same slots with other real training images; the oracle trains
 on as many real images from the held-out pose distribution. Checkpoints are selected on {html.escape(c.val)}; the test set
