@@ -366,6 +366,40 @@ def test_generate_renders_a_static_clip_with_its_plate(tmp_path):
                          progress=False)
 
 
+def test_a_limb_bank_is_in_the_clip_order():
+    """``LimbBank.from_source`` puts a clip's frames in time order (``frame_id``, else distinct
+    integer image ids, else the dataset's order), so refine mode's leave-out window (a frame and
+    those either side of it, by bank index) is its neighbours in time, however the dataset lists
+    its images."""
+    from posesynth.augment.renderers import LimbBank
+    from posesynth.datasets.sample import Sample
+
+    _, frames = _clip(6)
+    listed = [3, 0, 5, 1, 4, 2]   # the dataset's order of the clip's frames
+
+    def bank(ids):
+        class Shuffled:
+            layout = L
+
+            def __len__(self):
+                return len(listed)
+
+            def __getitem__(self, i):
+                t = listed[i]
+                return Sample(frames[t][0], frames[t][1], np.zeros((1, SIZE, SIZE), np.uint8), **ids(t))
+        return LimbBank.from_source(Shuffled())
+
+    def order(b):
+        return [next(t for t, (im, _) in enumerate(frames) if np.array_equal(im, f)) for f in b.images]
+
+    assert order(bank(lambda t: {"image_id": 100 - t, "meta": {"frame_id": t}})) == list(range(6))  # frame_id first
+    assert order(bank(lambda t: {"image_id": 10 + t})) == list(range(6))
+    assert order(bank(lambda t: {"image_id": 1})) == listed                   # no usable order: as listed
+    assert order(bank(lambda t: {"image_id": f"f{t}"})) == listed
+    b = bank(lambda t: {"image_id": 10 + t})
+    assert np.array_equal(b.keypoints[:, 0], np.stack([np.asarray(k).reshape(b.keypoints.shape[2:]) for _, k in frames]))
+
+
 def test_pairs_and_generate_with_a_limb_bank(tmp_path):
     """``render-quality --pairs CLIP --limb-bank BANK`` and ``generate --limb-bank`` end to end,
     on a static clip whose left arm takes four angles, with its plate. The bank is a second take
