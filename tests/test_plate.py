@@ -367,8 +367,8 @@ def test_generate_renders_a_static_clip_with_its_plate(tmp_path):
 
 
 def test_a_limb_bank_is_in_the_clip_order():
-    """``LimbBank.from_source`` puts a clip's frames in time order (``frame_id``, else distinct
-    integer image ids, else the dataset's order), so refine mode's leave-out window (a frame and
+    """``LimbBank.from_source`` puts a clip's frames in time order (distinct ``frame_id`` values,
+    else distinct integer image ids, else the dataset's order), so refine mode's leave-out window (a frame and
     those either side of it, by bank index) is its neighbours in time, however the dataset lists
     its images."""
     from posesynth.augment.renderers import LimbBank
@@ -396,8 +396,12 @@ def test_a_limb_bank_is_in_the_clip_order():
     assert order(bank(lambda t: {"image_id": 10 + t})) == list(range(6))
     assert order(bank(lambda t: {"image_id": 1})) == listed                   # no usable order: as listed
     assert order(bank(lambda t: {"image_id": f"f{t}"})) == listed
+    # two clips each numbered from 0 (frame_ids repeat): not interleaved, by image id here
+    assert order(bank(lambda t: {"image_id": 10 + t, "meta": {"frame_id": t % 3}})) == list(range(6))
+    assert order(bank(lambda t: {"image_id": 1, "meta": {"frame_id": t % 3}})) == listed
     b = bank(lambda t: {"image_id": 10 + t})
-    assert np.array_equal(b.keypoints[:, 0], np.stack([np.asarray(k).reshape(b.keypoints.shape[2:]) for _, k in frames]))
+    kps = np.stack([np.asarray(k).reshape(b.keypoints.shape[2:]) for _, k in frames])
+    assert np.array_equal(b.keypoints[:, 0], kps)
 
 
 def test_pairs_and_generate_with_a_limb_bank(tmp_path):

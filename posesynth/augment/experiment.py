@@ -109,9 +109,10 @@ class ExperimentConfig:
         "help": "training-set sizes to compare, comma-separated (each a seeded subset of --data)"})
     seeds: int = field(default=3, metadata={"help": "seeds per size and condition"})
     first_seed: int = field(default=0, metadata={
-        "help": "the first seed: the runs are seeds first_seed .. first_seed+seeds-1 (and the report is "
-                "on them alone), so further seeds can be added to a folder, or trained by another process "
-                "into another folder, without re-scoring the earlier ones"})
+        "help": "the first seed: the runs are seeds first_seed .. first_seed+seeds-1, so further seeds can "
+                "be added to a folder, or trained by another process into another folder, without "
+                "re-scoring the earlier ones; the folder's results.json and report are then rewritten "
+                "with those seeds alone (--first-seed 0 with every seed re-scores them all)"})
     epochs: int = field(default=20, metadata={"help": "epochs of every pose run"})
     steps_per_epoch: int = field(default=8, metadata={
         "help": "steps per epoch of every pose run (the same budget in every condition)"})

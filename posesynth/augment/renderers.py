@@ -369,16 +369,17 @@ class LimbBank:
                     body: bool = True) -> "LimbBank":
         """Every frame of a dataset (:func:`~posesynth.datasets.formats.open_dataset`), held in
         memory (about 2.8 MB a 720x1280 frame), in the clip's order: by the images' ``frame_id``
-        where every image has one, else by image id where those are distinct integers, else as the
-        dataset lists them, so a frame's neighbours in the bank are its neighbours in time (refine mode leaves a
-        training image's own frame and those either side of it out of its bank)."""
+        where every image has one and they are distinct, else by image id where those are distinct
+        integers (several clips each numbered from 0), else as the dataset lists them; so a frame's
+        neighbours in the bank are its neighbours in time (refine mode leaves a training image's own
+        frame and those either side of it out of its bank)."""
         if len(source) > max_frames:
             raise ConfigError(f"{name}: a limb bank of {len(source)} frames would be held in memory; give at most "
                               f"{max_frames} (e.g. convert --frames or --every)")
         samples = [source[i] for i in range(len(source))]
         fids, iids = [s.meta.get("frame_id") for s in samples], [s.image_id for s in samples]
         ints = lambda v: all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in v)  # noqa: E731
-        key = fids if ints(fids) else iids if ints(iids) and len(set(iids)) == len(iids) else None
+        key = next((k for k in (fids, iids) if ints(k) and len(set(k)) == len(k)), None)
         if key is not None:
             samples = [samples[i] for i in np.argsort(np.asarray(key, np.int64), kind="stable")]
         return cls([s.image for s in samples], pad_people([s.keypoints for s in samples],
