@@ -53,18 +53,23 @@ def _draw(bg, kp):
     return img
 
 
-def _source(frames):
-    """A dataset class of ``frames`` ((image, keypoints) pairs), as ``open_dataset`` gives."""
+def _source(frames, listed=None, ids=lambda t: {}):
+    """A dataset class of ``frames`` ((image, keypoints) pairs), as ``open_dataset`` gives: the
+    frames in the order ``listed`` (default: theirs), frame ``t``'s sample given ``ids(t)``
+    (``image_id``, ``meta``)."""
     from posesynth.datasets.sample import Sample
+
+    listed = list(range(len(frames))) if listed is None else listed
 
     class Clip:
         layout = L
 
         def __len__(self):
-            return len(frames)
+            return len(listed)
 
         def __getitem__(self, i):
-            return Sample(frames[i][0], frames[i][1], np.zeros((1, SIZE, SIZE), np.uint8))
+            t = listed[i]
+            return Sample(frames[t][0], frames[t][1], np.zeros((1, SIZE, SIZE), np.uint8), **ids(t))
     return Clip
 
 
@@ -372,22 +377,12 @@ def test_a_limb_bank_is_in_the_clip_order():
     those either side of it, by bank index) is its neighbours in time, however the dataset lists
     its images."""
     from posesynth.augment.renderers import LimbBank
-    from posesynth.datasets.sample import Sample
 
     _, frames = _clip(6)
     listed = [3, 0, 5, 1, 4, 2]   # the dataset's order of the clip's frames
 
     def bank(ids):
-        class Shuffled:
-            layout = L
-
-            def __len__(self):
-                return len(listed)
-
-            def __getitem__(self, i):
-                t = listed[i]
-                return Sample(frames[t][0], frames[t][1], np.zeros((1, SIZE, SIZE), np.uint8), **ids(t))
-        return LimbBank.from_source(Shuffled())
+        return LimbBank.from_source(_source(frames, listed, ids)())
 
     def order(b):
         return [next(t for t, (im, _) in enumerate(frames) if np.array_equal(im, f)) for f in b.images]

@@ -378,8 +378,12 @@ class LimbBank:
                               f"{max_frames} (e.g. convert --frames or --every)")
         samples = [source[i] for i in range(len(source))]
         fids, iids = [s.meta.get("frame_id") for s in samples], [s.image_id for s in samples]
-        ints = lambda v: all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in v)  # noqa: E731
-        key = next((k for k in (fids, iids) if ints(k) and len(set(k)) == len(k)), None)
+
+        def distinct_ints(v: list) -> bool:
+            ints = all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in v)
+            return ints and len(set(v)) == len(v)
+
+        key = next((k for k in (fids, iids) if distinct_ints(k)), None)
         if key is not None:
             samples = [samples[i] for i in np.argsort(np.asarray(key, np.int64), kind="stable")]
         return cls([s.image for s in samples], pad_people([s.keypoints for s in samples],
