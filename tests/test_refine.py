@@ -240,6 +240,29 @@ def test_pairs_are_found_where_bodies_match_and_arms_differ():
     assert pairs == {(0, 1), (1, 0), (1, 2), (2, 1)}
 
 
+def test_pairs_count_a_foot_as_body_and_a_hand_as_arm():
+    """In BlazePose's 33 points, ``left_foot_index`` is a foot (the body must match there) and
+    ``left_index`` a hand point (it moves with the arm and is not held to the body's tolerance)."""
+    from posesynth.augment.render import find_pairs
+    from posesynth.datasets.geometry import torso_size
+    from posesynth.datasets.layouts import BLAZEPOSE33 as L
+
+    rng = np.random.default_rng(0)
+    base = np.concatenate([rng.uniform(200, 400, (33, 2)), np.full((33, 1), 2.0)], 1)
+    for n, xy in (("left_shoulder", (340, 200)), ("right_shoulder", (260, 200)), ("left_hip", (330, 360)),
+                  ("right_hip", (270, 360))):
+        base[L.index(n), :2] = xy
+    ts = torso_size(base, L)
+    frames = [base.copy() for _ in range(4)]
+    for f in frames[1:]:
+        f[L.index("left_wrist"), 0] += 0.5 * ts                 # the arms differ from frame 0
+    frames[2][L.index("left_index"), 1] += 0.3 * ts             # and a finger with them: still a pair
+    frames[3][L.index("left_foot_index"), 1] += 0.2 * ts        # the foot moved: not a pair
+    pairs = set(find_pairs(np.stack(frames), L))
+    assert (0, 1) in pairs and (0, 2) in pairs
+    assert (0, 3) not in pairs and (3, 0) not in pairs
+
+
 def test_render_quality_pairs_on_a_clip(tmp_path):
     """End to end on a tiny clip of one synthetic driver: the copy baseline and the warp scored
     against the real target frames inside the arm region."""

@@ -402,6 +402,63 @@ def test_warp_on_real_frames_stays_in_the_capsules(fixtures):
     assert 0.005 < float((d <= 0).mean()) < 0.25   # arms, not the whole frame
 
 
+def test_the_pose_drawn_has_the_hand_where_it_was_pasted(fixtures):
+    """BlazePose's hand points (pinky, index, thumb) are labels too: on real frames read in their
+    own 33-point layout, a moved arm's hand points sit where its pasted hand is, placed with the
+    forearm (same share of the forearm's length along it, same distance across it, as before
+    the move); an arm left where it was keeps all of its points."""
+    from posesynth.datasets.formats import open_dataset
+    from posesynth.datasets.plate import arm_part_indices
+
+    ds = open_dataset(fixtures / "squats" / "pose_squats.full.json", layout="blazepose33")
+    L, r, moved = ds.layout, WarpRenderer(ds.layout), 0
+    for i, f in enumerate((5, 20, 40)):
+        s = ds[f]
+        old = s.keypoints
+        new = perturb_keypoints(old, L, s.image.shape[:2], np.random.default_rng(i), PerturbConfig())
+        _, _, _, drawn = r.render_pose(s.image, old, new)
+        for side in ("left", "right"):
+            e, w = L.index(f"{side}_elbow"), L.index(f"{side}_wrist")
+            hand = [j for j in arm_part_indices(L, side) if j not in (e, w)]
+            assert len(hand) == 3
+            if np.allclose(drawn[0, [e, w], :2], old[0, [e, w], :2]):   # not moved: nothing of it moves
+                np.testing.assert_array_equal(drawn[0, hand, :2], old[0, hand, :2])
+                continue
+            moved += 1
+            np.testing.assert_allclose(drawn[0, [e, w], :2], new[0, [e, w], :2])
+
+            def forearm_coords(k):
+                a, b = k[e, :2].astype(np.float64), k[w, :2].astype(np.float64)
+                u = (b - a) / np.linalg.norm(b - a)
+                d = k[hand, :2] - a
+                return d @ u / np.linalg.norm(b - a), d @ np.array([-u[1], u[0]])
+
+            (t0, n0), (t1, n1) = forearm_coords(old[0]), forearm_coords(drawn[0])
+            np.testing.assert_allclose(t1, t0, atol=1e-3)
+            np.testing.assert_allclose(n1, n0, atol=0.05)
+            assert np.abs(drawn[0, hand, :2] - old[0, hand, :2]).max() > 5   # the hand did move
+    assert moved >= 2
+
+
+def test_an_arm_left_in_place_keeps_its_hand_points():
+    """An occluded arm is not moved (the image is unchanged), and none of its points move in the
+    pose drawn: not its elbow and wrist, nor its hand points."""
+    from posesynth.datasets.layouts import BLAZEPOSE33 as L
+
+    kp = np.zeros((1, 33, 3), np.float32)
+    for n, x, y, v in (("left_shoulder", 120, 60, 2), ("right_shoulder", 80, 60, 2), ("left_hip", 115, 130, 2),
+                       ("right_hip", 85, 130, 2), ("left_elbow", 135, 95, 1), ("left_wrist", 140, 125, 2),
+                       ("left_pinky", 142, 135, 2), ("left_index", 141, 137, 2), ("left_thumb", 137, 133, 2)):
+        kp[0, L.index(n)] = (x, y, v)
+    new = kp.copy()
+    arm = [L.index(n) for n in ("left_elbow", "left_wrist", "left_pinky", "left_index", "left_thumb")]
+    new[0, arm, :2] += (20, -30)
+    img = np.full((200, 200, 3), 120, np.uint8)
+    out, _, _, drawn = WarpRenderer(L).render_pose(img, kp, new)
+    assert np.array_equal(out, img)
+    np.testing.assert_array_equal(drawn[0, :, :2], kp[0, :, :2])
+
+
 def test_reloaded_inpaint_run_reproduces_its_outputs(tmp_path):
     from posesynth.augment.renderers import load_gan_renderer
     from posesynth.spade.trainer import GANConfig, GANTrainer

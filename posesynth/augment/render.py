@@ -217,12 +217,14 @@ class QualityConfig:
 
 
 # ---- realism on real video: frame pairs -------------------------------------------------------------
-ARM_JOINTS = ("elbow", "wrist", "pinky", "index", "thumb", "hand")
-
-
 def arm_joint_mask(layout) -> np.ndarray:
-    """``(K,)`` bool: the keypoints an arm perturbation moves (elbows, wrists and hand points)."""
-    return np.array([any(n.endswith(j) or n.endswith(j + "s") for j in ARM_JOINTS) for n in layout.keypoints])
+    """``(K,)`` bool: the keypoints of the arms below the shoulders (elbows, wrists and hand
+    points, :func:`~posesynth.datasets.plate.arm_part_indices`; not a foot's ``*_foot_index``)."""
+    from ..datasets.plate import arm_part_indices
+
+    out = np.zeros(layout.num_keypoints, bool)
+    out[arm_part_indices(layout, "left") + arm_part_indices(layout, "right")] = True
+    return out
 
 
 def find_pairs(keypoints: np.ndarray, layout, body_tol: float = 0.05, arm_min: float = 0.30

@@ -147,7 +147,11 @@ def _dilate(mask: np.ndarray, kernel: np.ndarray) -> np.ndarray:
 def telea_fill(img: np.ndarray, hole: np.ndarray, radius: float, max_radius: float = 20.0) -> np.ndarray:
     """OpenCV Telea inpainting of ``hole`` (uint8 {0, 1}), done at a scale where the arm
     capsule radius is at most ``max_radius`` px (the fill is smooth, so nothing is lost) and
-    pasted into the full-resolution image inside the hole only."""
+    pasted into the full-resolution image inside the hole only.  A small pixel counts as hole
+    where at least half of it is: the rest of the hole's edge is read as known.  The warp grows
+    its holes beyond the arm's cut-out (by 0.15 x the arm radius), so that edge holds the arm's
+    surroundings; inpainting every small pixel the hole touches (nothing of the hole read)
+    scored 0.06 dB lower with the warp, plate and bank on the 5 held-out squats pairs."""
     f = min(1.0, max_radius / max(radius, 1e-6))
     if f >= 1.0:
         return cv2.inpaint(img, hole, max(int(round(radius * 0.3)), 3), cv2.INPAINT_TELEA)
@@ -707,18 +711,22 @@ class WarpRenderer(Renderer):
 
     def render_pose(self, img: np.ndarray, old: np.ndarray, new: np.ndarray, stats: "dict | None" = None
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """:meth:`render_one`, plus the ``(P, K, 3)`` keypoints drawn: ``new``, except that an
-        arm the warp does not move (:meth:`plausible`) keeps its old elbow and wrist.  The arms
-        moved and skipped are counted in ``stats`` (default :attr:`stats`; a thread passes its
-        own, :meth:`new_stats`, and the caller adds it with :meth:`add_stats`)."""
+        """:meth:`render_one`, plus the ``(P, K, 3)`` keypoints drawn: ``new``'s elbows and wrists
+        for the arms moved; an arm the warp does not move (:meth:`plausible`) keeps its old
+        elbow, wrist and hand points; a moved arm's hand points (a layout's pinky, index, thumb)
+        are those of the hand pasted, moved with its forearm (the source's, or the limb bank's
+        arm: its hand points, unlabelled where the bank's are).  The arms moved and skipped are
+        counted in ``stats`` (default :attr:`stats`; a thread passes its own,
+        :meth:`new_stats`, and the caller adds it with :meth:`add_stats`)."""
         st = self.stats if stats is None else stats
         H, W = img.shape[:2]
         # the pose drawn: every arm asked to move starts at its old place, and gets its new one only
         # when it is moved (an arm with an unlabelled joint or no torso to size it is not)
         drawn = np.array(new, np.float32, copy=True)
         for p in range(old.shape[0]):
-            for _, e, w in moved_arms(old[p], new[p], self.layout):
-                drawn[p, [e, w], :2] = old[p, [e, w], :2]
+            for s_, e, w in moved_arms(old[p], new[p], self.layout):
+                part = [e, w] + self._hand_points((s_, e, w))
+                drawn[p, part, :2] = old[p, part, :2]
         arms = self._arms(old, new)
         if not arms:
             return img.copy(), np.zeros((H, W), np.float32), np.zeros((H, W), bool), drawn
@@ -798,6 +806,8 @@ class WarpRenderer(Renderer):
             elif c is not None:
                 banked = self._bank_arm(a, c, o, (y0, y1, x0, x1), st)
             colour, alpha = self._moved_arm(*(banked or (img, m, a)), xs, ys)
+            self._move_hand(drawn, a, old if banked is None else self.bank.keypoints[c[0]],
+                            a.person if banked is None else c[1])
             on = _support(alpha)   # where alpha is 0 the image stays as it is
             if on is not None:
                 out[on] = alpha[on][..., None] * colour[on] + (1 - alpha[on][..., None]) * out[on]
@@ -809,6 +819,26 @@ class WarpRenderer(Renderer):
         hole_f = np.zeros((H, W), bool)
         hole_f[y0:y1, x0:x1] = hole > 0
         return res, alpha_f, hole_f, drawn
+
+    def _hand_points(self, joints: tuple[int, int, int]) -> list[int]:
+        """The layout's hand points (beyond the wrist) of the arm ``(shoulder, elbow, wrist)``."""
+        side = self.layout.keypoints[joints[0]].split("_")[0]
+        return [i for i in arm_part_indices(self.layout, side) if i not in joints]
+
+    def _move_hand(self, drawn: np.ndarray, a: _Arm, src: np.ndarray, q: int) -> None:
+        """Put the hand points of moved arm ``a`` into ``drawn`` ``(P, K, 3)``, in place: those of
+        person ``q`` of ``src`` ``(P', K, 3)`` (full-frame keypoints of the image whose arm was
+        pasted), moved by the forearm's transform from its elbow and wrist there to ``a``'s new
+        ones (as the hand's pixels are); unlabelled where they are unlabelled in ``src``."""
+        hand = self._hand_points(a.joints)
+        if not hand:
+            return
+        e, w = src[q, a.joints[1], :2].astype(np.float64), src[q, a.joints[2], :2].astype(np.float64)
+        e2, w2 = drawn[a.person, a.joints[1], :2].astype(np.float64), drawn[a.person, a.joints[2], :2].astype(np.float64)
+        mat = _bone_affine(e, w, e2, w2)
+        pts = src[q, hand, :2].astype(np.float64)
+        drawn[a.person, hand, :2] = pts @ mat[:, :2].T + mat[:, 2]
+        drawn[a.person, hand, 2] = np.where(src[q, hand, 2] > 0, drawn[a.person, hand, 2], 0)
 
     def _bank_choice(self, arms: "list[_Arm]", hw: tuple[int, int]
                      ) -> "dict[tuple[int, tuple[int, int, int]], tuple[int, int, np.ndarray] | str]":
