@@ -120,6 +120,22 @@ def test_a_round_trip_sample_has_the_original_crop_as_its_truth():
         assert (item["region"][0][changed] > 0).all()                # ... all inside M
 
 
+def test_round_trips_are_made_in_a_layout_with_hand_points(fixtures):
+    """BlazePose's hand points go out and back through two affine moves (not bit for bit): real
+    frames read in that layout still give round trips, as in coco17, not only fills."""
+    from posesynth.datasets.formats import open_dataset
+
+    counts = {}
+    for layout in ("blazepose33", "coco17"):
+        src = open_dataset(fixtures / "squats" / "pose_squats.full.json", layout=layout)
+        ds = RefineCropDataset(src, crop_size=64, fill_share=0.0, spec=PoseMapSpec(size=(64, 64)), flip=False,
+                               seed=1)
+        for i in range(0, 60, 5):
+            ds[(i, 0)]
+        counts[layout] = ds.sample_counts["round trip"]
+    assert counts["coco17"] > 0 and counts["blazepose33"] >= counts["coco17"] - 2, counts
+
+
 class _HalfOccluded(Scenes):
     """Scenes whose even images have every arm joint labelled occluded: the warp moves no arm
     there, so no round trip can be made of them (a fill still can)."""

@@ -440,6 +440,33 @@ def test_the_pose_drawn_has_the_hand_where_it_was_pasted(fixtures):
     assert moved >= 2
 
 
+def test_a_bank_arm_brings_its_own_hand_points(fixtures):
+    """With a one-frame limb bank, frame s rendered with frame t's arms pastes t's own arms at
+    their own place (when they pass the cut-out tests): the hand points drawn are then t's."""
+    from posesynth.augment.renderers import LimbBank
+    from posesynth.datasets.formats import open_dataset
+
+    ds = open_dataset(fixtures / "squats" / "pose_squats.full.json", layout="blazepose33")
+    L = ds.layout
+    arm = [L.index(f"{side}_{n}") for side in ("left", "right") for n in ("elbow", "wrist", "pinky", "index", "thumb")]
+    checked = 0
+    for f, g in ((4, 24), (8, 41), (20, 53), (40, 7)):
+        s, t = ds[f], ds[g]
+        new = s.keypoints[:1].copy()
+        new[0, arm] = t.keypoints[0, arm]
+        r = WarpRenderer(L, bank=LimbBank([t.image], t.keypoints[None, :1], layout=L))
+        st = r.new_stats()
+        _, _, _, drawn = r.render_pose(s.image, s.keypoints[:1], new, stats=st)
+        if not st.get("bank"):
+            continue
+        for side in ("left", "right"):
+            part = [L.index(f"{side}_{n}") for n in ("elbow", "wrist", "pinky", "index", "thumb")]
+            if np.allclose(drawn[0, part[:2], :2], t.keypoints[0, part[:2], :2]):
+                checked += 1
+                np.testing.assert_allclose(drawn[0, part[2:], :2], t.keypoints[0, part[2:], :2], atol=1e-3)
+    assert checked >= 2
+
+
 def test_an_arm_left_in_place_keeps_its_hand_points():
     """An occluded arm is not moved (the image is unchanged), and none of its points move in the
     pose drawn: not its elbow and wrist, nor its hand points."""

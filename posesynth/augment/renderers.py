@@ -148,7 +148,7 @@ def telea_fill(img: np.ndarray, hole: np.ndarray, radius: float, max_radius: flo
     """OpenCV Telea inpainting of ``hole`` (uint8 {0, 1}), done at a scale where the arm
     capsule radius is at most ``max_radius`` px (the fill is smooth, so nothing is lost) and
     pasted into the full-resolution image inside the hole only.  A small pixel counts as hole
-    where at least half of it is: the rest of the hole's edge is read as known.  The warp grows
+    where about half of it or more is: the rest of the hole's edge is read as known.  The warp grows
     its holes beyond the arm's cut-out (by 0.15 x the arm radius), so that edge holds the arm's
     surroundings; inpainting every small pixel the hole touches (nothing of the hole read)
     scored 0.06 dB lower with the warp, plate and bank on the 5 held-out squats pairs."""
@@ -715,7 +715,7 @@ class WarpRenderer(Renderer):
         for the arms moved; an arm the warp does not move (:meth:`plausible`) keeps its old
         elbow, wrist and hand points; a moved arm's hand points (a layout's pinky, index, thumb)
         are those of the hand pasted, moved with its forearm (the source's, or the limb bank's
-        arm: its hand points, unlabelled where the bank's are).  The arms moved and skipped are
+        arm's, with their visibility there).  The arms moved and skipped are
         counted in ``stats`` (default :attr:`stats`; a thread passes its own,
         :meth:`new_stats`, and the caller adds it with :meth:`add_stats`)."""
         st = self.stats if stats is None else stats
@@ -829,7 +829,7 @@ class WarpRenderer(Renderer):
         """Put the hand points of moved arm ``a`` into ``drawn`` ``(P, K, 3)``, in place: those of
         person ``q`` of ``src`` ``(P', K, 3)`` (full-frame keypoints of the image whose arm was
         pasted), moved by the forearm's transform from its elbow and wrist there to ``a``'s new
-        ones (as the hand's pixels are); unlabelled where they are unlabelled in ``src``."""
+        ones (as the hand's pixels are), with their visibility there."""
         hand = self._hand_points(a.joints)
         if not hand:
             return
@@ -838,7 +838,7 @@ class WarpRenderer(Renderer):
         mat = _bone_affine(e, w, e2, w2)
         pts = src[q, hand, :2].astype(np.float64)
         drawn[a.person, hand, :2] = pts @ mat[:, :2].T + mat[:, 2]
-        drawn[a.person, hand, 2] = np.where(src[q, hand, 2] > 0, drawn[a.person, hand, 2], 0)
+        drawn[a.person, hand, 2] = src[q, hand, 2]
 
     def _bank_choice(self, arms: "list[_Arm]", hw: tuple[int, int]
                      ) -> "dict[tuple[int, tuple[int, int, int]], tuple[int, int, np.ndarray] | str]":
