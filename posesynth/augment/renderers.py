@@ -148,10 +148,10 @@ def telea_fill(img: np.ndarray, hole: np.ndarray, radius: float, max_radius: flo
     """OpenCV Telea inpainting of ``hole`` (uint8 {0, 1}), done at a scale where the arm
     capsule radius is at most ``max_radius`` px (the fill is smooth, so nothing is lost) and
     pasted into the full-resolution image inside the hole only.  A small pixel counts as hole
-    where about half of it or more is: the rest of the hole's edge is read as known.  The warp grows
-    its holes beyond the arm's cut-out (by 0.15 x the arm radius), so that edge holds the arm's
-    surroundings; inpainting every small pixel the hole touches (nothing of the hole read)
-    scored 0.06 dB lower with the warp, plate and bank on the 5 held-out squats pairs."""
+    where about half of it or more is: the rest of the hole's edge is read as known.  The warp
+    grows its holes beyond the arm's cut-out (by 0.15 x the arm radius), so that edge holds the
+    arm's surroundings; inpainting every small pixel the hole touches (nothing of the hole
+    read) scored 0.06 dB lower with the warp, plate and bank on the 5 held-out squats pairs."""
     f = min(1.0, max_radius / max(radius, 1e-6))
     if f >= 1.0:
         return cv2.inpaint(img, hole, max(int(round(radius * 0.3)), 3), cv2.INPAINT_TELEA)
@@ -715,9 +715,9 @@ class WarpRenderer(Renderer):
         for the arms moved; an arm the warp does not move (:meth:`plausible`) keeps its old
         elbow, wrist and hand points; a moved arm's hand points (a layout's pinky, index, thumb)
         are those of the hand pasted, moved with its forearm (the source's, or the limb bank's
-        arm's, with their visibility there).  The arms moved and skipped are
-        counted in ``stats`` (default :attr:`stats`; a thread passes its own,
-        :meth:`new_stats`, and the caller adds it with :meth:`add_stats`)."""
+        arm's, with their visibility there).  The arms moved and skipped are counted in
+        ``stats`` (default :attr:`stats`; a thread passes its own, :meth:`new_stats`, and the
+        caller adds it with :meth:`add_stats`)."""
         st = self.stats if stats is None else stats
         H, W = img.shape[:2]
         # the pose drawn: every arm asked to move starts at its old place, and gets its new one only
