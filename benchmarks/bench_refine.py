@@ -74,7 +74,8 @@ def _time(fn, iters: int) -> float:
 def frame_refine(ngf: int, hidden: int, crop: int, iters: int
                  ) -> "list[tuple[str, float, float, tuple[int, int]]] | None":
     """``(setting, warp s, crop + generator + paste s, frame size)`` on real squats frames: no
-    plate or bank, then plate + limb bank (+ body fill); ``None`` without the fixture."""
+    plate or bank, then plate + limb bank (+ body fill); last ``("hand rest", warp s, the same
+    warp without erasing the old hand's rest s, size)``; ``None`` without the fixture."""
     from posesynth.augment.renderers import LimbBank, RefineRenderer, WarpRenderer
     from posesynth.datasets.formats import open_dataset
     from posesynth.datasets.plate import build_plate
@@ -114,6 +115,13 @@ def frame_refine(ngf: int, hidden: int, crop: int, iters: int
     st = warp.describe()
     if not st["bank"]["used"] or not st["bank_body"]["filled"]:
         raise SystemExit(f"the bank row did not use the bank as meant: {st}")
+    # what erasing the old hand's rest costs that warp: with and without it, interleaved
+    pair = {"with": warp, "without": WarpRenderer(layout, background=plate, bank=bank, hand_rest=0)}
+    rest: dict[str, list[float]] = {k: [] for k in pair}
+    for _ in range(iters):
+        for k, w in pair.items():
+            rest[k].append(_time(lambda: w(img, m, f.keypoints[None], kp[None]), 1))
+    rows.append(("hand rest", float(np.median(rest["with"])), float(np.median(rest["without"])), f.image.shape[:2]))
     return rows
 
 
@@ -162,6 +170,10 @@ def main() -> None:
         print("refine a frame: the squats fixture is not at ../shared/fixtures (skipped)")
     else:
         for name, tw, tr, hw in fr:
+            if name == "hand rest":
+                print(f"that warp erasing the old hand's rest: {tw:.3f} s against {tr:.3f} s without ({tw / tr:.3f}x, "
+                      f"median of {a.iters} interleaved)")
+                continue
             print(f"refine a {hw[0]}x{hw[1]} frame (light), {name}: warp {tw:.2f} s + crop, generator and paste "
                   f"{tr:.2f} s = {tw + tr:.2f} s")
 

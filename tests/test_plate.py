@@ -399,13 +399,37 @@ def test_a_limb_bank_is_in_the_clip_order():
     assert np.array_equal(b.keypoints[:, 0], kps)
 
 
+def test_a_pair_leaves_out_the_bank_s_frames_near_its_own_in_time():
+    """``render-quality --pairs`` with a bank that holds the clip: pair (i, j) leaves out the
+    bank's frames equal to the clip's frames within N of i and of j in time (the clip listed out
+    of order, its frame ids giving the order), every copy of a repeated frame, and the bank's
+    frames within N of i's and j's own in the bank's order; a frame not in the clip stays."""
+    from posesynth.augment.render import _bank_leave_out
+    from posesynth.augment.renderers import LimbBank
+
+    _, frames = _clip(8)
+    listed = [3, 0, 5, 1, 7, 4, 2, 6]
+    src = _source(frames, listed, lambda t: {"meta": {"frame_id": t}})()
+    # the bank: frames 0-7 in time, frame 5 again (8), and a frame the clip does not hold (9)
+    imgs = [f[0] for f in frames] + [frames[5][0], frames[0][0] + 1]
+    kps = np.stack([f[1] for f in frames] + [frames[5][1], frames[0][1]])
+    near = _bank_leave_out(LimbBank(imgs, kps, L), src, 1)
+    at = {t: listed.index(t) for t in range(8)}    # where frame t is in the clip's listing
+    assert near.held == 8
+    assert near(at[2], at[6]) == {1, 2, 3, 5, 6, 7, 8}
+    assert near(at[0], at[7]) == {0, 1, 6, 7, 8}   # (8 is 7's neighbour in the bank)
+    bank = LimbBank(imgs[:8] + imgs[:8], np.concatenate([kps[:8], kps[:8]]), L)   # the clip twice over
+    assert _bank_leave_out(bank, src, 0)(at[3], at[4]) == {3, 4, 11, 12}          # every copy
+    assert _bank_leave_out(LimbBank(imgs[9:], kps[9:], L), src, 2) is None
+
+
 def test_pairs_and_generate_with_a_limb_bank(tmp_path):
     """``render-quality --pairs CLIP --limb-bank BANK`` and ``generate --limb-bank`` end to end,
     on a static clip whose left arm takes four angles, with its plate. The bank is a second take
     of the same four poses (one grey level brighter): it holds each target's arm, so the warp
     moves a real arm of the new pose by an identity and scores closer to the real targets inside
-    the arm region. The clip itself as the bank is refused (the renders would copy the targets);
-    generate records the bank with its settings and the gan renderer refuses it."""
+    the arm region. With the clip itself as the bank, each pair's frames are left out of it (the
+    renders would copy the targets); generate records the bank with its settings and the gan renderer refuses it."""
     import json
 
     from conftest import run_cli
@@ -431,9 +455,30 @@ def test_pairs_and_generate_with_a_limb_bank(tmp_path):
     # (not all the way to the target: the shoulder's disk is kept and the upper arm fades in from it
     # over the inpainted old arm there, for either warp)
     assert psnr["bank"] > psnr["plain"] + 2, psnr
-    r = run_cli("render-quality", "--pairs", tmp_path / "clip", "--out", tmp_path / "leak", "--renderer", "warp",
-                "--limb-bank", tmp_path / "clip")
-    assert r.returncode == 2 and "holds 4 of the frames --pairs scores against" in r.stderr, r.stderr
+    # a bank that holds the clip: each pair leaves out its own frames and those near them. Arms at 0
+    # and 60 degrees as the clip, with a bank of arms at 0, 5, 55 and 60 degrees, render exactly as
+    # with a bank of the 5 and 55 degree frames only (which are nearer the targets than the sources)
+    near = [Sample(_draw(bg, k), k, np.zeros((1, SIZE, SIZE), np.uint8))
+            for k in (_person(arm_angle=t) for t in (0.0, 5.0, 55.0, 60.0))]
+    write_coco(tmp_path / "four", near, L)
+    write_coco(tmp_path / "ends", [near[0], near[3]], L)
+    write_coco(tmp_path / "inner", near[1:3], L)
+    per = {}
+    for name, bank, extra in (("own", tmp_path / "four", ["--bank-leave-out", "0"]), ("inner", tmp_path / "inner", [])):
+        r = run_cli("render-quality", "--pairs", tmp_path / "ends", "--out", tmp_path / name, "--renderer", "warp",
+                    "--num", "0", "--background", tmp_path / "clip", "--limb-bank", bank, *extra)
+        assert r.returncode == 0, r.stderr
+        res = json.loads((tmp_path / name / "pairs.json").read_text())
+        per[name] = [(p["source"], p["target"], p["warp_psnr"]) for p in res["per_pair"]]
+    assert len(per["own"]) == 2 and per["own"] == per["inner"], per
+    assert res["renderers"]["warp"]["describe"]["bank"]["used"] > 0     # the bank's arms were used
+    # the whole clip leaves out every frame of each pair within 2 frames (the default): no bank is left
+    r = run_cli("render-quality", "--pairs", tmp_path / "clip", "--out", tmp_path / "own2", "--renderer", "warp",
+                "--num", "0", "--background", tmp_path / "clip", "--limb-bank", tmp_path / "clip")
+    assert r.returncode == 0 and "holds frames of" in r.stderr and "--bank-leave-out" in r.stderr, r.stderr
+    res = json.loads((tmp_path / "own2" / "pairs.json").read_text())
+    assert res["bank_leave_out"] == {"frames": 2, "clip_frames_in_bank": 4, "pairs_without_bank": res["pairs"]}
+    assert res["renderers"]["warp"]["psnr"] == psnr["plain"]
     from posesynth import Augmenter
 
     aug = Augmenter("driver9", limb_bank=tmp_path / "take2", seed=0)   # the Python API reads the same folder
@@ -518,3 +563,59 @@ def test_refine_round_trips_move_the_bank_s_arms_but_never_the_image_s_own_frame
     assert not refine_trainer(replace(cfg, bank_body=False), tmp_path / "r_arms", progress=False).dataset.bank.body
     with pytest.raises(ConfigError, match="with --background"):
         replace(cfg, background="").validate()
+
+
+def test_an_old_hand_s_fingers_past_its_capsule_are_erased_with_the_arm():
+    """A hand whose fingers reach past the hand's capsule (0.35 forearms beyond the wrist, plus a
+    radius): when the arm moves up, the fingers' pixels become the scene (the plate's), not a
+    floating piece of hand, through the renderer's call (its region M grows to cover them); with
+    ``hand_rest=0`` (the cut-out alone) they stay.  A blue thing held past the fingers is not
+    the hand's colour and stays, as does a skin-coloured speck beside them that does not join
+    the hand; nothing of the body is taken for a hand."""
+    from posesynth.datasets.torch_dataset import image_to_tensor, tensor_to_image
+
+    bg, frames = _clip()
+    plate = build_plate(frames, L)
+    kp = _person(dx=8.0, arm_angle=60.0)
+    img = _draw(bg, kp)
+    e, w = kp[0, L.index("left_elbow"), :2], kp[0, L.index("left_wrist"), :2]
+    fingers = np.zeros(img.shape[:2], np.uint8)
+    cv2.line(fingers, tuple(int(v) for v in w + (w - e) * 0.3), tuple(int(v) for v in w + (w - e) * 1.05), 1, 5)
+    img[fingers > 0] = (225, 175, 140)
+    held = np.zeros(img.shape[:2], np.uint8)                     # a blue thing just past the fingers
+    cv2.circle(held, tuple(int(v) for v in w + (w - e) * 1.2), 4, 1, -1)
+    held &= fingers == 0
+    img[held > 0] = (20, 40, 230)
+    u = (w - e) / np.linalg.norm(w - e)
+    speck = np.zeros(img.shape[:2], np.uint8)                   # skin-coloured, apart from the hand
+    cv2.circle(speck, tuple(int(v) for v in w + u * 23 + np.array([-u[1], u[0]]) * 8), 2, 1, -1)
+    img[speck > 0] = (225, 175, 140)
+    new = kp.copy()
+    new[0, L.index("left_elbow"), :2] = kp[0, L.index("left_shoulder"), :2] + (20, -20)
+    new[0, L.index("left_wrist"), :2] = kp[0, L.index("left_shoulder"), :2] + (38, -40)
+    ys, xs = np.mgrid[0:SIZE, 0:SIZE]
+    t = ((xs - w[0]) * (w - e)[0] + (ys - w[1]) * (w - e)[1]) / float(np.sum((w - e) ** 2))
+    past = (fingers > 0) & (t > 0.8) & plate.known                # past the hand's capsule
+    x = image_to_tensor(img)[None]
+    m = torch.zeros(1, L.num_masks, SIZE, SIZE)
+    renders = {}
+    for rest in (0.9, 0.0):
+        r = WarpRenderer(L, background=plate, hand_rest=rest)
+        rd = r(x, m, kp[None], new[None])
+        renders[rest] = (tensor_to_image(rd.images)[0], rd.region[0, 0].numpy(), r.last_limb[0])
+    (out, region, alpha), (left, region0, _) = renders[0.9], renders[0.0]
+    free = past & (alpha == 0)
+    assert free.sum() > 10
+    assert np.array_equal(out[free], bg[free])                    # the scene where the fingers were
+    assert bool((region[free] > 0).all()) and not (region0[free] > 0).all()
+    assert (left[free] == img[free]).all(-1).mean() > 0.8         # the cut-out alone leaves them
+    inner = held.astype(bool) & ~_grow(fingers.astype(bool), 2)
+    assert inner.sum() > 10 and np.array_equal(out[inner], img[inner])   # not the hand's colour
+    assert speck.sum() >= 9 and np.array_equal(out[speck > 0], img[speck > 0])   # not joined to the hand
+    torso = person_mask(np.where(np.isin(np.arange(9), [L.index("left_elbow"), L.index("left_wrist")])[None, :, None],
+                                 0, kp), L, img.shape[:2])
+    assert np.array_equal(out[torso & (region0 == 0)], img[torso & (region0 == 0)])   # the body is not
+
+
+def _grow(mask, px):
+    return cv2.dilate(mask.astype(np.uint8), np.ones((2 * px + 1, 2 * px + 1), np.uint8)) > 0

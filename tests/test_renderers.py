@@ -987,3 +987,53 @@ def test_limb_bank_fills_the_body_of_each_person_whose_arms_moved(monkeypatch):
             ghosted += 1
             assert (now & ~on_ghost).sum() >= 0.5 * (before & ~on_ghost).sum()
     assert both >= 3 and ghosted >= 2, (both, ghosted)
+
+
+@pytest.mark.parametrize("mode", ["full", "inpaint"])
+def test_a_generator_with_noise_renders_each_image_alike_in_any_batch(mode):
+    """A generator that draws noise (``--z-dim > 0``) renders an image the same alone, in a batch
+    with others and after any use of torch's global RNG, which it leaves as it was; and its
+    noise is used (a render with the noise set to 0 differs)."""
+    from posesynth.spade.generator import GeneratorConfig, SPADEGenerator
+
+    torch.manual_seed(0)
+    extra = 4 if mode == "inpaint" else 0
+    G = SPADEGenerator(GeneratorConfig(DRIVER9.num_channels + extra, (64, 64), ngf=8, z_dim=8, area_channels=extra))
+    r = GANRenderer(G, mode, DRIVER9, PoseMapSpec(), (64, 64))
+    _, imgs, masks, old, new = _scene_batch(5, 3, 64)
+    torch.manual_seed(1)
+    batch = r(imgs, masks, old, new).images
+    torch.manual_seed(2)
+    expect = torch.rand(3)
+    torch.manual_seed(2)
+    alone = [r(imgs[i:i + 1], masks[i:i + 1], old[i:i + 1], new[i:i + 1]).images[0] for i in (2, 0, 1)]
+    assert torch.equal(torch.rand(3), expect)                       # the global RNG is where it was
+    for i, a in zip((2, 0, 1), alone):
+        assert torch.allclose(a, batch[i], atol=1e-5), i
+    forward = G.forward
+    G.forward = lambda x, noise=None: forward(x, torch.zeros(x.shape[0], 8, *G.start))
+    try:
+        assert not torch.allclose(r(imgs, masks, old, new).images, batch, atol=1e-3)
+    finally:
+        del G.forward
+
+
+def test_a_vanilla_generator_with_noise_renders_an_image_alike_whatever_the_batch_is_padded_to():
+    """The vanilla generator draws a whole image from person 0's keypoint vector and its noise. In
+    a batch with a two-person image, a one-person image's keypoints are padded with an empty
+    person; its render (seeded from the people it has) is the same as alone.  The CPU generator's
+    state is left as it was."""
+    from posesynth.spade.baselines import make_render
+    from posesynth.spade.vanilla import VanillaConfig, VanillaGenerator
+
+    torch.manual_seed(0)
+    G = VanillaGenerator(VanillaConfig(num_keypoints=DRIVER9.num_keypoints, size=(64, 64), ngf=8, n_up=4, z_dim=8))
+    r = GANRenderer(G, "full", DRIVER9, PoseMapSpec(), (64, 64), arch="vanilla", render=make_render("vanilla", G, DRIVER9))
+    _, imgs, masks, old, new = _scene_batch(5, 2, 64)
+    two = np.concatenate([new[1:2], new[1:2] + np.float32([3, 0, 0])], 1)            # (1, 2, K, 3)
+    padded = np.concatenate([np.concatenate([new[:1], np.zeros_like(new[:1])], 1), two])   # (2, 2, K, 3)
+    state = torch.get_rng_state()
+    alone = r(imgs[:1], masks[:1], old[:1], new[:1]).images[0]
+    both = r(imgs, masks, padded, padded).images[0]
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.allclose(alone, both, atol=1e-5)

@@ -21,9 +21,11 @@ reports, per renderer:
 from __future__ import annotations
 
 import html
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import cv2
@@ -49,6 +51,8 @@ from ..runs import resolve_device
 from .perturb import PerturbConfig, Perturber, check_mode
 from .renderers import BANK_BODY_HELP, GAN_RENDERERS, Renderer, load_limb_bank, make_renderer
 from .training import renderer_name
+
+log = logging.getLogger(__name__)
 
 __all__ = ["render_dataset", "QualityConfig", "render_quality", "render_pairs", "find_pairs", "judge_pck"]
 
@@ -209,11 +213,15 @@ class QualityConfig:
                 "than the source's own, and the body an old arm hid from frames whose body lies where the source's "
                 "does (unset: the source's arm)"})
     bank_body: bool = field(default=True, metadata={"help": BANK_BODY_HELP})
+    bank_leave_out: int = field(default=2, metadata={
+        "help": "--pairs with a --limb-bank that holds frames of the clip: each pair's render leaves out the bank's "
+                "frames that are the clip's frames within this many of its source's and of its target's (train-gan "
+                "--mode refine leaves out 2 either side of a training image's own frame)"})
 
     def validate(self) -> None:
         """Refuse impossible numbers before anything is read or written."""
         check_numbers(self, {"num": ">=0", "size": ">=0", "seed": ">=0", "picture_rows": ">=0", "body_tol": ">0",
-                             "arm_min": ">0"})
+                             "arm_min": ">0", "bank_leave_out": ">=0"})
 
 
 # ---- realism on real video: frame pairs -------------------------------------------------------------
@@ -294,18 +302,18 @@ def render_pairs(c: "QualityConfig", progress: bool = True) -> dict[str, Any]:
     if c.num and len(pairs) > c.num:
         pairs = [pairs[k] for k in np.sort(rng.choice(len(pairs), c.num, replace=False))]
     bank = _bank(c, layout)
+    near_of = None   # (i, j) -> the bank's frames a pair leaves out, for a bank that holds the clip's
     if bank is not None:
         (w, h), = sizes
         if bank.size != (h, w):
             raise ConfigError(f"{bank.name}: frames of {bank.size[1]}x{bank.size[0]}, the clip's are {w}x{h}: a limb "
                               "bank is frames of the same camera")
-        targets = sorted({j for _, j in pairs})
-        held = bank.holding(src[j].image for j in targets)
-        if held:
-            raise ConfigError(f"{bank.name} holds {len(held)} of the frames --pairs scores against (e.g. frame "
-                              f"{targets[held[0]]} of {c.pairs}): the renders would copy the targets' own arms. Give "
-                              "frames outside the clip (e.g. the training frames)")
+        near_of = _bank_leave_out(bank, src, c.bank_leave_out)
+        if near_of is not None:
+            log.warning("%s holds frames of %s: each pair's render leaves out the bank's frames within %d of its source "
+                        "and of its target (--bank-leave-out)", bank.name, c.pairs, c.bank_leave_out)
     rends = _renderers(list(c.renderer), list(c.gan), layout, dev, _background(c), bank)
+    warps = _warps(rends)
     arm = arm_joint_mask(layout)
     names = ["copy", *rends]
     per = {k: {"psnr": [], "ssim": []} for k in names}
@@ -337,6 +345,12 @@ def render_pairs(c: "QualityConfig", progress: bool = True) -> dict[str, Any]:
         if not bool((region > 0).any()):   # no arm both frames label fully: nothing to compare
             skipped += 1
             continue
+        row = {"source": int(i), "target": int(j), "region_px": float(region.sum())}
+        if near_of is not None:   # the clip's frames near the source and the target are not the bank's
+            view = bank.without(near_of(i, j))
+            for wr in warps:
+                wr.bank = view
+            row["bank_frames"] = len(view.images) if view is not None else 0
         outs = {"copy": a.image}
         img_t = image_to_tensor(a.image)[None].to(dev)
         mask_t = torch.from_numpy(a.masks[None]).float().to(dev)
@@ -347,7 +361,6 @@ def render_pairs(c: "QualityConfig", progress: bool = True) -> dict[str, Any]:
                 seen[name].append((outs[name], rd.keypoints[0] if rd.keypoints is not None else new))
         if c.detector:
             seen["real target"].append((b.image, first[j][None]))
-        row = {"source": int(i), "target": int(j), "region_px": float(region.sum())}
         # scored on the region's box (8 px wider than SSIM's window): the same figures, far cheaper
         ys, xs = np.nonzero(region[0, 0].numpy() > 0)
         y0, y1, x0, x1 = max(ys.min() - 8, 0), ys.max() + 9, max(xs.min() - 8, 0), xs.max() + 9
@@ -373,10 +386,15 @@ def render_pairs(c: "QualityConfig", progress: bool = True) -> dict[str, Any]:
             cells = [cv2.resize(np.ascontiguousarray(x[y0:y1, x0:x1]), (240, int(240 * (y1 - y0) / max(x1 - x0, 1))))
                      for x in cells]
             picture.append(np.concatenate(cells, 1))
+    for wr in warps:   # (its description counts the whole bank's frames)
+        wr.bank = bank
     if not rows:
         raise PosesynthError(f"{c.pairs}: none of the {len(pairs)} pairs has an arm region to compare")
     res: dict[str, Any] = {"clip": str(c.pairs), "pairs": len(rows), "skipped_pairs": skipped,
                            "body_tol": c.body_tol, "arm_min": c.arm_min, "renderers": {}}
+    if near_of is not None:
+        res["bank_leave_out"] = {"frames": c.bank_leave_out, "clip_frames_in_bank": near_of.held,
+                                 "pairs_without_bank": sum(r["bank_frames"] == 0 for r in rows)}
     base = np.asarray(per["copy"]["psnr"], float)
     for name in names:
         pv, sv = np.asarray(per[name]["psnr"], float), np.asarray(per[name]["ssim"], float)
@@ -473,6 +491,46 @@ def _pooled_psnr(sse: float, pixels: int) -> float:
     if not pixels or sse <= 0:
         return None
     return float(10 * np.log10(255.0 ** 2 / (sse / (3 * pixels))))
+
+
+def _bank_leave_out(bank: Any, src: Any, n: int) -> Any:
+    """For a limb bank that holds frames of the clip ``src`` (pixel for pixel), the bank's frames
+    pair ``(i, j)`` leaves out, as ``near_of(i, j) -> set[int]`` (with ``near_of.held``, the
+    number of the clip's frames the bank holds): those equal to the clip's frames within ``n``
+    of ``i`` or ``j`` in the clip's time order, and those within ``n`` of the frames equal to
+    ``i`` and ``j`` in the bank's (a bank sampled more densely from the same video); ``None``
+    when the bank holds none of the clip's frames."""
+    from .renderers import time_order
+
+    ids: list[Any] = []   # each frame's sample without its pixels (time_order reads its ids only)
+
+    def images():
+        for k in range(len(src)):
+            s = src[k]
+            ids.append(SimpleNamespace(image_id=s.image_id, meta=s.meta))
+            yield s.image
+
+    same = bank.matches(images())
+    held = sum(bool(m) for m in same)
+    if not held:
+        return None
+    rank = np.empty(len(ids), np.int64)
+    rank[time_order(ids)] = np.arange(len(ids))
+
+    def near_of(i: int, j: int) -> "set[int]":
+        close = np.nonzero((np.abs(rank - rank[i]) <= n) | (np.abs(rank - rank[j]) <= n))[0]
+        out = {b for k in close for b in same[k]}
+        out |= {b + d for b in same[i] + same[j] for d in range(-n, n + 1) if 0 <= b + d < len(bank.images)}
+        return out
+    near_of.held = held
+    return near_of
+
+
+def _warps(rends: "dict[str, Renderer]") -> list:
+    """The warps among ``rends`` and inside them (a refiner's), whose bank a pair may replace."""
+    from .renderers import WarpRenderer
+
+    return [w for r in rends.values() for w in (r, getattr(r, "warp", None)) if isinstance(w, WarpRenderer)]
 
 
 def _bank(c: "QualityConfig", layout: Any) -> Any:

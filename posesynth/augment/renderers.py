@@ -198,6 +198,39 @@ def _content_seed(*arrays: np.ndarray) -> int:
     return int(crc & 0x7FFFFFFF)
 
 
+def _draws_noise(G: Any) -> bool:
+    """Whether the generator ``G`` (or the module an inference wrapper holds) draws noise of its
+    own (``z_dim > 0``)."""
+    for m in (G, getattr(G, "eager", None), getattr(G, "_orig_mod", None)):
+        cfg = getattr(m, "cfg", None)
+        if cfg is not None:
+            return bool(getattr(cfg, "z_dim", 0))
+    return False
+
+
+def _seeded(fn: Any, noise: bool, *inputs: torch.Tensor, keys: "list[np.ndarray] | None" = None) -> torch.Tensor:
+    """``fn(*inputs)`` (tensors batched along dim 0).  With ``noise`` (a generator that draws its
+    own, :func:`_draws_noise`) one image at a time, the random generators of the CPU and of the
+    inputs' GPUs seeded from that image's ``keys[i]`` (default: its inputs; :func:`_content_seed`)
+    inside :func:`torch.random.fork_rng`: an image's render then depends neither on the rest of
+    its batch nor on what ran before, and those generators are left as they were.  (Not for
+    threads: the generators are the process's.)"""
+    if not noise or not inputs[0].shape[0]:
+        return fn(*inputs)
+    cuda = sorted({t.device.index if t.device.index is not None else torch.cuda.current_device()
+                   for t in inputs if t.is_cuda})
+    outs = []
+    with torch.random.fork_rng(devices=cuda):
+        for i in range(inputs[0].shape[0]):
+            one = [t[i:i + 1] for t in inputs]
+            seed = _content_seed(*([keys[i]] if keys is not None else [t.detach().float().cpu().numpy() for t in one]))
+            torch.default_generator.manual_seed(seed)
+            for d in cuda:
+                torch.cuda.default_generators[d].manual_seed(seed)
+            outs.append(fn(*one))
+    return torch.cat(outs)
+
+
 def _seg_points(a: np.ndarray, b: np.ndarray, lo: float, hi: float, n: int = 9) -> np.ndarray:
     """``n`` points from ``lo`` to ``hi`` of the way along the segment ``a -> b``, ``(n, 2)``."""
     t = np.linspace(lo, hi, n)[:, None]
@@ -313,6 +346,23 @@ def _common_colour(img: np.ndarray, part: np.ndarray, reference: np.ndarray, bin
     return hist[pq[:, 0], pq[:, 1], pq[:, 2]] >= min_share * len(r)
 
 
+def time_order(samples: "list[Any]") -> np.ndarray:
+    """The order in time of a clip's ``samples`` (:class:`~posesynth.datasets.sample.Sample`):
+    by their ``frame_id`` where every sample has one and they are distinct integers, else by
+    image id where those are (several clips each numbered from 0), else as listed; the
+    indices, ``(N,)``."""
+    fids, iids = [s.meta.get("frame_id") for s in samples], [s.image_id for s in samples]
+
+    def distinct_ints(v: list) -> bool:
+        ints = all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in v)
+        return ints and len(set(v)) == len(v)
+
+    key = next((k for k in (fids, iids) if distinct_ints(k)), None)
+    if key is None:
+        return np.arange(len(samples))
+    return np.argsort(np.asarray(key, np.int64), kind="stable")
+
+
 class _CroppedFrames:
     """A bank's frames ``keep`` cut at ``box`` and resized to ``size`` (mirrored with ``flip``),
     each when first asked for (:meth:`LimbBank.cropped`)."""
@@ -381,15 +431,7 @@ class LimbBank:
             raise ConfigError(f"{name}: a limb bank of {len(source)} frames would be held in memory; give at most "
                               f"{max_frames} (e.g. convert --frames or --every)")
         samples = [source[i] for i in range(len(source))]
-        fids, iids = [s.meta.get("frame_id") for s in samples], [s.image_id for s in samples]
-
-        def distinct_ints(v: list) -> bool:
-            ints = all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in v)
-            return ints and len(set(v)) == len(v)
-
-        key = next((k for k in (fids, iids) if distinct_ints(k)), None)
-        if key is not None:
-            samples = [samples[i] for i in np.argsort(np.asarray(key, np.int64), kind="stable")]
+        samples = [samples[i] for i in time_order(samples)]
         return cls([s.image for s in samples], pad_people([s.keypoints for s in samples],
                                                           num_keypoints=source.layout.num_keypoints),
                    source.layout, name, body)
@@ -438,14 +480,35 @@ class LimbBank:
         n, q = np.unravel_index(int(np.argmin(d)), d.shape)
         return int(n), int(q), float(d[n, q])
 
-    def holding(self, images: "Iterable[np.ndarray]") -> list[int]:
-        """Which of ``images`` (read one at a time) are frames of the bank, pixel for pixel:
-        their indices."""
+    def matches(self, images: "Iterable[np.ndarray]") -> "list[list[int]]":
+        """For each of ``images`` (read one at a time), the indices of the bank's frames equal to
+        it pixel for pixel (several where the bank repeats a frame; none where it has none)."""
         def key(im: np.ndarray) -> tuple:
             return im.shape, hashlib.blake2b(np.ascontiguousarray(im).tobytes(), digest_size=16).digest()
 
-        own = {key(im) for im in self.images}
-        return [i for i, im in enumerate(images) if key(im) in own]
+        own: dict[tuple, list[int]] = {}
+        for n, im in enumerate(self.images):
+            own.setdefault(key(im), []).append(n)
+        return [own.get(key(im), []) for im in images]
+
+    def holding(self, images: "Iterable[np.ndarray]") -> list[int]:
+        """Which of ``images`` (read one at a time) are frames of the bank, pixel for pixel:
+        their indices."""
+        return [i for i, m in enumerate(self.matches(images)) if m]
+
+    def without(self, frames: "Iterable[int]") -> "LimbBank | None":
+        """The bank less its frames ``frames`` (indices), sharing their pixels: the bank itself
+        when none is left out, ``None`` when none is left."""
+        drop = {int(n) for n in frames}
+        if not drop:
+            return self
+        keep = [n for n in range(len(self.images)) if n not in drop]
+        if not keep:
+            return None
+        out = LimbBank.__new__(LimbBank)
+        out.images, out.keypoints = [self.images[n] for n in keep], self.keypoints[keep]
+        out.layout, out.name, out.size, out.body = self.layout, self.name, self.size, self.body
+        return out
 
 
 class WarpRenderer(Renderer):
@@ -475,6 +538,13 @@ class WarpRenderer(Renderer):
             processes on this machine (``LOCAL_WORLD_SIZE``), at most the batch size.  The warp
             runs on the CPU even when the pose network trains on a GPU, where on one thread it
             was 84-99% of the mixed training step (README, "GPU figures").
+        hand_rest: with a plate, what the cut-out leaves of a moved arm's old hand (fingers past
+            the hand's capsule, which reaches ``region.hand`` x the forearm beyond the wrist) is
+            erased too: pixels up to this many forearms past the wrist, within an arm radius of
+            the forearm's line, that differ from the plate, have the hand's colours, lie off the
+            body and join the hole where the hand was cut (:meth:`_hand_rest`; 0: not); M grows
+            to cover them.  The pasted arm keeps the shorter hand: cutting it longer picks up
+            background (-0.5 dB on the squats clip's pairs, README).
     """
 
     name = "warp"
@@ -484,7 +554,7 @@ class WarpRenderer(Renderer):
                  blend: float = 0.35, feather: float = 0.12, shoulder_keep: float = 0.6,
                  arm_colour: float = 0.5, torso_colour: float = 0.4,
                  background: "BackgroundPlate | None" = None, threads: "int | None" = None,
-                 bank: "LimbBank | None" = None) -> None:
+                 bank: "LimbBank | None" = None, hand_rest: float = 0.9) -> None:
         if not arm_chains(layout):
             raise ConfigError(f"layout '{layout.name}' names no arms (right/left shoulder, elbow, wrist): "
                               "the warp renderer has nothing to move")
@@ -493,7 +563,7 @@ class WarpRenderer(Renderer):
         self.fg_frac, self.axis_frac = fg_frac, axis_frac
         self.blend, self.feather, self.shoulder_keep = blend, feather, shoulder_keep
         self.arm_colour, self.torso_colour = arm_colour, torso_colour
-        self.background, self.bank = background, bank or None
+        self.background, self.bank, self.hand_rest = background, bank or None, float(hand_rest)
         if self.bank is not None and (self.bank.keypoints.shape[2] != layout.num_keypoints or (
                 self.bank.layout is not None and tuple(self.bank.layout.keypoints) != tuple(layout.keypoints))):
             theirs = f"layout '{self.bank.layout.name}'" if self.bank.layout is not None else \
@@ -774,7 +844,8 @@ class WarpRenderer(Renderer):
         plate = seen = None
         if self.background is not None:
             if self.background.size == (H, W):
-                seen = self._plate_seen(img, hole, old, o, [a for _, a in keep], (y0, y1, x0, x1), st)
+                seen, rest = self._plate_seen(img, hole, old, o, keep, (y0, y1, x0, x1), st, xs, ys)
+                hole |= rest.astype(np.uint8)
                 plate = self.background.image[y0:y1, x0:x1]
             else:   # another camera's frame size: inpainted, and counted
                 st["plate_other_size"] = st.get("plate_other_size", 0) + 1
@@ -785,10 +856,10 @@ class WarpRenderer(Renderer):
             several = old.shape[0] > 1
             bare = self._without_moved_arms(old - np.r_[o, 0], [a for _, a in keep]) if several else None
             for p in dict.fromkeys(a.person for _, a in keep):
-                rest = (hole > 0) & ~seen
+                unfilled = (hole > 0) & ~seen
                 if several:
-                    rest &= ~person_mask(np.delete(bare, p, axis=0), self.layout, (h, w))
-                body = self._bank_body(img, rest, hole, old, o, [a for _, a in keep if a.person == p],
+                    unfilled &= ~person_mask(np.delete(bare, p, axis=0), self.layout, (h, w))
+                body = self._bank_body(img, unfilled, hole, old, o, [a for _, a in keep if a.person == p],
                                        (y0, y1, x0, x1), st)
                 if body is not None:
                     plate, seen = np.where(body[1][..., None], body[0], plate), seen | body[1]
@@ -1035,26 +1106,67 @@ class WarpRenderer(Renderer):
         return out
 
     def _plate_seen(self, img: np.ndarray, hole: np.ndarray, old: np.ndarray, o: np.ndarray,
-                    moved: "list[_Arm]", box: tuple[int, int, int, int], st: dict) -> np.ndarray:
-        """Where the hole (in the crop ``box``) is filled from the background plate, ``(h, w)``
-        bool: where the plate saw the scene and no other part of a person lies (an arm over the
-        torso leaves torso, which the plate may have seen as wall).  Nowhere on an image whose
-        scene around the hole (known, uncovered, within a radius of it) differs from the plate
-        by more than :data:`~posesynth.datasets.plate.MAX_RESIDUAL` grey levels: another scene
-        or another light (counted in ``stats["plate_disagrees"]``)."""
+                    keep: "list[tuple[np.ndarray, _Arm]]", box: tuple[int, int, int, int], st: dict,
+                    xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(seen, rest)``, ``(h, w)`` bool each in the crop ``box`` (``xs``, ``ys``: its pixel
+        coordinates; ``keep``: the moved arms with their cut-outs).  ``seen``: where the hole is
+        filled from the background plate: where the plate saw the scene and no other part of a
+        person lies (an arm over the torso leaves torso, which the plate may have seen as wall).
+        ``rest``: what the cut-out left of the moved arms' old hands (fingers past the hand's
+        capsule), to be added to the hole and filled from the plate too (``seen`` includes it),
+        :meth:`_hand_rest`.  Both empty on an image whose scene around the hole and its rest
+        (known, uncovered, within a radius of them) differs from the plate by more than
+        :data:`~posesynth.datasets.plate.MAX_RESIDUAL` grey levels: another scene or another
+        light (counted in ``stats["plate_disagrees"]``)."""
         bg, (y0, y1, x0, x1) = self.background, box
         h, w = hole.shape
         plate, known = bg.image[y0:y1, x0:x1], bg.known[y0:y1, x0:x1]
+        moved = [a for _, a in keep]
         everyone = old.astype(np.float64, copy=True)
         everyone[..., :2] -= o
         body = self._without_moved_arms(everyone, moved)
+        free = known & ~person_mask(body, self.layout, (h, w))   # the plate may fill it
+        rest = self._hand_rest(img, hole, keep, free, plate, xs, ys) if self.hand_rest > 0 else np.zeros((h, w), bool)
+        grown = (hole > 0) | rest
+        # the scene around the hole (the fingers left of an old hand are in the hole, not around it)
         k = max(int(round(max(a.radius for a in moved))) | 1, 3)
-        ring = _dilate(hole, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
-        ring &= (hole == 0) & known & ~person_mask(everyone, self.layout, (h, w))
+        ring = _dilate(grown, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+        ring &= ~grown & known & ~person_mask(everyone, self.layout, (h, w))
         if ring.sum() >= 20 and np.abs(img[ring].astype(np.int16) - plate[ring]).mean() > MAX_RESIDUAL:
             st["plate_disagrees"] = st.get("plate_disagrees", 0) + 1
-            return np.zeros((h, w), bool)
-        return (hole > 0) & known & ~person_mask(body, self.layout, (h, w))
+            return np.zeros((h, w), bool), np.zeros((h, w), bool)
+        return grown & free, rest
+
+    def _hand_rest(self, img: np.ndarray, hole: np.ndarray, keep: "list[tuple[np.ndarray, _Arm]]",
+                   free: np.ndarray, plate: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+        """What the cut-outs ``keep`` left of the moved arms' old hands (fingers past the hand's
+        capsule, which reaches ``region.hand`` x the forearm beyond the wrist), ``(h, w)`` bool:
+        beyond each old wrist, within an arm radius of the forearm's line up to :attr:`hand_rest`
+        x the forearm past the wrist, the pixels that may be filled from the plate (``free``:
+        it saw the scene there, off the rest of the body), differ from it by more than
+        :data:`~posesynth.datasets.plate.MAX_RESIDUAL` grey levels, have a colour common in the
+        cut-out's hand (not a held object, hair, another person's clothes), and join the hole
+        where the hand was cut; grown by a pixel (the fingers' soft edge) over ``free``.  Only
+        inside the warp's working box (2.5 arm radii around the hand's capsule: about 0.8
+        forearms past the wrist; growing the box would move the inpainting's pixel grid)."""
+        h, w = hole.shape
+        rest = np.zeros((h, w), bool)
+        differs = np.abs(img.astype(np.int16) - plate).max(-1) > MAX_RESIDUAL
+        for m, a in keep:
+            f = a.w - a.e
+            zone = _seg_dist(xs, ys, a.w, a.w + f * self.hand_rest) <= a.radius
+            beyond = (xs - a.w[0]) * f[0] + (ys - a.w[1]) * f[1] > 0     # past the wrist
+            cand = zone & beyond & free & differs & (hole == 0)
+            if not cand.any():
+                continue
+            cand[cand] = _common_colour(img, cand, m & beyond)             # the hand's colours
+            end = (hole > 0) & zone & beyond                              # the hole where the hand was
+            n, lab = cv2.connectedComponents((cand | end).astype(np.uint8), connectivity=8)
+            ids = np.unique(lab[end])
+            rest |= cand & np.isin(lab, ids[ids > 0])
+        if not rest.any():
+            return rest
+        return _dilate(rest, np.ones((3, 3), np.uint8)) & free & (hole == 0)
 
     def _moved_arm(self, img: np.ndarray, m: np.ndarray, a: _Arm, xs: np.ndarray, ys: np.ndarray
                    ) -> tuple[np.ndarray, np.ndarray]:
@@ -1135,13 +1247,17 @@ class WarpRenderer(Renderer):
     def __call__(self, images: torch.Tensor, masks: torch.Tensor, old_kp: np.ndarray, new_kp: np.ndarray) -> Rendered:
         dev = images.device
         imgs = tensor_to_image(images)
-        outs, alphas, _, drawn = zip(*self.render_batch(imgs, old_kp, new_kp))
+        outs, alphas, holes, drawn = zip(*self.render_batch(imgs, old_kp, new_kp))
         new_kp = np.stack(drawn)   # an arm the warp left where it was keeps its pose in the labels
         new = torch.from_numpy(np.stack(outs)).to(dev).permute(0, 3, 1, 2).float().div(127.5).sub(1)
-        # M, from the keypoints alone (the capsules around the moved bones, old and new); the
-        # warp's changes are clamped to it: the soft edge of a pasted part or a hole dilated at a
-        # capsule's rim can reach a pixel or so beyond, and outside M every pixel is the source's
+        # M, from the keypoints (the capsules around the moved bones, old and new), and where it
+        # is 0, the old hands' rest erased with a plate (fingers past the hand's capsule,
+        # _hand_rest; the hole that reaches past M); the warp's changes are clamped to it: the
+        # soft edge of a pasted part can reach a pixel or so beyond, and outside M every pixel
+        # is the source's
         region = change_region(old_kp, new_kp, self.layout, tuple(images.shape[-2:]), self.region, dev)
+        if self.background is not None and self.hand_rest > 0:
+            region = torch.where(region > 0, region, torch.from_numpy(np.stack(holes))[:, None].to(dev, region.dtype))
         inside = region > 0
         new = torch.where(inside, new, images.float())
         self.last_limb = np.stack(alphas) * inside[:, 0].cpu().numpy()
@@ -1206,11 +1322,13 @@ class GANRenderer(Renderer):
         kpt = torch.from_numpy(np.ascontiguousarray(rescale_keypoints(new_kp, size, gs))).to(self.device)
         labels = self._labels(masks, old_kp, new_kp)
         if self.mode == "full":
+            noise = _draws_noise(self.G)
             if self.render_fn is not None:
-                fake = self.render_fn(kpt, gs).float()
+                people = [k[(k[..., 2] > 0).any(-1)] for k in np.asarray(new_kp, np.float32)]   # not the padding
+                fake = _seeded(lambda k: self.render_fn(k, gs), noise, kpt, keys=people).float()
             else:
                 maps = render_pose_maps_torch(kpt, self.layout, gs, gs, masks.to(self.device), self.spec)
-                fake = self.G(maps.to(self.dtype).contiguous(memory_format=torch.channels_last)).float()
+                fake = _seeded(self.G, noise, maps.to(self.dtype).contiguous(memory_format=torch.channels_last)).float()
             if gs != size:
                 fake = F.interpolate(fake, size=size, mode="bilinear", align_corners=False)
             region = torch.ones(images.shape[0], 1, *size, device=dev)
@@ -1222,7 +1340,8 @@ class GANRenderer(Renderer):
         if gs != size:
             img_g = F.interpolate(img_g, size=gs, mode="bilinear", align_corners=False)
             reg_g = F.interpolate(reg_g, size=gs, mode="bilinear", align_corners=False)
-        fake = inpaint_forward(self.G, maps, img_g, reg_g, self.dtype)
+        fake = _seeded(lambda m, i, r: inpaint_forward(self.G, m, i, r, self.dtype), _draws_noise(self.G),
+                       maps, img_g, reg_g)
         if gs != size:
             fake = F.interpolate(fake, size=size, mode="bilinear", align_corners=False)
         fake = fake.to(dev)
@@ -1355,7 +1474,7 @@ class RefineRenderer(Renderer):
                                           torch.from_numpy(np.stack(crops_masks).astype(np.float32)).to(dev),
                                           self.maps_spec)
             x = refine_input(maps, wc, mc).to(self.dtype).contiguous(memory_format=torch.channels_last)
-            res = self.G(x).float()                                            # (N, 3, S, S) the correction
+            res = _seeded(self.G, _draws_noise(self.G), x).float()            # (N, 3, S, S) the correction
             j = 0
             for i, box in enumerate(boxes):
                 if box is None:

@@ -63,7 +63,9 @@ class GANConfig:
                                                                 "vanilla 1, the 70x70 PatchGAN with n_layers_d 4)"})
     n_layers_d: int = field(default=4, metadata={"help": "convolution layers per discriminator scale"})
     norm: str = field(default="instance", metadata={"help": "param-free norm in SPADE: instance|batch"})
-    z_dim: int = field(default=0, metadata={"help": "noise channels fed with the downsampled maps"})
+    z_dim: int = field(default=0, metadata={
+        "help": "noise channels fed with the downsampled maps (a render draws each image's noise from a seed of that "
+                "image's own inputs: the same image and pose give the same render in any batch)"})
     gan_mode: str = field(default="hinge", metadata={"help": "hinge|ls|wgan-gp"})
     lambda_feat: "float | None" = field(default=None, metadata={
         "help": "feature-matching weight (unset: spade 10, pix2pix and vanilla 0)"})
