@@ -215,8 +215,9 @@ class QualityConfig:
     bank_body: bool = field(default=True, metadata={"help": BANK_BODY_HELP})
     bank_leave_out: int = field(default=2, metadata={
         "help": "--pairs with a --limb-bank that holds frames of the clip: each pair's render leaves out the bank's "
-                "frames that are the clip's frames within this many of its source's and of its target's (train-gan "
-                "--mode refine leaves out 2 either side of a training image's own frame)"})
+                "frames that are the clip's frames within this many of its source and of its target in time, and "
+                "the bank's frames within this many of theirs in the bank (train-gan --mode refine leaves out 2 "
+                "either side of a training image's own frame)"})
 
     def validate(self) -> None:
         """Refuse impossible numbers before anything is read or written."""
