@@ -38,7 +38,7 @@ from ..datasets.formats import DataOptions, data_options, open_dataset, source_a
 from ..datasets.plate import background_option
 from ..datasets.geometry import limb_region
 from ..datasets.posemaps import PoseMapSpec, render_pose_maps
-from ..datasets.sample import Sample, pad_people
+from ..datasets.sample import Sample, pad_people, time_order
 from ..datasets.synthetic import SceneSpec, redraw_scene
 from ..datasets.torch_dataset import image_to_tensor, tensor_to_image
 from ..datasets.transforms import Fit, apply_affine, fit_matrix, invert_affine
@@ -501,8 +501,6 @@ def _bank_leave_out(bank: Any, src: Any, n: int) -> Any:
     of ``i`` or ``j`` in the clip's time order, and those within ``n`` of the frames equal to
     ``i`` and ``j`` in the bank's (a bank sampled more densely from the same video); ``None``
     when the bank holds none of the clip's frames."""
-    from .renderers import time_order
-
     ids: list[Any] = []   # each frame's sample without its pixels (time_order reads its ids only)
 
     def images():

@@ -50,7 +50,7 @@ from ..datasets.geometry import (RegionSpec, arm_chains, limb_region, moved_arms
 from ..datasets.layouts import KeypointLayout
 from ..datasets.plate import BACKGROUND_FILE, MAX_RESIDUAL, BackgroundPlate, arm_part_indices, person_mask
 from ..datasets.posemaps import PoseMapSpec, render_pose_maps_torch, rescale_keypoints
-from ..datasets.sample import pad_people
+from ..datasets.sample import pad_people, time_order
 from ..datasets.torch_dataset import tensor_to_image
 from ..errors import ConfigError
 from ..spade.archs import arch_class
@@ -346,23 +346,6 @@ def _common_colour(img: np.ndarray, part: np.ndarray, reference: np.ndarray, bin
     return hist[pq[:, 0], pq[:, 1], pq[:, 2]] >= min_share * len(r)
 
 
-def time_order(samples: "list[Any]") -> np.ndarray:
-    """The order in time of a clip's ``samples`` (:class:`~posesynth.datasets.sample.Sample`):
-    by their ``frame_id`` where every sample has one and they are distinct integers, else by
-    image id where those are (several clips each numbered from 0), else as listed; the
-    indices, ``(N,)``."""
-    fids, iids = [s.meta.get("frame_id") for s in samples], [s.image_id for s in samples]
-
-    def distinct_ints(v: list) -> bool:
-        ints = all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in v)
-        return ints and len(set(v)) == len(v)
-
-    key = next((k for k in (fids, iids) if distinct_ints(k)), None)
-    if key is None:
-        return np.arange(len(samples))
-    return np.argsort(np.asarray(key, np.int64), kind="stable")
-
-
 class _CroppedFrames:
     """A bank's frames ``keep`` cut at ``box`` and resized to ``size`` (mirrored with ``flip``),
     each when first asked for (:meth:`LimbBank.cropped`)."""
@@ -450,9 +433,14 @@ class LimbBank:
                 raise ConfigError(f"{self.name}: mirroring a bank needs its layout")
             kp = kp[:, :, self.layout.flip_index]
             kp[..., 0] = np.where(kp[..., 2] > 0, size - 1 - kp[..., 0], kp[..., 0])
+        return self._view(_CroppedFrames(self.images, keep, box, size, flip), kp, (size, size))
+
+    def _view(self, images: Any, keypoints: np.ndarray, size: tuple[int, int]) -> "LimbBank":
+        """A bank of ``images`` (a list, or frames read when asked for) and ``keypoints``, with
+        this one's layout, name and body setting (no checks: they are this bank's frames)."""
         out = LimbBank.__new__(LimbBank)
-        out.images = _CroppedFrames(self.images, keep, box, size, flip)
-        out.keypoints, out.layout, out.name, out.size, out.body = kp, self.layout, self.name, (size, size), self.body
+        out.images, out.keypoints, out.size = images, keypoints, size
+        out.layout, out.name, out.body = self.layout, self.name, self.body
         return out
 
     def frames_of(self, kp: np.ndarray, tol: float = 0.5) -> np.ndarray:
@@ -491,11 +479,6 @@ class LimbBank:
             own.setdefault(key(im), []).append(n)
         return [own.get(key(im), []) for im in images]
 
-    def holding(self, images: "Iterable[np.ndarray]") -> list[int]:
-        """Which of ``images`` (read one at a time) are frames of the bank, pixel for pixel:
-        their indices."""
-        return [i for i, m in enumerate(self.matches(images)) if m]
-
     def without(self, frames: "Iterable[int]") -> "LimbBank | None":
         """The bank less its frames ``frames`` (indices), sharing their pixels: the bank itself
         when none is left out, ``None`` when none is left."""
@@ -505,10 +488,7 @@ class LimbBank:
         keep = [n for n in range(len(self.images)) if n not in drop]
         if not keep:
             return None
-        out = LimbBank.__new__(LimbBank)
-        out.images, out.keypoints = [self.images[n] for n in keep], self.keypoints[keep]
-        out.layout, out.name, out.size, out.body = self.layout, self.name, self.size, self.body
-        return out
+        return self._view([self.images[n] for n in keep], self.keypoints[keep], self.size)
 
 
 class WarpRenderer(Renderer):

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Sample", "pad_people", "label_meta", "mask_labelled"]
+__all__ = ["Sample", "pad_people", "label_meta", "mask_labelled", "time_order"]
 
 
 @dataclass
@@ -90,3 +90,20 @@ def pad_people(keypoints: "np.ndarray | list[np.ndarray]", people: "int | None" 
     if kp.ndim == 3 and len(kp):
         out[:min(len(kp), p)] = kp[:p]
     return out
+
+
+def time_order(samples: "list[Any]") -> np.ndarray:
+    """The order in time of a clip's ``samples`` (:class:`Sample`, or anything with ``meta``
+    and ``image_id``): by their ``frame_id`` where every sample has one and they are distinct
+    integers, else by image id where those are (several clips each numbered from 0), else as
+    listed; the indices, ``(N,)``."""
+    fids, iids = [s.meta.get("frame_id") for s in samples], [s.image_id for s in samples]
+
+    def distinct_ints(v: list) -> bool:
+        ints = all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in v)
+        return ints and len(set(v)) == len(v)
+
+    key = next((k for k in (fids, iids) if distinct_ints(k)), None)
+    if key is None:
+        return np.arange(len(samples))
+    return np.argsort(np.asarray(key, np.int64), kind="stable")
